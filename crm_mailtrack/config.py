@@ -1,0 +1,60 @@
+"""Configuration keys of crm_mailtrack, each named once with its default.
+
+Every key is read from ``app.config`` at :meth:`MailTrack.init_app` time (after
+``app.config.setdefault``), so a host sets them before calling ``init_app``.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+#: Where the extension's blueprint is mounted.
+URL_PREFIX = "MAILTRACK_URL_PREFIX"
+#: External origin for tracking links (``https://crm.example.com``); else the request or
+#: ``SERVER_NAME`` decides.
+BASE_URL = "MAILTRACK_BASE_URL"
+#: Key that signs tracking tokens; defaults to ``SECRET_KEY``.
+SECRET_KEY = "MAILTRACK_SECRET_KEY"
+#: Older keys still accepted, so links in mail already sent survive a key rotation.
+SECRET_KEY_FALLBACKS = "MAILTRACK_SECRET_KEY_FALLBACKS"
+#: Seconds a tracking link stays valid (``None``: forever).
+LINK_MAX_AGE = "MAILTRACK_LINK_MAX_AGE"
+#: Bearer tokens accepted by the JSON API.
+API_TOKENS = "MAILTRACK_API_TOKENS"
+#: Append the open pixel to outbound HTML.
+TRACK_OPENS = "MAILTRACK_TRACK_OPENS"
+#: Rewrite outbound links to signed click links.
+TRACK_CLICKS = "MAILTRACK_TRACK_CLICKS"
+#: UTM parameters added to tracked destinations, never overriding ones in the URL.
+UTM_DEFAULTS = "MAILTRACK_UTM_DEFAULTS"
+#: Store IPv4 /24 and IPv6 /48 prefixes only.
+ANONYMIZE_IP = "MAILTRACK_ANONYMIZE_IP"
+#: ``smtp://``, ``smtps://`` or ``smtp+starttls://user:pass@host:port``.
+SMTP_URL = "MAILTRACK_SMTP_URL"
+#: The From address of sent mail.
+DEFAULT_SENDER = "MAILTRACK_DEFAULT_SENDER"
+#: Where tracking events go while the database is unavailable, until replayed.
+JOURNAL_PATH = "MAILTRACK_JOURNAL_PATH"
+#: The extension's own database, used only when the host has no Flask-SQLAlchemy.
+DATABASE_URI = "MAILTRACK_DATABASE_URI"
+
+#: Defaults applied with ``app.config.setdefault``. ``None`` for the keys whose default is
+#: derived from other config (``SECRET_KEY``, the instance path) at ``init_app``.
+DEFAULTS: dict[str, Any] = {
+    URL_PREFIX: "/mailtrack",
+    BASE_URL: None,
+    SECRET_KEY: None,
+    SECRET_KEY_FALLBACKS: None,
+    LINK_MAX_AGE: None,
+    API_TOKENS: [],
+    TRACK_OPENS: True,
+    TRACK_CLICKS: True,
+    UTM_DEFAULTS: {},
+    ANONYMIZE_IP: True,
+    SMTP_URL: "smtp://localhost:25",
+    DEFAULT_SENDER: None,
+    JOURNAL_PATH: None,
+    DATABASE_URI: None,
+}
+
+#: Shortest signing key accepted: a shorter one can be brute-forced offline from one link.
+MIN_SECRET_KEY_LENGTH = 16

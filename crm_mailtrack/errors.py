@@ -1,0 +1,53 @@
+"""One exception hierarchy. HTTP-facing errors also inherit from werkzeug's, so the
+blueprint's handler (and any host handler) sees a proper HTTP status."""
+from __future__ import annotations
+
+from typing import Any
+
+from werkzeug import exceptions as wz
+
+
+class MailTrackError(Exception):
+    """Base class of every error crm_mailtrack raises on purpose."""
+
+
+class ConfigurationError(MailTrackError, RuntimeError):
+    """Missing or unsafe configuration, raised at ``init_app`` and naming the key."""
+
+
+class InvalidDestination(MailTrackError, ValueError):
+    """A link destination that will never be signed: not http(s), or carrying CR/LF."""
+
+
+class DatabaseUnavailable(MailTrackError, wz.ServiceUnavailable):
+    """The database could not store a change that must not be lost silently."""
+
+    description = "The tracking database is unavailable; nothing was changed. Try again later."
+
+
+class NotFound(MailTrackError, wz.NotFound):
+    """No such row in the caller's tenant (also the answer for rows of another tenant)."""
+
+
+class BadRequest(MailTrackError, wz.BadRequest):
+    """Malformed request: unparseable JSON, a tampered cursor, a bad query string."""
+
+
+class Conflict(MailTrackError, wz.Conflict):
+    """The request conflicts with the current state of the row."""
+
+
+class ValidationError(MailTrackError, wz.UnprocessableEntity):
+    """Well-formed input that fails validation; ``errors`` maps fields to messages."""
+
+    def __init__(self, errors: dict[str, Any] | None = None, description: str | None = None):
+        self.errors = errors or {}
+        super().__init__(description or "The request body or query failed validation.")
+
+
+class Unauthorized(MailTrackError, wz.Unauthorized):
+    """The API request is not authorised."""
+
+
+class NotAcceptable(MailTrackError, wz.NotAcceptable):
+    """The client does not accept ``application/json``."""

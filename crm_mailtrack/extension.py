@@ -1,0 +1,281 @@
+"""The :class:`MailTrack` extension object."""
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+from flask import Flask
+
+from . import config as cfg
+from .errors import ConfigurationError
+from .journal import Journal
+from .models import ContactEvent, DNCReason, Message, UtmTag, metadata
+from .services import dnc as dnc_service
+from .services import events as event_service
+from .services import messages as message_service
+from .services import utm as utm_service
+from .services.common import UNSET
+from .state import MailTrackState, default_journal_path, get_state
+from .tokens import TokenSigner
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class MailTrack:
+    """Email engagement tracking for a Flask app.
+
+    ``MailTrack(app, db=db)`` or ``mailtrack = MailTrack()`` then
+    ``mailtrack.init_app(app, db=db)``. One object may serve several apps; their state
+    lives in ``app.extensions["mailtrack"]``. The public methods act on ``current_app``.
+    """
+
+    def __init__(self, app: Flask | None = None, *, db: Any = None) -> None:
+        self._db = db
+        self._contact_loader: Callable[[str], Mapping[str, Any] | None] | None = None
+        self._tenant_loader: Callable[[], str | None] | None = None
+        self._api_authorizer: Callable[[], bool] | None = None
+        self._template_loader: Callable[[str, dict[str, Any]], tuple[str, str, str] | None] | None = None
+        if app is not None:
+            self.init_app(app, db=db)
+
+    # -- set-up ------------------------------------------------------------------------
+
+    def init_app(self, app: Flask, *, db: Any = None) -> None:
+        """Register the extension on ``app``: resolve config, mount the routes and CLI."""
+        if "mailtrack" in app.extensions:
+            raise RuntimeError("crm_mailtrack is already registered on this app.")
+        for key, default in cfg.DEFAULTS.items():
+            app.config.setdefault(key, default)
+        conf = app.config
+
+        secret = conf[cfg.SECRET_KEY] or conf.get("SECRET_KEY")
+        if not secret or len(secret) < cfg.MIN_SECRET_KEY_LENGTH:
+            raise ConfigurationError(
+                f"{cfg.SECRET_KEY} (or SECRET_KEY) must be set to a random string of at least "
+                f"{cfg.MIN_SECRET_KEY_LENGTH} characters: it signs every tracking link."
+            )
+        fallbacks = conf[cfg.SECRET_KEY_FALLBACKS]
+        if fallbacks is None:
+            fallbacks = conf.get("SECRET_KEY_FALLBACKS") or []
+        if isinstance(fallbacks, (str, bytes)):
+            fallbacks = [fallbacks]
+        max_age = conf[cfg.LINK_MAX_AGE]
+        if max_age is not None and (not isinstance(max_age, int) or max_age <= 0):
+            raise ConfigurationError(f"{cfg.LINK_MAX_AGE} must be a positive number of seconds or None.")
+        prefix = "/" + (conf[cfg.URL_PREFIX] or "").strip("/")
+        prefix = "" if prefix == "/" else prefix
+        tokens = conf[cfg.API_TOKENS] or []
+        if isinstance(tokens, str):
+            tokens = [tokens]
+        utm = dict(conf[cfg.UTM_DEFAULTS] or {})
+        bad_utm = [k for k in utm if not str(k).startswith("utm_")]
+        if bad_utm:
+            raise ConfigurationError(f"{cfg.UTM_DEFAULTS} keys must start with 'utm_': {bad_utm}")
+
+        db = db if db is not None else self._db
+        if db is None:
+            db = app.extensions.get("sqlalchemy")
+        state = MailTrackState(
+            extension=self,
+            app=app,
+            signer=TokenSigner([*fallbacks, secret], max_age=max_age),
+            journal=Journal(conf[cfg.JOURNAL_PATH] or default_journal_path(app)),
+            url_prefix=prefix,
+            base_url=conf[cfg.BASE_URL],
+            api_tokens=frozenset(str(t) for t in tokens),
+            track_opens=bool(conf[cfg.TRACK_OPENS]),
+            track_clicks=bool(conf[cfg.TRACK_CLICKS]),
+            utm_defaults={str(k): str(v) for k, v in utm.items()},
+            anonymize_ip=bool(conf[cfg.ANONYMIZE_IP]),
+            smtp_url=conf[cfg.SMTP_URL],
+            default_sender=conf[cfg.DEFAULT_SENDER],
+            db=db,
+        )
+        if db is None:
+            _own_database(app, state)
+        app.extensions["mailtrack"] = state
+
+        from .cli import cli
+        from .tracking import blueprint
+
+        app.register_blueprint(blueprint, url_prefix=prefix or None)
+        _register_api(app, prefix)
+        app.cli.add_command(cli)
+        _csrf_exempt(app)
+
+    # -- host hooks (stored and returned unchanged, like Flask-Login's user_loader) -----
+
+    def contact_loader(self, fn: F) -> F:
+        """``fn(contact_id) -> Mapping | None``: the host's contact, ``None`` if unknown."""
+        self._contact_loader = fn
+        return fn
+
+    def tenant_loader(self, fn: F) -> F:
+        """``fn() -> str | None``: the tenant of the current request."""
+        self._tenant_loader = fn
+        return fn
+
+    def api_authorizer(self, fn: F) -> F:
+        """``fn() -> bool``: may the current API request proceed?"""
+        self._api_authorizer = fn
+        return fn
+
+    def template_loader(self, fn: F) -> F:
+        """``fn(template_id, variables) -> (subject, html, text) | None``."""
+        self._template_loader = fn
+        return fn
+
+    # -- database ------------------------------------------------------------------------
+
+    def create_all(self) -> None:
+        """Create the extension's tables on the current app's engine (idempotent)."""
+        metadata.create_all(get_state().engine)
+
+    def drop_all(self) -> None:
+        """Drop the extension's tables from the current app's engine."""
+        metadata.drop_all(get_state().engine)
+
+    # -- messages ------------------------------------------------------------------------
+
+    def track_message(self, **kwargs: Any) -> Message:
+        """Store an outbound message with signed click links, open pixel and
+        List-Unsubscribe headers. See DESIGN §3 for the keyword arguments."""
+        return message_service.track_message(get_state(), **kwargs)
+
+    def send(self, message: Message) -> Message:
+        """Deliver ``message`` through ``MAILTRACK_SMTP_URL``."""
+        from .services import sending
+
+        return sending.send(get_state(), message)
+
+    def send_due(self, now: dt.datetime | None = None) -> int:
+        """Send the scheduled messages whose time has come; return how many were handled."""
+        from .services import sending
+
+        return sending.send_due(get_state(), now=now)
+
+    def click_url(self, message: Message | str, url: str) -> str:
+        """The signed click URL that redirects to ``url`` for ``message``."""
+        return message_service.click_url(get_state(), message_service.message_id_of(message), url)
+
+    def open_url(self, message: Message | str) -> str:
+        """The signed open-pixel URL of ``message``."""
+        return message_service.open_url(get_state(), message_service.message_id_of(message))
+
+    def unsubscribe_url(self, message: Message | str) -> str:
+        """The signed one-click unsubscribe URL of ``message``."""
+        return message_service.unsubscribe_url(get_state(), message_service.message_id_of(message))
+
+    # -- events ----------------------------------------------------------------------------
+
+    def record_event(
+        self,
+        contact_id: str,
+        type: str,
+        *,
+        email: str | None = None,
+        message_id: str | None = None,
+        campaign_id: str | None = None,
+        url: str | None = None,
+        occurred_at: dt.datetime | None = None,
+        details: Mapping[str, Any] | None = None,
+        tenant_id: Any = UNSET,
+    ) -> ContactEvent:
+        """Record an event from outside the tracking routes (ESP webhook, import)."""
+        return event_service.record_event(
+            get_state(), contact_id, type, email=email, message_id=message_id,
+            campaign_id=campaign_id, url=url, occurred_at=occurred_at, details=details,
+            tenant_id=tenant_id,
+        )
+
+    def erase_contact(self, contact_id: str, *, tenant_id: Any = UNSET) -> int:
+        """Delete every tracked row of a contact (right to erasure); return rows deleted."""
+        return event_service.erase_contact(get_state(), contact_id, tenant_id=tenant_id)
+
+    # -- Do-Not-Contact and UTM ------------------------------------------------------------
+
+    def add_dnc(
+        self,
+        contact_id: str,
+        channel: str = "email",
+        reason: DNCReason | int = DNCReason.MANUAL,
+        channel_id: str | None = None,
+        comments: str | None = None,
+        *,
+        tenant_id: Any = UNSET,
+    ) -> Any:
+        """Put a contact on Do-Not-Contact for a channel (one row; a second add updates it)."""
+        row, _ = dnc_service.add_dnc(get_state(), contact_id, channel, reason, channel_id, comments,
+                                     tenant_id=tenant_id)
+        return row
+
+    def remove_dnc(self, contact_id: str, channel: str = "email", *, tenant_id: Any = UNSET) -> bool:
+        """Take a contact off Do-Not-Contact for a channel; ``True`` if an entry was removed."""
+        return dnc_service.remove_dnc(get_state(), contact_id, channel, tenant_id=tenant_id)
+
+    def can_contact(self, contact_id: str, channel: str = "email", *, tenant_id: Any = UNSET) -> bool:
+        """``False`` when the contact is on Do-Not-Contact for the channel."""
+        return dnc_service.can_contact(get_state(), contact_id, channel, tenant_id=tenant_id)
+
+    def add_utm(self, contact_id: str, *, tenant_id: Any = UNSET, **fields: Any) -> UtmTag:
+        """Store a UTM tag for a contact."""
+        return utm_service.add_utm(get_state(), contact_id, tenant_id=tenant_id, **fields)
+
+    def remove_utm(self, contact_id: str, utm_id: int, *, tenant_id: Any = UNSET) -> None:
+        """Remove a contact's UTM tag (``NotFound`` if the contact has no such tag)."""
+        utm_service.remove_utm(get_state(), contact_id, utm_id, tenant_id=tenant_id)
+
+
+def _own_database(app: Flask, state: MailTrackState) -> None:
+    """Without Flask-SQLAlchemy: an own engine on MAILTRACK_DATABASE_URI and a session
+    scoped to the app context, removed at teardown."""
+    import os
+
+    import sqlalchemy as sa
+    from flask import g
+    from sqlalchemy.orm import scoped_session, sessionmaker
+
+    uri = app.config[cfg.DATABASE_URI]
+    if not uri:
+        os.makedirs(app.instance_path, exist_ok=True)
+        uri = "sqlite:///" + os.path.join(app.instance_path, "mailtrack.db")
+    engine = sa.create_engine(uri)
+    if engine.dialect.name == "sqlite":
+        _sqlite_pragmas(engine)
+    session = scoped_session(sessionmaker(bind=engine), scopefunc=lambda: id(g._get_current_object()))
+    state.own_engine = engine
+    state.own_session = session
+
+    @app.teardown_appcontext
+    def _remove_session(exc: BaseException | None) -> None:
+        session.remove()
+
+
+def _sqlite_pragmas(engine: Any) -> None:
+    """WAL and a busy timeout: readers never block the click path's writer."""
+    import sqlalchemy as sa
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA busy_timeout=5000")
+        cur.close()
+
+
+def _register_api(app: Flask, prefix: str) -> None:
+    try:
+        from .api import blueprint as api_blueprint
+    except ImportError:  # the API package is optional while it is being built
+        return
+    app.register_blueprint(api_blueprint, url_prefix=f"{prefix}/api")
+
+
+def _csrf_exempt(app: Flask) -> None:
+    """RFC 8058 one-click unsubscribe carries no CSRF token: exempt it from Flask-WTF."""
+    csrf = app.extensions.get("csrf")
+    if csrf is not None and hasattr(csrf, "exempt"):
+        from .tracking import unsubscribe
+
+        csrf.exempt(unsubscribe)

@@ -1,0 +1,50 @@
+"""What the tracking routes learn from a request: anonymized IP, user agent, and whether
+the hit was made by a machine (HEAD request, link prefetch)."""
+from __future__ import annotations
+
+import ipaddress
+
+from flask import Request
+
+MAX_USER_AGENT = 512
+
+#: Headers with which browsers and mail clients announce a prefetch / preview fetch.
+_PREFETCH_HEADERS = (
+    ("Purpose", "prefetch"),
+    ("Sec-Purpose", "prefetch"),
+    ("X-Moz", "prefetch"),
+    ("X-Purpose", "preview"),
+)
+
+
+def anonymize_ip(addr: str | None, enabled: bool = True) -> str | None:
+    """IPv4 to its /24 and IPv6 to its /48 network address (when ``enabled``)."""
+    if not addr:
+        return None
+    try:
+        ip = ipaddress.ip_address(addr.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    if not enabled:
+        return str(ip)
+    prefix = 24 if ip.version == 4 else 48
+    return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False).network_address)
+
+
+def machine_reason(req: Request) -> str | None:
+    """A reason when the request itself shows it was made by a machine, else ``None``."""
+    if req.method == "HEAD":
+        return "head-request"
+    headers = req.headers
+    for name, token in _PREFETCH_HEADERS:
+        value = headers.get(name)
+        if value and token in value.lower():
+            return "prefetch"
+    return None
+
+
+def user_agent(req: Request) -> str | None:
+    ua = req.headers.get("User-Agent")
+    return ua[:MAX_USER_AGENT] if ua else None

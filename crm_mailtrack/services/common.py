@@ -1,0 +1,72 @@
+"""Helpers shared by the services: tenant resolution, dialect-aware inserts, signals."""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import sqlalchemy as sa
+from flask import current_app
+from sqlalchemy.dialects import postgresql, sqlite
+
+from ..signals import SIGNAL_FOR_TYPE, event_recorded
+from ..state import MailTrackState
+
+log = logging.getLogger("crm_mailtrack")
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+#: Marks "argument not given" where ``None`` is a meaningful value (``tenant_id=None``).
+UNSET: Any = _Unset()
+
+
+def tenant_key(state: MailTrackState, tenant_id: Any = UNSET) -> str:
+    """The stored tenant key: the explicit ``tenant_id``, else ``tenant_loader()``, with
+    ``None`` (no tenant) stored as ``""``."""
+    if tenant_id is UNSET:
+        loader = state.extension._tenant_loader
+        tenant_id = loader() if loader is not None else None
+    return "" if tenant_id is None else str(tenant_id)
+
+
+def tenant_out(key: str | None) -> str | None:
+    """The public form of a stored tenant key."""
+    return key or None
+
+
+def dialect_insert(state: MailTrackState, table: sa.Table) -> Any:
+    """An INSERT that supports ``on_conflict_do_nothing`` on SQLite and PostgreSQL."""
+    name = state.engine.dialect.name
+    if name == "postgresql":
+        return postgresql.insert(table)
+    if name == "sqlite":
+        return sqlite.insert(table)
+    raise NotImplementedError(f"crm_mailtrack supports SQLite and PostgreSQL, not {name}")
+
+
+def emit(event_type: str, *, safe: bool = False, **kwargs: Any) -> None:
+    """Send the type's signal and ``event_recorded``, sender = the current app.
+
+    With ``safe`` (the public tracking routes) each subscriber runs isolated: one that
+    raises is logged and neither stops the others nor reaches the recipient.
+    """
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    for signal in (SIGNAL_FOR_TYPE.get(event_type), event_recorded):
+        if signal is None or not signal.receivers:
+            continue
+        if not safe:
+            signal.send(app, **kwargs)
+            continue
+        for receiver in signal.receivers_for(app):
+            try:
+                receiver(app, **kwargs)
+            except Exception:  # noqa: BLE001 - a subscriber's bug must not break tracking
+                log.exception("mailtrack: subscriber %r of %s raised", receiver, signal.name)
+
+
+def has_receivers(event_type: str) -> bool:
+    sig = SIGNAL_FOR_TYPE.get(event_type)
+    return bool(event_recorded.receivers or (sig is not None and sig.receivers))

@@ -1,0 +1,182 @@
+"""Outbound messages: storing them and instrumenting their HTML and headers."""
+from __future__ import annotations
+
+import datetime as dt
+import re
+import secrets
+from typing import Any
+
+import sqlalchemy as sa
+
+from ..errors import DatabaseUnavailable, NotFound, ValidationError
+from ..instrument import append_pixel, apply_utm, link_id, rewrite_links, validate_destination
+from ..models import Message, MessageStatus, campaign_links, links, utcnow
+from ..state import MailTrackState
+from ..tokens import Purpose
+from .common import UNSET, dialect_insert, tenant_key
+
+_EMAIL = re.compile(r"^[^@\s\x00-\x1f]+@[^@\s\x00-\x1f]+$")
+
+
+def new_message_id() -> str:
+    """Random, not sequential: a message id never reveals how many messages exist."""
+    return secrets.token_hex(12)
+
+
+def click_url(state: MailTrackState, message_id: str, url: str, *, root: str | None = None) -> str:
+    dest = validate_destination(url)
+    token = state.signer.dumps(Purpose.CLICK, [message_id, dest])
+    return f"{root or state.external_root()}/t/c/{token}"
+
+
+def open_url(state: MailTrackState, message_id: str, *, root: str | None = None) -> str:
+    return f"{root or state.external_root()}/t/o/{state.signer.dumps(Purpose.OPEN, message_id)}"
+
+
+def unsubscribe_url(state: MailTrackState, message_id: str, *, root: str | None = None) -> str:
+    return f"{root or state.external_root()}/t/u/{state.signer.dumps(Purpose.UNSUBSCRIBE, message_id)}"
+
+
+def instrument(
+    state: MailTrackState,
+    message_id: str,
+    html: str | None,
+    *,
+    track_opens: bool,
+    track_clicks: bool,
+) -> tuple[str | None, dict[str, str], dict[str, str]]:
+    """Tracked HTML, List-Unsubscribe headers and ``{link_id: url}`` of the tracked links."""
+    root = state.external_root()
+    tracked: dict[str, str] = {}
+    utm = state.utm_defaults
+
+    def rewrite(dest: str) -> str:
+        dest = validate_destination(apply_utm(dest, utm))
+        if not track_clicks:
+            return dest
+        tracked[link_id(dest)] = dest
+        return click_url(state, message_id, dest, root=root)
+
+    if html is not None:
+        if track_clicks or utm:
+            html, _ = rewrite_links(html, rewrite)
+        if track_opens:
+            html = append_pixel(html, open_url(state, message_id, root=root))
+    headers = {
+        "List-Unsubscribe": f"<{unsubscribe_url(state, message_id, root=root)}>",
+        "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+    }
+    return html, headers, tracked
+
+
+def track_message(
+    state: MailTrackState,
+    *,
+    contact_id: str,
+    email: str,
+    subject: str,
+    html: str | None = None,
+    text: str | None = None,
+    campaign_id: str | None = None,
+    template_id: str | None = None,
+    template_name: str | None = None,
+    type: str | None = None,
+    related_entity_type: str | None = None,
+    related_entity_id: str | None = None,
+    scheduled_at: dt.datetime | None = None,
+    track_opens: bool | None = None,
+    track_clicks: bool | None = None,
+    tenant_id: Any = UNSET,
+    commit: bool = True,
+    **extra: Any,
+) -> Message:
+    """Store an outbound message with instrumented HTML and headers (see DESIGN §3)."""
+    if not isinstance(email, str) or not _EMAIL.match(email):
+        raise ValidationError({"email": ["Not a valid email address."]})
+    if contact_id is None or str(contact_id) == "":
+        raise ValidationError({"contact_id": ["Missing data for required field."]})
+    unknown = sorted(set(extra) - _EXTRA_FIELDS)
+    if unknown:
+        raise TypeError(f"track_message() got unexpected keyword arguments: {', '.join(unknown)}")
+    track_opens = state.track_opens if track_opens is None else bool(track_opens)
+    track_clicks = state.track_clicks if track_clicks is None else bool(track_clicks)
+    if scheduled_at is not None and scheduled_at.tzinfo is None:
+        scheduled_at = scheduled_at.replace(tzinfo=dt.timezone.utc)
+    message_id = new_message_id()
+    tracked_html, headers, tracked = instrument(
+        state, message_id, html, track_opens=track_opens, track_clicks=track_clicks
+    )
+    tenant = tenant_key(state, tenant_id)
+    now = utcnow()
+    message = Message(
+        id=message_id,
+        tenant_id=tenant,
+        contact_id=str(contact_id),
+        email=email,
+        subject=subject or "",
+        html=tracked_html,
+        text=text,
+        original_html=html,
+        headers=headers,
+        campaign_id=None if campaign_id is None else str(campaign_id),
+        template_id=template_id,
+        template_name=template_name,
+        type=type,
+        related_entity_type=related_entity_type,
+        related_entity_id=None if related_entity_id is None else str(related_entity_id),
+        scheduled_at=scheduled_at,
+        status=(MessageStatus.SCHEDULED if scheduled_at else MessageStatus.PENDING).value,
+        track_opens=track_opens,
+        track_clicks=track_clicks,
+        created_at=now,
+        updated_at=now,
+        **extra,
+    )
+    session = state.session
+    session.add(message)
+    store_links(state, tenant, message.campaign_id, tracked)
+    if commit:
+        try:
+            session.commit()
+        except sa.exc.SQLAlchemyError as exc:
+            session.rollback()
+            raise DatabaseUnavailable() from exc
+    return message
+
+
+#: Further Message columns a caller (the communications API) may set.
+_EXTRA_FIELDS = frozenset({
+    "conversation_id", "sender_email", "sender_name", "reply_to", "cc", "bcc", "variables",
+    "created_by", "updated_by",
+})
+
+
+def store_links(state: MailTrackState, tenant: str, campaign_id: str | None, tracked: dict[str, str]) -> None:
+    """Remember tracked links (and which campaign carries them); idempotent."""
+    if not tracked:
+        return
+    session = state.session
+    session.execute(
+        dialect_insert(state, links).on_conflict_do_nothing(index_elements=["id"]),
+        [{"id": lid, "url": url} for lid, url in tracked.items()],
+    )
+    if campaign_id is not None:
+        session.execute(
+            dialect_insert(state, campaign_links).on_conflict_do_nothing(),
+            [{"tenant_id": tenant, "campaign_id": campaign_id, "link_id": lid} for lid in tracked],
+        )
+
+
+def get_message(state: MailTrackState, message_id: str, *, tenant_id: Any = UNSET) -> Message:
+    tenant = tenant_key(state, tenant_id)
+    message = state.session.get(Message, str(message_id))
+    if message is None or message.tenant_id != tenant:
+        raise NotFound(f"No message {message_id!r}.")
+    return message
+
+
+def message_id_of(message: Message | str) -> str:
+    return message if isinstance(message, str) else message.id
+
+
+__all__ = ["track_message", "click_url", "open_url", "unsubscribe_url", "get_message", "utcnow"]

@@ -1,0 +1,59 @@
+"""Signed tracking tokens: itsdangerous, one salt per purpose, key rotation, max age.
+
+A token proves that this extension produced it for one purpose. Payloads carry opaque ids
+and, for clicks, the destination; never an email address. Verification failures of every
+kind (bad signature, wrong purpose, expired, over-long, malformed) are one answer:
+``None``, which routes turn into 404.
+"""
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from typing import Any
+
+from itsdangerous import BadData, URLSafeTimedSerializer
+
+#: Tokens longer than this are refused before any signature work (a link in a mail is
+#: never this long; a longer one is an attack or a mangled link).
+MAX_TOKEN_LENGTH = 4096
+
+
+class Purpose(str, enum.Enum):
+    """One salt per purpose: a token made for one can never be used for another."""
+
+    CLICK = "mailtrack.click"
+    OPEN = "mailtrack.open"
+    UNSUBSCRIBE = "mailtrack.unsubscribe"
+    CURSOR = "mailtrack.cursor"
+
+
+class TokenSigner:
+    """Signs and verifies the tokens of one app.
+
+    ``keys`` is ``[*fallbacks, current]``: the last key signs, every key verifies, as in
+    Flask's session interface. ``max_age`` (seconds) applies to every purpose except
+    cursors, which have their own lifetime.
+    """
+
+    def __init__(self, keys: Sequence[str | bytes], max_age: int | None = None) -> None:
+        self.max_age = max_age
+        self._serializers = {
+            p: URLSafeTimedSerializer(list(keys), salt=p.value) for p in Purpose
+        }
+
+    def dumps(self, purpose: Purpose, payload: Any) -> str:
+        return self._serializers[purpose].dumps(payload)
+
+    def loads(self, purpose: Purpose, token: str, max_age: int | None = None) -> Any | None:
+        """The payload of a valid token, or ``None`` for any invalid one."""
+        if not token or len(token) > MAX_TOKEN_LENGTH:
+            return None
+        age = max_age if max_age is not None else (None if purpose is Purpose.CURSOR else self.max_age)
+        try:
+            return self._serializers[purpose].loads(token, max_age=age)
+        except (BadData, ValueError, TypeError, UnicodeError):
+            # BadData covers signature, expiry and payload-decoding failures; the others
+            # cover a payload that decodes to garbage (e.g. zlib errors on tampered data).
+            return None
+        except Exception:  # noqa: BLE001 - e.g. zlib.error: a tampered token is still a 404
+            return None
