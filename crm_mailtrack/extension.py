@@ -265,10 +265,8 @@ def _sqlite_pragmas(engine: Any) -> None:
 
 
 def _register_api(app: Flask, prefix: str) -> None:
-    try:
-        from .api import blueprint as api_blueprint
-    except ImportError:  # the API package is optional while it is being built
-        return
+    from .api import blueprint as api_blueprint
+
     app.register_blueprint(api_blueprint, url_prefix=f"{prefix}/api")
 
 

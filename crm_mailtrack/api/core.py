@@ -1,0 +1,280 @@
+"""API plumbing: authorisation, content negotiation, problem+json errors, input parsing,
+and the route registry the OpenAPI document is generated from."""
+from __future__ import annotations
+
+import datetime as dt
+import hmac
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import marshmallow as ma
+from flask import Blueprint, Response, current_app, request
+from werkzeug.exceptions import HTTPException
+
+from ..errors import NotAcceptable, Unauthorized
+from ..errors import ValidationError as MTValidationError
+from ..services.common import tenant_key
+from ..state import get_state
+
+blueprint = Blueprint("mailtrack_api", __name__)
+
+PROBLEM_JSON = "application/problem+json"
+
+
+# -- route registry ------------------------------------------------------------------------
+
+@dataclass
+class RouteDoc:
+    """What the OpenAPI document says about one route (filled by :func:`route`)."""
+
+    rule: str
+    methods: list[str]
+    endpoint: str
+    summary: str
+    description: str = ""
+    tags: list[str] = field(default_factory=list)
+    query: type[ma.Schema] | ma.Schema | None = None
+    body: type[ma.Schema] | ma.Schema | None = None
+    response: type[ma.Schema] | ma.Schema | None = None
+    status: int = 200
+    content_type: str = "application/json"
+    errors: tuple[int, ...] = (400, 401, 404, 406, 422)
+    path_params: dict[str, str] = field(default_factory=dict)
+
+
+ROUTES: list[RouteDoc] = []
+
+
+def route(
+    rule: str,
+    *,
+    methods: list[str] | None = None,
+    summary: str,
+    description: str = "",
+    tags: list[str] | None = None,
+    query: type[ma.Schema] | ma.Schema | None = None,
+    body: type[ma.Schema] | ma.Schema | None = None,
+    response: type[ma.Schema] | ma.Schema | None = None,
+    status: int = 200,
+    content_type: str = "application/json",
+    errors: tuple[int, ...] = (400, 401, 404, 406, 422),
+    path_params: dict[str, str] | None = None,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register an API view. With ``query``/``body`` schemas the view receives the loaded
+    data as ``query=`` / ``body=`` keyword arguments; bad input becomes 400 or 422."""
+    methods = methods or ["GET"]
+
+    def decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
+        endpoint = fn.__name__
+        q_schema = _instance(query)
+        b_schema = _instance(body)
+
+        def view(**kwargs: Any) -> Any:
+            if q_schema is not None:
+                kwargs["query"] = load_query(q_schema)
+            if b_schema is not None:
+                kwargs["body"] = load_body(b_schema)
+            return fn(**kwargs)
+
+        view.__name__ = endpoint
+        view.__doc__ = fn.__doc__
+        blueprint.add_url_rule(rule, endpoint, view, methods=methods)
+        ROUTES.append(RouteDoc(
+            rule=rule, methods=methods, endpoint=endpoint, summary=summary,
+            description=description or (fn.__doc__ or "").strip(), tags=tags or [],
+            query=query, body=body, response=response, status=status,
+            content_type=content_type, errors=errors, path_params=path_params or {},
+        ))
+        return fn
+
+    return decorator
+
+
+def _instance(schema: type[ma.Schema] | ma.Schema | None) -> ma.Schema | None:
+    if schema is None:
+        return None
+    return schema() if isinstance(schema, type) else schema
+
+
+# -- input -----------------------------------------------------------------------------------
+
+def _multi_dict_to_data(schema: ma.Schema) -> dict[str, Any]:
+    """Query args as a dict: list fields get every value (``a=1&a=2`` or ``a[]=1``)."""
+    data: dict[str, Any] = {}
+    args = request.args
+    for key in args:
+        values = args.getlist(key)
+        name = key[:-2] if key.endswith("[]") else key
+        fld = schema.fields.get(name) or next(
+            (f for f in schema.fields.values() if f.data_key == name), None
+        )
+        if isinstance(fld, ma.fields.List) or key.endswith("[]"):
+            data.setdefault(name, []).extend(values)
+        else:
+            data[name] = values[-1]
+    return data
+
+
+def load_query(schema: ma.Schema) -> Any:
+    try:
+        return schema.load(_multi_dict_to_data(schema))
+    except ma.ValidationError as exc:
+        raise MTValidationError(_messages(exc), "The query string failed validation.") from None
+
+
+def load_body(schema: ma.Schema) -> Any:
+    """Parse a JSON body: malformed JSON or a non-JSON body is 400, invalid data 422."""
+    raw = request.get_data(cache=True)
+    if not raw.strip():
+        data: Any = {}
+    else:
+        try:
+            data = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            from ..errors import BadRequest
+
+            raise BadRequest("The request body is not valid JSON.") from None
+    if not isinstance(data, dict):
+        raise MTValidationError({"_schema": ["The body must be a JSON object."]})
+    try:
+        return schema.load(data)
+    except ma.ValidationError as exc:
+        raise MTValidationError(_messages(exc)) from None
+
+
+def _messages(exc: ma.ValidationError) -> dict[str, Any]:
+    msgs = exc.messages
+    return msgs if isinstance(msgs, dict) else {"_schema": msgs}
+
+
+# -- output ----------------------------------------------------------------------------------
+
+def jsonify_data(data: Any, status: int = 200) -> Response:
+    return current_app.response_class(
+        json.dumps(data, separators=(",", ":"), default=_json_default) + "\n",
+        status=status, mimetype="application/json",
+    )
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        return iso(value)
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def iso(value: dt.datetime | None) -> str | None:
+    """ISO 8601 UTC with a ``Z``."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.timezone.utc)
+    return value.astimezone(dt.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def current_tenant() -> str:
+    """The stored tenant key of the current API request."""
+    return tenant_key(get_state())
+
+
+# -- guards ----------------------------------------------------------------------------------
+
+@blueprint.before_request
+def _guard() -> None:
+    state = get_state()
+    if request.endpoint == "mailtrack_api.openapi_document" and request.method == "GET":
+        pass  # the document itself is still authorised below, like every route
+    authorizer = state.extension._api_authorizer
+    if authorizer is not None:
+        allowed = bool(authorizer())
+    elif state.api_tokens:
+        auth = request.headers.get("Authorization", "")
+        scheme, _, token = auth.partition(" ")
+        allowed = scheme.lower() == "bearer" and any(
+            hmac.compare_digest(token.strip().encode(), t.encode()) for t in state.api_tokens
+        )
+    else:
+        allowed = False
+    if not allowed:
+        raise Unauthorized("Missing or invalid credentials: send 'Authorization: Bearer <token>'.")
+    accepted = request.accept_mimetypes
+    if accepted and not (
+        accepted.best_match(["application/json", PROBLEM_JSON, "text/csv"]) or "*/*" in accepted.values()
+    ):
+        raise NotAcceptable("This API answers application/json only.")
+
+
+_ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+
+@blueprint.route("/<path:_unmatched>", methods=_ALL_METHODS)
+def _unmatched(_unmatched: str) -> Response:
+    """Unknown API paths (and known ones with a wrong method) answer in problem+json too:
+    routing errors never reach a blueprint's handlers, and the host's own 404 handler must
+    stay the host's."""
+    from werkzeug.exceptions import MethodNotAllowed, NotFound
+
+    adapter = current_app.url_map.bind("localhost")
+    allowed = []
+    for method in ("GET", "POST", "PUT", "PATCH", "DELETE"):
+        try:
+            endpoint, _ = adapter.match(request.path, method=method)
+        except HTTPException:
+            continue
+        if endpoint != "mailtrack_api._unmatched":
+            allowed.append(method)
+    if allowed:
+        raise MethodNotAllowed(valid_methods=allowed)
+    raise NotFound("No such API resource.")
+
+
+# -- errors ----------------------------------------------------------------------------------
+
+def problem(status: int, title: str, detail: str, errors: dict[str, Any] | None = None,
+            headers: dict[str, str] | None = None) -> Response:
+    body: dict[str, Any] = {
+        "type": "about:blank",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "time": iso(dt.datetime.now(dt.timezone.utc)),
+    }
+    if errors is not None:
+        body["errors"] = errors
+    resp = current_app.response_class(json.dumps(body) + "\n", status=status, mimetype=PROBLEM_JSON)
+    if headers:
+        resp.headers.update(headers)
+    return resp
+
+
+@blueprint.errorhandler(HTTPException)
+def _http_error(exc: HTTPException) -> Response:
+    status = exc.code or 500
+    errors = getattr(exc, "errors", None) if status == 422 else None
+    if status == 422 and errors is None:
+        errors = {}
+    headers = {}
+    if status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="mailtrack"'
+    valid = getattr(exc, "valid_methods", None)
+    if status == 405 and valid:
+        headers["Allow"] = ", ".join(valid)
+    return problem(status, exc.name, exc.description or exc.name, errors, headers)
+
+
+@blueprint.errorhandler(Exception)
+def _unexpected(exc: Exception) -> Response:
+    import sqlalchemy as sa
+
+    if isinstance(exc, HTTPException):
+        return _http_error(exc)
+    get_state().session.rollback()
+    if isinstance(exc, sa.exc.OperationalError):
+        current_app.logger.warning("mailtrack API: database unavailable", exc_info=exc)
+        return problem(503, "Service Unavailable", "The database is unavailable; nothing was changed.",
+                       headers={"Retry-After": "30"})
+    current_app.logger.exception("mailtrack API: unexpected error")
+    return problem(500, "Internal Server Error", "An unexpected error occurred; nothing was changed.")
