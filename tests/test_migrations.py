@@ -1,0 +1,236 @@
+"""The shipped Alembic migrations: upgrading an empty database gives exactly the models'
+schema (no drift) on SQLite and PostgreSQL, downgrade and re-upgrade work, ``flask
+mailtrack init-db`` runs them, and a host's own tables and ``alembic_version`` stay untouched.
+
+Each test gets an *empty* database (conftest's databases already hold ``create_all`` tables):
+a new SQLite file, or a new PostgreSQL schema dropped at the end.
+"""
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from flask import Flask
+from flask_sqlalchemy import SQLAlchemy
+
+from crm_mailtrack import MailTrack, metadata
+from crm_mailtrack.migrate import (
+    VERSION_TABLE,
+    alembic_config,
+    compare_server_default,
+    current,
+    downgrade,
+    include_name,
+    include_object,
+    stamp,
+    upgrade,
+)
+
+HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head()
+OUR_TABLES = set(metadata.tables)
+
+
+@pytest.fixture
+def empty_url(database_url: str, tmp_path: Path) -> Iterator[str]:
+    """URL of an empty database of the parametrised kind."""
+    if database_url.startswith("sqlite"):
+        yield f"sqlite:///{tmp_path}/migrations.db"
+        return
+    base = os.environ["MAILTRACK_TEST_POSTGRES_URL"]
+    schema = f"mt_mig_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(base)
+    with admin.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    sep = "&" if "?" in base else "?"
+    try:
+        yield f"{base}{sep}options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture
+def engine(empty_url: str) -> Iterator[sa.Engine]:
+    engine = sa.create_engine(empty_url)
+    yield engine
+    engine.dispose()
+
+
+def schema_diff(engine: sa.Engine, target: sa.MetaData = metadata) -> list[object]:
+    """Alembic's autogenerate diff between the database and the models (our tables only)."""
+    with engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={
+            "compare_type": True,
+            "compare_server_default": compare_server_default,
+            "version_table": VERSION_TABLE,
+            "include_name": include_name,
+            "include_object": include_object,
+        })
+        return compare_metadata(context, target)
+
+
+def table_names(engine: sa.Engine) -> set[str]:
+    return set(sa.inspect(engine).get_table_names())
+
+
+def add_host_tables(engine: sa.Engine) -> None:
+    """A host's own table with a row, and the host's own Alembic version table."""
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE crm_contacts (id INTEGER PRIMARY KEY, name VARCHAR(50))"))
+        conn.execute(sa.text("INSERT INTO crm_contacts VALUES (1, 'Ada')"))
+        conn.execute(sa.text("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)"))
+        conn.execute(sa.text("INSERT INTO alembic_version VALUES ('host_rev_1')"))
+
+
+def assert_host_tables_intact(engine: sa.Engine) -> None:
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT id, name FROM crm_contacts")).all() == [(1, "Ada")]
+        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).all() == [("host_rev_1",)]
+
+
+def test_one_head_on_the_mailtrack_branch() -> None:
+    script = ScriptDirectory.from_config(alembic_config())
+    assert script.get_heads() == [HEAD]
+    base = script.get_revision(script.get_bases()[0])
+    assert base.branch_labels == {"mailtrack"}
+    assert script.get_revision("mailtrack@head").revision == HEAD
+
+
+def test_upgrade_from_empty_gives_exactly_the_models(engine: sa.Engine) -> None:
+    assert current(engine) is None
+    upgrade(engine)
+    assert table_names(engine) == OUR_TABLES | {VERSION_TABLE}
+    assert current(engine) == HEAD
+    assert schema_diff(engine) == []
+
+    # The check can fail: it sees a changed server default and a missing index.
+    changed = sa.MetaData(naming_convention=metadata.naming_convention)
+    for table in metadata.tables.values():
+        table.to_metadata(changed)
+    changed.tables["mailtrack_events"].append_column(
+        sa.Column("tenant_id", sa.String(64), nullable=False, server_default="x"), replace_existing=True)
+    [[(op, _, table, column, *_rest)]] = schema_diff(engine, changed)
+    assert (op, table, column) == ("modify_default", "mailtrack_events", "tenant_id")
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP INDEX ix_mailtrack_events_message"))
+    diff = schema_diff(engine)
+    assert [(op, index.name) for op, index in diff] == [("add_index", "ix_mailtrack_events_message")]
+
+
+def test_alembic_check_through_env_finds_nothing_to_generate(empty_url: str, engine: sa.Engine) -> None:
+    """``env.py`` on a URL (the ``alembic`` command line's way), with its own filters and
+    comparison hooks: at head, autogenerate has nothing to write."""
+    upgrade(engine)
+    command.check(alembic_config(url=empty_url))  # raises AutogenerateDiffsDetected on drift
+
+
+def test_upgrade_twice_is_a_no_op_and_keeps_rows(engine: sa.Engine) -> None:
+    upgrade(engine)
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO mailtrack_links (id, url) VALUES ('abc', 'https://example.com/')"))
+    upgrade(engine)
+    upgrade(engine, "heads")
+    assert current(engine) == HEAD
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT url FROM mailtrack_links")).scalar_one() == "https://example.com/"
+        assert conn.execute(sa.text(f"SELECT count(*) FROM {VERSION_TABLE}")).scalar_one() == 1
+
+
+def test_downgrade_to_base_removes_our_tables_then_upgrade_again(engine: sa.Engine) -> None:
+    upgrade(engine)
+    downgrade(engine, "base")
+    assert {t for t in table_names(engine) if t.startswith("mailtrack_")} == {VERSION_TABLE}
+    assert current(engine) is None
+    upgrade(engine)
+    assert schema_diff(engine) == []
+
+
+def test_upgrade_on_a_given_connection_joins_its_transaction(engine: sa.Engine) -> None:
+    """With a connection, the caller's transaction holds the upgrade and commits it."""
+    with engine.connect() as conn:
+        with conn.begin():
+            upgrade(conn)
+            assert current(conn) == HEAD
+        assert current(conn) == HEAD
+    assert OUR_TABLES <= table_names(engine)
+
+
+def test_tables_from_create_all_are_refused_until_stamped(engine: sa.Engine) -> None:
+    """``create_all()`` gives the same schema as the migrations; ``upgrade`` will not run
+    over such unversioned tables, ``stamp`` adopts them."""
+    metadata.create_all(engine)
+    assert schema_diff(engine) == []
+    with pytest.raises(RuntimeError, match="stamp"):
+        upgrade(engine)
+    assert current(engine) is None
+    stamp(engine)
+    assert current(engine) == HEAD
+    upgrade(engine)
+    assert current(engine) == HEAD
+
+
+def test_cli_init_db_creates_tables_and_stamps_our_version_table(
+    empty_url: str, engine: sa.Engine, tmp_path: Path
+) -> None:
+    add_host_tables(engine)
+    app = Flask("host_migrations", instance_path=str(tmp_path / "instance"))
+    app.config.update(
+        SECRET_KEY="migrations-test-secret-" + "m" * 24,
+        SQLALCHEMY_DATABASE_URI=empty_url,
+        MAILTRACK_BASE_URL="http://crm.test",
+        MAILTRACK_JOURNAL_PATH=str(tmp_path / "journal.jsonl"),
+    )
+    db = SQLAlchemy()
+    db.init_app(app)
+    MailTrack().init_app(app, db=db)
+    runner = app.test_cli_runner()
+    try:
+        result = runner.invoke(args=["mailtrack", "init-db"])
+        assert result.exit_code == 0, result.output
+        assert "database ready" in result.output
+        assert runner.invoke(args=["mailtrack", "init-db"]).exit_code == 0  # again: no-op
+    finally:
+        with app.app_context():
+            db.engine.dispose()
+
+    assert table_names(engine) == OUR_TABLES | {VERSION_TABLE, "crm_contacts", "alembic_version"}
+    with engine.connect() as conn:
+        assert conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).all() == [(HEAD,)]
+    assert schema_diff(engine) == []  # the host's tables are not ours to compare
+    assert_host_tables_intact(engine)
+
+    downgrade(engine, "base")
+    assert table_names(engine) == {VERSION_TABLE, "crm_contacts", "alembic_version"}
+    assert_host_tables_intact(engine)
+
+
+def test_host_alembic_can_take_our_revisions_through_version_locations(
+    empty_url: str, engine: sa.Engine, tmp_path: Path
+) -> None:
+    """The set-up the docstring of ``crm_mailtrack.migrate`` gives hosts: our versions
+    directory in the host's ``version_locations``, one ``alembic_version`` for both."""
+    host_dir = tmp_path / "host_migrations"
+    with open(os.devnull, "w") as quiet:
+        command.init(Config(str(tmp_path / "alembic.ini"), stdout=quiet), str(host_dir))
+    config = Config()  # no ini file: the generic env.py then leaves logging alone
+    config.set_main_option("script_location", str(host_dir))
+    config.set_main_option("path_separator", "space")
+    config.set_main_option("version_locations", f"{host_dir}/versions crm_mailtrack:migrations/versions")
+    config.set_main_option("sqlalchemy.url", empty_url.replace("%", "%%"))
+
+    command.upgrade(config, "heads")
+
+    assert table_names(engine) == OUR_TABLES | {"alembic_version"}
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).all() == [(HEAD,)]
+    assert schema_diff(engine) == []
