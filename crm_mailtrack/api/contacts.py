@@ -1,0 +1,257 @@
+"""Contact routes: activity (004), events by kind (003), external events, DNC and UTM (004).
+
+Every route is scoped to the request's tenant. A contact id the host's ``contact_loader``
+does not know (or one no contact can have: too long, NUL) answers 404.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Response
+
+from ..errors import NotFound, ValidationError
+from ..services import dnc as dnc_service
+from ..services import external_events, reports
+from ..services import utm as utm_service
+from ..state import get_state
+from . import pagination
+from .core import current_tenant, jsonify_data, route
+from .schemas import (
+    KIND_TO_TYPE,
+    ORDER_COLUMNS,
+    ActivityItemSchema,
+    ActivityPageSchema,
+    ActivityQuerySchema,
+    ContactEventSchema,
+    ContactEventsPageSchema,
+    ContactEventsQuerySchema,
+    DNCAddBodySchema,
+    DNCListSchema,
+    DNCRemoveBodySchema,
+    EventBodySchema,
+    UTMAddBodySchema,
+    UTMAddResultSchema,
+    UTMItemSchema,
+    UTMListSchema,
+)
+
+CONTACT = {"contact_id": "The host's contact id."}
+_TAGS = ["contacts"]
+_MAX_CONTACT_ID = 64
+
+_activity_item = ActivityItemSchema()
+_contact_event = ContactEventSchema()
+_dnc_list = DNCListSchema()
+_utm_list = UTMListSchema()
+_utm_item = UTMItemSchema()
+
+
+def require_contact(contact_id: str) -> Mapping[str, Any] | None:
+    """The host's contact mapping (``None`` without a loader); 404 for an unknown id."""
+    if not contact_id or len(contact_id) > _MAX_CONTACT_ID or "\x00" in contact_id:
+        raise NotFound("No such contact.")
+    loader = get_state().extension._contact_loader
+    if loader is None:
+        return None
+    contact = loader(contact_id)
+    if contact is None:
+        raise NotFound("No such contact.")
+    return contact
+
+
+def contact_email(contact: Mapping[str, Any] | None) -> str | None:
+    """The loader's ``email`` when it is a plausible one (a string that fits the column)."""
+    email = (contact or {}).get("email")
+    return email if isinstance(email, str) and 0 < len(email) <= 320 and "\x00" not in email else None
+
+
+def event_dict(row: Any) -> dict[str, Any]:
+    """An event row (Row or ContactEvent) as the mapping the item schemas dump."""
+    data = dict(row._mapping) if hasattr(row, "_mapping") else {
+        c: getattr(row, c) for c in ("id", "type", "contact_id", "email", "message_id", "campaign_id",
+                                     "link_id", "url", "occurred_at", "is_machine", "details")
+    }
+    data["event_label"] = reports.EVENT_LABELS.get(data["type"], data["type"])
+    data["activity_type"] = "EMAIL_" + str(data["type"]).upper()
+    data["is_machine"] = bool(data.get("is_machine"))
+    return data
+
+
+# -- activity (004) ------------------------------------------------------------------------------
+
+def _activity(contact_id: str | None, query: dict[str, Any]) -> Response:
+    column, direction = query["order"]
+    f = reports.ActivityFilters(
+        search=query.get("search") or None,
+        include_events=query.get("include_events") or (),
+        exclude_events=query.get("exclude_events") or (),
+        date_from=query.get("date_from"), date_to=query.get("date_to"),
+        order_column=ORDER_COLUMNS[column], descending=direction == "desc",
+        page=query["page"], limit=query["limit"], include_bots=query["include_bots"],
+    )
+    rows, total = reports.activity(get_state().session, current_tenant(), contact_id, f)
+    return jsonify_data({
+        "events": [_activity_item.dump(event_dict(r)) for r in rows],
+        "total": total,
+        "page": f.page,
+        "limit": f.limit,
+        "maxPages": math.ceil(total / f.limit),
+        "types": reports.EVENT_LABELS,
+        "filters": {
+            "search": f.search, "includeEvents": list(f.include_events), "excludeEvents": list(f.exclude_events),
+            "dateFrom": f.date_from, "dateTo": f.date_to, "includeBots": f.include_bots,
+        },
+        "order": [column, direction.upper()],
+    })
+
+
+@route("/contacts/<contact_id>/activity", summary="A contact's activity (004)", tags=_TAGS,
+       query=ActivityQuerySchema, response=ActivityPageSchema, path_params=CONTACT)
+def contact_activity(contact_id: str, query: dict[str, Any]) -> Response:
+    """Events of one contact, filtered, ordered and paged (page/limit); humans only unless
+    ``include_bots=true``."""
+    require_contact(contact_id)
+    return _activity(contact_id, query)
+
+
+@route("/activity", summary="Activity of all contacts (004)", tags=_TAGS,
+       query=ActivityQuerySchema, response=ActivityPageSchema, errors=(400, 401, 406, 422))
+def all_activity(query: dict[str, Any]) -> Response:
+    """Events of every contact of the tenant, filtered, ordered and paged."""
+    return _activity(None, query)
+
+
+# -- events by kind (003) and external events ----------------------------------------------------
+
+@route("/contacts/<contact_id>/events/<kind>", summary="A contact's events of one kind (003)", tags=_TAGS,
+       query=ContactEventsQuerySchema, response=ContactEventsPageSchema,
+       path_params={**CONTACT, "kind": "sends, opens, clicks, bounces, forwards or unsubscribes."})
+def contact_events(contact_id: str, kind: str, query: dict[str, Any]) -> Response:
+    """Newest first, keyset-paged through ``meta.pagination.next_link``."""
+    event_type = KIND_TO_TYPE.get(kind)
+    if event_type is None:
+        raise NotFound(f"No event kind {kind!r}: use one of {', '.join(KIND_TO_TYPE)}.")
+    require_contact(contact_id)
+    tenant = current_tenant()
+    scope = {"r": "contact-events", "t": tenant, "c": contact_id, "k": kind}
+    limit, include_bots, after = query["limit"], query["include_bots"], None
+    if query.get("next"):
+        found, position = pagination.decode_cursor(query["next"], scope)
+        limit, include_bots = found.get("l"), found.get("b")
+        if not (isinstance(limit, int) and 1 <= limit <= 500 and isinstance(include_bots, bool)) or len(position) != 2:
+            raise ValidationError({"next": ["Invalid cursor."]})
+        after = (pagination.parse_position_time(position[0]), pagination.parse_position_int(position[1]))
+    rows = reports.contact_events(get_state().session, tenant, contact_id, event_type,
+                                  include_bots=include_bots, after=after, limit=limit)
+    page, more = rows[:limit], len(rows) > limit
+    meta: dict[str, Any] = {}
+    if more:
+        last = page[-1]
+        token = pagination.encode_cursor({**scope, "l": limit, "b": include_bots}, [last.occurred_at, last.id])
+        meta["next_link"] = pagination.next_link(token)
+    return jsonify_data({"meta": {"pagination": meta}, "events": [_contact_event.dump(event_dict(r)) for r in page]})
+
+
+@route("/contacts/<contact_id>/events", methods=["POST"], summary="Record an external event", tags=_TAGS,
+       body=EventBodySchema, response=ActivityItemSchema, status=201, path_params=CONTACT)
+def record_contact_event(contact_id: str, body: dict[str, Any]) -> Response:
+    """An ESP webhook's bounce or forward, an import. A hard bounce (``details.bounceType``
+    ``hard`` or ``permanent``) also puts the contact on Do-Not-Contact for email with reason
+    2 (bounced), an ``unsubscribe`` with reason 1; an existing entry is kept. One transaction."""
+    contact = require_contact(contact_id)
+    event = external_events.record_external_event(
+        get_state(), current_tenant(), contact_id, body["type"], email=body.get("email"),
+        message_id=body.get("message_id"), campaign_id=body.get("campaign_id"), url=body.get("url"),
+        occurred_at=body.get("occurred_at"), details=body.get("details"), fallback_email=contact_email(contact),
+    )
+    return jsonify_data(_activity_item.dump(event_dict(event)), status=201)
+
+
+# -- Do-Not-Contact (004) -------------------------------------------------------------------------
+
+def _dnc_response(contact_id: str, tenant: str) -> Response:
+    rows = dnc_service.list_dnc(get_state(), contact_id, tenant_id=tenant)
+    return jsonify_data(_dnc_list.dump({"doNotContact": rows}))
+
+
+def _check_body_channel(body: Mapping[str, Any], channel: str) -> None:
+    if body.get("channel") not in (None, channel):
+        raise ValidationError({"channel": ["Must equal the channel in the path."]})
+
+
+@route("/contacts/<contact_id>/dnc", summary="A contact's Do-Not-Contact entries", tags=_TAGS,
+       response=DNCListSchema, path_params=CONTACT, errors=(401, 404, 406))
+def dnc_list(contact_id: str) -> Response:
+    """One entry per channel."""
+    require_contact(contact_id)
+    return _dnc_response(contact_id, current_tenant())
+
+
+CHANNEL = {**CONTACT, "channel": "A lowercase channel name: email, sms ..."}
+
+
+@route("/contacts/<contact_id>/dnc/<channel>/add", methods=["POST"], summary="Add to Do-Not-Contact", tags=_TAGS,
+       body=DNCAddBodySchema, response=DNCListSchema, path_params=CHANNEL)
+def dnc_add(contact_id: str, channel: str, body: dict[str, Any]) -> Response:
+    """Adding twice keeps one row per channel and updates reason, channelId and comments."""
+    require_contact(contact_id)
+    dnc_service.check_channel(channel)
+    _check_body_channel(body, channel)
+    tenant = current_tenant()
+    dnc_service.add_dnc(get_state(), contact_id, channel, body["reason"], body.get("channel_id"),
+                        body.get("comments"), tenant_id=tenant)
+    return _dnc_response(contact_id, tenant)
+
+
+@route("/contacts/<contact_id>/dnc/<channel>/remove", methods=["POST"], summary="Remove from Do-Not-Contact",
+       tags=_TAGS, body=DNCRemoveBodySchema, response=DNCListSchema, path_params=CHANNEL)
+def dnc_remove(contact_id: str, channel: str, body: dict[str, Any]) -> Response:
+    """404 when the contact has no entry for the channel."""
+    require_contact(contact_id)
+    dnc_service.check_channel(channel)
+    _check_body_channel(body, channel)
+    tenant = current_tenant()
+    if not dnc_service.remove_dnc(get_state(), contact_id, channel, tenant_id=tenant):
+        raise NotFound(f"The contact has no Do-Not-Contact entry for {channel!r}.")
+    return _dnc_response(contact_id, tenant)
+
+
+# -- UTM tags (004) --------------------------------------------------------------------------------
+
+def _utm_payload(contact_id: str, tenant: str) -> dict[str, Any]:
+    return _utm_list.dump({"utmtags": utm_service.list_utm(get_state(), contact_id, tenant_id=tenant)})
+
+
+@route("/contacts/<contact_id>/utm", summary="A contact's UTM tags", tags=_TAGS,
+       response=UTMListSchema, path_params=CONTACT, errors=(401, 404, 406))
+def utm_list(contact_id: str) -> Response:
+    """Oldest first."""
+    require_contact(contact_id)
+    return jsonify_data(_utm_payload(contact_id, current_tenant()))
+
+
+@route("/contacts/<contact_id>/utm/add", methods=["POST"], summary="Add a UTM tag", tags=_TAGS,
+       body=UTMAddBodySchema, response=UTMAddResultSchema, status=201, path_params=CONTACT)
+def utm_add(contact_id: str, body: dict[str, Any]) -> Response:
+    """Every field is optional but at least one must be given. ``lastActive`` is a strict
+    ISO 8601 date-time; ``query`` an object or a query string."""
+    require_contact(contact_id)
+    tenant = current_tenant()
+    tag = utm_service.add_utm(get_state(), contact_id, tenant_id=tenant, **body)
+    payload = _utm_payload(contact_id, tenant)
+    payload["utmtag"] = _utm_item.dump(tag)
+    return jsonify_data(payload, status=201)
+
+
+@route("/contacts/<contact_id>/utm/<utm_id>/remove", methods=["POST"], summary="Remove a UTM tag", tags=_TAGS,
+       response=UTMListSchema, path_params={**CONTACT, "utm_id": "The tag's id."}, errors=(401, 404, 406))
+def utm_remove(contact_id: str, utm_id: str) -> Response:
+    """404 when the contact has no such tag (in this tenant)."""
+    require_contact(contact_id)
+    if not utm_id.isascii() or not utm_id.isdigit() or int(utm_id) > 2**63 - 1:
+        raise NotFound(f"No UTM tag {utm_id!r} for this contact.")
+    tenant = current_tenant()
+    utm_service.remove_utm(get_state(), contact_id, int(utm_id), tenant_id=tenant)
+    return jsonify_data(_utm_payload(contact_id, tenant))

@@ -1,0 +1,132 @@
+"""000's ContactClicks OData entity set: per-contact click totals with contact properties.
+
+``ID`` is the host's contact id. 000 types it Int32; ours are strings, so the key is
+accepted as ``ContactClicks(42)`` or OData's string literal ``ContactClicks('c-42')``, and
+``ID`` is answered as an integer when the contact id is a plain Int32 number, else as a
+string. Properties come from the host's ``contact_loader`` (``FirstName`` <- ``first_name``
+...); ``ClickCount`` from the event log (see :mod:`crm_mailtrack.services.contactclicks`).
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Response
+
+from ..errors import Conflict, ValidationError
+from ..services import contactclicks as service
+from ..state import get_state
+from .contacts import contact_email, require_contact
+from .core import current_tenant, jsonify_data, route
+from .schemas import (
+    CONTACT_PROPERTIES,
+    ContactClickListSchema,
+    ContactClickPostSchema,
+    ContactClickPutSchema,
+    ContactClickSchema,
+    ODataQuerySchema,
+)
+
+_TAGS = ["odata"]
+_KEY = {"key": "The contact id: 42, or a quoted string literal such as 'c-42'."}
+_INT32 = re.compile(r"^(0|-?[1-9][0-9]{0,9})$")
+
+
+def public_id(contact_id: str) -> int | str:
+    """``"42"`` -> ``42`` (000's Int32), anything else stays a string."""
+    if _INT32.match(contact_id) and -(2**31) <= int(contact_id) < 2**31:
+        return int(contact_id)
+    return contact_id
+
+
+def parse_key(key: str) -> str:
+    """An OData key segment: ``42`` or ``'it''s'`` -> the contact id."""
+    key = key.strip()
+    if len(key) >= 2 and key[0] == key[-1] == "'":
+        return key[1:-1].replace("''", "'")
+    return key
+
+
+def _body_id(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValidationError({"ID": ["Must be the contact id (an integer or a string)."]})
+    text = str(value).strip()
+    if not text or len(text) > 64 or "\x00" in text:
+        raise ValidationError({"ID": ["Must be a contact id of 1 to 64 characters."]})
+    return text
+
+
+def _entity(contact_id: str, clicks: int, contact: Mapping[str, Any] | None) -> dict[str, Any]:
+    data: dict[str, Any] = {"ID": public_id(contact_id), "ClickCount": clicks}
+    contact = contact or {}
+    for prop, key in CONTACT_PROPERTIES.items():
+        data[prop] = contact.get(key, contact.get(prop))
+    return data
+
+
+def _load(contact_id: str) -> Mapping[str, Any] | None:
+    loader = get_state().extension._contact_loader
+    return loader(contact_id) if loader is not None else None
+
+
+@route("/odata/ContactClicks", summary="Click totals of every contact with clicks (000)", tags=_TAGS,
+       query=ODataQuerySchema, response=ContactClickListSchema, errors=(400, 401, 406, 422))
+def contact_clicks_list(query: dict[str, Any]) -> Response:
+    """``$top`` / ``$skip`` / ``$orderby`` (``ID`` or ``ClickCount``, ``asc``/``desc``)."""
+    rows = service.list_totals(get_state(), current_tenant(), top=query["top"], skip=query["skip"],
+                               orderby=query["orderby"])
+    schema = ContactClickSchema()
+    return jsonify_data({"value": [
+        schema.dump(_entity(r.contact_id, int(r.click_count), _load(r.contact_id))) for r in rows
+    ]})
+
+
+@route("/odata/ContactClicks", methods=["POST"], summary="Import a contact's click total (000)", tags=_TAGS,
+       body=ContactClickPostSchema, response=ContactClickSchema, status=201, errors=(400, 401, 404, 406, 409, 422))
+def contact_clicks_create(body: dict[str, Any]) -> Response:
+    """Creates the contact's ContactClick from another system's ``ClickCount`` (stored as an
+    import event). 409 when the contact already has click data: correct it with PUT.
+    Contact properties in the body are accepted and ignored: they are the host's."""
+    contact_id = _body_id(body.get("ID"))
+    contact = require_contact(contact_id)
+    state, tenant = get_state(), current_tenant()
+    _, exists = service.click_total(state, tenant, contact_id)
+    if exists:
+        raise Conflict("This contact already has click data; use PUT ContactClicks(<id>) to correct it.")
+    total = service.import_clicks(state, tenant, contact_id, body["ClickCount"],
+                                  email=contact_email(contact))
+    return jsonify_data(ContactClickSchema().dump(_entity(contact_id, total, contact)), status=201)
+
+
+@route("/odata/ContactClicks(<key>)", summary="One contact's click total (000)", tags=_TAGS,
+       response=ContactClickSchema, path_params=_KEY, errors=(401, 404, 406))
+def contact_clicks_get(key: str) -> Response:
+    """A contact without clicks has ``ClickCount`` 0; an unknown contact (per the host's
+    contact_loader) is a 404."""
+    contact_id = parse_key(key)
+    contact = require_contact(contact_id)
+    clicks, _ = service.click_total(get_state(), current_tenant(), contact_id)
+    return jsonify_data(ContactClickSchema().dump(_entity(contact_id, clicks, contact)))
+
+
+@route("/odata/ContactClicks(<key>)", methods=["PUT"], summary="Correct a contact's click total (000)",
+       tags=_TAGS, body=ContactClickPutSchema, status=204, path_params=_KEY)
+def contact_clicks_put(key: str, body: dict[str, Any]) -> Response:
+    """Sets ``ClickCount`` (stored as an import event holding the difference); later
+    tracked clicks add to it. The body's ``ID`` is ignored: the URL names the contact."""
+    contact_id = parse_key(key)
+    contact = require_contact(contact_id)
+    service.import_clicks(get_state(), current_tenant(), contact_id, body["ClickCount"], set_total=True,
+                          email=contact_email(contact))
+    return Response(status=204)
+
+
+@route("/odata/ContactClicks(<key>)", methods=["DELETE"], summary="Erase a contact's click data (000)",
+       tags=_TAGS, status=204, path_params=_KEY, errors=(401, 404, 406))
+def contact_clicks_delete(key: str) -> Response:
+    """Deletes every click event of the contact, tracked and imported."""
+    contact_id = parse_key(key)
+    require_contact(contact_id)
+    service.erase_clicks(get_state(), current_tenant(), contact_id)
+    return Response(status=204)

@@ -1,0 +1,464 @@
+"""Marshmallow schemas of the contacts, campaigns and ContactClicks API (issue 3).
+
+Query-argument schemas use ``unknown = EXCLUDE``; body schemas ``unknown = RAISE``. Every
+text field refuses NUL characters and over-long values (PostgreSQL would refuse them later
+with a 500), every number has a range, every JSON object is checked for values a database
+cannot store (NUL, NaN): bad input is a 422, never a 500.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import math
+import re
+from typing import Any
+from urllib.parse import parse_qsl
+
+import marshmallow as ma
+from marshmallow import fields, validate
+
+from ..models import EVENT_TYPES
+from .core import iso
+
+#: Event types a client may record through ``POST /contacts/<id>/events``; the others
+#: (``dnc_*``, ``utm_*``) are written by their own routes.
+EXTERNAL_EVENT_TYPES = ("send", "open", "click", "bounce", "forward", "unsubscribe", "failed")
+
+#: ``/events/<kind>`` and ``/tracking/<kind>`` names -> stored event type.
+KIND_TO_TYPE = {
+    "sends": "send", "opens": "open", "clicks": "click", "bounces": "bounce",
+    "forwards": "forward", "unsubscribes": "unsubscribe",
+}
+
+#: Activity ``order`` columns (allow-list) -> event column name.
+ORDER_COLUMNS = {
+    "timestamp": "occurred_at", "date_added": "occurred_at", "id": "id", "event": "type",
+    "eventType": "type", "type": "type", "contactId": "contact_id", "contact_id": "contact_id",
+    "email": "email",
+}
+
+MAX_INT32 = 2**31 - 1
+_STRICT_ISO = re.compile(
+    r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:?\d{2})?$"
+)
+_DATE_ONLY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+# -- fields ------------------------------------------------------------------------------------
+
+def _no_nul(value: Any) -> None:
+    if isinstance(value, str) and "\x00" in value:
+        raise ma.ValidationError("Must not contain NUL characters.")
+
+
+class Text(fields.String):
+    """A string without NUL characters and with an optional maximum length."""
+
+    def __init__(self, *, max_length: int | None = None, **kwargs: Any) -> None:
+        validators = list(kwargs.pop("validate", None) or [])
+        validators.insert(0, _no_nul)
+        if max_length is not None:
+            validators.append(validate.Length(max=max_length))
+        super().__init__(validate=validators, **kwargs)
+
+
+class Timestamp(fields.DateTime):
+    """ISO 8601 in and out: dumped in UTC with a ``Z``; naive input is read as UTC.
+
+    Loading accepts ``2024-05-01T10:00:00Z``, ``2024-05-01 10:00:00`` (004's
+    ``Y-m-d H:i:s``) and a bare date. With ``strict`` only a full date-time is accepted;
+    with ``end_of_day`` a bare date means the last microsecond of that day (inclusive
+    ``dateTo``).
+    """
+
+    def __init__(self, *, strict: bool = False, end_of_day: bool = False, **kwargs: Any) -> None:
+        self.strict = strict
+        self.end_of_day = end_of_day
+        super().__init__(**kwargs)
+
+    def _serialize(self, value: Any, attr: Any, obj: Any, **kwargs: Any) -> str | None:
+        return iso(value)
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> dt.datetime:
+        if not isinstance(value, str) or "\x00" in value or len(value) > 40:
+            raise self.make_error("invalid", input=value, obj_type="datetime")
+        text = value.strip()
+        if self.strict and not _STRICT_ISO.match(text):
+            raise ma.ValidationError("Must be an ISO 8601 date-time such as 2017-01-17T00:30:08+00:00.")
+        try:
+            parsed = dt.datetime.fromisoformat(text)
+            if parsed.tzinfo is None:
+                parsed = parsed.replace(tzinfo=dt.timezone.utc)
+            if self.end_of_day and _DATE_ONLY.match(text):
+                parsed = parsed + dt.timedelta(days=1, microseconds=-1)
+            return parsed.astimezone(dt.timezone.utc)
+        except (ValueError, OverflowError):
+            raise ma.ValidationError("Not a valid ISO 8601 date-time.") from None
+
+
+def check_json(value: Any, depth: int = 0) -> None:
+    """Refuse what a JSON column cannot store: NUL in strings, NaN/Infinity, deep nesting."""
+    if depth > 20:
+        raise ma.ValidationError("Nested too deeply.")
+    if isinstance(value, str):
+        _no_nul(value)
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ma.ValidationError("NaN and Infinity are not valid JSON numbers.")
+    elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2**63 - 1:
+        raise ma.ValidationError("Integer out of range.")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _no_nul(key)
+            check_json(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            check_json(item, depth + 1)
+
+
+class JsonObject(fields.Dict):
+    """A free-form JSON object that the database can store."""
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> dict[str, Any]:
+        result = super()._deserialize(value, attr, data, **kwargs)
+        check_json(result)
+        return result
+
+
+class QueryField(fields.Raw):
+    """004's UTM ``query``: an object, or an HTTP query string parsed into one."""
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> dict[str, Any] | None:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            if len(value) > 8192:
+                raise ma.ValidationError("Longer than maximum length 8192.")
+            parsed: dict[str, Any] = {}
+            for key, item in parse_qsl(value.lstrip("?"), keep_blank_values=True):
+                if key in parsed:
+                    prev = parsed[key]
+                    parsed[key] = [*prev, item] if isinstance(prev, list) else [prev, item]
+                else:
+                    parsed[key] = item
+            check_json(parsed)
+            return parsed
+        if isinstance(value, dict):
+            check_json(value)
+            return value
+        raise ma.ValidationError("Must be an object or a query string.")
+
+
+def _lower_choice(choices: tuple[str, ...]) -> validate.Validator:
+    return validate.OneOf(choices + tuple(c.upper() for c in choices))
+
+
+def _bots() -> fields.Boolean:
+    return fields.Boolean(load_default=False, metadata={
+        "description": "Include machine events (scanner pre-clicks, privacy-proxy opens); default humans only."})
+
+
+class QuerySchema(ma.Schema):
+    class Meta:
+        unknown = ma.EXCLUDE
+
+
+class BodySchema(ma.Schema):
+    class Meta:
+        unknown = ma.RAISE
+
+
+# -- activity (004) ----------------------------------------------------------------------------
+
+class ActivityQuerySchema(QuerySchema):
+    search = Text(max_length=200, data_key="filters[search]", metadata={
+        "description": "Case-insensitive text matched against email, URL, contact, campaign and message ids."})
+    include_events = fields.List(fields.String(validate=validate.OneOf(EVENT_TYPES)),
+                                 data_key="filters[includeEvents]", metadata={
+        "description": "Only these event types (repeat the key, or use filters[includeEvents][])."})
+    exclude_events = fields.List(fields.String(validate=validate.OneOf(EVENT_TYPES)),
+                                 data_key="filters[excludeEvents]", metadata={
+        "description": "Leave these event types out (repeat the key, or use filters[excludeEvents][])."})
+    date_from = Timestamp(data_key="filters[dateFrom]", metadata={
+        "description": "Events at or after this time (ISO 8601 or 'Y-m-d H:i:s'; naive = UTC)."})
+    date_to = Timestamp(end_of_day=True, data_key="filters[dateTo]", metadata={
+        "description": "Events at or before this time; a bare date includes the whole day."})
+    order_column = fields.String(data_key="order[0]", validate=validate.OneOf(tuple(ORDER_COLUMNS)), metadata={
+        "description": "004's order array, column part: order[0]=timestamp&order[1]=DESC."})
+    order_direction = fields.String(data_key="order[1]", validate=_lower_choice(("asc", "desc")), metadata={
+        "description": "004's order array, direction part (asc or desc)."})
+    order_by = fields.String(data_key="orderBy", validate=validate.OneOf(tuple(ORDER_COLUMNS)), metadata={
+        "description": "Alternative to order[0] (004's /contacts/activity form)."})
+    order_by_dir = fields.String(data_key="orderByDir", validate=_lower_choice(("asc", "desc")), metadata={
+        "description": "Alternative to order[1]."})
+    page = fields.Integer(load_default=1, validate=validate.Range(1, 100_000), metadata={
+        "description": "Page number, from 1."})
+    limit = fields.Integer(load_default=30, validate=validate.Range(1, 500), metadata={
+        "description": "Events per page, 1-500 (default 30)."})
+    include_bots = _bots()
+
+    @ma.post_load
+    def _order(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        column = data.pop("order_column", None) or data.pop("order_by", None) or "timestamp"
+        direction = data.pop("order_direction", None) or data.pop("order_by_dir", None) or "desc"
+        data.pop("order_by", None)
+        data.pop("order_by_dir", None)
+        data["order"] = (column, direction.lower())
+        return data
+
+
+class ActivityItemSchema(ma.Schema):
+    id = fields.Integer()
+    event = fields.String(attribute="type", metadata={"description": "The event type (click, open ...)."})
+    eventType = fields.String(attribute="event_label", metadata={"description": "Human name of the event type."})
+    timestamp = Timestamp(attribute="occurred_at")
+    contactId = fields.String(attribute="contact_id")
+    email = fields.String(allow_none=True)
+    messageId = fields.String(attribute="message_id", allow_none=True)
+    campaignId = fields.String(attribute="campaign_id", allow_none=True)
+    url = fields.String(allow_none=True)
+    isBot = fields.Boolean(attribute="is_machine")
+    details = fields.Dict(allow_none=True)
+
+
+class ActivityPageSchema(ma.Schema):
+    events = fields.List(fields.Nested(ActivityItemSchema))
+    total = fields.Integer()
+    page = fields.Integer()
+    limit = fields.Integer()
+    maxPages = fields.Integer()
+    types = fields.Dict(keys=fields.String(), values=fields.String(),
+                        metadata={"description": "Every event type with its human name."})
+    filters = fields.Dict(metadata={"description": "The filters applied."})
+    order = fields.List(fields.String(), metadata={"description": "[column, direction] applied."})
+
+
+# -- contact events (003) ----------------------------------------------------------------------
+
+class CursorQuerySchema(QuerySchema):
+    next = Text(max_length=4096, metadata={
+        "description": "Opaque cursor from meta.pagination.next_link; it carries the other parameters."})
+    include_bots = _bots()
+
+
+class ContactEventsQuerySchema(CursorQuerySchema):
+    limit = fields.Integer(load_default=50, validate=validate.Range(1, 500), metadata={
+        "description": "Events per page, 1-500 (default 50)."})
+
+
+class ContactEventSchema(ma.Schema):
+    id = fields.Integer()
+    activity_type = fields.String()
+    contact_id = fields.String()
+    email_address = fields.String(attribute="email", allow_none=True)
+    campaign_id = fields.String(allow_none=True)
+    message_id = fields.String(allow_none=True)
+    link_id = fields.String(allow_none=True)
+    link_url = fields.String(attribute="url", allow_none=True)
+    event_time = Timestamp(attribute="occurred_at")
+    is_bot = fields.Boolean(attribute="is_machine")
+    details = fields.Dict(allow_none=True)
+
+
+class PaginationSchema(ma.Schema):
+    next_link = fields.String(metadata={"description": "Relative URL of the next page; absent on the last."})
+
+
+class MetaSchema(ma.Schema):
+    pagination = fields.Nested(PaginationSchema)
+
+
+class ContactEventsPageSchema(ma.Schema):
+    meta = fields.Nested(MetaSchema)
+    events = fields.List(fields.Nested(ContactEventSchema))
+
+
+class EventBodySchema(BodySchema):
+    type = fields.String(required=True, validate=validate.OneOf(EXTERNAL_EVENT_TYPES))
+    email = Text(max_length=320, allow_none=True, metadata={
+        "description": "Defaults to the message's (or the contact loader's) email."})
+    message_id = Text(max_length=32, allow_none=True, metadata={"description": "A message of this tenant."})
+    campaign_id = Text(max_length=64, allow_none=True, metadata={"description": "Defaults to the message's."})
+    url = Text(max_length=4096, allow_none=True)
+    occurred_at = Timestamp(allow_none=True, metadata={"description": "Default: now. Naive = UTC."})
+    details = JsonObject(allow_none=True, metadata={
+        "description": "Free-form; a bounce with bounceType 'hard' (or 'permanent') also adds DNC reason 2."})
+
+
+# -- DNC and UTM (004) -------------------------------------------------------------------------
+
+class DNCItemSchema(ma.Schema):
+    id = fields.Integer()
+    channel = fields.String()
+    reason = fields.Integer(metadata={"description": "1 unsubscribed, 2 bounced, 3 manual."})
+    channelId = fields.String(attribute="channel_id", allow_none=True)
+    comments = fields.String(allow_none=True)
+    dateAdded = Timestamp(attribute="date_added")
+
+
+class DNCListSchema(ma.Schema):
+    doNotContact = fields.List(fields.Nested(DNCItemSchema))
+
+
+class DNCAddBodySchema(BodySchema):
+    reason = fields.Integer(load_default=3, validate=validate.Range(1, 3), metadata={
+        "description": "1 unsubscribed, 2 bounced, 3 manual (default)."})
+    channelId = Text(max_length=64, allow_none=True, attribute="channel_id", metadata={
+        "description": "Id of the entity that caused the entry (e.g. a message id)."})
+    comments = Text(max_length=10_000, allow_none=True)
+    channel = Text(max_length=32, metadata={"description": "Optional; must equal the channel in the path."})
+
+
+class DNCRemoveBodySchema(BodySchema):
+    channel = Text(max_length=32, metadata={"description": "Optional; must equal the channel in the path."})
+
+
+_UTM_TEXT = ("utm_campaign", "utm_source", "utm_medium", "utm_content", "utm_term")
+
+
+class UTMItemSchema(ma.Schema):
+    id = fields.Integer()
+    utm_campaign = fields.String(allow_none=True)
+    utm_source = fields.String(allow_none=True)
+    utm_medium = fields.String(allow_none=True)
+    utm_content = fields.String(allow_none=True)
+    utm_term = fields.String(allow_none=True)
+    useragent = fields.String(allow_none=True)
+    url = fields.String(allow_none=True)
+    referer = fields.String(allow_none=True)
+    query = fields.Dict(allow_none=True)
+    remotehost = fields.String(allow_none=True)
+    lastActive = Timestamp(attribute="last_active", allow_none=True)
+    dateAdded = Timestamp(attribute="date_added")
+
+
+class UTMListSchema(ma.Schema):
+    utmtags = fields.List(fields.Nested(UTMItemSchema))
+
+
+class UTMAddResultSchema(UTMListSchema):
+    utmtag = fields.Nested(UTMItemSchema, metadata={"description": "The tag just added."})
+
+
+class UTMAddBodySchema(BodySchema):
+    utm_campaign = Text(max_length=255, allow_none=True)
+    utm_source = Text(max_length=255, allow_none=True)
+    utm_medium = Text(max_length=255, allow_none=True)
+    utm_content = Text(max_length=255, allow_none=True)
+    utm_term = Text(max_length=255, allow_none=True)
+    useragent = Text(max_length=4096, allow_none=True)
+    url = Text(max_length=4096, allow_none=True)
+    referer = Text(max_length=4096, allow_none=True)
+    query = QueryField(allow_none=True, metadata={"description": "An object, or a query string such as 'a=1&b=2'."})
+    remotehost = Text(max_length=255, allow_none=True)
+    lastActive = Timestamp(strict=True, allow_none=True, attribute="last_active", metadata={
+        "description": "ISO 8601 date-time, e.g. 2017-01-17T00:30:08+00:00 (naive = UTC)."})
+
+    @ma.validates_schema
+    def _not_empty(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if not any(v not in (None, "", {}) for v in data.values()):
+            raise ma.ValidationError("Give at least one UTM field.", "_schema")
+
+
+# -- campaign reports (001) --------------------------------------------------------------------
+
+class CampaignReportQuerySchema(CursorQuerySchema):
+    created_since = Timestamp(metadata={"description": "Only events on or after this ISO 8601 time."})
+    limit = fields.Integer(load_default=500, validate=validate.Range(1, 500), metadata={
+        "description": "Results per page, 1-500 (default 500)."})
+
+
+class CampaignReportItemSchema(ma.Schema):
+    """Documented shape; only the date key of the report's kind is present."""
+
+    activity_type = fields.String(metadata={"description": "EMAIL_CLICK, EMAIL_OPEN, EMAIL_SEND ..."})
+    campaign_id = fields.String()
+    contact_id = fields.String()
+    email_address = fields.String(allow_none=True)
+    link_id = fields.String(metadata={"description": "Clicks only."})
+    click_date = fields.String(metadata={"format": "date-time"})
+    open_date = fields.String(metadata={"format": "date-time"})
+    send_date = fields.String(metadata={"format": "date-time"})
+    bounce_date = fields.String(metadata={"format": "date-time"})
+    unsubscribe_date = fields.String(metadata={"format": "date-time"})
+    forward_date = fields.String(metadata={"format": "date-time"})
+    is_bot = fields.Boolean()
+
+
+class CampaignReportSchema(ma.Schema):
+    meta = fields.Nested(MetaSchema)
+    results = fields.List(fields.Nested(CampaignReportItemSchema))
+
+
+class BotsQuerySchema(QuerySchema):
+    include_bots = _bots()
+
+
+class CampaignLinkSchema(ma.Schema):
+    link_id = fields.String()
+    url = fields.String()
+    total_clicks = fields.Integer()
+    unique_clicks = fields.Integer(metadata={"description": "Distinct messages that clicked the link."})
+
+
+class CampaignLinksSchema(ma.Schema):
+    links = fields.List(fields.Nested(CampaignLinkSchema))
+
+
+# -- ContactClicks (000) -----------------------------------------------------------------------
+
+ODATA_ORDER = ("ID", "ID asc", "ID desc", "ClickCount", "ClickCount asc", "ClickCount desc")
+
+
+class ODataQuerySchema(QuerySchema):
+    top = fields.Integer(data_key="$top", load_default=100, validate=validate.Range(1, 1000), metadata={
+        "description": "Page size, 1-1000 (default 100)."})
+    skip = fields.Integer(data_key="$skip", load_default=0, validate=validate.Range(0, 10**9))
+    orderby = fields.String(data_key="$orderby", load_default="ID", validate=validate.OneOf(ODATA_ORDER))
+
+
+#: 000's contact properties, filled from the host's contact_loader mapping.
+CONTACT_PROPERTIES = {
+    "DisplayName": "display_name", "FirstName": "first_name", "LastName": "last_name",
+    "Email": "email", "ActiveState": "active_state", "CreationDate": "creation_date",
+    "Shared": "shared", "OwnerID": "owner_id", "CategoryID": "category_id", "StageID": "stage_id",
+    "Company": "company", "WebAddress": "web_address", "Title": "title", "FileAs": "file_as",
+    "Source": "source", "Notes": "notes",
+    **{f"Custom{i}": f"custom{i}" for i in range(1, 21)},
+    "BusinessID": "business_id", "RegionID": "region_id",
+}
+
+
+def _contact_click_fields() -> dict[str, fields.Field]:
+    out: dict[str, fields.Field] = {
+        "ID": fields.Raw(metadata={"description": "The contact id: an integer when it is one, else a string."}),
+        "ClickCount": fields.Integer(),
+    }
+    for name in CONTACT_PROPERTIES:
+        out[name] = fields.Raw(allow_none=True)
+    return out
+
+
+ContactClickSchema = ma.Schema.from_dict(_contact_click_fields(), name="ContactClickSchema")
+
+
+class ContactClickListSchema(ma.Schema):
+    value = fields.List(fields.Nested(ContactClickSchema))
+
+
+def _contact_click_body_fields(*, id_required: bool) -> dict[str, fields.Field]:
+    out: dict[str, fields.Field] = {
+        "ID": fields.Raw(required=id_required, metadata={
+            "description": "The contact id (integer or string)."}),
+        "ClickCount": fields.Integer(required=True, strict=False, validate=validate.Range(0, MAX_INT32),
+                                     metadata={"description": "Clicks to import (POST) or the corrected total (PUT)."}),
+    }
+    for name in [*CONTACT_PROPERTIES, "CatergoryID"]:
+        out[name] = fields.Raw(allow_none=True, load_only=True, metadata={
+            "description": "Accepted for compatibility; contact properties come from the host."})
+    return out
+
+
+# Schema.from_dict keeps marshmallow's default ``unknown = RAISE``, as body schemas must.
+ContactClickPostSchema = ma.Schema.from_dict(_contact_click_body_fields(id_required=True),
+                                             name="ContactClickPostSchema")
+ContactClickPutSchema = ma.Schema.from_dict(_contact_click_body_fields(id_required=False),
+                                            name="ContactClickPutSchema")

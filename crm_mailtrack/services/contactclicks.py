@@ -1,0 +1,104 @@
+"""Per-contact click totals (000's ContactClicks), derived from the event log.
+
+A contact's ``ClickCount`` = its human ``click`` events + the clicks imported from another
+system. An import (or a correction) is itself an event, so the total stays derivable from
+the log: a ``click`` row with ``is_machine = true``, ``machine_reason = "import"`` and
+``details = {"imported": N}`` (N may be negative for a downward correction). Being flagged
+as non-human keeps imports out of every human count and report; having no message or
+campaign keeps them out of campaign reports even with ``include_bots``.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from flask import current_app
+
+from ..errors import DatabaseUnavailable
+from ..models import ContactEvent, EventType, events, utcnow
+from ..state import MailTrackState
+from ..signals import event_recorded
+
+IMPORT_REASON = "import"
+
+_is_import = sa.and_(events.c.is_machine.is_(True), events.c.machine_reason == IMPORT_REASON)
+_imported = sa.func.coalesce(events.c.details["imported"].as_integer(), 0)
+#: Clicks a row contributes to the total.
+CLICK_WEIGHT = sa.case((events.c.is_machine.is_(False), 1), (_is_import, _imported), else_=0)
+CLICK_COUNT = sa.func.coalesce(sa.func.sum(CLICK_WEIGHT), 0)
+
+
+def _conds(tenant: str) -> list[Any]:
+    return [events.c.tenant_id == tenant, events.c.type == EventType.CLICK.value,
+            sa.or_(events.c.is_machine.is_(False), events.c.machine_reason == IMPORT_REASON)]
+
+
+def click_total(state: MailTrackState, tenant: str, contact_id: str) -> tuple[int, bool]:
+    """``(ClickCount, has_click_data)`` of one contact."""
+    row = state.session.execute(
+        sa.select(CLICK_COUNT, sa.func.count()).where(*_conds(tenant), events.c.contact_id == contact_id)
+    ).one()
+    return int(row[0]), bool(row[1])
+
+
+_ORDER = {
+    "ID": ("contact_id", False), "ID asc": ("contact_id", False), "ID desc": ("contact_id", True),
+    "ClickCount": ("click_count", False), "ClickCount asc": ("click_count", False),
+    "ClickCount desc": ("click_count", True),
+}
+
+
+def list_totals(state: MailTrackState, tenant: str, *, top: int, skip: int,
+                orderby: str = "ID") -> list[sa.Row[Any]]:
+    """``(contact_id, click_count)`` of the contacts with click data, one page."""
+    column, desc = _ORDER[orderby]
+    count = CLICK_COUNT.label("click_count")
+    key = count if column == "click_count" else events.c.contact_id
+    order = [key.desc() if desc else key.asc()]
+    if column == "click_count":
+        order.append(events.c.contact_id.asc())
+    return list(state.session.execute(
+        sa.select(events.c.contact_id, count).where(*_conds(tenant)).group_by(events.c.contact_id)
+        .order_by(*order).limit(top).offset(skip)
+    ).all())
+
+
+def import_clicks(state: MailTrackState, tenant: str, contact_id: str, clicks: int, *,
+                  set_total: bool = False, email: str | None = None) -> int:
+    """Store an import event; ``set_total`` makes ``clicks`` the new total (a correction).
+
+    Returns the contact's new ``ClickCount``. Read and write share one transaction.
+    """
+    session = state.session
+    try:
+        current, _ = click_total(state, tenant, contact_id)
+        delta = clicks - current if set_total else clicks
+        event = ContactEvent(
+            tenant_id=tenant, type=EventType.CLICK.value, contact_id=contact_id, email=email,
+            occurred_at=utcnow(), is_machine=True, machine_reason=IMPORT_REASON,
+            details={"imported": delta, **({"total": clicks} if set_total else {})},
+        )
+        session.add(event)
+        session.commit()
+    except sa.exc.SQLAlchemyError as exc:
+        session.rollback()
+        raise DatabaseUnavailable() from exc
+    # Only ``event_recorded``: an import is not a click, so ``link_clicked`` stays silent.
+    if event_recorded.receivers:
+        event_recorded.send(current_app._get_current_object(), event=event,  # type: ignore[attr-defined]
+                            contact_id=contact_id, message_id=None, campaign_id=None, url=None)
+    return current + delta
+
+
+def erase_clicks(state: MailTrackState, tenant: str, contact_id: str) -> int:
+    """Delete every click event (tracked and imported) of a contact; rows deleted."""
+    session = state.session
+    try:
+        result = session.execute(sa.delete(events).where(
+            events.c.tenant_id == tenant, events.c.contact_id == contact_id, events.c.type == EventType.CLICK.value,
+        ))
+        session.commit()
+    except sa.exc.SQLAlchemyError as exc:
+        session.rollback()
+        raise DatabaseUnavailable() from exc
+    return int(result.rowcount or 0)
