@@ -11,5 +11,7 @@ from .core import blueprint
 
 # Route modules register themselves on the blueprint when imported.
 from . import openapi  # noqa: E402,F401  (isort: skip)
+from . import contacts, campaigns, odata  # noqa: E402,F401  (isort: skip)
+from . import communications  # noqa: E402,F401  (isort: skip)
 
 __all__ = ["blueprint"]

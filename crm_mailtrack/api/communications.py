@@ -1,0 +1,286 @@
+"""``/api/communications/...``: the outbound message records of 002 (send, schedule,
+search, page, threads, CSV export, analytics), scoped to the caller's tenant."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import marshmallow as ma
+from flask import Response, request, stream_with_context
+
+from ..errors import BadRequest, NotFound
+from ..errors import ValidationError as MTValidationError
+from ..services import analytics as analytics_service
+from ..services import communications as comms
+from ..services import csv_export, sending
+from ..state import get_state
+from .communications_schemas import (
+    CommAnalyticsQuery,
+    CommAnalyticsSchema,
+    CommentBody,
+    CommEntityQuery,
+    CommFiltersSchema,
+    CommIdsQuery,
+    CommPageQuery,
+    CommSearchBody,
+    CommSearchQuery,
+    CommSummarySchema,
+    CommThreadSchema,
+    CommunicationPageSchema,
+    CommunicationSchema,
+    RecordEventSchema,
+    ScheduleBody,
+    SendBody,
+    TemplateSendBody,
+)
+from .core import current_tenant, jsonify_data, route
+
+P = "/communications"
+TAGS = ["communications"]
+_ID = {"message_id": "The communication (message) id."}
+_record = CommunicationSchema()
+_records = CommunicationSchema(many=True)
+_page = CommunicationPageSchema()
+_FILTER_NAMES = tuple(CommFiltersSchema().fields)
+
+#: Body keys and the ``track_message`` keywords they become.
+_MESSAGE_FIELDS = {
+    "cc": "cc", "bcc": "bcc", "type": "type", "campaignId": "campaign_id",
+    "relatedEntityType": "related_entity_type", "relatedEntityId": "related_entity_id",
+    "conversationId": "conversation_id", "senderEmail": "sender_email", "senderName": "sender_name",
+    "replyTo": "reply_to", "variables": "variables", "trackingEnabled": "track_opens",
+    "linkTrackingEnabled": "track_clicks", "createdBy": "created_by", "templateId": "template_id",
+    "templateName": "template_name",
+}
+
+
+def _one(msg: Any, status: int = 200) -> Response:
+    state = get_state()
+    return jsonify_data(_record.dump(comms.records(state, [msg])[0]), status)
+
+
+def _many(rows: list[Any], include_bots: bool = False) -> Response:
+    return jsonify_data(_records.dump(comms.records(get_state(), rows, include_bots=include_bots)))
+
+
+def _fields(body: dict[str, Any]) -> dict[str, Any]:
+    return {kw: body[key] for key, kw in _MESSAGE_FIELDS.items() if key in body and body[key] is not None}
+
+
+def _deliver(msg: Any) -> Any:
+    """Send now unless the message is scheduled."""
+    if msg.status == "PENDING":
+        return sending.send(get_state(), msg)
+    return msg
+
+
+@route(f"{P}/send", methods=["POST"], summary="Send an ad-hoc email", tags=TAGS, body=SendBody,
+       response=CommunicationSchema, status=201)
+def communications_send(body: dict[str, Any]) -> Response:
+    """Store the message (links and pixel instrumented) and send it now. The answer is the
+    record: ``SENT``, ``FAILED`` (with ``errorMessage``) or ``SUPPRESSED`` (Do-Not-Contact)."""
+    msg = comms.compose(get_state(), current_tenant(), contact_id=body["contactId"],
+                        recipients=body.get("recipients"), subject=body["subject"], html=body["body"],
+                        text=body["bodyText"], **_fields(body))
+    return _one(_deliver(msg), 201)
+
+
+@route(f"{P}/schedule", methods=["POST"], summary="Schedule an email for later delivery", tags=TAGS,
+       body=ScheduleBody, response=CommunicationSchema, status=201)
+def communications_schedule(body: dict[str, Any]) -> Response:
+    """Store a ``SCHEDULED`` message; ``send_due`` (``flask mailtrack send-due``) sends it."""
+    msg = comms.compose(get_state(), current_tenant(), contact_id=body["contactId"],
+                        recipients=body.get("recipients"), subject=body["subject"], html=body["body"],
+                        text=body["bodyText"], scheduled_at=body["scheduledAt"], **_fields(body))
+    return _one(msg, 201)
+
+
+@route(f"{P}/send-template/<template_id>", methods=["POST"], summary="Send email using a template",
+       tags=TAGS, body=TemplateSendBody, response=CommunicationSchema, status=201,
+       path_params={"template_id": "The host's template id."})
+def communications_send_template(template_id: str, body: dict[str, Any]) -> Response:
+    """Render through the host's ``template_loader(template_id, variables)``; an unknown
+    template (or no loader) is 404. With ``scheduledAt`` the message is scheduled."""
+    state = get_state()
+    loader = state.extension._template_loader
+    rendered = loader(template_id, dict(body.get("variables") or {})) if loader is not None else None
+    if rendered is None:
+        raise NotFound(f"No template {template_id!r}.")
+    subject, html, text = rendered
+    fields = _fields(body)
+    fields["template_id"] = template_id
+    msg = comms.compose(state, current_tenant(), contact_id=body["contactId"], recipients=body.get("recipients"),
+                        subject=subject, html=html, text=text, scheduled_at=body.get("scheduledAt"), **fields)
+    return _one(_deliver(msg), 201)
+
+
+@route(f"{P}/<message_id>/resend", methods=["POST"], summary="Resend a failed or sent email", tags=TAGS,
+       response=CommunicationSchema, status=201, errors=(401, 404, 406, 409), path_params=_ID)
+def communications_resend(message_id: str) -> Response:
+    """Send a new copy (new id, same conversation); the original record is left as it was."""
+    msg = comms.resend(get_state(), current_tenant(), message_id)
+    return _one(_deliver(msg), 201)
+
+
+@route(f"{P}/<message_id>/cancel", methods=["POST"], summary="Cancel a scheduled email", tags=TAGS,
+       response=CommunicationSchema, errors=(401, 404, 406, 409), path_params=_ID)
+def communications_cancel(message_id: str) -> Response:
+    """``SCHEDULED`` or ``PENDING`` becomes ``CANCELLED``; any other status is 409."""
+    return _one(comms.cancel(get_state(), current_tenant(), message_id))
+
+
+@route(f"{P}/scheduled", summary="Get all scheduled emails", tags=TAGS, response=CommunicationSchema(many=True),
+       errors=(401, 406))
+def communications_scheduled() -> Response:
+    return _many(comms.scheduled(get_state(), current_tenant()))
+
+
+@route(f"{P}/find/<message_id>", summary="Find by id in current tenant", tags=TAGS,
+       response=CommunicationSchema, errors=(401, 404, 406), path_params=_ID)
+def communications_find(message_id: str) -> Response:
+    return _one(comms.get(get_state(), current_tenant(), message_id))
+
+
+@route(f"{P}/find", summary="Find by list of ids in current tenant", tags=TAGS, query=CommIdsQuery,
+       response=CommunicationSchema(many=True))
+def communications_find_ids(query: dict[str, Any]) -> Response:
+    """Unknown ids (and other tenants' ids) are left out."""
+    return _many(comms.find_list(get_state(), current_tenant(), query["ids"]))
+
+
+@route(f"{P}/find-list", summary="Find a list of entities by their IDs", tags=TAGS, query=CommIdsQuery,
+       response=CommunicationSchema(many=True))
+def communications_find_list(query: dict[str, Any]) -> Response:
+    """Unknown ids (and other tenants' ids) are left out."""
+    return _many(comms.find_list(get_state(), current_tenant(), query["ids"]))
+
+
+@route(f"{P}/find-all", summary="Find all for current tenant", tags=TAGS, response=CommunicationSchema(many=True),
+       errors=(401, 406))
+def communications_find_all() -> Response:
+    """Every record of the tenant, newest first (use ``page`` for large sets)."""
+    return _many(comms.find_all(get_state(), current_tenant()))
+
+
+@route(f"{P}/page", summary="Get page by page number and size with optional sorting", tags=TAGS,
+       query=CommPageQuery, response=CommunicationPageSchema)
+def communications_page(query: dict[str, Any]) -> Response:
+    sort = [(query["sortBy"], query["direction"].upper() == "ASC")]
+    data = comms.page(get_state(), current_tenant(), page=query["page"], size=query["size"], sort=sort,
+                      include_bots=query["include_bots"])
+    return jsonify_data(_page.dump(data))
+
+
+def _parse_sort(values: list[str]) -> list[tuple[str, bool]]:
+    """``field``, ``field,asc`` or ``field,desc`` (Spring style)."""
+    out = []
+    for value in values:
+        name, _, direction = value.partition(",")
+        direction = (direction or "asc").strip().lower()
+        if direction not in ("asc", "desc"):
+            raise MTValidationError({"sort": [f"Direction must be asc or desc, not {direction!r}."]})
+        out.append((name.strip(), direction == "asc"))
+    return out
+
+
+@route(f"{P}/dynamic-search", summary="Dynamic search (query parameters)", tags=TAGS, query=CommSearchQuery,
+       response=CommunicationPageSchema)
+def communications_search_get(query: dict[str, Any]) -> Response:
+    """Filters as query parameters (``status=SENT&type=OFFERTE``), ``search`` terms,
+    ``sort=field,desc``, ``page``, ``size``."""
+    filters = {k: query[k] for k in _FILTER_NAMES if k in query}
+    data = comms.page(get_state(), current_tenant(), page=query["page"], size=query["size"],
+                      sort=_parse_sort(query["sort"]), filters=filters, search=query["search"],
+                      include_bots=query["include_bots"])
+    return jsonify_data(_page.dump(data))
+
+
+@route(f"{P}/dynamic-search", methods=["POST"], summary="Dynamic search (JSON body)", tags=TAGS,
+       body=CommSearchBody, response=CommunicationPageSchema)
+def communications_search_post(body: dict[str, Any]) -> Response:
+    """002 body: ``{"filters": {...}, "search": [...], "sort": [{"field", "ascending"}], "page", "size"}``."""
+    sort = [(s["field"], s["ascending"]) for s in body["sort"]]
+    data = comms.page(get_state(), current_tenant(), page=body["page"], size=body["size"], sort=sort,
+                      filters=body["filters"], search=body["search"], include_bots=body["include_bots"])
+    return jsonify_data(_page.dump(data))
+
+
+@route(f"{P}/by-entity", summary="Get all communications for a CRM entity", tags=TAGS, query=CommEntityQuery,
+       response=CommSummarySchema(many=True))
+def communications_by_entity(query: dict[str, Any]) -> Response:
+    state = get_state()
+    rows = comms.by_entity(state, current_tenant(), query["entityType"], query["entityId"])
+    return jsonify_data(CommSummarySchema(many=True).dump(comms.summary(state, rows)))
+
+
+@route(f"{P}/<message_id>/thread", summary="Get conversation thread for a communication", tags=TAGS,
+       response=CommThreadSchema, errors=(401, 404, 406), path_params=_ID)
+def communications_thread(message_id: str) -> Response:
+    """Every outbound message sharing the conversation id, oldest first."""
+    state = get_state()
+    rows = comms.thread(state, current_tenant(), message_id)
+    return jsonify_data(CommThreadSchema().dump({"inbound": [], "outbound": comms.records(state, rows)}))
+
+
+@route(f"{P}/delete-list", methods=["DELETE"], summary="Delete a list of entities by their IDs", tags=TAGS,
+       query=CommIdsQuery, status=204)
+def communications_delete_list(query: dict[str, Any]) -> Response:
+    """Deletes the tenant's messages among ``ids`` with their events; unknown ids are ignored."""
+    comms.delete(get_state(), current_tenant(), query["ids"])
+    return Response(status=204)
+
+
+@route(f"{P}/<message_id>", methods=["DELETE"], summary="Delete by id in current tenant", tags=TAGS,
+       status=204, errors=(401, 404, 406), path_params=_ID)
+def communications_delete(message_id: str) -> Response:
+    """Deletes the message and its events."""
+    comms.delete(get_state(), current_tenant(), [message_id], must_exist=True)
+    return Response(status=204)
+
+
+@route(f"{P}/<message_id>/comment", methods=["POST"], summary="Add a comment to a communication", tags=TAGS,
+       response=RecordEventSchema, status=201, path_params=_ID)
+def communications_comment(message_id: str) -> Response:
+    """Body: a JSON string (as in 002) or ``{"comment": "...", "authorId": "..."}``; stored
+    as a ``comment`` event of the message's contact."""
+    raw = request.get_data(cache=True)
+    try:
+        data = json.loads(raw) if raw.strip() else None
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("The request body is not valid JSON.") from None
+    if isinstance(data, str):
+        data = {"comment": data}
+    if not isinstance(data, dict):
+        raise MTValidationError({"comment": ["Send a JSON string or {\"comment\": \"...\"}."]})
+    try:
+        body = CommentBody().load(data)
+    except ma.ValidationError as exc:
+        raise MTValidationError(exc.messages if isinstance(exc.messages, dict) else {"comment": exc.messages}) from None
+    event = comms.comment(get_state(), current_tenant(), message_id, body["comment"], body["authorId"])
+    return jsonify_data(RecordEventSchema().dump(comms.event_item(event)), 201)
+
+
+@route(f"{P}/analytics", summary="Get communication analytics", tags=TAGS, query=CommAnalyticsQuery,
+       response=CommAnalyticsSchema)
+def communications_analytics(query: dict[str, Any]) -> Response:
+    """Totals, rates, per template, per type and per day; see docs/metrics.md."""
+    data = analytics_service.analytics(get_state(), current_tenant(), date_from=query.get("dateFrom"),
+                                       date_to=query.get("dateTo"), include_bots=query["include_bots"])
+    return jsonify_data(CommAnalyticsSchema().dump(data))
+
+
+@route(f"{P}/csv-export", summary="Download communication records as CSV", tags=TAGS, query=CommSearchQuery,
+       content_type="text/csv")
+def communications_csv_export(query: dict[str, Any]) -> Response:
+    """Same filters, search and sort as GET dynamic-search (``page``/``size`` are ignored:
+    every matching row is streamed). Formula-like cells are prefixed with a quote."""
+    state = get_state()
+    filters = {k: query[k] for k in _FILTER_NAMES if k in query}
+    stmt = csv_export.export_query(current_tenant(), filters=filters, search=query["search"],
+                                   sort=_parse_sort(query["sort"]), include_bots=query["include_bots"])
+    return Response(
+        stream_with_context(csv_export.stream_csv(state, stmt)),
+        mimetype="text/csv",
+        headers={"Content-Disposition": 'attachment; filename="communications.csv"',
+                 "Cache-Control": "no-store"},
+    )

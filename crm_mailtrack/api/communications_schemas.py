@@ -1,0 +1,414 @@
+"""Marshmallow schemas of the communications API (002 field names): query arguments and
+bodies it parses, and the records, pages and analytics it dumps."""
+from __future__ import annotations
+
+import datetime as dt
+import math
+import re
+from typing import Any
+
+import marshmallow as ma
+from marshmallow import fields as f
+from marshmallow import validate as v
+
+from ..services.communications import SORT_FIELDS
+from .core import iso
+
+UTC = dt.timezone.utc
+_DATE_ONLY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+MAX_SIZE = 500
+MAX_IDS = 1000
+
+
+def _d(text: str) -> dict[str, str]:
+    return {"description": text}
+
+
+def _no_nul(value: Any) -> None:
+    if isinstance(value, str) and "\x00" in value:
+        raise ma.ValidationError("Must not contain NUL characters.")
+
+
+def _one_line(value: Any) -> None:
+    if isinstance(value, str) and ("\r" in value or "\n" in value):
+        raise ma.ValidationError("Must be a single line (it becomes a mail header).")
+
+
+class Str(f.String):
+    """A string the databases can store (no NUL); ``header`` strings also have no CR/LF."""
+
+    def __init__(self, *, max_length: int | None = None, header: bool = False, **kwargs: Any) -> None:
+        validators: list[Any] = [_no_nul]
+        if header:
+            validators.append(_one_line)
+        if max_length is not None:
+            validators.append(v.Length(max=max_length))
+        extra = kwargs.pop("validate", None)
+        if extra is not None:
+            validators.append(extra)
+        super().__init__(validate=validators, **kwargs)
+
+
+def _check_json(value: Any, depth: int = 0) -> None:
+    if depth > 20:
+        raise ma.ValidationError("Nested too deeply.")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ma.ValidationError("NaN and Infinity are not valid JSON numbers.")
+    if isinstance(value, str):
+        _no_nul(value)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _no_nul(key)
+            _check_json(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _check_json(item, depth + 1)
+
+
+class Obj(f.Dict):
+    """A free-form JSON object a JSON column can store."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> dict[str, Any]:
+        result = super()._deserialize(value, attr, data, **kwargs)
+        _check_json(result)
+        return result
+
+
+class Moment(f.AwareDateTime):
+    """ISO 8601 date-time (naive read as UTC) or a plain date: midnight UTC, or with
+    ``end_of_day`` the following midnight (so ``dateTo=2026-01-31`` includes that day)."""
+
+    def __init__(self, *, end_of_day: bool = False, **kwargs: Any) -> None:
+        super().__init__(default_timezone=UTC, **kwargs)
+        self.end_of_day = end_of_day
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> dt.datetime:
+        if not isinstance(value, str) or "\x00" in value or len(value) > 40:
+            raise ma.ValidationError("Not a valid ISO 8601 date-time.")
+        if _DATE_ONLY.match(value.strip()):
+            try:
+                day = dt.date.fromisoformat(value.strip())
+            except ValueError:
+                raise ma.ValidationError("Not a valid date.") from None
+            start = dt.datetime(day.year, day.month, day.day, tzinfo=UTC)
+            try:
+                return start + dt.timedelta(days=1) if self.end_of_day else start
+            except OverflowError:
+                raise ma.ValidationError("Date out of range.") from None
+        try:
+            return super()._deserialize(value, attr, data, **kwargs).astimezone(UTC)
+        except OverflowError:
+            raise ma.ValidationError("Date out of range.") from None
+
+    def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> str | None:
+        return iso(value)
+
+
+class StrOrList(f.List):
+    """One string or a list of strings (a filter matching any of them)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(Str(max_length=320), validate=v.Length(max=MAX_IDS), **kwargs)
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> list[str]:
+        if isinstance(value, (str, int)) and not isinstance(value, bool):
+            value = [str(value)]
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
+# -- input -------------------------------------------------------------------------------------
+
+class CommFiltersSchema(ma.Schema):
+    """002 dynamic-search filters: equality (or any of a list), and a creation date range."""
+
+    class Meta:
+        unknown = ma.RAISE
+
+    status = StrOrList(metadata=_d("PENDING, SCHEDULED, SENDING, SENT, FAILED, SUPPRESSED or CANCELLED."))
+    type = StrOrList(metadata=_d("The message type (e.g. OFFERTE)."))
+    templateId = StrOrList(metadata=_d("Template id."))
+    templateName = StrOrList(metadata=_d("Template name."))
+    relatedEntityType = StrOrList(metadata=_d("Type of the related CRM entity."))
+    relatedEntityId = StrOrList(metadata=_d("Id of the related CRM entity."))
+    conversationId = StrOrList(metadata=_d("Conversation (thread) id."))
+    campaignId = StrOrList(metadata=_d("Campaign id."))
+    contactId = StrOrList(metadata=_d("Contact id."))
+    senderEmail = StrOrList(metadata=_d("From address."))
+    recipient = StrOrList(metadata=_d("Recipient address."))
+    dateFrom = Moment(metadata=_d("Created at or after (ISO 8601 or YYYY-MM-DD)."))
+    dateTo = Moment(end_of_day=True, metadata=_d("Created before (a plain date includes that day)."))
+
+
+class PagingMixin(ma.Schema):
+    page = f.Integer(load_default=0, validate=v.Range(min=0, max=10_000_000), metadata=_d("Page number, from 0."))
+    size = f.Integer(load_default=20, validate=v.Range(min=1, max=MAX_SIZE), metadata=_d("Page size, 1-500."))
+
+
+class IncludeBotsMixin(ma.Schema):
+    include_bots = f.Boolean(load_default=False, metadata=_d("Count machine opens and clicks too."))
+
+
+class CommPageQuery(PagingMixin, IncludeBotsMixin):
+    class Meta:
+        unknown = ma.EXCLUDE
+
+    sortBy = f.String(load_default="created", validate=v.OneOf(list(SORT_FIELDS)), metadata=_d("Field to sort by."))
+    direction = f.String(load_default="DESC", validate=v.OneOf(["ASC", "DESC", "asc", "desc"]),
+                         metadata=_d("ASC or DESC."))
+
+
+class CommSearchQuery(CommFiltersSchema, PagingMixin, IncludeBotsMixin):
+    """GET dynamic-search and csv-export: filters as query parameters."""
+
+    class Meta:
+        unknown = ma.EXCLUDE
+
+    search = f.List(Str(max_length=200), load_default=list,
+                    metadata=_d("Free-text terms; each must appear in subject, recipient, template, contact or sender."))
+    sort = f.List(Str(max_length=100), load_default=list, metadata=_d("'field,asc' or 'field,desc' (repeatable)."))
+
+
+class CommSortItem(ma.Schema):
+    class Meta:
+        unknown = ma.RAISE
+
+    field = Str(required=True, validate=v.OneOf(list(SORT_FIELDS)), metadata=_d("Field to sort by."))
+    ascending = f.Boolean(load_default=True, metadata=_d("Ascending order."))
+
+
+class CommSearchBody(PagingMixin, IncludeBotsMixin):
+    """POST dynamic-search."""
+
+    class Meta:
+        unknown = ma.RAISE
+
+    filters = f.Nested(CommFiltersSchema, load_default=dict, metadata=_d("Field filters."))
+    search = f.List(Str(max_length=200), load_default=list, metadata=_d("Free-text terms."))
+    sort = f.List(f.Nested(CommSortItem), load_default=list, metadata=_d("Sort order."))
+
+
+class CommIdsQuery(ma.Schema):
+    class Meta:
+        unknown = ma.EXCLUDE
+
+    ids = f.List(Str(max_length=64, validate=v.Length(min=1)), required=True,
+                 validate=v.Length(min=1, max=MAX_IDS), metadata=_d("Ids, repeated or comma-separated."))
+
+    @ma.pre_load
+    def split_commas(self, data: dict[str, Any], **_: Any) -> dict[str, Any]:
+        ids = data.get("ids")
+        if isinstance(ids, list):
+            data = {**data, "ids": [p.strip() for item in ids for p in str(item).split(",") if p.strip()]}
+        return data
+
+
+class CommEntityQuery(ma.Schema):
+    class Meta:
+        unknown = ma.EXCLUDE
+
+    entityType = Str(required=True, max_length=64, validate=v.Length(min=1), metadata=_d("CRM entity type."))
+    entityId = Str(required=True, max_length=64, validate=v.Length(min=1), metadata=_d("CRM entity id."))
+
+
+class CommAnalyticsQuery(IncludeBotsMixin):
+    class Meta:
+        unknown = ma.EXCLUDE
+
+    dateFrom = Moment(metadata=_d("Messages sent at or after (ISO 8601 or YYYY-MM-DD)."))
+    dateTo = Moment(end_of_day=True, metadata=_d("Messages sent before (a plain date includes that day)."))
+
+
+class _Outbound(ma.Schema):
+    """Fields shared by every body that creates a message."""
+
+    class Meta:
+        unknown = ma.RAISE
+
+    contactId = Str(required=True, max_length=64, validate=v.Length(min=1), metadata=_d("The host's contact id."))
+    recipients = f.List(f.Email(), validate=v.Length(max=1),
+                        metadata=_d("The contact's address (one); omit to use the contact_loader's email."))
+    cc = f.List(f.Email(), load_default=None, metadata=_d("Cc addresses."))
+    bcc = f.List(f.Email(), load_default=None, metadata=_d("Bcc addresses."))
+    type = Str(load_default=None, max_length=64, metadata=_d("Message type (e.g. OFFERTE)."))
+    campaignId = Str(load_default=None, max_length=64, metadata=_d("Campaign id."))
+    relatedEntityType = Str(load_default=None, max_length=64, metadata=_d("Related CRM entity type."))
+    relatedEntityId = Str(load_default=None, max_length=64, metadata=_d("Related CRM entity id."))
+    conversationId = Str(load_default=None, max_length=64, metadata=_d("Conversation (thread) id."))
+    senderEmail = f.Email(load_default=None, metadata=_d("From address (default MAILTRACK_DEFAULT_SENDER)."))
+    senderName = Str(load_default=None, max_length=255, header=True, metadata=_d("From display name."))
+    replyTo = f.Email(load_default=None, metadata=_d("Reply-To address."))
+    variables = Obj(keys=Str(), load_default=None, metadata=_d("Template or merge variables."))
+    trackingEnabled = f.Boolean(load_default=None, metadata=_d("Add the open pixel (default MAILTRACK_TRACK_OPENS)."))
+    linkTrackingEnabled = f.Boolean(load_default=None, metadata=_d("Rewrite links (default MAILTRACK_TRACK_CLICKS)."))
+    createdBy = Str(load_default=None, max_length=64, metadata=_d("Author id."))
+
+
+class SendBody(_Outbound):
+    subject = Str(required=True, max_length=998, header=True, metadata=_d("Subject line."))
+    body = Str(load_default=None, metadata=_d("HTML body (links and pixel are instrumented)."))
+    bodyText = Str(load_default=None, metadata=_d("Plain-text body (default: derived from the HTML)."))
+    templateId = Str(load_default=None, max_length=64, metadata=_d("Template id, for reports."))
+    templateName = Str(load_default=None, max_length=255, metadata=_d("Template name, for reports."))
+
+
+class ScheduleBody(SendBody):
+    scheduledAt = Moment(required=True, metadata=_d("When to send (ISO 8601; naive is UTC)."))
+
+
+class TemplateSendBody(_Outbound):
+    templateName = Str(load_default=None, max_length=255, metadata=_d("Template name, for reports."))
+    scheduledAt = Moment(load_default=None, metadata=_d("Send later instead of now."))
+
+
+class CommentBody(ma.Schema):
+    class Meta:
+        unknown = ma.RAISE
+
+    comment = Str(required=True, max_length=10_000, validate=v.Length(min=1), metadata=_d("The comment."))
+    authorId = Str(load_default=None, max_length=64, metadata=_d("Who wrote it."))
+
+
+# -- output ------------------------------------------------------------------------------------
+
+class ClickedLinkSchema(ma.Schema):
+    originalUrl = f.String(metadata=_d("The destination."))
+    url = f.String(allow_none=True, metadata=_d("The signed tracking URL of the destination."))
+    clickCount = f.Integer(metadata=_d("Clicks on this link in this message."))
+    clickedAt = Moment(metadata=_d("First click."))
+
+
+class RecordEventSchema(ma.Schema):
+    id = f.String()
+    type = f.String(metadata=_d("CREATE, SEND, FAILED, BOUNCE, FORWARD, UNSUBSCRIBE, COMMENT ..."))
+    date = Moment()
+    authorId = f.String(allow_none=True)
+    description = f.String(allow_none=True)
+
+
+class CommunicationSchema(ma.Schema):
+    """A 002 communication record."""
+
+    id = f.String(dump_only=True)
+    messageId = f.String(metadata=_d("The tracking id (same as id)."))
+    internetMessageId = f.String(allow_none=True, metadata=_d("The Message-ID header sent."))
+    tenantId = f.String(allow_none=True)
+    contactId = f.String()
+    recipients = f.List(f.String())
+    cc = f.List(f.String())
+    bcc = f.List(f.String())
+    subject = f.String()
+    body = f.String(allow_none=True, metadata=_d("The HTML as sent (instrumented)."))
+    originalBody = f.String(allow_none=True, metadata=_d("The HTML as given."))
+    bodyText = f.String(allow_none=True)
+    status = f.String()
+    errorMessage = f.String(allow_none=True)
+    type = f.String(allow_none=True)
+    templateId = f.String(allow_none=True)
+    templateName = f.String(allow_none=True)
+    variables = f.Dict(allow_none=True)
+    campaignId = f.String(allow_none=True)
+    recipientListId = f.String(allow_none=True, metadata=_d("The campaign id."))
+    relatedEntityType = f.String(allow_none=True)
+    relatedEntityId = f.String(allow_none=True)
+    conversationId = f.String(allow_none=True)
+    senderEmail = f.String(allow_none=True)
+    senderName = f.String(allow_none=True)
+    replyTo = f.String(allow_none=True)
+    providerType = f.String()
+    trackingEnabled = f.Boolean()
+    linkTrackingEnabled = f.Boolean()
+    scheduledAt = Moment(allow_none=True)
+    sentAt = Moment(allow_none=True)
+    created = Moment()
+    createdBy = f.String(allow_none=True)
+    updated = Moment()
+    updatedBy = f.String(allow_none=True)
+    openCount = f.Integer(metadata=_d("Human open events."))
+    opened = f.Boolean(metadata=_d("Opened or clicked (a click implies an open)."))
+    openedAt = Moment(allow_none=True, metadata=_d("First open (or first click)."))
+    clickedLinks = f.List(f.Nested(ClickedLinkSchema))
+    events = f.List(f.Nested(RecordEventSchema))
+
+
+class _SortInfo(ma.Schema):
+    empty = f.Boolean()
+    sorted = f.Boolean()
+    unsorted = f.Boolean()
+
+
+class _Pageable(ma.Schema):
+    offset = f.Integer()
+    pageNumber = f.Integer()
+    pageSize = f.Integer()
+    paged = f.Boolean()
+    unpaged = f.Boolean()
+    sort = f.Nested(_SortInfo)
+
+
+class CommunicationPageSchema(ma.Schema):
+    content = f.List(f.Nested(CommunicationSchema))
+    empty = f.Boolean()
+    first = f.Boolean()
+    last = f.Boolean()
+    number = f.Integer()
+    numberOfElements = f.Integer()
+    pageable = f.Nested(_Pageable)
+    size = f.Integer()
+    sort = f.Nested(_SortInfo)
+    totalElements = f.Integer()
+    totalPages = f.Integer()
+
+
+class CommSummarySchema(ma.Schema):
+    """002's short by-entity item."""
+
+    id = f.String()
+    subject = f.String()
+    status = f.String()
+    direction = f.String(metadata=_d("Always OUTBOUND: the extension records outbound mail."))
+    date = Moment(metadata=_d("Sent at, else created."))
+    fromEmail = f.String(allow_none=True)
+    fromName = f.String(allow_none=True)
+    recipients = f.List(f.String())
+    cc = f.List(f.String())
+    conversationId = f.String(allow_none=True)
+    bodyHtml = f.String(allow_none=True)
+    bodyText = f.String(allow_none=True)
+    opened = f.Boolean()
+
+
+class CommThreadSchema(ma.Schema):
+    inbound = f.List(f.Dict(), metadata=_d("Always empty: inbound mail is not tracked."))
+    outbound = f.List(f.Nested(CommunicationSchema))
+
+
+class _Rates(ma.Schema):
+    totalSent = f.Integer()
+    totalOpened = f.Integer()
+    totalClicked = f.Integer()
+    openRate = f.Float()
+    clickRate = f.Float()
+
+
+class _ByTemplate(_Rates):
+    templateId = f.String(allow_none=True)
+    templateName = f.String(allow_none=True)
+
+
+class _ByType(_Rates):
+    type = f.String(allow_none=True)
+
+
+class _Volume(ma.Schema):
+    date = f.String(metadata=_d("UTC day, YYYY-MM-DD."))
+    count = f.Integer()
+
+
+class CommAnalyticsSchema(_Rates):
+    failureRate = f.Float()
+    byTemplate = f.List(f.Nested(_ByTemplate))
+    byType = f.List(f.Nested(_ByType))
+    sendVolumeByDay = f.List(f.Nested(_Volume))
+
+
+__all__ = [name for name in dir() if name.endswith(("Schema", "Query", "Body"))]

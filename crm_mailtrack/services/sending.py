@@ -1,0 +1,448 @@
+"""Delivering messages through ``MAILTRACK_SMTP_URL`` and sending scheduled ones.
+
+At most once: a message is *claimed* with one atomic
+``UPDATE ... SET status = 'SENDING' WHERE id = ? AND status IN ('PENDING', 'SCHEDULED')``
+committed before the SMTP conversation starts; only the process whose UPDATE changed the
+row talks to the server, so two ``send-due`` runs never deliver a message twice. The
+claimed row then ends as ``SENT``, ``FAILED`` (with the server's reason) or ``SUPPRESSED``
+(recipient on email Do-Not-Contact). A crash between the claim and the final update leaves
+the row ``SENDING``: it is never retried automatically (re-sending could duplicate mail);
+``resend`` makes a new copy.
+
+The SMTP URL: ``smtp://host:25`` (plain), ``smtps://host:465`` (implicit TLS) or
+``smtp+starttls://user:pass@host:587``; user and password are percent-decoded. Query
+parameters: ``timeout`` (seconds, default 30) and ``cafile`` (a CA bundle to verify the
+server's certificate with, for a private CA).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import re
+import smtplib
+import ssl
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from email.message import EmailMessage
+from email.utils import formataddr, make_msgid
+from html.parser import HTMLParser
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import sqlalchemy as sa
+
+from ..errors import ConfigurationError, Conflict, DatabaseUnavailable, NotFound
+from ..models import ContactEvent, EventType, Message, MessageStatus, UTCDateTime, dnc, messages, utcnow
+from ..state import MailTrackState
+from .common import emit, log
+from .messages import message_id_of
+
+#: Statuses a message may be claimed from.
+CLAIMABLE = (MessageStatus.PENDING.value, MessageStatus.SCHEDULED.value)
+#: Headers the extension writes itself; ``message.headers`` cannot override them.
+_RESERVED = frozenset({"from", "to", "cc", "bcc", "subject", "message-id", "date", "reply-to",
+                       "content-type", "content-transfer-encoding", "mime-version"})
+_SPACES = re.compile(r"\s+")
+_DEFAULT_PORTS = {"smtp": 25, "smtps": 465, "smtp+starttls": 587}
+
+
+# -- the SMTP URL --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SMTPSettings:
+    """``MAILTRACK_SMTP_URL`` taken apart."""
+
+    scheme: str
+    host: str
+    port: int
+    username: str | None
+    password: str | None
+    timeout: float
+    cafile: str | None
+
+    def ssl_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=self.cafile)
+
+
+def parse_smtp_url(url: str) -> SMTPSettings:
+    """Parse an ``smtp://``, ``smtps://`` or ``smtp+starttls://`` URL (ConfigurationError if bad)."""
+    try:
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme not in _DEFAULT_PORTS or not parts.hostname:
+            raise ValueError
+        port = parts.port or _DEFAULT_PORTS[scheme]
+        query = parse_qs(parts.query)
+        timeout = float(query.get("timeout", ["30"])[-1])
+    except ValueError:
+        raise ConfigurationError(
+            "MAILTRACK_SMTP_URL must look like smtp://host:25, smtps://host:465 or "
+            "smtp+starttls://user:pass@host:587"
+        ) from None
+    return SMTPSettings(
+        scheme=scheme,
+        host=parts.hostname,
+        port=port,
+        username=None if parts.username is None else unquote(parts.username),
+        password=None if parts.password is None else unquote(parts.password),
+        timeout=timeout,
+        cafile=query.get("cafile", [None])[-1],
+    )
+
+
+class Mailer:
+    """One SMTP connection, opened on first use and reused for a batch (``send_due``).
+
+    Before each further message the connection is checked with ``NOOP`` and reopened if the
+    server dropped it; a failure *during* a transaction is final for that message (it may
+    have been accepted), never retried.
+    """
+
+    def __init__(self, settings: SMTPSettings) -> None:
+        self.settings = settings
+        self._conn: smtplib.SMTP | None = None
+
+    def _connect(self) -> smtplib.SMTP:
+        s = self.settings
+        conn: smtplib.SMTP
+        if s.scheme == "smtps":
+            conn = smtplib.SMTP_SSL(s.host, s.port, timeout=s.timeout, context=s.ssl_context())
+        else:
+            conn = smtplib.SMTP(s.host, s.port, timeout=s.timeout)
+        try:
+            if s.scheme == "smtp+starttls":
+                conn.starttls(context=s.ssl_context())
+            if s.username is not None:
+                conn.login(s.username, s.password or "")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def connection(self) -> smtplib.SMTP:
+        if self._conn is not None:
+            try:
+                if self._conn.noop()[0] == 250:
+                    return self._conn
+            except (smtplib.SMTPException, OSError):
+                pass
+            self.close()
+        self._conn = self._connect()
+        return self._conn
+
+    def deliver(self, mail: EmailMessage, sender: str, recipients: list[str]) -> dict[str, Any]:
+        """Send one message; returns the refused recipients (as ``smtplib.sendmail``)."""
+        conn = self.connection()
+        try:
+            return conn.send_message(mail, from_addr=sender, to_addrs=recipients)
+        except smtplib.SMTPServerDisconnected:
+            self._conn = None
+            raise
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            conn.quit()
+        except (smtplib.SMTPException, OSError):
+            conn.close()
+
+
+@contextmanager
+def mailer_for(state: MailTrackState) -> Iterator[Mailer]:
+    mailer = Mailer(parse_smtp_url(state.smtp_url))
+    try:
+        yield mailer
+    finally:
+        mailer.close()
+
+
+# -- building the email ----------------------------------------------------------------------
+
+class _TextExtractor(HTMLParser):
+    """A readable plain-text rendering of HTML: paragraphs are separated by a blank line,
+    list items and line breaks start a line, links show their URL, and scripts, styles
+    and the open pixel disappear."""
+
+    _PARAGRAPH = frozenset({"p", "table", "h1", "h2", "h3", "h4", "h5", "h6", "ul", "ol",
+                            "blockquote", "section", "article", "header", "footer", "hr", "pre"})
+    _LINE = frozenset({"br", "div", "tr", "li"})
+    _SKIP = frozenset({"script", "style", "head", "title"})
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self._skip = 0
+        self._href: list[str | None] = []
+        self._link_text_start: list[int] = []
+
+    def _break(self, lines: int) -> None:
+        """End the current line so that ``lines`` newlines (at most) separate the text."""
+        tail = "".join(self.parts[-4:]).rstrip(" ")
+        have = len(tail) - len(tail.rstrip("\n"))
+        if self.parts:
+            self.parts.append("\n" * max(0, lines - have))
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in self._SKIP:
+            self._skip += 1
+        elif tag in self._PARAGRAPH:
+            self._break(2)
+        elif tag in self._LINE:
+            self._break(1)
+            if tag == "li":
+                self.parts.append("- ")
+        elif tag == "a":
+            self._href.append(dict(attrs).get("href"))
+            self._link_text_start.append(len(self.parts))
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self._SKIP:
+            self._skip = max(0, self._skip - 1)
+        elif tag in self._PARAGRAPH:
+            self._break(2)
+        elif tag in self._LINE:
+            self._break(1)
+        elif tag == "a" and self._href:
+            href = self._href.pop()
+            start = self._link_text_start.pop()
+            text = "".join(self.parts[start:]).strip()
+            if href and href.startswith(("http://", "https://", "mailto:")) and href != text:
+                self.parts.append(f" ({href})" if text else href)
+
+    def handle_data(self, data: str) -> None:
+        if not self._skip:
+            self.parts.append(_SPACES.sub(" ", data))
+
+    def text(self) -> str:
+        lines = [" ".join(line.split()) for line in "".join(self.parts).split("\n")]
+        out: list[str] = []
+        for line in lines:
+            if line or (out and out[-1]):
+                out.append(line)
+        return "\n".join(out).strip() + "\n"
+
+
+def html_to_text(html: str) -> str:
+    """Plain-text version of ``html`` for the text/plain part (no dependency beyond stdlib)."""
+    parser = _TextExtractor()
+    parser.feed(html)
+    parser.close()
+    return parser.text()
+
+
+def _addresses(value: Any) -> list[str]:
+    if not value:
+        return []
+    if isinstance(value, str):
+        return [value]
+    return [str(v) for v in value]
+
+
+def build_email(message: Message, sender: str, message_id_header: str) -> EmailMessage:
+    """The MIME message: text part (given or derived from the HTML), HTML alternative,
+    List-Unsubscribe headers from ``message.headers``, and the given Message-ID."""
+    mail = EmailMessage()
+    mail["From"] = formataddr((message.sender_name, sender)) if message.sender_name else sender
+    mail["To"] = message.email
+    cc = _addresses(message.cc)
+    if cc:
+        mail["Cc"] = ", ".join(cc)
+    if message.reply_to:
+        mail["Reply-To"] = message.reply_to
+    mail["Subject"] = message.subject or ""
+    mail["Message-ID"] = message_id_header
+    mail["Date"] = dt.datetime.now(dt.timezone.utc)
+    for name, value in (message.headers or {}).items():
+        if name.lower() not in _RESERVED:
+            mail[name] = value
+    text = message.text if message.text is not None else (html_to_text(message.html) if message.html else "")
+    mail.set_content(text)
+    if message.html:
+        mail.add_alternative(message.html, subtype="html")
+    return mail
+
+
+# -- sending ---------------------------------------------------------------------------------
+
+def claim(state: MailTrackState, message_id: str) -> bool:
+    """Atomically move a PENDING/SCHEDULED message to SENDING; ``True`` for the one winner."""
+    session = state.session
+    try:
+        result = session.execute(
+            sa.update(messages)
+            .where(messages.c.id == message_id, messages.c.status.in_(CLAIMABLE))
+            .values(status=MessageStatus.SENDING.value, updated_at=utcnow())
+        )
+        session.commit()
+    except sa.exc.SQLAlchemyError as exc:
+        session.rollback()
+        raise DatabaseUnavailable() from exc
+    return result.rowcount == 1
+
+
+def send(state: MailTrackState, message: Message | str, *, mailer: Mailer | None = None) -> Message:
+    """Deliver a PENDING or SCHEDULED message (see the module docstring).
+
+    ``NotFound`` for an unknown message, ``Conflict`` when it is in any other status (it was
+    sent, is being sent by another process, or was cancelled).
+    """
+    message_id = message_id_of(message)
+    settings = parse_smtp_url(state.smtp_url)  # a bad URL fails before anything is claimed
+    if not claim(state, message_id):
+        row = state.session.get(Message, message_id, populate_existing=True)
+        if row is None:
+            raise NotFound(f"No message {message_id!r}.")
+        raise Conflict(f"Message {message_id} is {row.status}; only PENDING or SCHEDULED messages are sent.")
+    if mailer is not None:
+        return _send_claimed(state, message_id, mailer)
+    own = Mailer(settings)
+    try:
+        return _send_claimed(state, message_id, own)
+    finally:
+        own.close()
+
+
+def _on_dnc(state: MailTrackState, message: Message) -> bool:
+    found = state.session.execute(
+        sa.select(dnc.c.id).where(
+            dnc.c.tenant_id == message.tenant_id, dnc.c.contact_id == message.contact_id,
+            dnc.c.channel == "email",
+        ).limit(1)
+    ).first()
+    return found is not None
+
+
+def _send_claimed(state: MailTrackState, message_id: str, mailer: Mailer) -> Message:
+    session = state.session
+    msg = session.get(Message, message_id, populate_existing=True)
+    assert msg is not None
+    if _on_dnc(state, msg):
+        msg.status = MessageStatus.SUPPRESSED.value
+        msg.error_message = "Recipient is on the email Do-Not-Contact list."
+        _commit(session)
+        return msg
+    sender = msg.sender_email or state.default_sender
+    error: str | None = None
+    refused: dict[str, Any] = {}
+    header_id = make_msgid(domain=_domain_of(sender))
+    if not sender:
+        error = "No sender: set MAILTRACK_DEFAULT_SENDER or the message's sender_email."
+    else:
+        try:
+            mail = build_email(msg, sender, header_id)
+            recipients = [msg.email, *_addresses(msg.cc), *_addresses(msg.bcc)]
+            refused = mailer.deliver(mail, sender, recipients)
+        except smtplib.SMTPRecipientsRefused as exc:
+            error = "; ".join(f"{rcpt}: {_reply(code, text)}" for rcpt, (code, text) in exc.recipients.items())
+        except smtplib.SMTPResponseException as exc:
+            error = _reply(exc.smtp_code, exc.smtp_error)
+        except Exception as exc:  # noqa: BLE001 - any failure must end the claim as FAILED
+            error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        if error is None and msg.email in refused:
+            code, text = refused[msg.email]
+            error = f"{msg.email}: {_reply(code, text)}"
+    now = utcnow()
+    if error is None:
+        msg.status = MessageStatus.SENT.value
+        msg.sent_at = now
+        msg.internet_message_id = header_id
+        msg.error_message = None
+        details: dict[str, Any] = {"internetMessageId": header_id}
+        if refused:
+            details["refused"] = {r: _reply(c, t) for r, (c, t) in refused.items()}
+        event_type = EventType.SEND.value
+    else:
+        msg.status = MessageStatus.FAILED.value
+        msg.error_message = error
+        details = {"error": error}
+        event_type = EventType.FAILED.value
+    event = ContactEvent(
+        tenant_id=msg.tenant_id, type=event_type, contact_id=msg.contact_id, email=msg.email,
+        message_id=msg.id, campaign_id=msg.campaign_id, occurred_at=now, is_machine=False,
+        details=details,
+    )
+    session.add(event)
+    _commit(session)
+    extra = {"error": error} if error is not None else {}
+    emit(event_type, message=msg, event=event, contact_id=msg.contact_id, message_id=msg.id,
+         campaign_id=msg.campaign_id, url=None, **extra)
+    return msg
+
+
+def _commit(session: Any) -> None:
+    try:
+        session.commit()
+    except sa.exc.SQLAlchemyError as exc:
+        session.rollback()
+        log.error("mailtrack: could not store the outcome of a send; message left SENDING", exc_info=exc)
+        raise DatabaseUnavailable() from exc
+
+
+def _reply(code: int, text: bytes | str) -> str:
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    return f"{code} {text}".strip()
+
+
+def _domain_of(address: str | None) -> str | None:
+    if address and "@" in address:
+        return address.rsplit("@", 1)[1].strip(">") or None
+    return None
+
+
+def _due_query(now: dt.datetime) -> sa.Select[Any]:
+    return sa.select(messages.c.id, messages.c.scheduled_at).where(
+        messages.c.status == MessageStatus.SCHEDULED.value, messages.c.scheduled_at <= now
+    )
+
+
+def count_due(state: MailTrackState, now: dt.datetime | None = None) -> int:
+    """How many SCHEDULED messages are due at ``now`` (for a progress bar)."""
+    now = now or utcnow()
+    return int(state.session.execute(
+        sa.select(sa.func.count()).select_from(_due_query(now).subquery())
+    ).scalar_one())
+
+
+def send_due(
+    state: MailTrackState,
+    now: dt.datetime | None = None,
+    *,
+    batch_size: int = 100,
+    progress: Callable[[int], Any] | None = None,
+) -> int:
+    """Send every SCHEDULED message whose ``scheduled_at`` is at or before ``now`` (all
+    tenants); return how many this call handled (sent, failed or suppressed).
+
+    Due rows are read in keyset batches of ``(scheduled_at, id)``; each one is claimed
+    atomically, so a row another process claimed first is skipped, never sent twice. One
+    SMTP connection serves the whole run.
+    """
+    now = now or utcnow()
+    if now.tzinfo is None:
+        now = now.replace(tzinfo=dt.timezone.utc)
+    handled = 0
+    last: tuple[dt.datetime, str] | None = None
+    with mailer_for(state) as mailer:
+        while True:
+            query = _due_query(now).order_by(messages.c.scheduled_at, messages.c.id).limit(batch_size)
+            if last is not None:
+                query = query.where(sa.tuple_(messages.c.scheduled_at, messages.c.id) > sa.tuple_(
+                    sa.literal(last[0], UTCDateTime()), sa.literal(last[1], sa.String())))
+            rows = state.session.execute(query).all()
+            state.session.commit()  # end the read transaction before the claims
+            if not rows:
+                break
+            for message_id, scheduled_at in rows:
+                last = (scheduled_at, message_id)
+                if claim(state, message_id):
+                    _send_claimed(state, message_id, mailer)
+                    handled += 1
+                if progress is not None:
+                    progress(1)
+    return handled
+
+
+__all__ = ["send", "send_due", "count_due", "claim", "parse_smtp_url", "html_to_text", "build_email"]
