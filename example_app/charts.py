@@ -1,0 +1,111 @@
+"""Server-rendered SVG charts: no JavaScript, no CDN, readable by screen readers.
+
+Each chart is an inline ``<svg role="img">`` with a ``<title>`` and ``<desc>``; every bar
+or point has its own ``<title>`` (a tooltip on hover). Colours come from CSS classes
+(``static/style.css``), so the charts follow the page's theme. Pages also print the
+numbers in a table next to each chart.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+from collections.abc import Sequence
+
+from markupsafe import Markup, escape
+
+W, H = 560, 230
+PAD_L, PAD_R, PAD_T, PAD_B = 44, 12, 14, 30
+_ids = itertools.count(1)
+
+
+def _nice_max(value: int) -> int:
+    """The smallest 4 x a round step that holds ``value`` (the axis has four intervals)."""
+    for step in (1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50, 60, 80, 100, 150, 200, 250, 500):
+        if value <= step * 4:
+            return step * 4
+    return -(-value // 1000) * 1000
+
+
+def _frame(title: str, desc: str, body: list[str], height: int = H, css: str = "") -> Markup:
+    n = next(_ids)
+    return Markup(
+        f'<svg class="chart{css}" viewBox="0 0 {W} {height}" role="img" aria-labelledby="chart{n}-t chart{n}-d" '
+        f'preserveAspectRatio="xMidYMid meet">'
+        f'<title id="chart{n}-t">{escape(title)}</title><desc id="chart{n}-d">{escape(desc)}</desc>'
+        + "".join(body) + "</svg>"
+    )
+
+
+def _axes(days: Sequence[dt.date], top: int) -> list[str]:
+    plot_h = H - PAD_T - PAD_B
+    out = []
+    for i in range(5):
+        value = top * i // 4  # exact: top is a multiple of 4
+        y = PAD_T + plot_h - plot_h * i / 4
+        out.append(f'<line class="grid" x1="{PAD_L}" x2="{W - PAD_R}" y1="{y:.1f}" y2="{y:.1f}"/>')
+        out.append(f'<text class="tick" x="{PAD_L - 6}" y="{y + 4:.1f}" text-anchor="end">{value}</text>')
+    step = max(1, -(-len(days) // 6))
+    slot = (W - PAD_L - PAD_R) / max(len(days), 1)
+    for i, day in enumerate(days):
+        if i % step == 0:
+            x = PAD_L + slot * (i + 0.5)
+            out.append(f'<text class="tick" x="{x:.1f}" y="{H - 10}" text-anchor="middle">{day:%b %d}</text>')
+    return out
+
+
+def bar_chart(days: Sequence[dt.date], values: Sequence[int], *, title: str, desc: str, unit: str) -> Markup:
+    """One bar per day."""
+    top = _nice_max(max(values, default=0))
+    plot_h = H - PAD_T - PAD_B
+    slot = (W - PAD_L - PAD_R) / max(len(days), 1)
+    body = _axes(days, top)
+    for i, (day, value) in enumerate(zip(days, values)):
+        if not value:
+            continue
+        h = plot_h * value / top
+        x = PAD_L + slot * i + slot * 0.15
+        body.append(
+            f'<rect class="bar s-sent" x="{x:.1f}" y="{PAD_T + plot_h - h:.1f}" width="{slot * 0.7:.1f}" '
+            f'height="{h:.1f}"><title>{day:%a %b %d}: {value} {escape(unit)}</title></rect>'
+        )
+    return _frame(title, desc, body)
+
+
+def line_chart(days: Sequence[dt.date], series: Sequence[tuple[str, str, Sequence[int]]], *,
+               title: str, desc: str) -> Markup:
+    """One line per series ``(label, css class, values)``, with a legend."""
+    top = _nice_max(max((v for _, _, vals in series for v in vals), default=0))
+    plot_h = H - PAD_T - PAD_B
+    slot = (W - PAD_L - PAD_R) / max(len(days), 1)
+    body = _axes(days, top)
+    for label, css, values in series:
+        points = [(PAD_L + slot * (i + 0.5), PAD_T + plot_h - plot_h * v / top) for i, v in enumerate(values)]
+        path = " ".join(f"{x:.1f},{y:.1f}" for x, y in points)
+        body.append(f'<polyline class="line {css}" points="{path}"/>')
+        for (x, y), day, v in zip(points, days, values):
+            if v:
+                body.append(f'<circle class="dot {css}" cx="{x:.1f}" cy="{y:.1f}" r="3">'
+                            f'<title>{day:%a %b %d}: {v} {escape(label.lower())}</title></circle>')
+    return _frame(title, desc, body)
+
+
+def funnel_chart(steps: Sequence[dict[str, object]], *, title: str) -> Markup:
+    """Horizontal bars per funnel step: all events (light) behind people only (solid)."""
+    row_h, label_w = 36, 132
+    height = PAD_T + row_h * len(steps) + 8
+    top = max((int(s["all"]) for s in steps), default=0) or 1  # type: ignore[call-overload]
+    usable = W - label_w - 70
+    body = []
+    for i, step in enumerate(steps):
+        y = PAD_T + i * row_h
+        human, total = int(step["human"]), int(step["all"])  # type: ignore[call-overload]
+        body.append(f'<text class="label" x="{label_w - 8}" y="{y + 20}" text-anchor="end">{escape(step["label"])}</text>')
+        body.append(f'<rect class="bar s-all" x="{label_w}" y="{y + 4}" width="{usable * total / top:.1f}" height="24">'
+                    f'<title>{escape(step["label"])}: {total} including machines</title></rect>')
+        body.append(f'<rect class="bar s-human" x="{label_w}" y="{y + 4}" width="{usable * human / top:.1f}" height="24">'
+                    f'<title>{escape(step["label"])}: {human} people</title></rect>')
+        extra = f" ({total})" if total != human else ""
+        body.append(f'<text class="value" x="{label_w + usable * max(human, total) / top + 6:.1f}" y="{y + 20}">'
+                    f'{human}{extra}</text>')
+    desc = "; ".join(f'{s["label"]} {s["human"]} people, {s["all"]} with machines' for s in steps)
+    return _frame(title, desc, body, height=height, css=" funnel-chart")

@@ -1,0 +1,285 @@
+"""The CRM's pages. Views only parse the request and render: numbers come from
+``metrics`` (the extension's API or its tables), actions from crm_mailtrack's Python API."""
+from __future__ import annotations
+
+import datetime as dt
+import re
+import secrets
+from typing import Any
+from urllib.parse import urlsplit
+
+from flask import (Blueprint, Flask, abort, current_app, flash, g, redirect, render_template, request,
+                   session, url_for)
+
+from crm_mailtrack.models import DNCReason, Message
+
+from . import charts, metrics
+from .models import Campaign, Contact, InboxMail, db
+
+blueprint = Blueprint("crm", __name__)
+
+DNC_LABELS = {int(DNCReason.UNSUBSCRIBED): "Unsubscribed", int(DNCReason.BOUNCED): "Bounced",
+              int(DNCReason.MANUAL): "Manual"}
+CHART_DAYS = 42
+LANDING = {
+    "getting-started": "Get started in 5 minutes", "import-contacts": "Import your contacts",
+    "webinar": "Spring webinar: pipelines that close", "agenda": "Webinar agenda",
+    "release-notes": "Release notes", "reports": "The new reports", "calendar-sync": "Calendar sync",
+    "pricing": "Annual plan pricing", "book-a-demo": "Book a demo",
+}
+#: Stands in for the open pixel in previews, so that viewing a message is not an open.
+BLANK_GIF = "data:image/gif;base64,R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7"
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def csrf_token() -> str:
+    if "csrf" not in session:
+        session["csrf"] = secrets.token_urlsafe(24)
+    return str(session["csrf"])
+
+
+def check_csrf() -> None:
+    sent = request.form.get("csrf", "")
+    if not sent or not secrets.compare_digest(sent.encode(), str(session.get("csrf", "")).encode()):
+        abort(400, "The form expired: reload the page and try again.")
+
+
+def as_datetime(value: Any) -> dt.datetime | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.timezone.utc)
+    return value.astimezone(dt.timezone.utc)
+
+
+def fmt_datetime(value: Any) -> str:
+    when = as_datetime(value)
+    return when.strftime("%Y-%m-%d %H:%M UTC") if when else "—"
+
+
+def iso(value: Any) -> str:
+    when = as_datetime(value)
+    return when.isoformat().replace("+00:00", "Z") if when else ""
+
+
+def short_url(url: str | None) -> str:
+    """A destination for display: host and path, without the query (UTM parameters);
+    pages put the full URL in the link or its title."""
+    if not url:
+        return ""
+    parts = urlsplit(url)
+    base = urlsplit(current_app.config["MAILTRACK_BASE_URL"])
+    host = "" if parts.netloc == base.netloc else parts.netloc
+    return host + parts.path + ("?…" if parts.query else "")
+
+
+def pct(value: float) -> str:
+    return f"{value * 100:.1f}%"
+
+
+def srcdoc(html: str, *, target: str, preview: bool) -> str:
+    """The message HTML for a sandboxed ``<iframe srcdoc>``: a ``<base>`` so links leave the
+    frame, and (in previews) the open pixel swapped for a blank image."""
+    if preview:
+        html = re.sub(r'src="https?://[^"]*/t/o/[^"]*"', f'src="{BLANK_GIF}"', html)
+    head = (f'<base target="{target}"><meta name="color-scheme" content="light">'
+            '<style>body{font:15px/1.5 system-ui,sans-serif;margin:1rem;color:#1d2330}'
+            'a{color:#0b57d0}</style>')
+    return head + html
+
+
+def register_filters(app: Flask) -> None:
+    app.jinja_env.filters.update(dt=fmt_datetime, iso=iso, pct=pct, short_url=short_url)
+    app.jinja_env.globals.update(csrf_token=csrf_token, DNC_LABELS=DNC_LABELS)
+
+
+@blueprint.app_context_processor
+def _sources() -> dict[str, Any]:
+    return {"metric_sources": g.get("metric_sources", [])}
+
+
+def _charts(campaign_id: str | None = None, since: dt.datetime | None = None) -> dict[str, Any]:
+    """Daily charts: six weeks up to the latest activity (so an old demo database still
+    shows its story), or for a campaign two weeks from the day before it was sent."""
+    last = metrics.last_activity(campaign_id)
+    end = (last or dt.datetime.now(dt.timezone.utc)).date()
+    start = end - dt.timedelta(days=CHART_DAYS - 1)
+    if since is not None:
+        start = since.date() - dt.timedelta(days=1)
+        end = max(end, start + dt.timedelta(days=13))
+    days = metrics.daily(start, end, campaign_id)
+    if campaign_id is None:  # the extension's analytics has the overall send volume
+        volume = metrics.send_volume(start, end)
+        if volume is not None:
+            for d in days:
+                d.sent = volume.get(d.day, 0)
+    dates = [d.day for d in days]
+    return {
+        "days": days,
+        "volume_chart": charts.bar_chart(
+            dates, [d.sent for d in days], title="Messages sent per day",
+            desc=f"Daily send volume from {start} to {end}, UTC days.", unit="sent"),
+        "engagement_chart": charts.line_chart(
+            dates, [("Opens (people)", "s-open", [d.opens_h for d in days]),
+                    ("Clicks (people)", "s-click", [d.clicks_h for d in days]),
+                    ("Machine opens and clicks", "s-machine", [d.opens_m + d.clicks_m for d in days])],
+            title="Opens and clicks per day",
+            desc="Human opens, human clicks and machine events (scanners, image proxies) per UTC day."),
+    }
+
+
+# -- pages ------------------------------------------------------------------------------------
+
+
+@blueprint.route("/")
+def dashboard() -> str:
+    totals = metrics.analytics()
+    return render_template("dashboard.html", totals=totals, campaigns=metrics.campaigns_overview()[:5],
+                           links=metrics.top_links(limit=8), **_charts())
+
+
+@blueprint.route("/contacts")
+def contacts() -> str:
+    q = request.args.get("q", "")[:100]
+    return render_template("contacts.html", rows=metrics.contacts(q), q=q)
+
+
+@blueprint.route("/contacts/<int:contact_id>")
+def contact(contact_id: int) -> str:
+    person = db.get_or_404(Contact, contact_id)
+    cid = str(person.id)
+    events = metrics.timeline(cid)
+    for event in events:
+        event["when"] = as_datetime(event["timestamp"])
+    return render_template("contact.html", person=person, events=events, dnc=metrics.contact_dnc(cid),
+                           utm=metrics.contact_utm(cid))
+
+
+@blueprint.route("/contacts/<int:contact_id>/dnc", methods=["POST"])
+def contact_dnc(contact_id: int) -> Any:
+    check_csrf()
+    person = db.get_or_404(Contact, contact_id)
+    mailtrack = current_app.extensions["mailtrack"].extension
+    if request.form.get("action") == "remove":
+        mailtrack.remove_dnc(str(person.id), "email")
+        flash(f"{person.display_name} may be emailed again.")
+    else:
+        mailtrack.add_dnc(str(person.id), "email", DNCReason.MANUAL, comments="Added in the CRM")
+        flash(f"{person.display_name} is now on Do-Not-Contact for email.")
+    return redirect(url_for("crm.contact", contact_id=person.id))
+
+
+@blueprint.route("/campaigns")
+def campaigns() -> str:
+    return render_template("campaigns.html", campaigns=metrics.campaigns_overview())
+
+
+@blueprint.route("/campaigns/<slug>")
+def campaign(slug: str) -> str:
+    camp = db.first_or_404(db.select(Campaign).filter_by(slug=slug))
+    funnel = metrics.funnels([slug]).get(slug, metrics.Funnel(slug))
+    steps = funnel.steps()
+    return render_template(
+        "campaign.html", campaign=camp, funnel=funnel, steps=steps,
+        funnel_chart=charts.funnel_chart(steps, title=f"Funnel of {camp.name}"),
+        links=metrics.top_links(slug), messages=metrics.campaign_messages(slug),
+        **_charts(slug, since=camp.sent_at or camp.created_at))
+
+
+@blueprint.route("/campaigns/<slug>/funnel.json")
+def campaign_funnel_json(slug: str) -> Any:
+    """The funnel the campaign page shows, as JSON (the browser test compares the two)."""
+    db.first_or_404(db.select(Campaign).filter_by(slug=slug))
+    funnel = metrics.funnels([slug]).get(slug, metrics.Funnel(slug))
+    return {"campaign_id": slug, "steps": funnel.steps()}
+
+
+@blueprint.route("/messages/<message_id>")
+def message(message_id: str) -> str:
+    msg = db.session.get(Message, message_id)
+    if msg is None or msg.tenant_id != "":
+        abort(404)
+    person = db.session.get(Contact, int(msg.contact_id)) if msg.contact_id.isdigit() else None
+    return render_template("message.html", msg=msg, person=person, links=metrics.message_links(msg.id),
+                           srcdoc=srcdoc(msg.html or "", target="_blank", preview=True))
+
+
+@blueprint.route("/compose", methods=["GET", "POST"])
+def compose() -> Any:
+    from .outbox import DEFAULT_HTML, send_campaign
+
+    companies = [c for (c,) in db.session.execute(db.select(Contact.company).distinct().order_by(Contact.company))]
+    form = {"name": "Autumn release", "subject": "{first_name}, our autumn release is here",
+            "html": DEFAULT_HTML.replace("{base}", current_app.config["MAILTRACK_BASE_URL"].rstrip("/")),
+            "audience": "all"}
+    errors: dict[str, str] = {}
+    if request.method == "POST":
+        check_csrf()
+        form = {k: request.form.get(k, "").strip() for k in form}
+        if not form["name"]:
+            errors["name"] = "Give the campaign a name."
+        if not form["subject"]:
+            errors["subject"] = "Write a subject line."
+        if not form["html"]:
+            errors["html"] = "Write the message."
+        if form["audience"] != "all" and form["audience"] not in companies:
+            errors["audience"] = "Choose who receives it."
+        if not errors:
+            q = db.select(Contact).order_by(Contact.id)
+            if form["audience"] != "all":
+                q = q.filter_by(company=form["audience"])
+            result = send_campaign(form["name"], form["subject"], form["html"], db.session.execute(q).scalars().all())
+            msg = f"Sent {result.sent} messages"
+            if result.suppressed:
+                msg += f"; {result.suppressed} suppressed (Do-Not-Contact)"
+            if result.failed:
+                msg += f"; {result.failed} failed ({'; '.join(result.errors)[:200]})"
+            flash(msg + ".", "error" if result.failed else "ok")
+            return redirect(url_for("crm.campaign", slug=result.campaign.slug))
+    return render_template("compose.html", form=form, errors=errors, companies=companies,
+                           smtp_url=current_app.config["MAILTRACK_SMTP_URL"]), (422 if errors else 200)
+
+
+@blueprint.route("/inbox")
+def inbox() -> str:
+    mails = db.session.execute(db.select(InboxMail).order_by(InboxMail.id.desc()).limit(200)).scalars().all()
+    return render_template("inbox.html", mails=mails, smtp_url=current_app.config["MAILTRACK_SMTP_URL"])
+
+
+@blueprint.route("/inbox/<int:mail_id>")
+def inbox_mail(mail_id: int) -> str:
+    mail = db.get_or_404(InboxMail, mail_id)
+    unsubscribe = None
+    if mail.list_unsubscribe:
+        match = re.search(r"<(https?://[^>]+)>", mail.list_unsubscribe)
+        unsubscribe = match.group(1) if match else None
+    return render_template("inbox_mail.html", mail=mail, unsubscribe=unsubscribe,
+                           srcdoc=srcdoc(mail.html or "", target="_top", preview=False) if mail.html else None)
+
+
+@blueprint.route("/go/<page>")
+def landing(page: str) -> str:
+    """Where the demo's tracked links lead: Northwind's (pretend) website."""
+    title = LANDING.get(page)
+    if title is None:
+        abort(404)
+    utm = {k: v for k, v in request.args.items() if k.startswith("utm_")}
+    return render_template("landing.html", title=title, utm=utm)
+
+
+@blueprint.route("/favicon.ico")
+def favicon() -> Any:
+    """For pages without a ``<link rel=icon>`` (the extension's unsubscribe page)."""
+    return current_app.send_static_file("favicon.svg")
+
+
+@blueprint.app_errorhandler(404)
+def not_found(exc: Exception) -> Any:
+    if request.path.startswith(current_app.extensions["mailtrack"].url_prefix + "/"):
+        return exc  # the extension's own routes answer for themselves
+    return render_template("error.html", code=404, title="Not found",
+                           detail="There is no such page in Northwind CRM."), 404

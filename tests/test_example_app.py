@@ -1,0 +1,357 @@
+"""The example CRM (``example_app``), driven through Flask's test client.
+
+The demo database is generated once per test session (fixed anchor date) and copied for
+each test, so each test starts from the same story without paying for it again.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from flask import Flask
+
+pytest.importorskip("aiosmtpd", reason="the example app's local SMTP server needs aiosmtpd (extra 'example')")
+
+from crm_mailtrack.models import DNCReason, dnc, events, messages, utm_tags  # noqa: E402
+from example_app import API_TOKEN, create_app  # noqa: E402
+from example_app.mailbox import LocalSMTPServer, free_port  # noqa: E402
+from example_app.models import Contact, InboxMail, db  # noqa: E402
+
+ANCHOR = "2026-06-01T00:00:00+00:00"
+BASE_URL = "http://crm.test"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _config(db_path: Path, **extra: Any) -> dict[str, Any]:
+    return {
+        "TESTING": True,
+        "SQLALCHEMY_DATABASE_URI": f"sqlite:///{db_path}",
+        "MAILTRACK_BASE_URL": BASE_URL,
+        "MAILTRACK_JOURNAL_PATH": str(db_path.parent / "journal.jsonl"),
+        "EXAMPLE_DEMO_ANCHOR": ANCHOR,
+        **extra,
+    }
+
+
+def _close(app: Flask) -> None:
+    with app.app_context():
+        db.session.remove()
+        with db.engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        db.engine.dispose()
+
+
+def build_demo_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A database holding the demo story, generated once per test session (the browser
+    tests reuse it too)."""
+    path = tmp_path_factory.getbasetemp() / "example-demo" / "crm.db"
+    if not path.exists():
+        path.parent.mkdir(exist_ok=True)
+        partial = path.with_name("building.db")
+        _close(create_app(_config(partial)))
+        partial.rename(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def demo_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_demo_db(tmp_path_factory)
+
+
+@pytest.fixture
+def example(demo_db: Path, tmp_path: Path) -> Iterator[Flask]:
+    """The example CRM on a private copy of the demo database, with its SMTP server."""
+    path = tmp_path / "crm.db"
+    shutil.copy(demo_db, path)
+    smtp = LocalSMTPServer().start()
+    app = create_app(_config(path, MAILTRACK_SMTP_URL=smtp.url))
+    smtp.app = app
+    try:
+        yield app
+    finally:
+        smtp.stop()
+        _close(app)
+
+
+def _csrf(client: Any, path: str) -> str:
+    html = client.get(path).get_data(as_text=True)
+    match = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert match, f"no CSRF field on {path}"
+    return match.group(1)
+
+
+def _funnel(client: Any, slug: str) -> dict[str, tuple[int, int]]:
+    data = client.get(f"/campaigns/{slug}/funnel.json").get_json()
+    return {s["key"]: (s["human"], s["all"]) for s in data["steps"]}
+
+
+def _read_later(app: Flask, slug: str, seconds: int = 120) -> None:
+    """Move the campaign's send time back: the recipient reads it a while later (a click
+    seconds after sending is a scanner's, ``too-fast-after-send``)."""
+    with app.app_context():
+        earlier = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=seconds)
+        db.session.execute(messages.update().where(messages.c.campaign_id == slug).values(sent_at=earlier))
+        db.session.commit()
+
+
+def _send_campaign(client: Any, name: str = "Test launch", audience: str = "all") -> str:
+    token = _csrf(client, "/compose")
+    html = (f'<p>Hi {{first_name}}, <a href="{BASE_URL}/go/pricing?utm_campaign={{campaign}}">see pricing</a>'
+            f' or <a href="{BASE_URL}/go/book-a-demo">book a demo</a>.</p>')
+    resp = client.post("/compose", data={"csrf": token, "name": name, "subject": "Hello {first_name}",
+                                         "html": html, "audience": audience})
+    assert resp.status_code == 302, resp.get_data(as_text=True)[:500]
+    return resp.headers["Location"].rsplit("/", 1)[1]
+
+
+# -- pages -----------------------------------------------------------------------------------
+
+
+def test_every_page_answers(example: Flask) -> None:
+    client = example.test_client()
+    with example.app_context():
+        message_id = db.session.execute(sa.select(messages.c.id).where(messages.c.status == "SENT").limit(1)).scalar()
+    pages = ["/", "/contacts", "/contacts?q=contoso", "/contacts/1", "/campaigns", "/campaigns/spring-webinar",
+             "/campaigns/welcome-2024/funnel.json", f"/messages/{message_id}", "/compose", "/inbox",
+             "/go/pricing?utm_campaign=x"]
+    for path in pages:
+        resp = client.get(path)
+        assert resp.status_code == 200, path
+    for path in ["/contacts/9999", "/campaigns/nope", "/messages/nope", "/inbox/1", "/go/nowhere"]:
+        assert client.get(path).status_code == 404, path
+
+
+def test_pages_are_self_contained_and_accessible(example: Flask) -> None:
+    client = example.test_client()
+    for path in ["/", "/contacts", "/campaigns/q2-product-update", "/compose", "/inbox"]:
+        html = client.get(path).get_data(as_text=True)
+        assert '<html lang="en">' in html and 'name="viewport"' in html
+        assert '<main id="main"' in html and 'href="#main"' in html  # skip link
+        assert 'aria-current="page"' in html
+        # No CDN: every script, stylesheet and image the page loads is served by the app.
+        for ref in re.findall(r'<(?:script|link|img)[^>]+(?:src|href)="([^"]+)"', html):
+            assert ref.startswith("/"), (path, ref)
+    dashboard = client.get("/").get_data(as_text=True)
+    assert dashboard.count('<svg class="chart"') == 2 and 'role="img"' in dashboard
+
+
+def test_dashboard_shows_campaign_funnels(example: Flask) -> None:
+    client = example.test_client()
+    html = client.get("/campaigns/welcome-2024").get_data(as_text=True)
+    funnel = _funnel(client, "welcome-2024")
+    for key, (human, total) in funnel.items():
+        row = re.search(rf'<tr data-step="{key}">.*?data-kind="human">(\d+)<.*?data-kind="all">(\d+)<', html, re.S)
+        assert row and (int(row.group(1)), int(row.group(2))) == (human, total), key
+    sent, delivered = funnel["sent"][0], funnel["delivered"][0]
+    assert sent == 36 and delivered == 35  # one hard bounce
+    assert funnel["opened"][1] > funnel["opened"][0]  # image-proxy opens count only in "all"
+    assert funnel["clicked"][1] > funnel["clicked"][0]  # scanner pre-clicks likewise
+
+
+def test_contacts_search_and_dnc_state(example: Flask) -> None:
+    client = example.test_client()
+    html = client.get("/contacts?q=contoso").get_data(as_text=True)
+    emails = re.findall(r"<small>([^<]+@[^<]+)</small>", html)
+    assert emails and all(e.endswith("@contoso.example") for e in emails)
+    with example.app_context():
+        reasons = dict(db.session.execute(sa.select(dnc.c.contact_id, dnc.c.reason)).all())
+    assert sorted(reasons.values()) == [int(DNCReason.UNSUBSCRIBED), int(DNCReason.BOUNCED)]
+    all_rows = client.get("/contacts").get_data(as_text=True)
+    assert "DNC: Bounced" in all_rows and "DNC: Unsubscribed" in all_rows
+    assert 'class="tag"' in all_rows  # UTM campaigns
+
+
+def test_timeline_marks_machine_events(example: Flask) -> None:
+    with example.app_context():
+        cid = db.session.execute(sa.select(events.c.contact_id).where(events.c.is_machine.is_(True)).limit(1)).scalar()
+    html = example.test_client().get(f"/contacts/{cid}").get_data(as_text=True)
+    assert "is-machine" in html and 'class="badge machine">machine' in html
+
+
+def test_manual_dnc_needs_csrf_and_round_trips(example: Flask) -> None:
+    client = example.test_client()
+    assert client.post("/contacts/1/dnc", data={"action": "add"}).status_code == 400
+    token = _csrf(client, "/contacts/1")
+    client.post("/contacts/1/dnc", data={"csrf": token, "action": "add"})
+    assert "DNC: Manual" in client.get("/contacts/1").get_data(as_text=True)
+    client.post("/contacts/1/dnc", data={"csrf": token, "action": "remove"})
+    assert "DNC: Manual" not in client.get("/contacts/1").get_data(as_text=True)
+
+
+# -- demo data -------------------------------------------------------------------------------
+
+
+def _story(app: Flask) -> dict[str, Any]:
+    with app.app_context():
+        ev = db.session.execute(sa.select(
+            events.c.type, events.c.contact_id, events.c.campaign_id, events.c.occurred_at, events.c.is_machine,
+            events.c.machine_reason, events.c.url).order_by(events.c.occurred_at, events.c.type, events.c.contact_id,
+                                                             events.c.url)).all()
+        return {
+            "events": [tuple(r) for r in ev],
+            "contacts": [c.as_mapping() for c in db.session.execute(sa.select(Contact).order_by(Contact.id)).scalars()],
+            "dnc": db.session.execute(sa.select(dnc.c.contact_id, dnc.c.reason, dnc.c.date_added)
+                                      .order_by(dnc.c.contact_id)).all(),
+            "utm": db.session.execute(sa.select(utm_tags.c.contact_id, utm_tags.c.utm_campaign, utm_tags.c.date_added)
+                                      .order_by(utm_tags.c.contact_id, utm_tags.c.utm_campaign)).all(),
+        }
+
+
+def test_demo_data_is_deterministic_and_tells_the_story(demo_db: Path, tmp_path: Path) -> None:
+    again = create_app(_config(tmp_path / "again.db"))
+    first = create_app(_config(demo_db))
+    try:
+        story = _story(first)
+        assert story == _story(again)
+    finally:
+        _close(again)
+        _close(first)
+    types = {(t, m) for t, _, _, _, m, _, _ in story["events"]}
+    assert {("send", False), ("open", False), ("open", True), ("click", False), ("click", True),
+            ("bounce", False), ("forward", False), ("unsubscribe", False)} <= types
+    times = [e[3] for e in story["events"]]
+    anchor = dt.datetime.fromisoformat(ANCHOR)
+    assert max(times) <= anchor and (max(times) - min(times)).days >= 35  # several weeks
+    assert len({e[2] for e in story["events"] if e[2]}) == 4
+    assert story["utm"] and story["dnc"]
+
+
+# -- compose, send, receive, click, unsubscribe ---------------------------------------------------
+
+
+def test_compose_and_send_delivers_to_the_local_smtp_server(example: Flask) -> None:
+    client = example.test_client()
+    slug = _send_campaign(client)
+    with example.app_context():
+        mails = db.session.execute(sa.select(InboxMail)).scalars().all()
+        statuses = dict(db.session.execute(sa.select(messages.c.status, sa.func.count())
+                                           .where(messages.c.campaign_id == slug).group_by(messages.c.status)).all())
+    assert statuses == {"SENT": 34, "SUPPRESSED": 2}  # the bounced and the unsubscribed contact
+    assert len(mails) == 34
+    mail = mails[0]
+    assert mail.subject.startswith("Hello ") and "{first_name}" not in mail.subject
+    assert f"{BASE_URL}/mailtrack/t/c/" in mail.html and f"{BASE_URL}/mailtrack/t/o/" in mail.html
+    assert mail.list_unsubscribe and "/mailtrack/t/u/" in mail.list_unsubscribe
+    assert _funnel(client, slug)["sent"] == (34, 34)
+    inbox = client.get("/inbox").get_data(as_text=True)
+    assert inbox.count("/inbox/") == 34
+    page = client.get(f"/inbox/{mail.id}").get_data(as_text=True)
+    assert "srcdoc=" in page and 'sandbox="' in page
+
+
+def test_clicking_a_link_in_a_received_mail_counts(example: Flask) -> None:
+    client = example.test_client()
+    slug = _send_campaign(client, audience="Globex")
+    _read_later(example, slug)
+    assert _funnel(client, slug)["clicked"] == (0, 0)
+    with example.app_context():
+        mail = db.session.execute(sa.select(InboxMail).limit(1)).scalar_one()
+    link = re.search(r'href="(http://crm\.test/mailtrack/t/c/[^"]+)"', mail.html).group(1).replace("&amp;", "&")
+    resp = client.get(link[len(BASE_URL):], headers={"User-Agent": "Mozilla/5.0 (X11; Linux) Firefox/125.0"})
+    assert resp.status_code == 302
+    landing = resp.headers["Location"]
+    assert landing.startswith(f"{BASE_URL}/go/pricing?utm_campaign={slug}")
+    assert client.get(landing[len(BASE_URL):]).status_code == 200
+    assert _funnel(client, slug)["clicked"] == (1, 1)
+    page = client.get(f"/campaigns/{slug}").get_data(as_text=True)
+    assert re.search(r'<tr data-step="clicked">.*?data-kind="human">1<', page, re.S)
+    assert "/go/pricing" in page  # top links
+
+
+def test_unsubscribing_from_a_received_mail_sets_dnc(example: Flask) -> None:
+    client = example.test_client()
+    _send_campaign(client, audience="Acme Analytics")
+    with example.app_context():
+        mail = db.session.execute(sa.select(InboxMail).limit(1)).scalar_one()
+        contact = db.session.execute(sa.select(Contact).filter_by(email=mail.rcpt_to)).scalar_one()
+    page = client.get(f"/inbox/{mail.id}").get_data(as_text=True)
+    action = re.search(r'<form method="post" action="([^"]+)" class="unsub">', page).group(1)
+    resp = client.post(action[len(BASE_URL):], data={"List-Unsubscribe": "One-Click"})
+    assert resp.status_code == 200
+    assert "DNC: Unsubscribed" in client.get(f"/contacts/{contact.id}").get_data(as_text=True)
+
+
+def test_compose_rejects_bad_input(example: Flask) -> None:
+    client = example.test_client()
+    token = _csrf(client, "/compose")
+    resp = client.post("/compose", data={"csrf": token, "name": "", "subject": "", "html": "", "audience": "x"})
+    assert resp.status_code == 422
+    assert resp.get_data(as_text=True).count('aria-invalid="true"') == 4
+
+
+def test_api_token_reads_the_extension_api(example: Flask) -> None:
+    """The host's token opens the extension's JSON API (the dashboard reads it with it)."""
+    resp = example.test_client().get("/mailtrack/api/openapi.json",
+                                     headers={"Authorization": f"Bearer {API_TOKEN}", "Accept": "application/json"})
+    assert resp.status_code == 200
+
+
+# -- the demo command --------------------------------------------------------------------------
+
+
+def test_python_m_example_app_serves_the_demo(tmp_path: Path, demo_db: Path) -> None:
+    """``python -m example_app --port P`` (what ``tasks.py demo`` runs) serves the CRM."""
+    shutil.copy(demo_db, tmp_path / "crm.db")
+    port = free_port()
+    env = {**os.environ, "EXAMPLE_DATABASE_URL": f"sqlite:///{tmp_path / 'crm.db'}", "EXAMPLE_SMTP_PORT": "0"}
+    proc = subprocess.Popen([sys.executable, "-m", "example_app", "--port", str(port)],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/contacts", timeout=5) as resp:
+                    assert resp.status == 200 and b"Contacts" in resp.read()
+                    break
+            except OSError:
+                assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+                assert time.monotonic() < deadline, "example app did not start within 60 s"
+                time.sleep(0.2)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    with socket.socket() as sock:  # the port is released again
+        sock.bind(("127.0.0.1", port))
+
+
+def test_dashboard_numbers_from_the_api_equal_the_sql_fallback(example: Flask, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the dashboard reads the extension's API, its SQL fallback (used while an
+    endpoint is missing) gives the same numbers."""
+    from example_app import metrics
+
+    with example.app_context():
+        cid = db.session.execute(sa.select(dnc.c.contact_id).limit(1)).scalar()
+        clicker = db.session.execute(sa.select(utm_tags.c.contact_id).limit(1)).scalar()
+
+    def collect() -> dict[str, Any]:
+        with example.test_request_context():
+            out = {
+                "analytics": {k: v for k, v in metrics.analytics().items() if k in ("totalSent", "totalOpened", "totalClicked")},
+                "links": [(x["url"], x["clicks"], x["unique"], x["all"]) for x in metrics.top_links("q2-product-update")],
+                "messages": [(m["id"], m["status"], m["opens"], m["clicks"], m["machine"], m["bounces"])
+                             for m in metrics.campaign_messages("welcome-2024")],
+                "timeline": [(e["id"], e["event"], e["isBot"], e["campaignId"], e["url"], e.get("machineReason"))
+                             for e in metrics.timeline(clicker)],
+                "dnc": [(d["id"], d["channel"], d["reason"]) for d in metrics.contact_dnc(cid)],
+                "utm": [(u["id"], u["utm_campaign"]) for u in metrics.contact_utm(clicker)],
+            }
+            return {"sources": list(metrics.g.get("metric_sources", [])), **out}
+
+    from_api = collect()
+    assert all(s.startswith("API") for s in from_api.pop("sources") if "machine_reasons" not in s)
+    monkeypatch.setattr(metrics, "api_get", lambda *a, **k: None)
+    from_sql = collect()
+    assert all(s.startswith("SQL") for s in from_sql.pop("sources"))
+    assert from_api == from_sql
