@@ -24,12 +24,26 @@ class Journal:
     def append(self, entry: dict[str, Any]) -> None:
         line = (json.dumps(entry, separators=(",", ":"), default=str) + "\n").encode("utf-8")
         os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        while True:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                # A replay may have claimed (renamed) the file while we waited for the
+                # lock: writing to it then could lose the line. Reopen the live path.
+                if not self._is_live(fd):
+                    continue
+                os.write(fd, line)
+                return
+            finally:
+                os.close(fd)
+
+    def _is_live(self, fd: int) -> bool:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            os.write(fd, line)
-        finally:
-            os.close(fd)
+            live = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        mine = os.fstat(fd)
+        return (mine.st_dev, mine.st_ino) == (live.st_dev, live.st_ino)
 
     def pending_files(self) -> list[str]:
         """Files still to replay: batches claimed by an earlier, interrupted replay first."""

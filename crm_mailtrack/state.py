@@ -90,7 +90,7 @@ def get_state(app: Flask | None = None) -> MailTrackState:
     except KeyError:
         raise RuntimeError(
             "crm_mailtrack is not registered on this app: did you forget to call "
-            "mailtrack.init_app(app)?"
+            "init_app? (mailtrack.init_app(app))"
         ) from None
 
 

@@ -1,0 +1,162 @@
+"""The Python API a host calls directly: ``record_event``, ``erase_contact``, the
+Do-Not-Contact basics and UTM tags, with their tenancy."""
+from __future__ import annotations
+
+import datetime as dt
+import re
+
+import pytest
+import sqlalchemy as sa
+
+from crm_mailtrack import DNCReason, NotFound, ValidationError
+from crm_mailtrack.models import dnc, events, messages, utm_tags
+
+from conftest import path_of
+
+
+def count(db, table: sa.Table, **where) -> int:
+    q = sa.select(sa.func.count()).select_from(table).where(*(table.c[k] == v for k, v in where.items()))
+    with db.engine.connect() as conn:
+        return conn.execute(q).scalar()
+
+
+def test_record_event_stores_and_returns_the_event(mailtrack, db):
+    when = dt.datetime(2024, 5, 1, 12, 30)  # naive: read as UTC
+    ev = mailtrack.record_event("c1", "bounce", email="c1@example.com", message_id="m1", campaign_id="k",
+                                occurred_at=when, details={"smtp": "550 no such user"})
+    assert ev.id is not None and ev.type == "bounce" and ev.is_machine is False
+    db.session.expire_all()
+    row = db.session.get(type(ev), ev.id)
+    assert row.occurred_at == dt.datetime(2024, 5, 1, 12, 30, tzinfo=dt.timezone.utc)
+    assert (row.contact_id, row.email, row.message_id, row.campaign_id) == ("c1", "c1@example.com", "m1", "k")
+    assert row.details == {"smtp": "550 no such user"}
+    aware = mailtrack.record_event("c1", "forward", occurred_at=dt.datetime(2024, 5, 1, 14, 30,
+                                                                        tzinfo=dt.timezone(dt.timedelta(hours=2))))
+    db.session.expire_all()
+    assert db.session.get(type(ev), aware.id).occurred_at == dt.datetime(2024, 5, 1, 12, 30, tzinfo=dt.timezone.utc)
+    with_url = mailtrack.record_event("c1", "click", url="https://d.test/")
+    assert with_url.link_id and len(with_url.link_id) == 16
+
+
+def test_record_event_validation(mailtrack, db):
+    for contact_id, type_ in (("c1", "teleport"), ("c1", "CLICK"), ("", "open"), (None, "open")):
+        with pytest.raises(ValidationError) as info:
+            mailtrack.record_event(contact_id, type_)
+        assert info.value.errors
+    assert count(db, events) == 0
+
+
+def test_erase_contact_counts_rows_and_spares_others(mailtrack, db, client):
+    for cid in ("gone", "stays"):
+        msg = mailtrack.track_message(contact_id=cid, email=f"{cid}@example.com", subject="s",
+                                      html='<a href="https://d.test/">go</a>')
+        click = path_of(re.search(r'href="([^"]+/t/c/[^"]+)">go', msg.html).group(1))
+        assert client.get(click).status_code == 302
+        mailtrack.record_event(cid, "bounce")
+        mailtrack.add_dnc(cid)
+        mailtrack.add_utm(cid, utm_source="news")
+    # gone: 1 message, events click+bounce+dnc_added+utm_added = 4, 1 dnc, 1 utm tag -> 7
+    assert mailtrack.erase_contact("gone") == 7
+    for table in (messages, events, dnc, utm_tags):
+        assert count(db, table, contact_id="gone") == 0
+    assert count(db, messages, contact_id="stays") == 1
+    assert count(db, events, contact_id="stays") == 4
+    assert count(db, dnc, contact_id="stays") == 1 and count(db, utm_tags, contact_id="stays") == 1
+    assert mailtrack.erase_contact("gone") == 0
+    assert mailtrack.erase_contact("nobody") == 0
+
+
+def test_erase_contact_is_scoped_to_the_tenant(mailtrack, db):
+    mailtrack.record_event("c1", "bounce", tenant_id="t1")
+    mailtrack.record_event("c1", "bounce", tenant_id="t2")
+    mailtrack.record_event("c1", "bounce")
+    assert mailtrack.erase_contact("c1", tenant_id="t1") == 1
+    assert count(db, events, contact_id="c1") == 2
+
+
+def test_add_dnc_twice_keeps_one_row_and_updates(mailtrack, db, recorded_signals):
+    assert mailtrack.can_contact("c1") is True
+    first = mailtrack.add_dnc("c1", reason=DNCReason.BOUNCED, channel_id="m1", comments="hard bounce")
+    assert (first.reason, first.channel_id, first.comments, first.channel) == (2, "m1", "hard bounce", "email")
+    second = mailtrack.add_dnc("c1", reason=DNCReason.MANUAL, comments="asked by phone")
+    assert second.id == first.id
+    assert (second.reason, second.channel_id, second.comments) == (3, None, "asked by phone")
+    assert count(db, dnc) == 1
+    assert count(db, events, type="dnc_added") == 1
+    assert mailtrack.can_contact("c1") is False
+    assert mailtrack.can_contact("c1", "sms") is True
+    assert mailtrack.can_contact("c2") is True
+    assert recorded_signals.names().count("dnc_added") == 1
+
+
+def test_remove_dnc(mailtrack, db):
+    mailtrack.add_dnc("c1")
+    mailtrack.add_dnc("c1", "sms", reason=1)
+    assert mailtrack.remove_dnc("c1") is True
+    assert mailtrack.can_contact("c1") is True
+    assert mailtrack.can_contact("c1", "sms") is False
+    assert mailtrack.remove_dnc("c1") is False
+    assert count(db, events, type="dnc_removed") == 1
+    assert count(db, dnc) == 1
+
+
+def test_dnc_validation(mailtrack, db):
+    for call, kwargs in (
+        ("add_dnc", {"channel": "E-Mail"}), ("add_dnc", {"reason": 9}), ("add_dnc", {"reason": "x"}),
+        ("add_dnc", {"reason": True}), ("remove_dnc", {"channel": ""}), ("can_contact", {"channel": None}),
+    ):
+        with pytest.raises(ValidationError):
+            getattr(mailtrack, call)("c1", **kwargs)
+    assert count(db, dnc) == 0
+
+
+def test_dnc_tenancy_follows_the_tenant_loader(make_app):
+    tenant = {"id": "acme"}
+
+    def setup(mt):
+        mt.tenant_loader(lambda: tenant["id"])
+
+    app = make_app(setup=setup)
+    mt = app.extensions["mailtrack"].extension
+    with app.app_context():
+        mt.add_dnc("c1")
+        assert mt.can_contact("c1") is False
+        tenant["id"] = "globex"
+        assert mt.can_contact("c1") is True
+        assert mt.can_contact("c1", tenant_id="acme") is False
+        assert mt.remove_dnc("c1") is False
+        assert mt.remove_dnc("c1", tenant_id="acme") is True
+
+
+def test_utm_tags(mailtrack, db):
+    tag = mailtrack.add_utm("c1", utm_source="news", utm_campaign="spring", url="https://d.test/")
+    assert tag.id is not None and tag.date_added.tzinfo is not None
+    assert count(db, events, type="utm_added") == 1
+    with pytest.raises(NotFound):
+        mailtrack.remove_utm("c2", tag.id)
+    with pytest.raises(NotFound):
+        mailtrack.remove_utm("c1", "not-a-number")
+    with pytest.raises(ValidationError):
+        mailtrack.add_utm("c1", utm_colour="red")
+    mailtrack.remove_utm("c1", tag.id)
+    assert count(db, utm_tags) == 0
+    assert count(db, events, type="utm_removed") == 1
+
+
+def test_too_long_values_are_a_validation_error_on_every_database(mailtrack, db):
+    """PostgreSQL refuses a value longer than its column, SQLite would store it: both must
+    answer the same, with a ValidationError naming the field (not 'database unavailable')."""
+    long_id = "x" * 65
+    calls = [
+        ("campaign_id", lambda: mailtrack.record_event("c1", "bounce", campaign_id=long_id)),
+        ("contact_id", lambda: mailtrack.add_dnc(long_id)),
+        ("template_id", lambda: mailtrack.track_message(contact_id="c1", email="a@example.com",
+                                                        subject="s", template_id=long_id)),
+        ("utm_source", lambda: mailtrack.add_utm("c1", utm_source="y" * 256)),
+    ]
+    for field, call in calls:
+        with pytest.raises(ValidationError) as info:
+            call()
+        assert field in info.value.errors
+    for table in (events, dnc, messages, utm_tags):
+        assert count(db, table) == 0

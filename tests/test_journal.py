@@ -1,0 +1,254 @@
+"""Database loss, made real: a locked database (another connection holds an exclusive lock)
+and an unreachable one (nothing listens). Clicks still redirect, the pixel still answers,
+their events go to the journal, and ``flask mailtrack replay-journal`` writes each exactly
+once. An unsubscribe that cannot be saved answers 503, never 200."""
+from __future__ import annotations
+
+import contextlib
+import re
+import sqlite3
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from flask import Flask
+from flask_sqlalchemy import SQLAlchemy
+
+from crm_mailtrack import MailTrack
+from crm_mailtrack.models import dnc, events
+
+from conftest import BASE_URL, SECRET, path_of
+
+DEST = "https://dest.test/after-outage?x=1"
+
+
+def tracked(app: Any) -> dict[str, Any]:
+    mt = app.extensions["mailtrack"].extension
+    with app.app_context():
+        msg = mt.track_message(contact_id="c1", email="c1@example.com", subject="s", campaign_id="k",
+                               html=f'<a href="{DEST}">go</a>')
+        return {
+            "id": msg.id,
+            "click": path_of(re.search(r'href="([^"]+/t/c/[^"]+)">go</a>', msg.html).group(1)),
+            "open": path_of(re.search(r'src="([^"]+/t/o/[^"]+)"', msg.html).group(1)),
+            "unsub": path_of(msg.headers["List-Unsubscribe"][1:-1]),
+        }
+
+
+def count(app: Any, table: sa.Table = events, **where: Any) -> int:
+    with app.app_context(), app.extensions["mailtrack"].engine.connect() as conn:
+        q = sa.select(sa.func.count()).select_from(table).where(*(table.c[k] == v for k, v in where.items()))
+        return conn.execute(q).scalar()
+
+
+def replay(app: Any) -> str:
+    result = app.test_cli_runner().invoke(args=["mailtrack", "replay-journal"])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+@pytest.fixture
+def locked_app(make_app, database_url):
+    """``(app, lock)``: an app with a short lock wait, and a context manager that makes
+    the given tables unavailable by holding an exclusive lock from another connection."""
+    if database_url.startswith("sqlite"):
+        app = make_app(SQLALCHEMY_ENGINE_OPTIONS={"connect_args": {"timeout": 0.2}})
+
+        @contextlib.contextmanager
+        def lock(*tables: str) -> Iterator[None]:
+            con = sqlite3.connect(database_url[len("sqlite:///"):], isolation_level=None)
+            con.execute("BEGIN EXCLUSIVE")
+            try:
+                yield
+            finally:
+                con.execute("ROLLBACK")
+                con.close()
+    else:
+        assert "options=" in database_url and database_url.rsplit("?", 1)[1].startswith("options=")
+        app = make_app(SQLALCHEMY_DATABASE_URI=database_url + "%20-clock_timeout%3D200")
+        locker = sa.create_engine(database_url, poolclass=sa.pool.NullPool)
+
+        @contextlib.contextmanager
+        def lock(*tables: str) -> Iterator[None]:
+            with locker.connect() as conn:
+                conn.begin()
+                for table in tables:
+                    conn.execute(sa.text(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"))
+                try:
+                    yield
+                finally:
+                    conn.rollback()
+    yield app, lock
+
+
+def test_locked_database_click_and_pixel_are_journaled_then_replayed_once(locked_app, recorded_signals):
+    app, lock = locked_app
+    p = tracked(app)
+    client = app.test_client()
+    with lock("mailtrack_events"):
+        resp = client.get(p["click"], environ_base={"REMOTE_ADDR": "198.51.100.9"})
+        assert resp.status_code == 302 and resp.headers["Location"] == DEST
+        head = client.head(p["click"])
+        assert head.status_code == 302
+        pixel = client.get(p["open"])
+        assert pixel.status_code == 200 and pixel.mimetype == "image/gif"
+    assert count(app) == 0
+    assert recorded_signals.calls == []  # nothing was stored, so nothing is announced yet
+    journal = app.extensions["mailtrack"].journal
+    assert journal.count() == 3
+    saved = open(journal.path, encoding="utf-8").read()
+
+    assert "replayed 3" in replay(app)
+    # Stored now: the signals go out once, from the app.
+    assert recorded_signals.names().count("link_clicked") == 2
+    assert recorded_signals.names().count("email_opened") == 1
+    assert all(sender is app for _, sender, _ in recorded_signals.calls)
+    assert count(app, type="click") == 2 and count(app, type="open") == 1
+    assert count(app, type="click", is_machine=True) == 1
+    with app.app_context(), app.extensions["mailtrack"].engine.connect() as conn:
+        human = conn.execute(sa.select(events).where(events.c.type == "click", events.c.is_machine.is_(False))).one()
+    assert (human.message_id, human.contact_id, human.campaign_id, human.url) == (p["id"], "c1", "k", DEST)
+    assert human.ip == "198.51.100.0" and human.uid
+
+    # Twice adds nothing; the same entries replayed again (a crash before the file was
+    # removed) are skipped.
+    assert "empty" in replay(app)
+    with open(journal.path, "w", encoding="utf-8") as fh:
+        fh.write(saved)
+    assert "replayed 0" in replay(app)
+    assert count(app) == 3
+    assert recorded_signals.names().count("link_clicked") == 2
+    assert journal.count() == 0
+
+
+def test_locked_database_unsubscribe_answers_503(locked_app):
+    app, lock = locked_app
+    p = tracked(app)
+    client = app.test_client()
+    with lock("mailtrack_dnc", "mailtrack_events"):
+        resp = client.post(p["unsub"], data={"List-Unsubscribe": "One-Click"})
+        assert resp.status_code == 503
+        assert "Location" not in resp.headers
+    assert count(app, dnc) == 0 and count(app) == 0
+    # Once the database is back, the same POST works.
+    assert client.post(p["unsub"], data={"List-Unsubscribe": "One-Click"}).status_code == 200
+    assert count(app, dnc) == 1
+
+
+def _unreachable_uri(database_url: str, tmp_path: Any) -> str:
+    if database_url.startswith("sqlite"):
+        return f"sqlite:///{tmp_path}/no-such-dir/crm.db"
+    return "postgresql+psycopg://postgres@127.0.0.1:1/test?connect_timeout=2"
+
+
+@pytest.fixture
+def outage_app(database_url, tmp_path):
+    """A second app of the same host whose database cannot be reached, sharing the
+    journal of the healthy app (as two deployments of one host would share a volume)."""
+    made: list[Flask] = []
+
+    def factory(journal_path: str) -> Flask:
+        app = Flask("outage", instance_path=str(tmp_path / "outage-instance"))
+        app.config.update(TESTING=True, SECRET_KEY=SECRET, MAILTRACK_BASE_URL=BASE_URL,
+                          SQLALCHEMY_DATABASE_URI=_unreachable_uri(database_url, tmp_path),
+                          MAILTRACK_JOURNAL_PATH=journal_path)
+        MailTrack(app, db=SQLAlchemy(app))
+        made.append(app)
+        return app
+
+    yield factory
+    for app in made:
+        with app.app_context():
+            for engine in app.extensions["sqlalchemy"].engines.values():
+                engine.dispose()
+
+
+def test_unreachable_database_click_and_pixel_still_answer(make_app, outage_app):
+    healthy = make_app()
+    p = tracked(healthy)
+    down = outage_app(healthy.config["MAILTRACK_JOURNAL_PATH"])
+    client = down.test_client()
+    resp = client.get(p["click"])
+    assert resp.status_code == 302 and resp.headers["Location"] == DEST
+    assert "no-store" in resp.headers["Cache-Control"]
+    pixel = client.get(p["open"])
+    assert pixel.status_code == 200 and pixel.data.startswith(b"GIF89a")
+    unsub = client.post(p["unsub"], data={"List-Unsubscribe": "One-Click"})
+    assert unsub.status_code == 503
+    # A bad token is still refused while the database is down.
+    assert client.get(p["click"] + "x").status_code == 404
+    assert down.extensions["mailtrack"].journal.count() == 2
+
+    assert count(healthy) == 0
+    assert "replayed 2" in replay(healthy)
+    assert count(healthy, type="click", message_id=p["id"]) == 1
+    assert count(healthy, type="open", message_id=p["id"]) == 1
+    assert count(healthy, dnc) == 0
+    replay(healthy)
+    assert count(healthy) == 2
+
+
+def test_replay_cli_reports_failure_and_keeps_the_journal(make_app, outage_app, tmp_path):
+    healthy = make_app()
+    p = tracked(healthy)
+    down = outage_app(healthy.config["MAILTRACK_JOURNAL_PATH"])
+    assert down.test_client().get(p["click"]).status_code == 302
+    result = down.test_cli_runner().invoke(args=["mailtrack", "replay-journal"])
+    assert result.exit_code != 0
+    assert down.extensions["mailtrack"].journal.count() == 1
+    assert "replayed 1" in replay(healthy)
+    assert count(healthy, type="click") == 1
+
+
+def test_an_append_racing_a_replay_claim_is_not_lost(tmp_path, monkeypatch):
+    """A worker that opened the journal just before ``replay-journal`` moved it aside must
+    not write into the claimed file (which the replay may already have read and deleted)."""
+    import threading
+
+    from crm_mailtrack import journal as journal_module
+
+    journal = journal_module.Journal(str(tmp_path / "j.jsonl"))
+    journal.append({"uid": "first"})
+    real_flock = journal_module.fcntl.flock
+    waiting = threading.Event()
+
+    class Fcntl:
+        LOCK_EX = journal_module.fcntl.LOCK_EX
+
+        @staticmethod
+        def flock(fd: int, op: int) -> None:
+            if threading.current_thread().name == "late-writer":
+                waiting.set()
+            real_flock(fd, op)
+
+    # Hold the journal's lock, as claim() does while it renames the file.
+    holder = open(journal.path, "a")
+    real_flock(holder.fileno(), journal_module.fcntl.LOCK_EX)
+    monkeypatch.setattr(journal_module, "fcntl", Fcntl)
+    writer = threading.Thread(target=journal.append, args=({"uid": "late"},), name="late-writer")
+    writer.start()
+    assert waiting.wait(10)  # the writer has its file open and waits for the lock
+    claimed = journal.path + ".replay-1"
+    import os
+
+    os.rename(journal.path, claimed)
+    replayed = [e["uid"] for e in journal.read(claimed)]
+    os.remove(claimed)
+    holder.close()  # releases the lock
+    writer.join(10)
+    assert replayed == ["first"]
+    assert [e["uid"] for e in journal.read(journal.path)] == ["late"]
+
+
+def test_journal_holds_no_email_and_replay_respects_erasure(make_app, outage_app):
+    healthy = make_app()
+    p = tracked(healthy)
+    down = outage_app(healthy.config["MAILTRACK_JOURNAL_PATH"])
+    assert down.test_client().get(p["click"]).status_code == 302
+    with open(healthy.config["MAILTRACK_JOURNAL_PATH"], encoding="utf-8") as fh:
+        assert "@" not in fh.read()
+    with healthy.app_context():
+        healthy.extensions["mailtrack"].extension.erase_contact("c1")
+    assert "skipped 1" in replay(healthy)
+    assert count(healthy) == 0

@@ -1,0 +1,166 @@
+"""Tracking tokens from the recipient's side: any bad token (tampered, truncated, over-long,
+wrong purpose, expired, signed with a retired key) is a 404 with nothing stored and never a
+redirect; the pixel stays a 200 GIF but records nothing."""
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from itsdangerous.timed import TimestampSigner
+
+from crm_mailtrack.models import events
+
+from conftest import path_of
+
+KEY_A = "key-A-" + "a" * 30
+KEY_B = "key-B-" + "b" * 30
+
+
+def tracked(app: Any, **kw: Any) -> dict[str, str]:
+    """A stored message's three tracking paths (click, open, unsubscribe)."""
+    mt = app.extensions["mailtrack"].extension
+    with app.app_context():
+        msg = mt.track_message(contact_id="c1", email="alice@example.com", subject="s",
+                               html='<a href="https://dest.test/page?x=1">go</a>', **kw)
+        return {
+            "click": path_of(re.search(r'href="([^"]+/t/c/[^"]+)">go</a>', msg.html).group(1)),
+            "open": path_of(re.search(r'src="([^"]+/t/o/[^"]+)"', msg.html).group(1)),
+            "unsub": path_of(msg.headers["List-Unsubscribe"][1:-1]),
+            "id": msg.id,
+        }
+
+
+def event_count(app: Any) -> int:
+    with app.app_context(), app.extensions["mailtrack"].engine.connect() as conn:
+        return conn.execute(sa.select(sa.func.count()).select_from(events)).scalar()
+
+
+def flip(token: str, part: int) -> str:
+    """Change one character in the middle of a token part (0 payload, 2 signature)."""
+    parts = token.rsplit(".", 2)
+    s = parts[part]
+    i = len(s) // 2
+    parts[part] = s[:i] + ("A" if s[i] != "A" else "B") + s[i + 1:]
+    return ".".join(parts)
+
+
+def swap_token(path: str, token: str) -> str:
+    return path.rsplit("/", 1)[0] + "/" + token
+
+
+def assert_refused(app: Any, path: str) -> None:
+    client = app.test_client()
+    before = event_count(app)
+    for method in (client.get, client.head):
+        resp = method(path)
+        assert resp.status_code == 404, (path, resp.status_code)
+        assert "Location" not in resp.headers
+    assert event_count(app) == before
+
+
+def assert_pixel_records_nothing(app: Any, path: str) -> None:
+    before = event_count(app)
+    resp = app.test_client().get(path)
+    assert resp.status_code == 200 and resp.mimetype == "image/gif"
+    assert "no-store" in resp.headers["Cache-Control"]
+    assert event_count(app) == before
+
+
+@pytest.fixture
+def host(make_app):
+    return make_app()
+
+
+def test_valid_click_is_the_control(host):
+    p = tracked(host)
+    resp = host.test_client().get(p["click"])
+    assert resp.status_code == 302 and resp.headers["Location"] == "https://dest.test/page?x=1"
+    assert event_count(host) == 1
+
+
+@pytest.mark.parametrize("part", [0, 2], ids=["payload", "signature"])
+def test_tampered_tokens(host, part):
+    p = tracked(host)
+    for kind in ("click", "open", "unsub"):
+        token = p[kind].rsplit("/", 1)[1]
+        bad = swap_token(p[kind], flip(token, part))
+        assert bad != p[kind]
+        if kind == "open":
+            assert_pixel_records_nothing(host, bad)
+        else:
+            assert_refused(host, bad)
+
+
+def test_truncated_overlong_and_garbage_tokens(host):
+    p = tracked(host)
+    token = p["click"].rsplit("/", 1)[1]
+    for bad in (token[:-3], token[: len(token) // 2], token + "x" * 4200, "x", "...", "%00",
+                "a" * 5000):
+        assert_refused(host, swap_token(p["click"], bad))
+        assert_pixel_records_nothing(host, swap_token(p["open"], bad))
+    assert len(token + "x" * 4200) > 4096
+
+
+def test_wrong_purpose(host):
+    p = tracked(host)
+    open_token = p["open"].rsplit("/", 1)[1]
+    unsub_token = p["unsub"].rsplit("/", 1)[1]
+    click_token = p["click"].rsplit("/", 1)[1]
+    assert_refused(host, swap_token(p["click"], open_token))
+    assert_refused(host, swap_token(p["click"], unsub_token))
+    assert_refused(host, swap_token(p["unsub"], click_token))
+    assert_refused(host, swap_token(p["unsub"], open_token))
+    assert host.test_client().post(swap_token(p["unsub"], open_token)).status_code == 404
+    assert_pixel_records_nothing(host, swap_token(p["open"], click_token))
+    assert_pixel_records_nothing(host, swap_token(p["open"], unsub_token))
+
+
+def test_expired_links(make_app, monkeypatch):
+    app = make_app(MAILTRACK_LINK_MAX_AGE=3600)
+    real = TimestampSigner.get_timestamp
+    monkeypatch.setattr(TimestampSigner, "get_timestamp", lambda self: int(time.time()) - 7200)
+    old = tracked(app)
+    monkeypatch.setattr(TimestampSigner, "get_timestamp", real)
+    fresh = tracked(app)
+    assert_refused(app, old["click"])
+    assert_refused(app, old["unsub"])
+    assert app.test_client().post(old["unsub"]).status_code == 404
+    assert_pixel_records_nothing(app, old["open"])
+    assert app.test_client().get(fresh["click"]).status_code == 302
+    assert event_count(app) == 1
+
+
+def test_links_without_max_age_never_expire(make_app, monkeypatch):
+    app = make_app()
+    monkeypatch.setattr(TimestampSigner, "get_timestamp", lambda self: int(time.time()) - 10 * 365 * 86400)
+    p = tracked(app)
+    monkeypatch.undo()
+    assert app.test_client().get(p["click"]).status_code == 302
+
+
+@pytest.mark.parametrize("fallback_key", ["SECRET_KEY_FALLBACKS", "MAILTRACK_SECRET_KEY_FALLBACKS"])
+def test_key_rotation(make_app, fallback_key):
+    old_app = make_app(SECRET_KEY=KEY_A)
+    p = tracked(old_app)
+    rotated = make_app(SECRET_KEY=KEY_B, **{fallback_key: [KEY_A]})
+    resp = rotated.test_client().get(p["click"])
+    assert resp.status_code == 302 and resp.headers["Location"] == "https://dest.test/page?x=1"
+    assert rotated.test_client().get(p["unsub"]).status_code == 200
+    # New links are signed with B: they work without A, and an app on A alone refuses them.
+    new = tracked(rotated)
+    retired = make_app(SECRET_KEY=KEY_B)
+    assert retired.test_client().get(new["click"]).status_code == 302
+    assert_refused(retired, p["click"])
+    assert_refused(retired, p["unsub"])
+    assert_pixel_records_nothing(retired, p["open"])
+    assert_refused(make_app(SECRET_KEY=KEY_A), new["click"])
+
+
+def test_mailtrack_secret_key_wins_over_secret_key(make_app):
+    a = make_app(MAILTRACK_SECRET_KEY=KEY_A)
+    p = tracked(a)
+    assert make_app(SECRET_KEY=KEY_A).test_client().get(p["click"]).status_code == 302
+    assert_refused(make_app(MAILTRACK_SECRET_KEY=KEY_B), p["click"])
