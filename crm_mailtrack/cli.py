@@ -3,6 +3,7 @@ stderr with a non-zero exit; long work shows a progress bar."""
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import click
 from flask.cli import AppGroup
@@ -64,3 +65,120 @@ def erase_contact(contact_id: str, tenant: str | None) -> None:
     except Exception as exc:  # noqa: BLE001
         _fail(str(exc))
     click.echo(f"mailtrack: erased {deleted} rows of contact {contact_id}")
+
+
+@cli.command("send-due")
+def send_due() -> None:
+    """Send the scheduled messages whose time has come (each exactly once, even with
+    several send-due processes running)."""
+    from .services import sending
+
+    state = get_state()
+    try:
+        total = sending.count_due(state)
+        if total == 0:
+            click.echo("mailtrack: no scheduled messages are due")
+            return
+        with click.progressbar(length=total, label="Sending due messages", file=sys.stderr) as bar:
+            handled = sending.send_due(state, progress=bar.update)
+    except Exception as exc:  # noqa: BLE001
+        _fail(f"send-due stopped: {exc}")
+    click.echo(f"mailtrack: handled {handled} due messages (others were claimed by another process)"
+               if handled < total else f"mailtrack: handled {handled} due messages")
+
+
+def _cli_moment(value: str | None, *, end_of_day: bool = False) -> Any:
+    """``YYYY-MM-DD`` (midnight UTC; with ``end_of_day`` the next midnight) or ISO 8601."""
+    import datetime as dt
+
+    if value is None:
+        return None
+    try:
+        if len(value) == 10:
+            day = dt.date.fromisoformat(value)
+            start = dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc)
+            return start + dt.timedelta(days=1) if end_of_day else start
+        moment = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a date (YYYY-MM-DD) or ISO 8601 date-time") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.timezone.utc)
+
+
+@cli.command("stats")
+@click.option("--from", "date_from", default=None, help="Messages sent on or after (YYYY-MM-DD or ISO 8601).")
+@click.option("--to", "date_to", default=None, help="Messages sent up to (a plain date includes that day).")
+@click.option("--include-bots", is_flag=True, help="Count machine opens and clicks too.")
+@click.option("--tenant", default=None, help="Tenant to report on (default: no tenant).")
+@click.option("--json", "as_json", is_flag=True, help="Print the analytics object as JSON.")
+def stats(date_from: str | None, date_to: str | None, include_bots: bool, tenant: str | None, as_json: bool) -> None:
+    """Print communications analytics (definitions in docs/metrics.md)."""
+    import json
+
+    from .services.analytics import analytics
+    from .services.common import tenant_key
+
+    state = get_state()
+    start, end = _cli_moment(date_from), _cli_moment(date_to, end_of_day=True)
+    try:
+        data = analytics(state, tenant_key(state, tenant), date_from=start, date_to=end, include_bots=include_bots)
+    except Exception as exc:  # noqa: BLE001
+        _fail(str(exc))
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    who = "all events" if include_bots else "human events"
+    click.echo(f"Communications {date_from or '...'} to {date_to or '...'} ({who})")
+    click.echo(f"  sent {data['totalSent']}  opened {data['totalOpened']} ({data['openRate']:.1%})  "
+               f"clicked {data['totalClicked']} ({data['clickRate']:.1%})  failure rate {data['failureRate']:.1%}")
+    for title, key, rows in (("By template", "templateId", data["byTemplate"]), ("By type", "type", data["byType"])):
+        if rows:
+            click.echo(title)
+        for row in rows:
+            click.echo(f"  {row[key] or '(none)'}: sent {row['totalSent']}  opened {row['totalOpened']} "
+                       f"({row['openRate']:.1%})  clicked {row['totalClicked']} ({row['clickRate']:.1%})")
+    if data["sendVolumeByDay"]:
+        click.echo("Sent per day (UTC)")
+    for row in data["sendVolumeByDay"]:
+        click.echo(f"  {row['date']}  {row['count']}")
+
+
+@cli.command("purge")
+@click.option("--older-than", "days", type=click.IntRange(min=0), required=True, metavar="DAYS",
+              help="Purge raw events that occurred more than DAYS days ago.")
+@click.confirmation_option(prompt="Delete old raw events (their totals are kept as daily rollups)?")
+def purge(days: int) -> None:
+    """Delete old raw events, keeping their totals as daily rollups (docs/metrics-bots.md)."""
+    from .services import privacy
+
+    state = get_state()
+    try:
+        slices = privacy.purge_days(state, days)
+        if not slices:
+            click.echo(f"mailtrack: no events older than {days} days")
+            return
+        with click.progressbar(length=len(slices), label="Purging (days)", file=sys.stderr) as bar:
+            deleted = privacy.purge(state, days, progress=bar.update)
+    except Exception as exc:  # noqa: BLE001
+        _fail(f"purge stopped (what was done is consistent; run it again): {exc}")
+    click.echo(f"mailtrack: purged {deleted} events older than {days} days (totals kept as rollups)")
+
+
+@cli.command("infer-forwards")
+@click.option("--days", type=click.IntRange(min=1), default=None,
+              help="Only look at events of the last DAYS days (default: all).")
+def infer_forwards(days: int | None) -> None:
+    """Record inferred forwards: a message's human opens/clicks from another network and
+    another mail client (rule in docs/metrics-bots.md). Safe to run repeatedly."""
+    import datetime as dt
+
+    from .services import forwards
+
+    state = get_state()
+    since = None if days is None else dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=days)
+    try:
+        ids = forwards.candidates(state, since)
+        with click.progressbar(length=len(ids), label="Checking messages", file=sys.stderr) as bar:
+            found = forwards.infer_forwards(state, message_ids=ids, progress=bar.update)
+    except Exception as exc:  # noqa: BLE001
+        _fail(str(exc))
+    click.echo(f"mailtrack: {found} inferred forwards recorded ({len(ids)} messages checked)")

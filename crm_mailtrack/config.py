@@ -36,6 +36,22 @@ DEFAULT_SENDER = "MAILTRACK_DEFAULT_SENDER"
 JOURNAL_PATH = "MAILTRACK_JOURNAL_PATH"
 #: The extension's own database, used only when the host has no Flask-SQLAlchemy.
 DATABASE_URI = "MAILTRACK_DATABASE_URI"
+#: An open or click this many seconds (or fewer) after the message was sent is a machine's
+#: (``too-fast-after-send``): mail security gateways fetch on delivery. ``0`` turns it off.
+BOT_AFTER_SEND_SECONDS = "MAILTRACK_BOT_AFTER_SEND_SECONDS"
+#: Clicks on different links of one message within this many seconds are a machine's
+#: (``burst``): people click one link at a time. ``0`` turns it off.
+BOT_BURST_SECONDS = "MAILTRACK_BOT_BURST_SECONDS"
+#: Add a hidden honeypot link to tracked HTML; a hit marks the message's clicks around it
+#: as machine (``honeypot``).
+HONEYPOT = "MAILTRACK_HONEYPOT"
+#: Seconds before and after a honeypot hit within which the message's clicks are machine.
+HONEYPOT_WINDOW_SECONDS = "MAILTRACK_HONEYPOT_WINDOW_SECONDS"
+#: Networks (CIDR) of mail security scanners; hits from them are ``scanner-network``.
+#: Default: Microsoft Exchange Online Protection (Defender Safe Links).
+SCANNER_NETWORKS = "MAILTRACK_SCANNER_NETWORKS"
+#: Networks (CIDR) of Apple's Mail Privacy Protection proxies; opens from them are ``apple-mpp``.
+APPLE_PROXY_NETWORKS = "MAILTRACK_APPLE_PROXY_NETWORKS"
 
 #: Defaults applied with ``app.config.setdefault``. ``None`` for the keys whose default is
 #: derived from other config (``SECRET_KEY``, the instance path) at ``init_app``.
@@ -54,6 +70,12 @@ DEFAULTS: dict[str, Any] = {
     DEFAULT_SENDER: None,
     JOURNAL_PATH: None,
     DATABASE_URI: None,
+    BOT_AFTER_SEND_SECONDS: 5,
+    BOT_BURST_SECONDS: 1,
+    HONEYPOT: True,
+    HONEYPOT_WINDOW_SECONDS: 60,
+    SCANNER_NETWORKS: None,  # None: crm_mailtrack.bots.DEFAULT_SCANNER_NETWORKS
+    APPLE_PROXY_NETWORKS: None,  # None: crm_mailtrack.bots.DEFAULT_APPLE_PROXY_NETWORKS
 }
 
 #: Shortest signing key accepted: a shorter one can be brute-forced offline from one link.

@@ -10,6 +10,7 @@ import hashlib
 import html
 import re
 from collections.abc import Callable, Mapping
+from html.entities import html5 as _HTML5_ENTITIES
 from html.parser import HTMLParser
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
@@ -25,6 +26,30 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _HREF_STRIP = "".join(chr(c) for c in range(0x21))
 
 OPT_OUT_ATTRIBUTE = "data-mailtrack"
+
+_CHARREF = re.compile(r"&(#[0-9]+;?|#[xX][0-9a-fA-F]+;?|[^\t\n\f <&#;]{1,32};?)")
+
+
+def unescape_attribute(value: str) -> str:
+    """Decode character references in an attribute value as a browser does.
+
+    Like :func:`html.unescape`, plus HTML5's rule for attributes: a legacy entity name
+    without its ``;`` followed by ``=`` or a letter/digit stays literal, so
+    ``?a=1&region=eu`` keeps ``&region`` (``html.unescape`` would give ``®ion``).
+    """
+
+    def replace(m: re.Match[str]) -> str:
+        ref = m.group(1)
+        if ref[0] != "#" and ref not in _HTML5_ENTITIES:
+            for end in range(len(ref) - 1, 1, -1):
+                if ref[:end] in _HTML5_ENTITIES:
+                    nxt = ref[end]
+                    if nxt == "=" or (nxt.isascii() and nxt.isalnum()):
+                        return m.group(0)
+                    break
+        return html.unescape(m.group(0))
+
+    return _CHARREF.sub(replace, value)
 
 
 def link_id(url: str) -> str:
@@ -121,7 +146,7 @@ def _href_span(raw: str) -> tuple[int, int, str] | None:
             value = value[1:-1]
         if name == "href" and found is None:
             # The span covers the quotes too: the whole value token is replaced.
-            found = (am.start(2), am.end(2), html.unescape(value))
+            found = (am.start(2), am.end(2), unescape_attribute(value))
         elif name == OPT_OUT_ATTRIBUTE and value.strip().lower() in ("off", "false", "0", "no"):
             opted_out = True
     return None if opted_out else found
@@ -170,9 +195,24 @@ def pixel_tag(src: str) -> str:
     )
 
 
-def append_pixel(source: str, src: str) -> str:
-    """Insert the open pixel just before the last ``</body>``, else at the end."""
-    tag = pixel_tag(src)
+#: What a honeypot link's token carries instead of a destination (never an http URL, so the
+#: click route refuses it and only the honeypot route accepts it).
+HONEYPOT_TARGET = "honeypot"
+
+
+def honeypot_tag(href: str) -> str:
+    """A link no person meets: no text, ``display:none`` (and Outlook's ``mso-hide``), out of
+    the tab order and hidden from screen readers. Mail scanners follow it like any link."""
+    return (
+        f'<a href="{html.escape(href, quote=True)}" tabindex="-1" aria-hidden="true" '
+        'style="display:none!important;mso-hide:all;font-size:0;line-height:0"></a>'
+    )
+
+
+def append_pixel(source: str, src: str, *, tag: str | None = None) -> str:
+    """Insert the open pixel (or another ``tag``) just before the last ``</body>``, else at
+    the end."""
+    tag = pixel_tag(src) if tag is None else tag
     last = None
     for last in _BODY_END.finditer(source):
         pass

@@ -194,7 +194,11 @@ class ContactEvent(Base):
     __table_args__ = (
         sa.Index("ix_mailtrack_events_contact", "tenant_id", "contact_id", "occurred_at", "id"),
         sa.Index("ix_mailtrack_events_campaign", "tenant_id", "campaign_id", "type", "occurred_at", "id"),
-        sa.Index("ix_mailtrack_events_message", "message_id", "type"),
+        sa.Index("ix_mailtrack_events_message", "message_id", "type", "occurred_at"),
+        # Only honeypot hits (a handful of rows): the click path's honeypot probe is one seek.
+        sa.Index("ix_mailtrack_events_honeypot", "message_id", "occurred_at",
+                 postgresql_where=sa.text("machine_reason = 'honeypot' AND link_id IS NULL"),
+                 sqlite_where=sa.text("machine_reason = 'honeypot' AND link_id IS NULL")),
         sa.Index("ix_mailtrack_events_tenant_time", "tenant_id", "occurred_at", "id"),
     )
 
@@ -264,9 +268,31 @@ class UtmTag(Base):
     __table_args__ = (sa.Index("ix_mailtrack_utm_tags_contact", "tenant_id", "contact_id"),)
 
 
+class EventRollup(Base):
+    """Daily counts of purged events (``flask mailtrack purge``), so that totals and
+    per-message uniques stay true after the raw rows are gone. ``""`` stands for "none" in
+    campaign, message and link (as for tenant), so the key is unique on both databases."""
+
+    __tablename__ = "mailtrack_event_rollups"
+
+    tenant_id: Mapped[str] = mapped_column(Tenant, primary_key=True, default="")
+    day: Mapped[dt.date] = mapped_column(sa.Date, primary_key=True)
+    type: Mapped[str] = mapped_column(sa.String(20), primary_key=True)
+    is_machine: Mapped[bool] = mapped_column(sa.Boolean, primary_key=True)
+    campaign_id: Mapped[str] = mapped_column(sa.String(64), primary_key=True, default="")
+    message_id: Mapped[str] = mapped_column(sa.String(32), primary_key=True, default="")
+    link_id: Mapped[str] = mapped_column(sa.String(16), primary_key=True, default="")
+    count: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+
+    __table_args__ = (
+        sa.Index("ix_mailtrack_event_rollups_campaign", "tenant_id", "campaign_id", "type"),
+    )
+
+
 messages = Message.__table__
 events = ContactEvent.__table__
 links = Link.__table__
 campaign_links = CampaignLink.__table__
 dnc = DoNotContact.__table__
 utm_tags = UtmTag.__table__
+event_rollups = EventRollup.__table__

@@ -8,6 +8,7 @@ import sqlalchemy as sa
 from flask import current_app
 from sqlalchemy.dialects import postgresql, sqlite
 
+from ..errors import ValidationError
 from ..signals import SIGNAL_FOR_TYPE, event_recorded
 from ..state import MailTrackState
 
@@ -35,6 +36,18 @@ def tenant_key(state: MailTrackState, tenant_id: Any = UNSET) -> str:
 def tenant_out(key: str | None) -> str | None:
     """The public form of a stored tenant key."""
     return key or None
+
+
+def check_lengths(table: sa.Table, **values: Any) -> None:
+    """Refuse strings longer than their column, naming each field: PostgreSQL would refuse
+    them as a database error (a misleading 503), SQLite would silently store them."""
+    errors: dict[str, list[str]] = {}
+    for name, value in values.items():
+        length = getattr(table.c[name].type, "length", None)
+        if isinstance(value, str) and length is not None and len(value) > length:
+            errors[name] = [f"Longer than maximum length {length}."]
+    if errors:
+        raise ValidationError(errors)
 
 
 def dialect_insert(state: MailTrackState, table: sa.Table) -> Any:

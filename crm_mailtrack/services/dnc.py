@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from ..errors import DatabaseUnavailable, ValidationError
 from ..models import ContactEvent, DNCReason, DoNotContact, EventType, dnc, utcnow
 from ..state import MailTrackState
-from .common import UNSET, dialect_insert, emit, tenant_key
+from .common import UNSET, check_lengths, dialect_insert, emit, tenant_key
 
 _CHANNEL = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
@@ -63,6 +63,7 @@ def add_dnc(
     tenant = tenant_key(state, tenant_id)
     contact_id = str(contact_id)
     channel_id = None if channel_id is None else str(channel_id)
+    check_lengths(dnc, contact_id=contact_id, channel_id=channel_id)
     session = state.session
     values = {
         "tenant_id": tenant, "contact_id": contact_id, "channel": channel,

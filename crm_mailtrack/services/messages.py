@@ -9,11 +9,20 @@ from typing import Any
 import sqlalchemy as sa
 
 from ..errors import DatabaseUnavailable, NotFound, ValidationError
-from ..instrument import append_pixel, apply_utm, link_id, rewrite_links, validate_destination
-from ..models import Message, MessageStatus, campaign_links, links, utcnow
+from ..bots import policy as bot_policy
+from ..instrument import (
+    HONEYPOT_TARGET,
+    append_pixel,
+    apply_utm,
+    honeypot_tag,
+    link_id,
+    rewrite_links,
+    validate_destination,
+)
+from ..models import Message, MessageStatus, campaign_links, links, messages, utcnow
 from ..state import MailTrackState
 from ..tokens import Purpose
-from .common import UNSET, dialect_insert, tenant_key
+from .common import UNSET, check_lengths, dialect_insert, tenant_key
 
 _EMAIL = re.compile(r"^[^@\s\x00-\x1f]+@[^@\s\x00-\x1f]+$")
 
@@ -31,6 +40,12 @@ def click_url(state: MailTrackState, message_id: str, url: str, *, root: str | N
 
 def open_url(state: MailTrackState, message_id: str, *, root: str | None = None) -> str:
     return f"{root or state.external_root()}/t/o/{state.signer.dumps(Purpose.OPEN, message_id)}"
+
+
+def honeypot_url(state: MailTrackState, message_id: str, *, root: str | None = None) -> str:
+    """The hidden honeypot link of a message (see :mod:`crm_mailtrack.bots`)."""
+    token = state.signer.dumps(Purpose.CLICK, [message_id, HONEYPOT_TARGET])
+    return f"{root or state.external_root()}/t/h/{token}"
 
 
 def unsubscribe_url(state: MailTrackState, message_id: str, *, root: str | None = None) -> str:
@@ -55,11 +70,14 @@ def instrument(
         if not track_clicks:
             return dest
         tracked[link_id(dest)] = dest
-        return click_url(state, message_id, dest, root=root)
+        # dest is validated just above: sign it directly (click_url would validate again)
+        return f"{root}/t/c/{state.signer.dumps(Purpose.CLICK, [message_id, dest])}"
 
     if html is not None:
         if track_clicks or utm:
             html, _ = rewrite_links(html, rewrite)
+        if tracked and bot_policy(state).honeypot:
+            html = append_pixel(html, "", tag=honeypot_tag(honeypot_url(state, message_id, root=root)))
         if track_opens:
             html = append_pixel(html, open_url(state, message_id, root=root))
     headers = {
@@ -98,6 +116,10 @@ def track_message(
     unknown = sorted(set(extra) - _EXTRA_FIELDS)
     if unknown:
         raise TypeError(f"track_message() got unexpected keyword arguments: {', '.join(unknown)}")
+    check_lengths(messages, contact_id=str(contact_id), email=email, campaign_id=campaign_id,
+                  template_id=template_id, template_name=template_name, type=type,
+                  related_entity_type=related_entity_type, related_entity_id=related_entity_id,
+                  **{k: v for k, v in extra.items() if isinstance(v, str)})
     track_opens = state.track_opens if track_opens is None else bool(track_opens)
     track_clicks = state.track_clicks if track_clicks is None else bool(track_clicks)
     if scheduled_at is not None and scheduled_at.tzinfo is None:

@@ -8,7 +8,7 @@ import sqlalchemy as sa
 from ..errors import DatabaseUnavailable, NotFound, ValidationError
 from ..models import ContactEvent, EventType, UtmTag, utcnow
 from ..state import MailTrackState
-from .common import UNSET, emit, tenant_key
+from .common import UNSET, check_lengths, emit, tenant_key
 
 UTM_FIELDS = (
     "utm_campaign", "utm_source", "utm_medium", "utm_content", "utm_term", "useragent", "url",
@@ -21,6 +21,8 @@ def add_utm(state: MailTrackState, contact_id: str, *, tenant_id: Any = UNSET, s
     unknown = sorted(set(fields) - set(UTM_FIELDS))
     if unknown:
         raise ValidationError({name: ["Unknown field."] for name in unknown})
+    check_lengths(UtmTag.__table__, contact_id=str(contact_id),
+                  **{k: v for k, v in fields.items() if isinstance(v, str)})
     tenant = tenant_key(state, tenant_id)
     tag = UtmTag(tenant_id=tenant, contact_id=str(contact_id), date_added=utcnow(), **fields)
     session = state.session
@@ -75,3 +77,45 @@ def list_utm(state: MailTrackState, contact_id: str, *, tenant_id: Any = UNSET) 
     return list(state.session.execute(
         sa.select(UtmTag).where(UtmTag.tenant_id == tenant, UtmTag.contact_id == str(contact_id)).order_by(UtmTag.id)
     ).scalars())
+
+
+def utm_params(url: str) -> dict[str, str]:
+    """The ``utm_*`` fields of a destination's query string (known UTM names only)."""
+    from urllib.parse import parse_qsl, urlsplit
+
+    try:
+        pairs = parse_qsl(urlsplit(url).query, keep_blank_values=False)
+    except ValueError:
+        return {}
+    known = UTM_FIELDS[:5]
+    return {k: v[:255] for k, v in pairs if k in known}
+
+
+def record_click_utm(state: MailTrackState, message_id: str, url: str, *, ip: str | None = None,
+                     user_agent: str | None = None, machine_reason: str | None = None) -> UtmTag | None:
+    """After a human click whose destination carries ``utm_*`` parameters, store them as a
+    UTM tag of the message's contact (in the message's tenant).
+
+    Called by the click route only when the URL contains ``utm_``, after the click is
+    stored; never raises, so the recipient's redirect always happens.
+    """
+    from ..models import Message
+    from .common import log
+
+    if machine_reason is not None:
+        return None
+    params = utm_params(url)
+    if not params:
+        return None
+    try:
+        row = state.session.execute(
+            sa.select(Message.tenant_id, Message.contact_id).where(Message.id == message_id)
+        ).first()
+        if row is None:
+            return None
+        return add_utm(state, row.contact_id, tenant_id=row.tenant_id, safe_signals=True, url=url,
+                       useragent=user_agent, remotehost=ip, last_active=utcnow(), **params)
+    except Exception:  # noqa: BLE001 - a UTM tag is never worth a failed redirect
+        state.session.rollback()
+        log.warning("mailtrack: UTM tag of a click not stored", exc_info=True)
+        return None

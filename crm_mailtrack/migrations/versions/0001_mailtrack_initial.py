@@ -67,7 +67,7 @@ def upgrade() -> None:
     )
     op.create_index('ix_mailtrack_events_campaign', 'mailtrack_events', ['tenant_id', 'campaign_id', 'type', 'occurred_at', 'id'])
     op.create_index('ix_mailtrack_events_contact', 'mailtrack_events', ['tenant_id', 'contact_id', 'occurred_at', 'id'])
-    op.create_index('ix_mailtrack_events_message', 'mailtrack_events', ['message_id', 'type'])
+    op.create_index('ix_mailtrack_events_message', 'mailtrack_events', ['message_id', 'type', 'occurred_at'])
     op.create_index('ix_mailtrack_events_tenant_time', 'mailtrack_events', ['tenant_id', 'occurred_at', 'id'])
     op.create_table(
         'mailtrack_links',

@@ -1,0 +1,237 @@
+"""Is a tracking hit a person's or a machine's? The per-request part of the verdict.
+
+Every open and click gets ``is_machine`` and a ``machine_reason`` (see
+``docs/metrics-bots.md``). This module decides what one request shows by itself: its
+method and prefetch headers (:mod:`.requestinfo`), its user agent and its network. The
+signals that need the message's history (``too-fast-after-send``, ``burst``, ``honeypot``)
+are decided in SQL by the tracking insert itself (:mod:`.services.events`), so they cost no
+extra round trip.
+
+User agents are judged by maintained libraries, not by a list kept here: ``crawlerdetect``
+(the JayBizzle Crawler-Detect patterns: crawlers, HTTP libraries, headless browsers, link
+previewers, some scanners) and ``ua-parser`` (uap-core: image proxies, "Spider" devices,
+mail clients). What is ours is only what no library knows about email: which matches are
+mail security scanners, that a mail client loading the pixel is the reader, Gmail's
+prefetch signature, Apple's bare ``Mozilla/5.0`` and the default scanner/Apple networks.
+Verdicts are cached per user-agent string and per network.
+"""
+from __future__ import annotations
+
+import ipaddress
+import re
+import weakref
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+from crawlerdetect import CrawlerDetect
+
+from . import config as cfg
+from .devices import MAIL_CLIENTS, parse
+from .errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from .state import MailTrackState
+
+# -- reasons (stored in mailtrack_events.machine_reason; defined in docs/metrics-bots.md) --
+HEAD_REQUEST = "head-request"
+PREFETCH = "prefetch"
+NO_USER_AGENT = "no-user-agent"
+IMAGE_PROXY = "image-proxy"
+APPLE_MPP = "apple-mpp"
+SCANNER_UA = "scanner-ua"
+SCANNER_NETWORK = "scanner-network"
+KNOWN_BOT_UA = "known-bot-ua"
+TOO_FAST = "too-fast-after-send"
+BURST = "burst"
+HONEYPOT = "honeypot"
+
+REASONS: tuple[str, ...] = (
+    HEAD_REQUEST, PREFETCH, NO_USER_AGENT, IMAGE_PROXY, APPLE_MPP, SCANNER_UA, SCANNER_NETWORK,
+    KNOWN_BOT_UA, TOO_FAST, BURST, HONEYPOT,
+)
+
+#: Microsoft Exchange Online Protection, whose Defender Safe Links fetches every link of a
+#: message on delivery (Microsoft 365 endpoint list, "Exchange Online" IPs; 40.94.0.0/16 is
+#: where Safe Links detonation traffic is reported from).
+DEFAULT_SCANNER_NETWORKS: tuple[str, ...] = (
+    "40.92.0.0/15", "40.94.0.0/16", "40.107.0.0/16", "52.100.0.0/15", "52.102.0.0/16",
+    "52.103.0.0/17", "104.47.0.0/17", "2a01:111:f400::/48", "2a01:111:f403::/48",
+)
+#: Apple's own network (AS714). Mail Privacy Protection loads every image through Apple's
+#: proxies, which send the bare user agent ``Mozilla/5.0``; opens from 17/8 are counted as
+#: MPP as well. (Apple publishes no list of MPP proxy addresses.)
+DEFAULT_APPLE_PROXY_NETWORKS: tuple[str, ...] = ("17.0.0.0/8",)
+
+#: Apple Mail Privacy Protection's proxies send exactly this and nothing more.
+_BARE_UA = "Mozilla/5.0"
+#: Gmail's delivery-time prefetcher: an old Edge string with "Mozilla/5.0" appended again.
+_GMAIL_PREFETCH = re.compile(r"Edge/12\.246 Mozilla/5\.0$")
+#: ua-parser families that are image proxies of webmail providers.
+_IMAGE_PROXY_CLIENTS = frozenset({"GmailImageProxy", "YahooMailProxy"})
+#: crawlerdetect matches naming an image proxy.
+_IMAGE_PROXY_MATCH = re.compile(r"image ?proxy|mail ?proxy", re.IGNORECASE)
+#: crawlerdetect matches naming a mail/link security scanner or a link previewer.
+_SCANNER_MATCH = re.compile(
+    r"barracuda|mimecast|proofpoint|safe ?links|spamexperts|safeweb|palo alto|scan|preview"
+    r"|security|sentinel|symantec|trend ?micro|sophos|forcepoint|fortinet|ironport|zscaler",
+    re.IGNORECASE,
+)
+
+
+@lru_cache(maxsize=4096)
+def _crawler_match(user_agent: str) -> str | None:
+    detector = CrawlerDetect()  # not thread-safe across calls: one per (cached) check
+    return detector.get_matches() if detector.is_crawler(user_agent) else None
+
+
+@lru_cache(maxsize=8192)
+def classify_user_agent(user_agent: str | None, event_type: str) -> str | None:
+    """The machine reason shown by the user agent of an ``open`` or ``click``, else ``None``.
+
+    Cached per (string, type): a hit costs a dict lookup after the first.
+    """
+    ua = (user_agent or "").strip()
+    if not ua:
+        return NO_USER_AGENT
+    if ua == _BARE_UA:
+        return APPLE_MPP if event_type == "open" else NO_USER_AGENT
+    parsed = parse(ua)
+    if parsed.client in _IMAGE_PROXY_CLIENTS or _GMAIL_PREFETCH.search(ua):
+        return IMAGE_PROXY
+    if parsed.client in MAIL_CLIENTS and event_type == "click":
+        return KNOWN_BOT_UA  # links open in a browser; the mail program's own fetch is a preview
+    match = _crawler_match(ua)
+    if match is not None:
+        if parsed.client in MAIL_CLIENTS and event_type == "open":
+            return None  # a mail program loading the pixel is the reader reading
+        if _IMAGE_PROXY_MATCH.search(match):
+            return IMAGE_PROXY
+        if _SCANNER_MATCH.search(match):
+            return SCANNER_UA
+        return KNOWN_BOT_UA
+    if parsed.type == "bot":
+        return KNOWN_BOT_UA
+    return None
+
+
+Networks = tuple["ipaddress.IPv4Network | ipaddress.IPv6Network", ...]
+
+
+def parse_networks(values: Iterable[str], key: str) -> Networks:
+    """CIDR strings to networks; a bad one is a :class:`ConfigurationError` naming ``key``."""
+    if isinstance(values, str):
+        values = [values]
+    nets = []
+    for value in values:
+        try:
+            nets.append(ipaddress.ip_network(str(value).strip(), strict=False))
+        except ValueError as exc:
+            raise ConfigurationError(f"{key}: {value!r} is not a network (CIDR): {exc}") from None
+    return tuple(nets)
+
+
+def _in_networks(ip: str, networks: Networks) -> bool:
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    return any(addr.version == net.version and addr in net for net in networks)
+
+
+_NETWORK_CACHE_SIZE = 8192
+
+
+@dataclass(frozen=True)
+class BotPolicy:
+    """The resolved ``MAILTRACK_BOT_*`` / honeypot / network settings of one app."""
+
+    after_send_seconds: float
+    burst_seconds: float
+    honeypot: bool
+    honeypot_window_seconds: float
+    scanner_networks: Networks
+    apple_proxy_networks: Networks
+    _network_verdicts: dict[tuple[str, bool], str | None] = field(
+        default_factory=dict, compare=False, hash=False, repr=False)
+
+    @property
+    def history(self) -> bool:
+        """Whether clicks need the history probes (burst or honeypot rule on)."""
+        return self.burst_seconds > 0 or self.honeypot
+
+    def network_reason(self, ip: str, event_type: str) -> str | None:
+        """``scanner-network`` / ``apple-mpp`` (opens) for an address, cached per address."""
+        key = (ip, event_type == "open")
+        try:
+            return self._network_verdicts[key]
+        except KeyError:
+            pass
+        reason = None
+        if self.scanner_networks and _in_networks(ip, self.scanner_networks):
+            reason = SCANNER_NETWORK
+        elif key[1] and self.apple_proxy_networks and _in_networks(ip, self.apple_proxy_networks):
+            reason = APPLE_MPP
+        if len(self._network_verdicts) >= _NETWORK_CACHE_SIZE:
+            self._network_verdicts.clear()
+        self._network_verdicts[key] = reason
+        return reason
+
+    @classmethod
+    def from_config(cls, conf: Any) -> BotPolicy:
+        def seconds(key: str) -> float:
+            value = conf.get(key, cfg.DEFAULTS[key])
+            value = 0 if value is None else value
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ConfigurationError(f"{key} must be a number of seconds >= 0, not {value!r}.")
+            return float(value)
+
+        scanners = conf.get(cfg.SCANNER_NETWORKS)
+        apple = conf.get(cfg.APPLE_PROXY_NETWORKS)
+        return cls(
+            after_send_seconds=seconds(cfg.BOT_AFTER_SEND_SECONDS),
+            burst_seconds=seconds(cfg.BOT_BURST_SECONDS),
+            honeypot=bool(conf.get(cfg.HONEYPOT, cfg.DEFAULTS[cfg.HONEYPOT])),
+            honeypot_window_seconds=seconds(cfg.HONEYPOT_WINDOW_SECONDS),
+            scanner_networks=parse_networks(
+                DEFAULT_SCANNER_NETWORKS if scanners is None else scanners, cfg.SCANNER_NETWORKS),
+            apple_proxy_networks=parse_networks(
+                DEFAULT_APPLE_PROXY_NETWORKS if apple is None else apple, cfg.APPLE_PROXY_NETWORKS),
+        )
+
+
+_POLICIES: weakref.WeakKeyDictionary[Any, BotPolicy] = weakref.WeakKeyDictionary()
+
+
+def policy(state: MailTrackState) -> BotPolicy:
+    """The app's :class:`BotPolicy`, built from its config once."""
+    try:
+        return _POLICIES[state]
+    except KeyError:
+        built = _POLICIES[state] = BotPolicy.from_config(state.app.config)
+        return built
+
+
+def classify(
+    state: MailTrackState,
+    event_type: str,
+    *,
+    user_agent: str | None,
+    ip: str | None,
+    request_reason: str | None = None,
+) -> str | None:
+    """The machine reason one request shows by itself (method/headers, user agent,
+    network), or ``None``. History-based reasons are added by the tracking insert."""
+    if request_reason is not None:
+        return request_reason
+    reason = classify_user_agent(user_agent, event_type)
+    if reason is not None or not ip:
+        return reason
+    return policy(state).network_reason(ip, event_type)
+
+
+__all__ = [
+    "REASONS", "BotPolicy", "policy", "classify", "classify_user_agent",
+    "DEFAULT_SCANNER_NETWORKS", "DEFAULT_APPLE_PROXY_NETWORKS",
+]

@@ -1,0 +1,149 @@
+"""Data minimisation: purging old raw events while keeping the totals true.
+
+``purge(state, older_than_days)`` moves every event older than the cutoff into
+``mailtrack_event_rollups`` (one row per tenant, UTC day, type, human/machine, campaign,
+message and link, with a count) and deletes the raw rows, day by day, each day in one
+transaction. What survives a purge and what does not is listed in ``docs/metrics-bots.md``:
+totals and per-message / per-message-and-link uniques survive; who, when exactly, from where
+and with what device do not.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from typing import Any
+
+import sqlalchemy as sa
+
+from ..errors import DatabaseUnavailable, ValidationError
+from ..models import event_rollups, events, utcnow
+from ..state import MailTrackState
+
+_KEY = ("tenant_id", "day", "type", "is_machine", "campaign_id", "message_id", "link_id")
+
+
+def _day(dialect: str) -> sa.ColumnElement[Any]:
+    """The UTC calendar day of ``events.occurred_at`` (stored naive UTC on SQLite)."""
+    if dialect == "postgresql":
+        return sa.cast(sa.func.timezone("UTC", events.c.occurred_at), sa.Date)
+    return sa.func.date(events.c.occurred_at)
+
+
+def _rollup_insert(dialect: str, start: dt.datetime, end: dt.datetime) -> Any:
+    """``INSERT INTO rollups SELECT ... GROUP BY ... ON CONFLICT DO UPDATE count += ...``."""
+    day = _day(dialect)
+    blank = sa.literal("")
+    src = (
+        sa.select(
+            events.c.tenant_id,
+            day.label("day"),
+            events.c.type,
+            events.c.is_machine,
+            sa.func.coalesce(events.c.campaign_id, blank),
+            sa.func.coalesce(events.c.message_id, blank),
+            sa.func.coalesce(events.c.link_id, blank),
+            sa.func.count(),
+        )
+        .where(events.c.occurred_at >= start, events.c.occurred_at < end)
+        .group_by(events.c.tenant_id, day, events.c.type, events.c.is_machine,
+                  events.c.campaign_id, events.c.message_id, events.c.link_id)
+    )
+    stmt = dialect_insert_for(dialect).from_select([*_KEY, "count"], src)
+    return stmt.on_conflict_do_update(
+        index_elements=list(_KEY), set_={"count": event_rollups.c.count + stmt.excluded["count"]}
+    )
+
+
+def dialect_insert_for(dialect: str) -> Any:
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert(event_rollups)
+
+
+def _midnight(moment: dt.datetime) -> dt.datetime:
+    return moment.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def purge_days(state: MailTrackState, older_than_days: int, *, now: dt.datetime | None = None
+               ) -> list[tuple[dt.datetime, dt.datetime]]:
+    """The ``[start, end)`` UTC-day slices that :func:`purge` will process (oldest first)."""
+    if isinstance(older_than_days, bool) or not isinstance(older_than_days, int) or older_than_days < 0:
+        raise ValidationError({"older_than": ["Must be a whole number of days >= 0."]})
+    cutoff = (now or utcnow()) - dt.timedelta(days=older_than_days)
+    try:
+        with state.engine.connect() as conn:
+            oldest = conn.execute(
+                sa.select(sa.func.min(events.c.occurred_at)).where(events.c.occurred_at < cutoff)
+            ).scalar()
+    except sa.exc.SQLAlchemyError as exc:
+        raise DatabaseUnavailable() from exc
+    if oldest is None:
+        return []
+    if isinstance(oldest, str):  # SQLite aggregate: raw text
+        oldest = dt.datetime.fromisoformat(oldest)
+    if oldest.tzinfo is None:
+        oldest = oldest.replace(tzinfo=dt.timezone.utc)
+    slices, start = [], _midnight(oldest)
+    while start < cutoff:
+        end = min(start + dt.timedelta(days=1), cutoff)
+        slices.append((start, end))
+        start = end
+    return slices
+
+
+def purge(
+    state: MailTrackState,
+    older_than_days: int,
+    *,
+    now: dt.datetime | None = None,
+    progress: Callable[[int], Any] | None = None,
+) -> int:
+    """Roll up and delete every event that occurred more than ``older_than_days`` ago;
+    returns the number of raw events deleted.
+
+    Each UTC day is one transaction (REPEATABLE READ on PostgreSQL, SQLite's single
+    writer), so the rollup and the delete see the same rows: an event is either still raw
+    or counted in the rollups, never both, never neither. An interrupted purge is simply
+    run again.
+    """
+    engine = state.engine
+    dialect = engine.dialect.name
+    deleted = 0
+    for start, end in purge_days(state, older_than_days, now=now):
+        try:
+            with engine.connect() as conn:
+                if dialect == "postgresql":
+                    conn = conn.execution_options(isolation_level="REPEATABLE READ")
+                with conn.begin():
+                    conn.execute(_rollup_insert(dialect, start, end))
+                    result = conn.execute(
+                        sa.delete(events).where(events.c.occurred_at >= start, events.c.occurred_at < end)
+                    )
+                    deleted += result.rowcount or 0
+        except sa.exc.SQLAlchemyError as exc:
+            raise DatabaseUnavailable() from exc
+        if progress is not None:
+            progress(1)
+    return deleted
+
+
+def rolled_up_counts(state: MailTrackState, tenant: str, *, campaign_id: str | None = None,
+                     include_bots: bool = False) -> dict[str, int]:
+    """Totals by event type of the purged events of a tenant (optionally one campaign):
+    what a report adds to its count of the raw events."""
+    query = (
+        sa.select(event_rollups.c.type, sa.func.sum(event_rollups.c.count))
+        .where(event_rollups.c.tenant_id == tenant)
+        .group_by(event_rollups.c.type)
+    )
+    if campaign_id is not None:
+        query = query.where(event_rollups.c.campaign_id == str(campaign_id))
+    if not include_bots:
+        query = query.where(event_rollups.c.is_machine == sa.false())
+    with state.engine.connect() as conn:
+        return {row[0]: int(row[1]) for row in conn.execute(query)}
+
+
+__all__ = ["purge", "purge_days", "rolled_up_counts"]
