@@ -73,6 +73,9 @@ class MailTrack:
         bad_utm = [k for k in utm if not str(k).startswith("utm_")]
         if bad_utm:
             raise ConfigurationError(f"{cfg.UTM_DEFAULTS} keys must start with 'utm_': {bad_utm}")
+        from .services.sending import parse_smtp_url
+
+        parse_smtp_url(conf[cfg.SMTP_URL])  # a bad URL fails here, naming the key, not at send time
 
         db = db if db is not None else self._db
         if db is None:

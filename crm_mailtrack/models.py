@@ -94,6 +94,8 @@ class EventType(str, enum.Enum):
     UTM_ADDED = "utm_added"
     UTM_REMOVED = "utm_removed"
     FAILED = "failed"
+    #: A note on a message (communications API ``<id>/comment``); beyond DESIGN's list.
+    COMMENT = "comment"
 
     def __str__(self) -> str:
         return self.value
@@ -286,6 +288,7 @@ class EventRollup(Base):
 
     __table_args__ = (
         sa.Index("ix_mailtrack_event_rollups_campaign", "tenant_id", "campaign_id", "type"),
+        sa.Index("ix_mailtrack_event_rollups_message", "message_id", "type"),
     )
 
 

@@ -184,3 +184,9 @@ def test_hooks_are_stored_and_returned_unchanged():
 
     for deco in (mt.contact_loader, mt.tenant_loader, mt.api_authorizer, mt.template_loader):
         assert deco(loader) is loader
+
+
+@pytest.mark.parametrize("url", ["ftp://mail.test", "smtp://", "not a url", "smtp://host:notaport"])
+def test_bad_smtp_url_fails_at_init_app_naming_the_key(make_app, url):
+    with pytest.raises(ConfigurationError, match="MAILTRACK_SMTP_URL"):
+        make_app(MAILTRACK_SMTP_URL=url)

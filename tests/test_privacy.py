@@ -161,3 +161,15 @@ def mailtrack_state() -> Any:
     from crm_mailtrack.state import get_state
 
     return get_state()
+
+
+def test_purge_keeps_imported_contactclicks_totals(app, client, api_headers):
+    """Imported click totals live only in their import events (rollups have no contact id):
+    a purge of old events must not shrink a contact's ClickCount."""
+    resp = client.post("/mailtrack/api/odata/ContactClicks", json={"ID": "c9", "ClickCount": 7},
+                       headers=api_headers)
+    assert resp.status_code in (200, 201), resp.get_json()
+    far_future = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=400)
+    privacy.purge(current_app.extensions["mailtrack"], 1, now=far_future)
+    got = client.get("/mailtrack/api/odata/ContactClicks('c9')", headers=api_headers).get_json()
+    assert got["ClickCount"] == 7

@@ -112,14 +112,13 @@ def test_cli_send_due_with_progress(sapp, handler):
     assert "no scheduled messages are due" in again.output
 
 
-def test_cli_send_due_reports_a_bad_smtp_url(make_app):
-    app = make_app(MAILTRACK_SMTP_URL="http://nope", MAILTRACK_DEFAULT_SENDER=SENDER)
-    with app.app_context():
-        _schedule(app, 1, NOW)
-        result = app.test_cli_runner().invoke(args=["mailtrack", "send-due"])
-    assert result.exit_code == 1 and "MAILTRACK_SMTP_URL" in result.output
-    with app.app_context():
-        assert _status(app) == Counter({"SCHEDULED": 1})  # nothing claimed
+def test_a_bad_smtp_url_is_refused_before_anything_can_be_claimed(make_app):
+    """A bad MAILTRACK_SMTP_URL fails at init_app, naming the key, so no send-due run can
+    ever claim a message it cannot deliver."""
+    from crm_mailtrack import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="MAILTRACK_SMTP_URL"):
+        make_app(MAILTRACK_SMTP_URL="http://nope", MAILTRACK_DEFAULT_SENDER=SENDER)
 
 
 def test_schedule_list_cancel_routes(sapp, handler, api_headers):

@@ -11,7 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from ..errors import Conflict, InvalidDestination, NotFound, ValidationError
-from ..models import ContactEvent, Message, MessageStatus, event_rollups, events, messages, utcnow
+from ..models import ContactEvent, EventType, Message, MessageStatus, event_rollups, events, messages, utcnow
 from ..state import MailTrackState
 from .common import emit
 from .events import commit_or_503
@@ -53,7 +53,7 @@ EQUALITY_FILTERS: dict[str, sa.ColumnElement[Any]] = {
 #: Columns a free-text ``search`` term is looked for in (case-insensitive substring).
 SEARCH_COLUMNS = (messages.c.subject, messages.c.email, messages.c.template_name,
                   messages.c.contact_id, messages.c.sender_email, messages.c.sender_name)
-COMMENT = "comment"
+COMMENT = EventType.COMMENT.value
 _CHUNK = 500
 
 

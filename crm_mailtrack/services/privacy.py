@@ -18,8 +18,13 @@ import sqlalchemy as sa
 from ..errors import DatabaseUnavailable, ValidationError
 from ..models import event_rollups, events, utcnow
 from ..state import MailTrackState
+from .contactclicks import IMPORT_REASON
 
 _KEY = ("tenant_id", "day", "type", "is_machine", "campaign_id", "message_id", "link_id")
+
+#: Events a purge may roll up and delete. ContactClicks imports are kept: they are the only
+#: record of a contact's imported click total, and rollups carry no contact id.
+_PURGEABLE = sa.or_(events.c.machine_reason.is_(None), events.c.machine_reason != IMPORT_REASON)
 
 
 def _day(dialect: str) -> sa.ColumnElement[Any]:
@@ -44,7 +49,7 @@ def _rollup_insert(dialect: str, start: dt.datetime, end: dt.datetime) -> Any:
             sa.func.coalesce(events.c.link_id, blank),
             sa.func.count(),
         )
-        .where(events.c.occurred_at >= start, events.c.occurred_at < end)
+        .where(events.c.occurred_at >= start, events.c.occurred_at < end, _PURGEABLE)
         .group_by(events.c.tenant_id, day, events.c.type, events.c.is_machine,
                   events.c.campaign_id, events.c.message_id, events.c.link_id)
     )
@@ -75,7 +80,7 @@ def purge_days(state: MailTrackState, older_than_days: int, *, now: dt.datetime 
     try:
         with state.engine.connect() as conn:
             oldest = conn.execute(
-                sa.select(sa.func.min(events.c.occurred_at)).where(events.c.occurred_at < cutoff)
+                sa.select(sa.func.min(events.c.occurred_at)).where(events.c.occurred_at < cutoff, _PURGEABLE)
             ).scalar()
     except sa.exc.SQLAlchemyError as exc:
         raise DatabaseUnavailable() from exc
@@ -119,7 +124,9 @@ def purge(
                 with conn.begin():
                     conn.execute(_rollup_insert(dialect, start, end))
                     result = conn.execute(
-                        sa.delete(events).where(events.c.occurred_at >= start, events.c.occurred_at < end)
+                        sa.delete(events).where(
+                            events.c.occurred_at >= start, events.c.occurred_at < end, _PURGEABLE
+                        )
                     )
                     deleted += result.rowcount or 0
         except sa.exc.SQLAlchemyError as exc:

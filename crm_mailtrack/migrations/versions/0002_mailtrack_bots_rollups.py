@@ -38,11 +38,14 @@ def upgrade() -> None:
     )
     op.create_index('ix_mailtrack_event_rollups_campaign', 'mailtrack_event_rollups',
                     ['tenant_id', 'campaign_id', 'type'])
+    op.create_index('ix_mailtrack_event_rollups_message', 'mailtrack_event_rollups',
+                    ['message_id', 'type'])
     op.create_index('ix_mailtrack_events_honeypot', 'mailtrack_events', ['message_id', 'occurred_at'],
                     postgresql_where=sa.text(_HONEYPOT_WHERE), sqlite_where=sa.text(_HONEYPOT_WHERE))
 
 
 def downgrade() -> None:
     op.drop_index('ix_mailtrack_events_honeypot', table_name='mailtrack_events')
+    op.drop_index('ix_mailtrack_event_rollups_message', table_name='mailtrack_event_rollups')
     op.drop_index('ix_mailtrack_event_rollups_campaign', table_name='mailtrack_event_rollups')
     op.drop_table('mailtrack_event_rollups')
