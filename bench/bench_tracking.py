@@ -1,0 +1,146 @@
+"""Benchmark 1: click redirect and open pixel throughput under gunicorn (2 workers).
+
+For each database (SQLite in WAL mode, PostgreSQL in a private schema) one gunicorn serves
+the product's routes and two baselines (see ``server_app.py``); wrk (or a Python load
+generator) drives each route in turn, in several interleaved rounds, so that the load
+other processes put on the machine hits all of them alike. Targets: ours >= 0.85x the
+minimal raw-driver route and >= 0.5x the bare redirect; p99 latency reported.
+
+    .venv/bin/python bench/bench_tracking.py [--db both] [--duration 3] [--rounds 3]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._common import (  # noqa: E402
+    Server, database, emit, have_wrk, kinds, load, make_app, ratio, raw_connect, verdict,
+)
+from bench.server_app import DEST, MIN_TABLE, min_table_ddl  # noqa: E402
+
+TARGET_MIN = 0.85
+TARGET_BARE = 0.5
+
+
+def _prepare(url: str, messages: int) -> dict[str, list[str]]:
+    """Create tables and ``messages`` tracked messages; the token paths of each route."""
+    from crm_mailtrack.services.bulk import track_messages
+    from crm_mailtrack.state import get_state
+
+    app = make_app(url)
+    mailtrack = app.config["BENCH_MAILTRACK"]
+    clicks, opens = [], []
+    with app.app_context():
+        ids = track_messages(get_state(), [{"contact_id": f"c{i}", "email": f"c{i}@example.com"}
+                                           for i in range(messages)],
+                             subject="Hi", campaign_id="bench", html=f'<html><body><a href="{DEST}">go</a></body></html>')
+        for message_id in ids:
+            clicks.append(mailtrack.click_url(message_id, DEST).split("/t/c/", 1)[1])
+            opens.append(mailtrack.open_url(message_id).split("/t/o/", 1)[1])
+        get_state().own_engine.dispose()
+    conn = raw_connect(url)
+    conn.execute(min_table_ddl("sqlite" if url.startswith("sqlite") else "postgresql"))
+    conn.commit()
+    conn.close()
+    return {
+        "bare_click": [f"/bare/c/{t}" for t in clicks],
+        "min_click": [f"/min/c/{t}" for t in clicks],
+        "ours_click": [f"/mailtrack/t/c/{t}" for t in clicks],
+        "bare_open": [f"/bare/o/{t}" for t in opens],
+        "min_open": [f"/min/o/{t}" for t in opens],
+        "ours_open": [f"/mailtrack/t/o/{t}" for t in opens],
+    }
+
+
+def _count(url: str, sql: str) -> int:
+    conn = raw_connect(url)
+    try:
+        return int(conn.execute(sql).fetchone()[0])
+    finally:
+        conn.close()
+
+
+def run_kind(kind: str, args: argparse.Namespace) -> dict[str, Any]:
+    with database(kind, "tracking") as url:
+        paths = _prepare(url, args.messages)
+        rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in paths}
+        with Server(url, workers=args.workers) as server:
+            for name, p in paths.items():  # warm-up: imports, pools, prepared statements
+                load(server.base, p, duration=1, connections=args.connections)
+            for _ in range(args.rounds):
+                for name, p in paths.items():
+                    rounds[name].append(load(server.base, p, duration=args.duration, connections=args.connections))
+            journaled = server.journal_lines()
+            server.cleanup_journal()
+        # ours always sets the idempotency uid; the minimal route does not
+        stored_ours = _count(url, "SELECT count(*) FROM mailtrack_events WHERE uid IS NOT NULL")
+        stored_min = _count(url, "SELECT count(*) FROM mailtrack_events WHERE uid IS NULL") + _count(
+            url, f"SELECT count(*) FROM {MIN_TABLE}")
+
+    def summary(name: str) -> dict[str, Any]:
+        runs = rounds[name]
+        return {
+            "rps_median": statistics.median(r["rps"] for r in runs),
+            "p50_ms_median": statistics.median(r["p50_ms"] for r in runs),
+            "p99_ms_median": statistics.median(r["p99_ms"] for r in runs),
+            "requests": sum(r["requests"] for r in runs),
+            "errors": sum(r["errors"] for r in runs),
+            "rounds_rps": [r["rps"] for r in runs],
+        }
+
+    out: dict[str, Any] = {"routes": {name: summary(name) for name in paths}}
+    for what in ("click", "open"):
+        ours, mini, bare = (rounds[f"{k}_{what}"] for k in ("ours", "min", "bare"))
+        # ratio per round (same moment, same load), then the median over rounds
+        vs_min = statistics.median(ratio(o["rps"], m["rps"]) for o, m in zip(ours, mini))
+        vs_bare = statistics.median(ratio(o["rps"], b["rps"]) for o, b in zip(ours, bare))
+        errors = sum(r["errors"] for r in ours + mini + bare)
+        out[what] = {
+            "ours_vs_minimal": vs_min,
+            "ours_vs_bare": vs_bare,
+            "minimal_vs_bare": statistics.median(ratio(m["rps"], b["rps"]) for m, b in zip(mini, bare)),
+            "ours_p99_ms": out["routes"][f"ours_{what}"]["p99_ms_median"],
+            "minimal_p99_ms": out["routes"][f"min_{what}"]["p99_ms_median"],
+            "bare_p99_ms": out["routes"][f"bare_{what}"]["p99_ms_median"],
+            "target": f">= {TARGET_MIN}x minimal and >= {TARGET_BARE}x bare, no errors",
+            "status": verdict(vs_min >= TARGET_MIN and vs_bare >= TARGET_BARE and errors == 0),
+        }
+    out["rows_stored"] = {"ours_events": stored_ours, "minimal": stored_min, "journaled": journaled}
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--db", default="both", choices=["sqlite", "postgresql", "both"])
+    ap.add_argument("--duration", type=float, default=3.0, help="seconds per route per round")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--connections", type=int, default=4)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--messages", type=int, default=50, help="distinct tokens rotated over")
+    args = ap.parse_args(argv)
+    result: dict[str, Any] = {
+        "benchmark": "tracking_throughput",
+        "inputs": {**vars(args), "load_generator": "wrk" if have_wrk() else "python-threads",
+                   "server": f"gunicorn sync, {args.workers} workers, loopback",
+                   "minimal_route": "itsdangerous verify + one raw-driver INSERT .. VALUES into "
+                                    + ("a table without secondary indexes" if os.environ.get("MIN_TABLE") == "plain"
+                                       else "mailtrack_events (same table and indexes as ours)")
+                                    + " + commit + redirect",
+                   "sqlite": "WAL, synchronous=NORMAL (the product's own engine settings), same for both"},
+    }
+    for kind in kinds(args.db):
+        result[kind] = run_kind(kind, args)
+    statuses = [result[k][w]["status"] for k in kinds(args.db) for w in ("click", "open")]
+    result["status"] = "pass" if all(s == "pass" for s in statuses) else "miss"
+    emit(result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
