@@ -7,12 +7,15 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, abort, render_template, request
 
+from . import bots
+from .devices import event_details
 from .errors import DatabaseUnavailable
-from .instrument import link_id
+from .instrument import HONEYPOT_TARGET, link_id
 from .models import ContactEvent, DNCReason, EventType, Message, utcnow
 from .requestinfo import anonymize_ip, machine_reason, user_agent
 from .services import dnc as dnc_service
 from .services import events as event_service
+from .services import utm as utm_service
 from .state import get_state
 from .tokens import Purpose
 
@@ -26,12 +29,21 @@ PIXEL = (
 NO_STORE = "no-store, no-cache, must-revalidate, private"
 
 
-def _facts(state) -> dict:
-    return {
-        "ip": anonymize_ip(request.remote_addr, state.anonymize_ip),
-        "user_agent": user_agent(request),
-        "machine_reason": machine_reason(request),
-    }
+@blueprint.record_once
+def _check_bot_config(setup) -> None:
+    """Bad MAILTRACK_BOT_* / network settings fail at init_app, naming the key."""
+    bots.policy(get_state(setup.app))
+
+
+def _facts(state, event_type: str | None = None) -> dict:
+    """IP (anonymized unless configured otherwise), user agent and, for opens and clicks,
+    the machine reason the request shows by itself (see :mod:`.bots`)."""
+    ip = anonymize_ip(request.remote_addr, state.anonymize_ip)
+    ua = user_agent(request)
+    reason = machine_reason(request)
+    if event_type is not None:
+        reason = bots.classify(state, event_type, user_agent=ua, ip=ip, request_reason=reason)
+    return {"ip": ip, "user_agent": ua, "machine_reason": reason}
 
 
 @blueprint.route("/t/c/<token>", methods=["GET", "HEAD"])
@@ -44,9 +56,13 @@ def click(token: str) -> Response:
     message_id, url = payload
     if "\r" in url or "\n" in url or not url.startswith(("http://", "https://")):
         abort(404)  # never produced by us; refuse rather than redirect anywhere odd
-    event_service.record_tracking_event(
-        state, EventType.CLICK.value, message_id, url=url, link_id=link_id(url), **_facts(state)
+    facts = _facts(state, EventType.CLICK.value)
+    stored = event_service.record_tracking_event(
+        state, EventType.CLICK.value, message_id, url=url, link_id=link_id(url),
+        details=event_details(facts["user_agent"]), **facts
     )
+    if stored is not None and not stored.is_machine and "utm_" in url:
+        utm_service.record_click_utm(state, stored, url, ip=facts["ip"], user_agent=facts["user_agent"])
     return Response(status=302, headers={"Location": url, "Cache-Control": NO_STORE,
                                          "Referrer-Policy": "no-referrer"})
 
@@ -57,10 +73,31 @@ def open_pixel(token: str) -> Response:
     state = get_state()
     message_id = state.signer.loads(Purpose.OPEN, token)
     if isinstance(message_id, str):
+        facts = _facts(state, EventType.OPEN.value)
         event_service.record_tracking_event(
-            state, EventType.OPEN.value, message_id, url=None, link_id=None, **_facts(state)
+            state, EventType.OPEN.value, message_id, url=None, link_id=None,
+            details=event_details(facts["user_agent"]), **facts
         )
     return Response(PIXEL, mimetype="image/gif", headers={"Cache-Control": NO_STORE})
+
+
+@blueprint.route("/t/h/<token>", methods=["GET", "HEAD"])
+def honeypot(token: str) -> Response:
+    """The hidden honeypot link of a message: no person can see or reach it, so a hit is a
+    machine's. It is stored as a machine click, and the message's clicks around it are
+    marked ``honeypot`` (see :mod:`.bots`)."""
+    state = get_state()
+    payload = state.signer.loads(Purpose.CLICK, token)
+    if not (isinstance(payload, list) and len(payload) == 2 and payload[1] == HONEYPOT_TARGET
+            and isinstance(payload[0], str)):
+        abort(404)
+    facts = {**_facts(state), "machine_reason": bots.HONEYPOT}
+    details = {**(event_details(facts["user_agent"]) or {}), "honeypot": True}
+    event_service.record_tracking_event(
+        state, EventType.CLICK.value, payload[0], url=None, link_id=None, details=details, **facts
+    )
+    return Response(b"", mimetype="text/plain",
+                    headers={"Cache-Control": NO_STORE, "X-Robots-Tag": "noindex"})
 
 
 def _message_for(token: str):

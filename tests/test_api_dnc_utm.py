@@ -159,6 +159,21 @@ def test_machine_click_adds_no_utm_tag(client, mailtrack):
     assert _utm(client) == []
 
 
+def test_click_judged_machine_by_its_history_adds_no_utm_tag(client, mailtrack, db):
+    """The tag follows the click's final verdict, including the ones decided in SQL
+    (here ``too-fast-after-send``), not only what the request itself shows."""
+    import datetime as dt
+
+    from crm_mailtrack.models import Message
+
+    url = "https://shop.example/p?utm_source=news"
+    msg = track(mailtrack, links=(url,))
+    db.session.get(Message, msg.id).sent_at = dt.datetime.now(dt.timezone.utc)  # just delivered
+    db.session.commit()
+    assert client.get(path_of(mailtrack.click_url(msg, url)), headers=BROWSER).status_code == 302
+    assert _utm(client) == []
+
+
 def test_utm_tag_failure_never_breaks_the_redirect(client, mailtrack, monkeypatch):
     from crm_mailtrack.services import utm as utm_service
 

@@ -10,11 +10,13 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from .. import bots
 from ..errors import DatabaseUnavailable, ValidationError
 from ..journal import Journal
 from ..models import (
     EVENT_TYPES,
     ContactEvent,
+    JSONType,
     UTCDateTime,
     dnc,
     events,
@@ -23,41 +25,87 @@ from ..models import (
     utm_tags,
 )
 from ..state import MailTrackState
-from .common import UNSET, dialect_insert, emit, has_receivers, log, tenant_key
+from . import rawexec
+from .common import UNSET, check_lengths, dialect_insert, emit, has_receivers, log, tenant_key
 
 #: Columns the tracking insert fills from the message row (the rest come from the request).
 _FROM_MESSAGE = ("tenant_id", "contact_id", "email", "campaign_id")
-_RETURNING = ("id", "tenant_id", "contact_id", "email", "campaign_id")
+_RETURNING = ("id", "tenant_id", "contact_id", "email", "campaign_id", "is_machine", "machine_reason")
 
 
-@lru_cache(maxsize=8)
-def _tracking_insert(dialect: str, idempotent: bool) -> sa.Insert:
+def _history_reason(link_id: sa.BindParameter[Any]) -> sa.ColumnElement[Any]:
+    """``honeypot`` / ``burst`` from the message's earlier clicks, as two index seeks inside
+    the insert: a honeypot hit in the window (partial index ``ix_mailtrack_events_honeypot``,
+    hence the inlined literal), else the message's latest click, if within the burst window,
+    being on another link or itself part of a burst (one backward seek of
+    ``ix_mailtrack_events_message``, however many clicks the message has)."""
+    hit = events.alias("honeypot_hit")
+    honeypot = sa.exists().where(
+        hit.c.message_id == messages.c.id,
+        hit.c.machine_reason == sa.literal_column(f"'{bots.HONEYPOT}'"),
+        hit.c.link_id.is_(None),
+        hit.c.occurred_at >= sa.bindparam("honeypot_after", type_=UTCDateTime()),
+    )
+    prior = events.alias("prior")
+    latest = (
+        sa.select(sa.case(((prior.c.link_id != link_id) | (prior.c.machine_reason == bots.BURST), 1), else_=0))
+        .where(prior.c.message_id == messages.c.id, prior.c.type == "click",
+               prior.c.occurred_at >= sa.bindparam("burst_after", type_=UTCDateTime()))
+        .order_by(prior.c.occurred_at.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+    return sa.case((honeypot, bots.HONEYPOT), (latest == 1, bots.BURST))
+
+
+@lru_cache(maxsize=16)
+def _tracking_insert(dialect: str, idempotent: bool, with_history: bool = True) -> sa.Insert:
     """``INSERT INTO events ... SELECT ... FROM messages WHERE id = :message_id``.
 
     One statement, one round trip: the event takes tenant, contact, email and campaign
     from its message (so the token needs no personal data and the click path no SELECT),
-    and RETURNING gives the signal its fields. Built once per dialect; SQLAlchemy caches
-    its compiled form.
+    and RETURNING gives the signal its fields. The machine verdict is finished here too:
+    the request's own reason (bound), else ``honeypot``/``burst`` from the message's earlier
+    clicks (``with_history``, clicks only), else ``too-fast-after-send`` from
+    ``messages.sent_at``. Built once per variant; SQLAlchemy caches its compiled form.
     """
-    src = sa.select(
-        sa.bindparam("uid", type_=sa.String()),
-        sa.bindparam("type", type_=sa.String()),
+    link_id = sa.bindparam("link_id", type_=sa.String())
+    reasons: list[Any] = [sa.bindparam("machine_reason", type_=sa.String())]
+    if with_history:
+        reasons.append(_history_reason(link_id))
+    reasons.append(sa.case(
+        (messages.c.sent_at > sa.bindparam("fast_after", type_=UTCDateTime()), bots.TOO_FAST)))
+    inner = sa.select(
+        sa.bindparam("uid", type_=sa.String()).label("uid"),
+        sa.bindparam("type", type_=sa.String()).label("type"),
         messages.c.tenant_id,
         messages.c.contact_id,
         messages.c.email,
         messages.c.id,
         messages.c.campaign_id,
-        sa.bindparam("link_id", type_=sa.String()),
-        sa.bindparam("url", type_=sa.Text()),
-        sa.bindparam("occurred_at", type_=UTCDateTime()),
-        sa.bindparam("ip", type_=sa.String()),
-        sa.bindparam("user_agent", type_=sa.String()),
-        sa.bindparam("is_machine", type_=sa.Boolean()),
-        sa.bindparam("machine_reason", type_=sa.String()),
+        link_id.label("link_id"),
+        sa.bindparam("url", type_=sa.Text()).label("url"),
+        sa.bindparam("occurred_at", type_=UTCDateTime()).label("occurred_at"),
+        sa.bindparam("ip", type_=sa.String()).label("ip"),
+        sa.bindparam("user_agent", type_=sa.String()).label("user_agent"),
+        sa.func.coalesce(*reasons).label("machine_reason"),
+        sa.bindparam("details", type_=JSONType).label("details"),
     ).where(messages.c.id == sa.bindparam("message_id", type_=sa.String()))
+    # LIMIT 1 (the id is unique anyway) keeps SQLite and PostgreSQL from inlining the
+    # subquery, which would evaluate the verdict's probes twice (reason and is_machine).
+    inner = inner.limit(1).subquery("src")
+    src = sa.select(
+        *(inner.c[name] for name in ("uid", "type", "tenant_id", "contact_id", "email", "id",
+                                     "campaign_id", "link_id", "url", "occurred_at", "ip",
+                                     "user_agent")),
+        inner.c.machine_reason.is_not(None),
+        inner.c.machine_reason,
+        inner.c.details,
+    ).where(sa.true())  # SQLite: INSERT ... SELECT needs a WHERE before ON CONFLICT (parse ambiguity)
     cols = [
         "uid", "type", "tenant_id", "contact_id", "email", "message_id", "campaign_id",
         "link_id", "url", "occurred_at", "ip", "user_agent", "is_machine", "machine_reason",
+        "details",
     ]
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
@@ -80,6 +128,7 @@ def _tracking_params(
     machine_reason: str | None,
     occurred_at: dt.datetime | None = None,
     uid: str | None = None,
+    details: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     return {
         "uid": uid or uuid.uuid4().hex,
@@ -92,7 +141,48 @@ def _tracking_params(
         "user_agent": user_agent,
         "is_machine": machine_reason is not None,
         "machine_reason": machine_reason,
+        "details": dict(details) if details else None,
     }
+
+
+def _statement_params(rules: bots.BotPolicy, params: Mapping[str, Any]) -> dict[str, Any]:
+    """``params`` plus the time bounds the insert's verdict compares with (``None``
+    disables a rule: a comparison with NULL is never true)."""
+    at: dt.datetime = params["occurred_at"]
+
+    def before(seconds: float) -> dt.datetime | None:
+        return at - dt.timedelta(seconds=seconds) if seconds > 0 else None
+
+    return {
+        **params,
+        "details": params.get("details"),
+        "fast_after": before(rules.after_send_seconds),
+        "burst_after": before(rules.burst_seconds),
+        "honeypot_after": before(rules.honeypot_window_seconds) if rules.honeypot else None,
+    }
+
+
+def _retro_mark(conn: sa.Connection, rules: bots.BotPolicy, params: Mapping[str, Any],
+                row: sa.Row[Any]) -> None:
+    """When a click reveals a machine after the fact (a honeypot hit, a burst), mark the
+    message's human clicks in the window around it: one UPDATE, only when triggered."""
+    if params["type"] != "click":
+        return
+    at: dt.datetime = params["occurred_at"]
+    if params.get("machine_reason") == bots.HONEYPOT and params.get("link_id") is None:
+        reason, window = bots.HONEYPOT, rules.honeypot_window_seconds
+    elif row.machine_reason == bots.BURST:
+        reason, window = bots.BURST, rules.burst_seconds
+    else:
+        return
+    delta = dt.timedelta(seconds=window)
+    conn.execute(
+        sa.update(events)
+        .where(events.c.message_id == params["message_id"], events.c.type == "click",
+               events.c.is_machine == sa.false(),
+               events.c.occurred_at.between(at - delta, at + delta))
+        .values(is_machine=True, machine_reason=reason)
+    )
 
 
 def _notify_tracking(params: Mapping[str, Any], row: sa.Row[Any], *, safe: bool) -> None:
@@ -111,28 +201,33 @@ def _notify_tracking(params: Mapping[str, Any], row: sa.Row[Any], *, safe: bool)
     )
 
 
-def record_tracking_event(state: MailTrackState, event_type: str, message_id: str, **fields: Any) -> bool:
+def record_tracking_event(state: MailTrackState, event_type: str, message_id: str, **fields: Any) -> Any:
     """Store an open or click from a public route; never raises.
 
-    On any database failure the event goes to the journal instead (returns ``False``).
-    Signals go out after the commit, each subscriber isolated.
+    Returns the stored row (``tenant_id``, ``contact_id``, ``campaign_id``, ``is_machine``,
+    ``machine_reason``: the final verdict), or ``None`` when nothing was stored: the message
+    no longer exists, or the database failed and the event went to the journal. Signals go
+    out after the commit, each subscriber isolated.
     """
     params = _tracking_params(event_type, message_id, **fields)
     try:
         engine = state.engine
-        stmt = _tracking_insert(engine.dialect.name, False)
-        with engine.begin() as conn:
-            row = conn.execute(stmt, params).first()
+        rules = bots.policy(state)
+        stmt = _tracking_insert(engine.dialect.name, False, event_type == "click" and rules.history)
+        # one transaction on the DBAPI connection (see rawexec): the insert, then for a click
+        # the after-the-fact marking of the message's earlier clicks
+        retro = (lambda conn, row: _retro_mark(conn, rules, params, row)) if event_type == "click" else None
+        row = rawexec.first_committed(engine, stmt, _statement_params(rules, params), after=retro)
     except Exception:  # noqa: BLE001 - the recipient's redirect/pixel must not fail
         log.warning("mailtrack: database unavailable, %s event journaled", event_type, exc_info=True)
         try:
             state.journal.append(params)
         except Exception:  # noqa: BLE001
             log.exception("mailtrack: journal write failed; %s event lost", event_type)
-        return False
+        return None
     if row is not None:
         _notify_tracking(params, row, safe=True)
-    return True
+    return row
 
 
 def replay_journal(state: MailTrackState, progress: Any = None) -> tuple[int, int]:
@@ -145,18 +240,23 @@ def replay_journal(state: MailTrackState, progress: Any = None) -> tuple[int, in
     journal: Journal = state.journal
     inserted = skipped = 0
     engine = state.engine
-    stmt = _tracking_insert(engine.dialect.name, True)
+    rules = bots.policy(state)
     for path in journal.claim():
         stored: list[tuple[dict[str, Any], sa.Row[Any]]] = []
         with engine.begin() as conn:
             for entry in journal.read(path):
                 entry["occurred_at"] = _parse_time(entry.get("occurred_at"))
-                row = conn.execute(stmt, entry).first()
+                entry.setdefault("details", None)
+                is_click = entry.get("type") == "click"
+                stmt = _tracking_insert(engine.dialect.name, True, is_click and rules.history)
+                row = conn.execute(stmt, _statement_params(rules, entry)).first()
                 if row is None:
                     skipped += 1
                 else:
                     inserted += 1
                     stored.append((entry, row))
+                    if is_click:
+                        _retro_mark(conn, rules, entry, row)
                 if progress is not None:
                     progress(1)
         os.remove(path)
@@ -193,6 +293,8 @@ def record_event(
         raise ValidationError({"type": [f"Must be one of: {', '.join(EVENT_TYPES)}."]})
     if contact_id is None or str(contact_id) == "":
         raise ValidationError({"contact_id": ["Missing data for required field."]})
+    check_lengths(events, contact_id=str(contact_id), email=email, message_id=message_id,
+                  campaign_id=campaign_id)
     if occurred_at is not None and occurred_at.tzinfo is None:
         occurred_at = occurred_at.replace(tzinfo=dt.timezone.utc)
     if url is not None and link_id is None:

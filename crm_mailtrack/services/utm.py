@@ -91,29 +91,24 @@ def utm_params(url: str) -> dict[str, str]:
     return {k: v[:255] for k, v in pairs if k in known}
 
 
-def record_click_utm(state: MailTrackState, message_id: str, url: str, *, ip: str | None = None,
-                     user_agent: str | None = None, machine_reason: str | None = None) -> UtmTag | None:
+def record_click_utm(state: MailTrackState, click: Any, url: str, *, ip: str | None = None,
+                     user_agent: str | None = None) -> UtmTag | None:
     """After a human click whose destination carries ``utm_*`` parameters, store them as a
-    UTM tag of the message's contact (in the message's tenant).
+    UTM tag of the clicking contact, in the message's tenant.
 
-    Called by the click route only when the URL contains ``utm_``, after the click is
-    stored; never raises, so the recipient's redirect always happens.
+    ``click`` is the stored click row the tracking insert returned (``contact_id``,
+    ``tenant_id``, final ``is_machine`` verdict), so no lookup is needed; machine clicks
+    never tag. Never raises: a UTM tag is never worth a failed redirect.
     """
-    from ..models import Message
     from .common import log
 
-    if machine_reason is not None:
+    if click.is_machine:
         return None
     params = utm_params(url)
     if not params:
         return None
     try:
-        row = state.session.execute(
-            sa.select(Message.tenant_id, Message.contact_id).where(Message.id == message_id)
-        ).first()
-        if row is None:
-            return None
-        return add_utm(state, row.contact_id, tenant_id=row.tenant_id, safe_signals=True, url=url,
+        return add_utm(state, click.contact_id, tenant_id=click.tenant_id, safe_signals=True, url=url,
                        useragent=user_agent, remotehost=ip, last_active=utcnow(), **params)
     except Exception:  # noqa: BLE001 - a UTM tag is never worth a failed redirect
         state.session.rollback()
