@@ -175,3 +175,20 @@ def path_of(url: str) -> str:
     """The path+query of an absolute tracking URL, for the test client."""
     assert url.startswith(BASE_URL), url
     return url[len(BASE_URL):]
+
+
+def tracked_paths(app: Flask, dest: str, *, campaign_id: str = "camp") -> dict[str, str]:
+    """Track a one-link message to contact ``c1`` and return its id and the test-client
+    paths of its click link, open pixel and unsubscribe URL (as found in the mail)."""
+    import re
+
+    mt = app.extensions["mailtrack"].extension
+    with app.app_context():
+        msg = mt.track_message(contact_id="c1", email="c1@example.com", subject="s",
+                               campaign_id=campaign_id, html=f'<a href="{dest}">go</a>')
+        return {
+            "id": msg.id,
+            "click": path_of(re.search(r'href="([^"]+/t/c/[^"]+)">go</a>', msg.html).group(1)),
+            "open": path_of(re.search(r'src="([^"]+/t/o/[^"]+)"', msg.html).group(1)),
+            "unsub": path_of(msg.headers["List-Unsubscribe"][1:-1]),
+        }

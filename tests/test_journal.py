@@ -5,7 +5,6 @@ once. An unsubscribe that cannot be saved answers 503, never 200."""
 from __future__ import annotations
 
 import contextlib
-import re
 import sqlite3
 from collections.abc import Iterator
 from typing import Any
@@ -18,22 +17,13 @@ from flask_sqlalchemy import SQLAlchemy
 from crm_mailtrack import MailTrack
 from crm_mailtrack.models import dnc, events
 
-from conftest import BASE_URL, SECRET, path_of
+from conftest import BASE_URL, SECRET, tracked_paths
 
 DEST = "https://dest.test/after-outage?x=1"
 
 
 def tracked(app: Any) -> dict[str, Any]:
-    mt = app.extensions["mailtrack"].extension
-    with app.app_context():
-        msg = mt.track_message(contact_id="c1", email="c1@example.com", subject="s", campaign_id="k",
-                               html=f'<a href="{DEST}">go</a>')
-        return {
-            "id": msg.id,
-            "click": path_of(re.search(r'href="([^"]+/t/c/[^"]+)">go</a>', msg.html).group(1)),
-            "open": path_of(re.search(r'src="([^"]+/t/o/[^"]+)"', msg.html).group(1)),
-            "unsub": path_of(msg.headers["List-Unsubscribe"][1:-1]),
-        }
+    return tracked_paths(app, DEST, campaign_id="k")
 
 
 def count(app: Any, table: sa.Table = events, **where: Any) -> int:

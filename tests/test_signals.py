@@ -3,7 +3,6 @@ documented keyword arguments, sent after the commit, and a raising subscriber ne
 a recipient's redirect, pixel or unsubscribe."""
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import pytest
@@ -13,22 +12,13 @@ from sqlalchemy.pool import NullPool
 from crm_mailtrack import ContactEvent, signals
 from crm_mailtrack.models import dnc, events
 
-from conftest import path_of
+from conftest import tracked_paths
 
 DEST = "https://dest.test/x?y=1"
 
 
 def tracked(app: Any) -> dict[str, Any]:
-    mt = app.extensions["mailtrack"].extension
-    with app.app_context():
-        msg = mt.track_message(contact_id="c1", email="c1@example.com", subject="s", campaign_id="camp",
-                               html=f'<a href="{DEST}">go</a>')
-        return {
-            "id": msg.id,
-            "click": path_of(re.search(r'href="([^"]+/t/c/[^"]+)">go</a>', msg.html).group(1)),
-            "open": path_of(re.search(r'src="([^"]+/t/o/[^"]+)"', msg.html).group(1)),
-            "unsub": path_of(msg.headers["List-Unsubscribe"][1:-1]),
-        }
+    return tracked_paths(app, DEST, campaign_id="camp")
 
 
 @pytest.fixture
