@@ -2,10 +2,13 @@
 
 The dashboard is a client of crm_mailtrack: where the extension's JSON API has the
 figure, it is read from the API in-process (with the demo's bearer token, exactly as an
-external client would), and the page says so. Figures the API has no endpoint for yet
-(the per-campaign funnel, daily engagement, the contact list's DNC/UTM columns) are SQL
-aggregates over the extension's tables here, so moving them to an endpoint later is a
-change in this module only. Each function appends what it used to ``g.metric_sources``.
+external client would), and the page says so. Campaign funnels, daily send volume and
+daily engagement (people and machines) come from ``GET /api/communications/analytics``
+(with ``campaignId`` for one campaign, once for people and once with ``include_bots=true``).
+Figures the API has no endpoint for yet (the contact list's DNC/UTM/engagement columns, top
+links across all campaigns, a message's clicks per link) are SQL aggregates over the
+extension's tables here, so moving them to an endpoint later is a change in this module
+only. Each function appends what it used to ``g.metric_sources``.
 """
 from __future__ import annotations
 
@@ -48,9 +51,10 @@ def has_api_route(path: str) -> bool:
     return str(endpoint).startswith("mailtrack_api.")
 
 
-def api_get(path: str, **params: Any) -> Any | None:
+def api_get(path: str, *, source: str | None = None, **params: Any) -> Any | None:
     """``GET <prefix>/api<path>`` in-process with the demo token; ``None`` when the
-    extension has no such route yet or it does not answer 200."""
+    extension has no such route yet or it does not answer 200. ``source`` is what the
+    page footer lists (default: the path)."""
     full = api_prefix() + path
     if not has_api_route(full):
         return None
@@ -62,7 +66,7 @@ def api_get(path: str, **params: Any) -> Any | None:
     if resp.status_code != 200:
         current_app.logger.warning("API %s answered %s: %s", full, resp.status_code, resp.get_data(as_text=True)[:200])
         return None
-    _note(f"API GET {full}")
+    _note(f"API GET {full}{source or ''}")
     return resp.get_json()
 
 
@@ -75,11 +79,14 @@ def _sql(name: str) -> None:
 
 @dataclass
 class Funnel:
-    """A campaign's funnel; ``*_h`` count people only, ``*_all`` include machine events."""
+    """A campaign's funnel; ``*_h`` count people only, ``*_all`` include machine events.
+    ``forwarded`` and ``suppressed`` come from the campaign's message records (campaign
+    page only)."""
 
     campaign_id: str
     sent: int = 0
     bounced: int = 0
+    delivered: int = 0
     opened_h: int = 0
     opened_all: int = 0
     clicked_h: int = 0
@@ -88,10 +95,6 @@ class Funnel:
     forwarded: int = 0
     suppressed: int = 0
     failed: int = 0
-
-    @property
-    def delivered(self) -> int:
-        return self.sent - self.bounced
 
     def steps(self) -> list[dict[str, Any]]:
         """Rows of the funnel table and chart, in order."""
@@ -111,45 +114,52 @@ def _distinct_when(cond: Any, col: Any = events.c.message_id) -> Any:
     return sa.func.count(sa.distinct(sa.case((cond, col))))
 
 
-def funnels(campaign_ids: list[str] | None = None) -> dict[str, Funnel]:
-    """Funnels of the given campaigns (all when ``None``) in one grouped query each for
-    events and message statuses. Opens and clicks count distinct messages; unsubscribes
-    distinct contacts."""
-    t = events.c.type
-    q = sa.select(
-        events.c.campaign_id,
-        _distinct_when(t == "send"),
-        _distinct_when(t == "bounce"),
-        _distinct_when(sa.and_(t == "open", HUMAN)),
-        _distinct_when(t == "open"),
-        _distinct_when(sa.and_(t == "click", HUMAN)),
-        _distinct_when(t == "click"),
-        _distinct_when(t == "unsubscribe", events.c.contact_id),
-        _distinct_when(t == "forward"),
-    ).where(events.c.tenant_id == "", events.c.campaign_id.is_not(None)).group_by(events.c.campaign_id)
-    m = sa.select(
-        messages.c.campaign_id,
-        sa.func.count().filter(messages.c.status == "SUPPRESSED"),
-        sa.func.count().filter(messages.c.status == "FAILED"),
-    ).where(messages.c.tenant_id == "", messages.c.campaign_id.is_not(None)).group_by(messages.c.campaign_id)
-    if campaign_ids is not None:
-        q = q.where(events.c.campaign_id.in_(campaign_ids))
-        m = m.where(messages.c.campaign_id.in_(campaign_ids))
-    out: dict[str, Funnel] = {}
-    for row in db.session.execute(q):
-        out[row[0]] = Funnel(row[0], *row[1:])
-    for cid, suppressed, failed in db.session.execute(m):
-        f = out.setdefault(cid, Funnel(cid))
-        f.suppressed, f.failed = suppressed, failed
-    _sql("funnels")
-    return out
+def campaign_analytics(campaign_id: str | None = None, *, include_bots: bool = False) -> dict[str, Any] | None:
+    """``GET /api/communications/analytics`` (all time; one campaign's messages with
+    ``campaignId``), fetched once per request and variant; ``None`` without the endpoint."""
+    cache = g.setdefault("analytics_cache", {})
+    key = (campaign_id, include_bots)
+    if key not in cache:
+        parts = (["campaignId=<campaign>"] if campaign_id is not None else []) + (
+            ["include_bots=true"] if include_bots else [])
+        query = "?" + "&".join(parts) if parts else ""
+        cache[key] = api_get("/communications/analytics", source=query, campaignId=campaign_id,
+                             include_bots="true" if include_bots else None)
+    return cache[key]
+
+
+def funnel(campaign_id: str) -> Funnel:
+    """A campaign's funnel from the analytics API: people, then with ``include_bots=true``
+    (sent, delivered, bounced, failed and unsubscribed are the same in both)."""
+    people = campaign_analytics(campaign_id)
+    everyone = campaign_analytics(campaign_id, include_bots=True)
+    if people is None or everyone is None:
+        return Funnel(campaign_id)  # an extension without the endpoint: nothing to show
+    return Funnel(
+        campaign_id, sent=people["totalSent"], bounced=people["totalBounced"], delivered=people["totalDelivered"],
+        opened_h=people["totalOpened"], opened_all=everyone["totalOpened"],
+        clicked_h=people["totalClicked"], clicked_all=everyone["totalClicked"],
+        unsubscribed=people["totalUnsubscribed"], failed=people["totalFailed"])
+
+
+def funnels(campaign_ids: list[str]) -> dict[str, Funnel]:
+    """Funnels of the given campaigns (two API calls each)."""
+    return {cid: funnel(cid) for cid in campaign_ids}
+
+
+def add_message_counts(f: Funnel, rows: list[dict[str, Any]]) -> Funnel:
+    """Fill ``suppressed`` and ``forwarded`` from the campaign's message rows
+    (``campaign_messages``), which the campaign page has fetched anyway."""
+    f.suppressed = sum(1 for r in rows if r["status"] == "SUPPRESSED")
+    f.forwarded = sum(1 for r in rows if r["forwards"])
+    return f
 
 
 def campaigns_overview() -> list[tuple[Campaign, Funnel]]:
     """Every campaign of the CRM, newest first, with its funnel."""
     rows = db.session.execute(db.select(Campaign).order_by(Campaign.sent_at.desc(), Campaign.id.desc())).scalars().all()
     data = funnels([c.slug for c in rows])
-    return [(c, data.get(c.slug, Funnel(c.slug))) for c in rows]
+    return [(c, data[c.slug]) for c in rows]
 
 
 def campaign_messages(campaign_id: str) -> list[dict[str, Any]]:
@@ -172,6 +182,7 @@ def campaign_messages(campaign_id: str) -> list[dict[str, Any]]:
                 "status": rec.get("status"), "sent_at": rec.get("sentAt"), "opens": opens, "clicks": clicks,
                 "machine": all_opens + all_clicks - opens - clicks,
                 "bounces": sum(1 for e in rec.get("events") or [] if str(e.get("type")).upper() == "BOUNCE"),
+                "forwards": sum(1 for e in rec.get("events") or [] if str(e.get("type")).upper() == "FORWARD"),
             })
         rows.sort(key=lambda r: r["email"])
         return rows
@@ -201,17 +212,19 @@ def _campaign_messages_sql(campaign_id: str) -> list[dict[str, Any]]:
         sa.func.count().filter(sa.and_(t == "click", HUMAN)).label("clicks"),
         sa.func.count().filter(events.c.is_machine == sa.true()).label("machine"),
         sa.func.count().filter(t == "bounce").label("bounces"),
+        sa.func.count().filter(t == "forward").label("forwards"),
     ).where(events.c.campaign_id == campaign_id).group_by(events.c.message_id).subquery()
     q = (
         sa.select(messages.c.id, messages.c.contact_id, messages.c.email, messages.c.status, messages.c.sent_at,
                   sa.func.coalesce(counts.c.opens, 0), sa.func.coalesce(counts.c.clicks, 0),
-                  sa.func.coalesce(counts.c.machine, 0), sa.func.coalesce(counts.c.bounces, 0))
+                  sa.func.coalesce(counts.c.machine, 0), sa.func.coalesce(counts.c.bounces, 0),
+                  sa.func.coalesce(counts.c.forwards, 0))
         .select_from(messages.outerjoin(counts, counts.c.message_id == messages.c.id))
         .where(messages.c.tenant_id == "", messages.c.campaign_id == campaign_id)
         .order_by(messages.c.email)
     )
     _sql("campaign_messages")
-    keys = ("id", "contact_id", "email", "status", "sent_at", "opens", "clicks", "machine", "bounces")
+    keys = ("id", "contact_id", "email", "status", "sent_at", "opens", "clicks", "machine", "bounces", "forwards")
     return [dict(zip(keys, row)) for row in db.session.execute(q)]
 
 
@@ -261,66 +274,41 @@ class Day:
     clicks_m: int = 0
 
 
-def _day(col: Any) -> Any:
-    if db.engine.dialect.name == "postgresql":
-        return sa.func.to_char(sa.func.timezone("UTC", col), "YYYY-MM-DD")
-    return sa.func.strftime("%Y-%m-%d", col)
-
-
 def daily(start: dt.date, end: dt.date, campaign_id: str | None = None) -> list[Day]:
     """Sends, opens and clicks per UTC day from ``start`` to ``end`` inclusive (every day
-    present, zeros included), people and machines apart."""
-    day = _day(events.c.occurred_at).label("day")
-    t = events.c.type
-    q = (
-        sa.select(
-            day,
-            sa.func.count().filter(t == "send"),
-            sa.func.count().filter(sa.and_(t == "open", HUMAN)),
-            sa.func.count().filter(sa.and_(t == "open", events.c.is_machine == sa.true())),
-            sa.func.count().filter(sa.and_(t == "click", HUMAN)),
-            sa.func.count().filter(sa.and_(t == "click", events.c.is_machine == sa.true())),
-        )
-        .where(events.c.tenant_id == "", t.in_(("send", "open", "click")),
-               events.c.occurred_at >= dt.datetime.combine(start, dt.time(), dt.timezone.utc),
-               events.c.occurred_at < dt.datetime.combine(end + dt.timedelta(days=1), dt.time(), dt.timezone.utc))
-        .group_by(day)
-    )
-    if campaign_id is not None:
-        q = q.where(events.c.campaign_id == campaign_id)
-    found = {row[0]: row[1:] for row in db.session.execute(q)}
-    _sql("daily")
-    out = []
-    d = start
-    while d <= end:
-        out.append(Day(d, *found.get(d.isoformat(), (0, 0, 0, 0, 0))))
-        d += dt.timedelta(days=1)
-    return out
+    present, zeros included), people and machines apart: ``sendVolumeByDay`` and
+    ``engagementByDay`` of the analytics API, for people and with ``include_bots=true``
+    (machine = all - people). All time: the chart window is cut here."""
+    people = campaign_analytics(campaign_id) or {}
+    everyone = campaign_analytics(campaign_id, include_bots=True) or {}
+    out = {start + dt.timedelta(days=i): Day(start + dt.timedelta(days=i)) for i in range((end - start).days + 1)}
+
+    def days(data: dict[str, Any], key: str) -> list[tuple[Day, dict[str, Any]]]:
+        pairs = ((out.get(dt.date.fromisoformat(str(x["date"])[:10])), x) for x in data.get(key, []))
+        return [(d, x) for d, x in pairs if d is not None]
+
+    for d, x in days(people, "sendVolumeByDay"):
+        d.sent = int(x["count"])
+    for d, x in days(people, "engagementByDay"):
+        d.opens_h, d.clicks_h = int(x["opens"]), int(x["clicks"])
+    for d, x in days(everyone, "engagementByDay"):
+        d.opens_m, d.clicks_m = int(x["opens"]) - d.opens_h, int(x["clicks"]) - d.clicks_h
+    return list(out.values())
 
 
-def send_volume(start: dt.date, end: dt.date) -> dict[dt.date, int] | None:
-    """Messages sent per UTC day: ``sendVolumeByDay`` of ``GET /api/communications/analytics``
-    (``None`` without that endpoint; ``daily()`` has the same from SQL)."""
-    data = api_get("/communications/analytics", dateFrom=start.isoformat(), dateTo=end.isoformat())
-    if data is None:
-        return None
-    return {dt.date.fromisoformat(str(x["date"])[:10]): int(x["count"]) for x in data.get("sendVolumeByDay", [])}
-
-
-def last_activity(campaign_id: str | None = None) -> dt.datetime | None:
-    """When the latest send, open or click happened."""
-    q = sa.select(sa.func.max(events.c.occurred_at)).where(
-        events.c.tenant_id == "", events.c.type.in_(("send", "open", "click")))
-    if campaign_id is not None:
-        q = q.where(events.c.campaign_id == campaign_id)
-    return db.session.execute(q).scalar()
+def last_day(campaign_id: str | None = None) -> dt.date | None:
+    """The latest UTC day with a send, open or click (machines included), from the
+    analytics API."""
+    data = campaign_analytics(campaign_id, include_bots=True) or {}
+    dates = [str(x["date"])[:10] for key in ("sendVolumeByDay", "engagementByDay") for x in data.get(key, [])]
+    return dt.date.fromisoformat(max(dates)) if dates else None
 
 
 def analytics() -> dict[str, Any]:
     """Totals and rates for the dashboard header: ``GET /api/communications/analytics``
     when the extension has it, else the same definitions in SQL (human events; rates over
     sent messages)."""
-    data = api_get("/communications/analytics")
+    data = campaign_analytics()
     if data is not None:
         return {"totalSent": data["totalSent"], "totalOpened": data["totalOpened"],
                 "totalClicked": data["totalClicked"], "openRate": data["openRate"],

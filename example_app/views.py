@@ -105,18 +105,12 @@ def _sources() -> dict[str, Any]:
 def _charts(campaign_id: str | None = None, since: dt.datetime | None = None) -> dict[str, Any]:
     """Daily charts: six weeks up to the latest activity (so an old demo database still
     shows its story), or for a campaign two weeks from the day before it was sent."""
-    last = metrics.last_activity(campaign_id)
-    end = (last or dt.datetime.now(dt.timezone.utc)).date()
+    end = metrics.last_day(campaign_id) or dt.datetime.now(dt.timezone.utc).date()
     start = end - dt.timedelta(days=CHART_DAYS - 1)
     if since is not None:
         start = since.date() - dt.timedelta(days=1)
         end = max(end, start + dt.timedelta(days=13))
     days = metrics.daily(start, end, campaign_id)
-    if campaign_id is None:  # the extension's analytics has the overall send volume
-        volume = metrics.send_volume(start, end)
-        if volume is not None:
-            for d in days:
-                d.sent = volume.get(d.day, 0)
     dates = [d.day for d in days]
     return {
         "days": days,
@@ -181,12 +175,13 @@ def campaigns() -> str:
 @blueprint.route("/campaigns/<slug>")
 def campaign(slug: str) -> str:
     camp = db.first_or_404(db.select(Campaign).filter_by(slug=slug))
-    funnel = metrics.funnels([slug]).get(slug, metrics.Funnel(slug))
+    rows = metrics.campaign_messages(slug)
+    funnel = metrics.add_message_counts(metrics.funnel(slug), rows)
     steps = funnel.steps()
     return render_template(
         "campaign.html", campaign=camp, funnel=funnel, steps=steps,
         funnel_chart=charts.funnel_chart(steps, title=f"Funnel of {camp.name}"),
-        links=metrics.top_links(slug), messages=metrics.campaign_messages(slug),
+        links=metrics.top_links(slug), messages=rows,
         **_charts(slug, since=camp.sent_at or camp.created_at))
 
 
@@ -194,8 +189,7 @@ def campaign(slug: str) -> str:
 def campaign_funnel_json(slug: str) -> Any:
     """The funnel the campaign page shows, as JSON (the browser test compares the two)."""
     db.first_or_404(db.select(Campaign).filter_by(slug=slug))
-    funnel = metrics.funnels([slug]).get(slug, metrics.Funnel(slug))
-    return {"campaign_id": slug, "steps": funnel.steps()}
+    return {"campaign_id": slug, "steps": metrics.funnel(slug).steps()}
 
 
 @blueprint.route("/messages/<message_id>")

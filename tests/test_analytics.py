@@ -3,17 +3,21 @@ the API and ``flask mailtrack stats``, on SQLite and PostgreSQL.
 
 The data set (tenant "", plus one row of tenant "other" that must never count):
 
-| msg | template | type    | status    | sent (UTC)       | events                               |
-|-----|----------|---------|-----------|------------------|--------------------------------------|
-| m1  | T1       | OFFERTE | SENT      | 03-01 10:00      | 2 human opens, 1 human click (A)     |
-| m2  | T1       | OFFERTE | SENT      | 03-01 23:30      | 1 human click (A), no open           |
-| m3  | T1       | INVOICE | SENT      | 03-02 08:00      | 1 machine open, 1 machine click      |
-| m4  | T2       | INVOICE | SENT      | 03-02 09:00      | -                                    |
-| m5  | T2       | OFFERTE | FAILED    | (created 03-02)  | -                                    |
-| m6  | -        | -       | SENT      | 03-03 07:00      | 1 human open                         |
-| m7  | T1       | OFFERTE | SCHEDULED | -                | -                                    |
-| m9  | T1       | OFFERTE | SENT      | 02-27 12:00      | -                                    |
-| x1  | T1       | OFFERTE | SENT      | 03-01 (other)    | 1 human open                         |
+| msg | campaign | template | type    | status    | sent (UTC)       | events (UTC time of the event)                 |
+|-----|----------|----------|---------|-----------|------------------|------------------------------------------------|
+| m1  | C1       | T1       | OFFERTE | SENT      | 03-01 10:00      | human opens 03-01 11:00 and 03-02 10:00,       |
+|     |          |          |         |           |                  | human click (A) 03-02 10:05                    |
+| m2  | C1       | T1       | OFFERTE | SENT      | 03-01 23:30      | human click (A) 03-02 07:00, no open;          |
+|     |          |          |         |           |                  | unsubscribe 03-02 07:01                        |
+| m3  | C1       | T1       | INVOICE | SENT      | 03-02 08:00      | machine open and machine click 03-02 08:00     |
+| m4  | C2       | T2       | INVOICE | SENT      | 03-02 09:00      | bounce 03-02 09:05 (flagged machine: counts)   |
+| m5  | C2       | T2       | OFFERTE | FAILED    | (created 03-02)  | -                                              |
+| m6  | -        | -        | -       | SENT      | 03-03 07:00      | human open 03-04 12:00                         |
+| m7  | C1       | T1       | OFFERTE | SCHEDULED | -                | -                                              |
+| m9  | -        | T1       | OFFERTE | SENT      | 02-27 12:00      | send event (other types never count)           |
+| x1  | C1       | T1       | OFFERTE | SENT      | 03-01 (other)    | human open 03-01, bounce, unsubscribe          |
+
+x1 belongs to tenant "other" and shares campaign id C1: it must never count for tenant "".
 """
 from __future__ import annotations
 
@@ -40,25 +44,28 @@ def at(day: int, hour: int, minute: int = 0, month: int = 3) -> dt.datetime:
 
 
 MESSAGES = [
-    # id, tenant, template, type, status, sent_at, created_at
-    ("m1", "", "T1", "OFFERTE", "SENT", at(1, 10), at(1, 9)),
-    ("m2", "", "T1", "OFFERTE", "SENT", at(1, 23, 30), at(1, 9)),
-    ("m3", "", "T1", "INVOICE", "SENT", at(2, 8), at(1, 9)),
-    ("m4", "", "T2", "INVOICE", "SENT", at(2, 9), at(1, 9)),
-    ("m5", "", "T2", "OFFERTE", "FAILED", None, at(2, 9)),
-    ("m6", "", None, None, "SENT", at(3, 7), at(3, 6)),
-    ("m7", "", "T1", "OFFERTE", "SCHEDULED", None, at(1, 9)),
-    ("m9", "", "T1", "OFFERTE", "SENT", at(27, 12, month=2), at(27, 11, month=2)),
-    ("x1", "other", "T1", "OFFERTE", "SENT", at(1, 10), at(1, 9)),
+    # id, tenant, campaign, template, type, status, sent_at, created_at
+    ("m1", "", "C1", "T1", "OFFERTE", "SENT", at(1, 10), at(1, 9)),
+    ("m2", "", "C1", "T1", "OFFERTE", "SENT", at(1, 23, 30), at(1, 9)),
+    ("m3", "", "C1", "T1", "INVOICE", "SENT", at(2, 8), at(1, 9)),
+    ("m4", "", "C2", "T2", "INVOICE", "SENT", at(2, 9), at(1, 9)),
+    ("m5", "", "C2", "T2", "OFFERTE", "FAILED", None, at(2, 9)),
+    ("m6", "", None, None, None, "SENT", at(3, 7), at(3, 6)),
+    ("m7", "", "C1", "T1", "OFFERTE", "SCHEDULED", None, at(1, 9)),
+    ("m9", "", None, "T1", "OFFERTE", "SENT", at(27, 12, month=2), at(27, 11, month=2)),
+    ("x1", "other", "C1", "T1", "OFFERTE", "SENT", at(1, 10), at(1, 9)),
 ]
 EVENTS = [
-    # message, type, machine, url
-    ("m1", "open", False, None), ("m1", "open", False, None), ("m1", "click", False, "https://a.test/"),
-    ("m2", "click", False, "https://a.test/"),
-    ("m3", "open", True, None), ("m3", "click", True, "https://a.test/"),
-    ("m6", "open", False, None),
-    ("x1", "open", False, None),
-    ("m1", "send", False, None), ("m4", "bounce", False, None),  # other types never count
+    # message, type, machine, url, occurred_at
+    ("m1", "open", False, None, at(1, 11)), ("m1", "open", False, None, at(2, 10)),
+    ("m1", "click", False, "https://a.test/", at(2, 10, 5)),
+    ("m2", "click", False, "https://a.test/", at(2, 7)), ("m2", "unsubscribe", False, None, at(2, 7, 1)),
+    ("m3", "open", True, None, at(2, 8)), ("m3", "click", True, "https://a.test/", at(2, 8)),
+    ("m4", "bounce", True, None, at(2, 9, 5)),
+    ("m6", "open", False, None, at(4, 12)),
+    ("m9", "send", False, None, at(27, 12, month=2)),
+    ("x1", "open", False, None, at(1, 11)), ("x1", "bounce", False, None, at(1, 10, 5)),
+    ("x1", "unsubscribe", False, None, at(1, 12)),
 ]
 
 
@@ -67,12 +74,15 @@ def data_app(app):
     session = app.extensions["mailtrack"].session
     session.execute(sa.insert(messages), [
         {"id": mid, "tenant_id": tenant, "contact_id": f"c-{mid}", "email": f"{mid}@example.com",
-         "subject": mid, "template_id": tpl, "template_name": tpl and f"Template {tpl}", "type": typ,
-         "status": status, "sent_at": sent, "created_at": created, "updated_at": created, "headers": {}}
-        for mid, tenant, tpl, typ, status, sent, created in MESSAGES])
+         "subject": mid, "campaign_id": campaign, "template_id": tpl, "template_name": tpl and f"Template {tpl}",
+         "type": typ, "status": status, "sent_at": sent, "created_at": created, "updated_at": created,
+         "headers": {}}
+        for mid, tenant, campaign, tpl, typ, status, sent, created in MESSAGES])
     tenant_of = {m[0]: m[1] for m in MESSAGES}
+    campaign_of = {m[0]: m[2] for m in MESSAGES}
     session.add_all([ContactEvent(tenant_id=tenant_of[mid], type=typ, contact_id=f"c-{mid}", message_id=mid,
-                                  url=url, is_machine=machine, occurred_at=at(4, 12)) for mid, typ, machine, url in EVENTS])
+                                  campaign_id=campaign_of[mid], url=url, is_machine=machine, occurred_at=when)
+                     for mid, typ, machine, url, when in EVENTS])
     session.commit()
     return app
 
@@ -126,7 +136,9 @@ def test_date_range_through_the_api(data_app):
 def test_empty_range_has_zero_rates(data_app):
     got = data_app.test_client().get(f"{API}?dateFrom=2030-01-01", headers=HDRS).json
     assert got == {"totalSent": 0, "totalOpened": 0, "totalClicked": 0, "openRate": 0.0, "clickRate": 0.0,
-                   "failureRate": 0.0, "byTemplate": [], "byType": [], "sendVolumeByDay": []}
+                   "failureRate": 0.0, "byTemplate": [], "byType": [], "sendVolumeByDay": [],
+                   "totalFailed": 0, "totalBounced": 0, "totalDelivered": 0, "totalUnsubscribed": 0,
+                   "engagementByDay": []}
 
 
 def test_other_tenant_sees_only_its_own(data_app):
@@ -146,6 +158,72 @@ def test_cli_stats(data_app):
     assert bad.exit_code != 0
 
 
+def test_funnel_totals_and_engagement_by_day(data_app):
+    state = data_app.extensions["mailtrack"]
+    got = analytics(state, "")
+    # failed: m5; bounced: m4 (its bounce event is flagged machine and still counts);
+    # delivered: 6 sent - 1 bounced; unsubscribed: m2 (x1's is another tenant's)
+    assert (got["totalFailed"], got["totalBounced"], got["totalDelivered"], got["totalUnsubscribed"]) == (1, 1, 5, 1)
+    # human open/click events of sent messages per UTC day of the event (m3's are machine's)
+    assert got["engagementByDay"] == [
+        {"date": "2026-03-01", "opens": 1, "clicks": 0},  # m1 open
+        {"date": "2026-03-02", "opens": 1, "clicks": 2},  # m1 open, m1 click, m2 click
+        {"date": "2026-03-04", "opens": 1, "clicks": 0},  # m6 open
+    ]
+    everyone = analytics(state, "", include_bots=True)
+    assert everyone["engagementByDay"][1] == {"date": "2026-03-02", "opens": 2, "clicks": 3}
+    assert (everyone["totalBounced"], everyone["totalDelivered"], everyone["totalUnsubscribed"]) == (1, 5, 1)
+
+
+def test_date_range_selects_messages_not_events(data_app):
+    # m1 and m2 were sent on 03-01; their events of 03-02 still count
+    got = analytics(data_app.extensions["mailtrack"], "", date_from=at(1, 0), date_to=at(2, 0))
+    assert got["engagementByDay"] == [{"date": "2026-03-01", "opens": 1, "clicks": 0},
+                                      {"date": "2026-03-02", "opens": 1, "clicks": 2}]
+    assert (got["totalFailed"], got["totalBounced"], got["totalDelivered"], got["totalUnsubscribed"]) == (0, 0, 2, 1)
+
+
+def test_campaign_filter_through_the_api(data_app):
+    client = data_app.test_client()
+    c1 = client.get(f"{API}?campaignId=C1", headers=HDRS).json
+    # C1 of tenant "": m1 m2 m3 SENT (m7 is only scheduled, x1 is another tenant's)
+    assert (c1["totalSent"], c1["totalOpened"], c1["totalClicked"]) == (3, 2, 2)
+    assert (c1["totalFailed"], c1["totalBounced"], c1["totalDelivered"], c1["totalUnsubscribed"]) == (0, 0, 3, 1)
+    assert c1["failureRate"] == 0.0 and c1["openRate"] == 0.6667
+    assert [(t["templateId"], t["totalSent"]) for t in c1["byTemplate"]] == [("T1", 3)]
+    assert [(t["type"], t["totalSent"]) for t in c1["byType"]] == [("INVOICE", 1), ("OFFERTE", 2)]
+    assert c1["sendVolumeByDay"] == [{"date": "2026-03-01", "count": 2}, {"date": "2026-03-02", "count": 1}]
+    assert c1["engagementByDay"] == [{"date": "2026-03-01", "opens": 1, "clicks": 0},
+                                     {"date": "2026-03-02", "opens": 1, "clicks": 2}]
+    c1_all = client.get(f"{API}?campaignId=C1&include_bots=true", headers=HDRS).json
+    assert (c1_all["totalOpened"], c1_all["totalClicked"]) == (3, 3)
+    assert c1_all["engagementByDay"][1] == {"date": "2026-03-02", "opens": 2, "clicks": 3}
+
+    c2 = client.get(f"{API}?campaignId=C2", headers=HDRS).json
+    # m4 SENT and bounced, m5 FAILED
+    assert (c2["totalSent"], c2["totalFailed"], c2["totalBounced"], c2["totalDelivered"]) == (1, 1, 1, 0)
+    assert c2["failureRate"] == 0.5 and c2["engagementByDay"] == [] and c2["totalUnsubscribed"] == 0
+
+    ranged = client.get(f"{API}?campaignId=C1&dateFrom=2026-03-02&include_bots=true", headers=HDRS).json
+    assert (ranged["totalSent"], ranged["totalOpened"], ranged["totalUnsubscribed"]) == (1, 1, 0)  # m3 only
+    assert ranged["engagementByDay"] == [{"date": "2026-03-02", "opens": 1, "clicks": 1}]
+
+    unknown = client.get(f"{API}?campaignId=nope", headers=HDRS).json
+    assert unknown["totalSent"] == 0 and unknown["engagementByDay"] == [] and unknown["sendVolumeByDay"] == []
+    assert client.get(f"{API}?campaignId=", headers=HDRS).status_code == 422
+    assert client.get(f"{API}?campaignId={'x' * 65}", headers=HDRS).status_code == 422
+
+
+def test_new_fields_are_tenant_scoped(data_app):
+    got = analytics(data_app.extensions["mailtrack"], "other", campaign_id="C1")
+    assert (got["totalSent"], got["totalOpened"], got["totalBounced"], got["totalDelivered"],
+            got["totalUnsubscribed"]) == (1, 1, 1, 0, 1)
+    assert got["engagementByDay"] == [{"date": "2026-03-01", "opens": 1, "clicks": 0}]
+    assert analytics(data_app.extensions["mailtrack"], "other", campaign_id="C2")["totalFailed"] == 0
+    nobody = analytics(data_app.extensions["mailtrack"], "nobody", campaign_id="C1")
+    assert nobody["totalSent"] == 0 and nobody["engagementByDay"] == [] and nobody["totalUnsubscribed"] == 0
+
+
 def test_analytics_is_a_fixed_number_of_queries(data_app):
     engine = data_app.extensions["mailtrack"].engine
     seen: list[Any] = []
@@ -156,9 +234,12 @@ def test_analytics_is_a_fixed_number_of_queries(data_app):
     sa.event.listen(engine, "before_cursor_execute", count)
     try:
         analytics(data_app.extensions["mailtrack"], "")
+        analytics(data_app.extensions["mailtrack"], "", campaign_id="C1", include_bots=True)
     finally:
         sa.event.remove(engine, "before_cursor_execute", count)
-    assert len(seen) == 4
+    # totals (with the funnel counts), by template, by type, and one per-day query for
+    # both sendVolumeByDay and engagementByDay
+    assert len(seen) == 2 * 4
 
 
 def test_numbers_survive_a_purge_of_the_raw_events(data_app):

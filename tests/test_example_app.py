@@ -160,6 +160,45 @@ def test_dashboard_shows_campaign_funnels(example: Flask) -> None:
     assert funnel["clicked"][1] > funnel["clicked"][0]  # scanner pre-clicks likewise
 
 
+def test_campaign_numbers_come_from_the_analytics_api(example: Flask) -> None:
+    """The campaign page's funnel and daily table are the analytics API's numbers for that
+    campaign (people, then ``include_bots=true``), and those agree with the event rows."""
+    client = example.test_client()
+    hdrs = {"Authorization": f"Bearer {API_TOKEN}", "Accept": "application/json"}
+    api = "/mailtrack/api/communications/analytics"
+    for slug in ("welcome-2024", "spring-webinar"):
+        people = client.get(f"{api}?campaignId={slug}", headers=hdrs).get_json()
+        everyone = client.get(f"{api}?campaignId={slug}&include_bots=true", headers=hdrs).get_json()
+        keys = {"sent": "totalSent", "delivered": "totalDelivered", "opened": "totalOpened",
+                "clicked": "totalClicked", "unsubscribed": "totalUnsubscribed"}
+        assert _funnel(client, slug) == {k: (people[f], everyone[f]) for k, f in keys.items()}
+        with example.app_context():
+            def distinct(kind: str, human: bool = False) -> int:
+                cond = [events.c.campaign_id == slug, events.c.type == kind]
+                if human:
+                    cond.append(events.c.is_machine.is_(False))
+                return db.session.execute(sa.select(sa.func.count(sa.distinct(events.c.message_id))).where(*cond)).scalar()
+
+            assert people["totalDelivered"] == distinct("send") - distinct("bounce")
+            assert people["totalUnsubscribed"] == distinct("unsubscribe")
+            human_opens = db.session.execute(sa.select(sa.func.count()).where(
+                events.c.campaign_id == slug, events.c.type == "open", events.c.is_machine.is_(False))).scalar()
+        html = client.get(f"/campaigns/{slug}").get_data(as_text=True)
+        rows = re.findall(r'<tr><th scope="row">\d{4}-\d\d-\d\d</th>((?:<td class="num">\d+</td>){5})</tr>', html)
+        sums = [sum(col) for col in zip(*([int(n) for n in re.findall(r">(\d+)<", r)] for r in rows))]
+        opens_h, clicks_h = (sum(d[k] for d in people["engagementByDay"]) for k in ("opens", "clicks"))
+        opens_all, clicks_all = (sum(d[k] for d in everyone["engagementByDay"]) for k in ("opens", "clicks"))
+        assert sums == [people["totalSent"], opens_h, clicks_h, opens_all - opens_h, clicks_all - clicks_h]
+        assert opens_h == human_opens and opens_all > opens_h
+        sources = re.findall(r"<li><code>([^<]+)</code></li>", html[html.index("Where this page"):])
+        assert sources and all(src.startswith("API GET ") for src in sources), sources
+    assert _funnel(client, "welcome-2024")["delivered"] == (35, 35)
+    assert _funnel(client, "spring-webinar")["unsubscribed"] == (1, 1)
+    dashboard = client.get("/").get_data(as_text=True)
+    sql = [src for src in re.findall(r"<li><code>([^<]+)</code></li>", dashboard) if src.startswith("SQL")]
+    assert sql == ["SQL example_app/metrics.py:top_links"]  # across campaigns: no endpoint yet
+
+
 def test_contacts_search_and_dnc_state(example: Flask) -> None:
     client = example.test_client()
     html = client.get("/contacts?q=contoso").get_data(as_text=True)

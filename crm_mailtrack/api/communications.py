@@ -263,9 +263,11 @@ def communications_comment(message_id: str) -> Response:
 @route(f"{P}/analytics", summary="Get communication analytics", tags=TAGS, query=CommAnalyticsQuery,
        response=CommAnalyticsSchema)
 def communications_analytics(query: dict[str, Any]) -> Response:
-    """Totals, rates, per template, per type and per day; see docs/metrics.md."""
+    """Totals, rates, funnel counts, per template, per type and per day, optionally for one
+    campaign; see docs/metrics.md."""
     data = analytics_service.analytics(get_state(), current_tenant(), date_from=query.get("dateFrom"),
-                                       date_to=query.get("dateTo"), include_bots=query["include_bots"])
+                                       date_to=query.get("dateTo"), include_bots=query["include_bots"],
+                                       campaign_id=query.get("campaignId"))
     return jsonify_data(CommAnalyticsSchema().dump(data))
 
 

@@ -216,6 +216,8 @@ class CommAnalyticsQuery(IncludeBotsMixin):
 
     dateFrom = Moment(metadata=_d("Messages sent at or after (ISO 8601 or YYYY-MM-DD)."))
     dateTo = Moment(end_of_day=True, metadata=_d("Messages sent before (a plain date includes that day)."))
+    campaignId = Str(load_default=None, max_length=64, validate=v.Length(min=1),
+                     metadata=_d("Only the messages of this campaign."))
 
 
 class _Outbound(ma.Schema):
@@ -404,11 +406,22 @@ class _Volume(ma.Schema):
     count = f.Integer()
 
 
+class _Engagement(ma.Schema):
+    date = f.String(metadata=_d("UTC day of the events, YYYY-MM-DD."))
+    opens = f.Integer(metadata=_d("Open events that day (every pixel load)."))
+    clicks = f.Integer(metadata=_d("Click events that day."))
+
+
 class CommAnalyticsSchema(_Rates):
     failureRate = f.Float()
     byTemplate = f.List(f.Nested(_ByTemplate))
     byType = f.List(f.Nested(_ByType))
     sendVolumeByDay = f.List(f.Nested(_Volume))
+    totalFailed = f.Integer(metadata=_d("Failed messages in range."))
+    totalBounced = f.Integer(metadata=_d("Sent messages in range with a bounce event."))
+    totalDelivered = f.Integer(metadata=_d("totalSent minus totalBounced."))
+    totalUnsubscribed = f.Integer(metadata=_d("Sent messages in range with an unsubscribe event."))
+    engagementByDay = f.List(f.Nested(_Engagement), metadata=_d("Open and click events per UTC day."))
 
 
 __all__ = [name for name in dir() if name.endswith(("Schema", "Query", "Body"))]

@@ -6,7 +6,12 @@ time (``sent_at``, else ``created_at`` for messages never sent) falls in
 has an open or a click event (a click implies an open); *clicked* when it has a click
 event; each message counts at most once. Rates are over SENT messages, except
 ``failureRate`` = FAILED / (SENT + FAILED). Human events only unless ``include_bots``.
-Events that a purge moved into ``mailtrack_event_rollups`` count like raw ones.
+A SENT message is *bounced* / *unsubscribed* when it has a bounce / unsubscribe event
+(whoever caused it: these are facts about delivery and consent, not engagement);
+*delivered* = sent minus bounced. ``engagementByDay`` counts the open and click events of
+the sent messages in range per UTC day of the event. ``campaign_id`` narrows everything to
+one campaign's messages. Events that a purge moved into ``mailtrack_event_rollups`` count
+like raw ones.
 """
 from __future__ import annotations
 
@@ -35,10 +40,13 @@ def _has_event(types: tuple[str, ...], include_bots: bool) -> sa.ColumnElement[i
 
 
 def _per_message(tenant: str, date_from: dt.datetime | None, date_to: dt.datetime | None,
-                 include_bots: bool) -> sa.Subquery:
-    """One row per SENT or FAILED message in range, with its opened/clicked flags."""
+                 include_bots: bool, campaign_id: str | None) -> sa.Subquery:
+    """One row per SENT or FAILED message in range (of one campaign when given), with its
+    opened/clicked/bounced/unsubscribed flags."""
     when = sa.func.coalesce(messages.c.sent_at, messages.c.created_at)
     where = [messages.c.tenant_id == tenant, messages.c.status.in_((SENT, FAILED))]
+    if campaign_id is not None:
+        where.append(messages.c.campaign_id == campaign_id)
     if date_from is not None:
         where.append(when >= date_from)
     if date_to is not None:
@@ -48,6 +56,8 @@ def _per_message(tenant: str, date_from: dt.datetime | None, date_to: dt.datetim
         messages.c.type, messages.c.sent_at,
         _has_event(("open", "click"), include_bots).label("opened"),
         _has_event(("click",), include_bots).label("clicked"),
+        _has_event(("bounce",), True).label("bounced"),
+        _has_event(("unsubscribe",), True).label("unsubscribed"),
     ).where(*where).subquery("m")
 
 
@@ -66,6 +76,11 @@ def rate(part: int, whole: int) -> float:
     return round(part / whole, 4) if whole else 0.0
 
 
+def _sent_with(m: sa.Subquery, flag: str) -> Any:
+    """Number of SENT messages of ``m`` whose ``flag`` column is 1."""
+    return sa.func.coalesce(sa.func.sum(sa.case((m.c.status == SENT, m.c[flag]), else_=0)), 0).label(flag)
+
+
 def _group(row: Any) -> dict[str, Any]:
     sent, opened, clicked = int(row.sent), int(row.opened), int(row.clicked)
     return {"totalSent": sent, "totalOpened": opened, "totalClicked": clicked,
@@ -73,18 +88,57 @@ def _group(row: Any) -> dict[str, Any]:
 
 
 def _day(state: MailTrackState, col: Any) -> Any:
-    """The UTC calendar day of a timestamp column, as ``YYYY-MM-DD`` text."""
+    """The UTC calendar day of a timestamp (or date) column, cheap to group by: a DATE on
+    PostgreSQL, the ``YYYY-MM-DD`` prefix of the stored text on SQLite (naive UTC)."""
     if state.engine.dialect.name == "postgresql":
-        return sa.func.to_char(sa.func.timezone("UTC", col), "YYYY-MM-DD")
-    return sa.func.strftime("%Y-%m-%d", col)  # SQLite stores naive UTC
+        if isinstance(col.type, sa.Date):
+            return col
+        return sa.cast(sa.func.timezone("UTC", col), sa.Date)
+    return sa.func.substr(col, 1, 10)
+
+
+def _day_text(state: MailTrackState, day: Any) -> Any:
+    """A grouped ``_day`` value as ``YYYY-MM-DD`` text."""
+    if state.engine.dialect.name == "postgresql":
+        return sa.func.to_char(day, "YYYY-MM-DD")
+    return day
+
+
+def _per_day(state: MailTrackState, m: sa.Subquery, tenant: str, include_bots: bool) -> sa.Select[Any]:
+    """One grouped query for both daily series: sends per day of ``sent_at`` and the open and
+    click events (raw and rolled up) of the SENT messages of ``m`` per day they happened."""
+    sent = sa.select(m.c.id).where(m.c.status == SENT).subquery("s")
+    n = sa.BigInteger()
+    sends = sa.select(_day(state, m.c.sent_at).label("day"), sa.literal("send").label("kind"),
+                      sa.literal(1, n).label("n")).where(m.c.status == SENT)
+    raw_where = [events.c.tenant_id == tenant, events.c.type.in_(("open", "click"))]
+    rolled_where = [event_rollups.c.tenant_id == tenant, event_rollups.c.type.in_(("open", "click"))]
+    if not include_bots:
+        raw_where.append(events.c.is_machine.is_(False))
+        rolled_where.append(event_rollups.c.is_machine.is_(False))
+    raw = (sa.select(_day(state, events.c.occurred_at).label("day"), events.c.type.label("kind"),
+                     sa.literal(1, n).label("n"))
+           .select_from(events.join(sent, sent.c.id == events.c.message_id)).where(*raw_where))
+    rolled = (sa.select(_day(state, event_rollups.c.day).label("day"), event_rollups.c.type.label("kind"),
+                        sa.cast(event_rollups.c.count, n).label("n"))
+              .select_from(event_rollups.join(sent, sent.c.id == event_rollups.c.message_id)).where(*rolled_where))
+    u = sa.union_all(sends, raw, rolled).subquery("u")
+
+    def total(kind: str) -> Any:
+        return sa.func.coalesce(sa.func.sum(sa.case((u.c.kind == kind, u.c.n), else_=0)), 0).label(kind)
+
+    return (sa.select(_day_text(state, u.c.day).label("day"), total("send"), total("open"), total("click"))
+            .group_by(u.c.day).order_by(u.c.day))
 
 
 def analytics(state: MailTrackState, tenant: str, *, date_from: dt.datetime | None = None,
-              date_to: dt.datetime | None = None, include_bots: bool = False) -> dict[str, Any]:
-    """002's analytics object for one tenant (four grouped queries)."""
-    m = _per_message(tenant, date_from, date_to, include_bots)
+              date_to: dt.datetime | None = None, include_bots: bool = False,
+              campaign_id: str | None = None) -> dict[str, Any]:
+    """002's analytics object for one tenant (optionally one campaign), with the funnel
+    totals and daily engagement added: four grouped queries."""
+    m = _per_message(tenant, date_from, date_to, include_bots, campaign_id)
     session = state.session
-    total = session.execute(sa.select(*_totals(m))).one()
+    total = session.execute(sa.select(*_totals(m), _sent_with(m, "bounced"), _sent_with(m, "unsubscribed"))).one()
     by_template = session.execute(
         sa.select(m.c.template_id, sa.func.max(m.c.template_name).label("template_name"), *_totals(m))
         .group_by(m.c.template_id).order_by(m.c.template_id.asc().nulls_last())
@@ -92,19 +146,22 @@ def analytics(state: MailTrackState, tenant: str, *, date_from: dt.datetime | No
     by_type = session.execute(
         sa.select(m.c.type, *_totals(m)).group_by(m.c.type).order_by(m.c.type.asc().nulls_last())
     ).all()
-    day = _day(state, m.c.sent_at).label("day")
-    volume = session.execute(
-        sa.select(day, sa.func.count()).where(m.c.status == SENT).group_by(day).order_by(day)
-    ).all()
+    days = session.execute(_per_day(state, m, tenant, include_bots)).all()
     overall = _group(total)
-    attempted = int(total.sent) + int(total.failed)
+    sent, failed, bounced = int(total.sent), int(total.failed), int(total.bounced)
     return {
         **overall,
-        "failureRate": rate(int(total.failed), attempted),
+        "failureRate": rate(failed, sent + failed),
         "byTemplate": [{"templateId": r.template_id, "templateName": r.template_name, **_group(r)}
                        for r in by_template],
         "byType": [{"type": r.type, **_group(r)} for r in by_type],
-        "sendVolumeByDay": [{"date": d, "count": int(c)} for d, c in volume],
+        "sendVolumeByDay": [{"date": r.day, "count": int(r.send)} for r in days if r.send],
+        "totalFailed": failed,
+        "totalBounced": bounced,
+        "totalDelivered": sent - bounced,
+        "totalUnsubscribed": int(total.unsubscribed),
+        "engagementByDay": [{"date": r.day, "opens": int(r.open), "clicks": int(r.click)}
+                            for r in days if r.open or r.click],
     }
 
 
