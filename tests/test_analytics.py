@@ -237,9 +237,11 @@ def test_analytics_is_a_fixed_number_of_queries(data_app):
         analytics(data_app.extensions["mailtrack"], "", campaign_id="C1", include_bots=True)
     finally:
         sa.event.remove(engine, "before_cursor_execute", count)
-    # totals (with the funnel counts), by template, by type, and one per-day query for
-    # both sendVolumeByDay and engagementByDay
-    assert len(seen) == 2 * 4
+    # one query grouped by (template, type) for the totals, byTemplate and byType (with the
+    # funnel counts), one per-day query for sendVolumeByDay and engagementByDay
+    # (PostgreSQL adds one SET LOCAL jit = off)
+    queries = [sql for sql in seen if not sql.lstrip().upper().startswith("SET ")]
+    assert len(queries) == 2 * 2
 
 
 def test_numbers_survive_a_purge_of_the_raw_events(data_app):
