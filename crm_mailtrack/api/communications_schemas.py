@@ -3,7 +3,6 @@ bodies it parses, and the records, pages and analytics it dumps."""
 from __future__ import annotations
 
 import datetime as dt
-import math
 import re
 from typing import Any
 
@@ -13,6 +12,8 @@ from marshmallow import validate as v
 
 from ..services.communications import SORT_FIELDS
 from .core import iso
+from .schemas import JsonObject as Obj
+from .schemas import no_nul
 
 UTC = dt.timezone.utc
 _DATE_ONLY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -24,11 +25,6 @@ def _d(text: str) -> dict[str, str]:
     return {"description": text}
 
 
-def _no_nul(value: Any) -> None:
-    if isinstance(value, str) and "\x00" in value:
-        raise ma.ValidationError("Must not contain NUL characters.")
-
-
 def _one_line(value: Any) -> None:
     if isinstance(value, str) and ("\r" in value or "\n" in value):
         raise ma.ValidationError("Must be a single line (it becomes a mail header).")
@@ -38,7 +34,7 @@ class Str(f.String):
     """A string the databases can store (no NUL); ``header`` strings also have no CR/LF."""
 
     def __init__(self, *, max_length: int | None = None, header: bool = False, **kwargs: Any) -> None:
-        validators: list[Any] = [_no_nul]
+        validators: list[Any] = [no_nul]
         if header:
             validators.append(_one_line)
         if max_length is not None:
@@ -47,31 +43,6 @@ class Str(f.String):
         if extra is not None:
             validators.append(extra)
         super().__init__(validate=validators, **kwargs)
-
-
-def _check_json(value: Any, depth: int = 0) -> None:
-    if depth > 20:
-        raise ma.ValidationError("Nested too deeply.")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ma.ValidationError("NaN and Infinity are not valid JSON numbers.")
-    if isinstance(value, str):
-        _no_nul(value)
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            _no_nul(key)
-            _check_json(item, depth + 1)
-    elif isinstance(value, list):
-        for item in value:
-            _check_json(item, depth + 1)
-
-
-class Obj(f.Dict):
-    """A free-form JSON object a JSON column can store."""
-
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> dict[str, Any]:
-        result = super()._deserialize(value, attr, data, **kwargs)
-        _check_json(result)
-        return result
 
 
 class Moment(f.AwareDateTime):

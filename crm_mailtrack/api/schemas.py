@@ -45,7 +45,7 @@ _DATE_ONLY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 # -- fields ------------------------------------------------------------------------------------
 
-def _no_nul(value: Any) -> None:
+def no_nul(value: Any) -> None:
     if isinstance(value, str) and "\x00" in value:
         raise ma.ValidationError("Must not contain NUL characters.")
 
@@ -55,7 +55,7 @@ class Text(fields.String):
 
     def __init__(self, *, max_length: int | None = None, **kwargs: Any) -> None:
         validators = list(kwargs.pop("validate", None) or [])
-        validators.insert(0, _no_nul)
+        validators.insert(0, no_nul)
         if max_length is not None:
             validators.append(validate.Length(max=max_length))
         super().__init__(validate=validators, **kwargs)
@@ -100,14 +100,14 @@ def check_json(value: Any, depth: int = 0) -> None:
     if depth > 20:
         raise ma.ValidationError("Nested too deeply.")
     if isinstance(value, str):
-        _no_nul(value)
+        no_nul(value)
     elif isinstance(value, float) and not math.isfinite(value):
         raise ma.ValidationError("NaN and Infinity are not valid JSON numbers.")
     elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2**63 - 1:
         raise ma.ValidationError("Integer out of range.")
     elif isinstance(value, dict):
         for key, item in value.items():
-            _no_nul(key)
+            no_nul(key)
             check_json(item, depth + 1)
     elif isinstance(value, list):
         for item in value:
