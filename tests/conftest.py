@@ -177,14 +177,15 @@ def path_of(url: str) -> str:
     return url[len(BASE_URL):]
 
 
-def tracked_paths(app: Flask, dest: str, *, campaign_id: str = "camp") -> dict[str, str]:
-    """Track a one-link message to contact ``c1`` and return its id and the test-client
+def tracked_paths(app: Flask, dest: str, *, campaign_id: str | None = "camp",
+                  contact_id: str = "c1") -> dict[str, str]:
+    """Track a one-link message to ``contact_id`` and return its id and the test-client
     paths of its click link, open pixel and unsubscribe URL (as found in the mail)."""
     import re
 
     mt = app.extensions["mailtrack"].extension
     with app.app_context():
-        msg = mt.track_message(contact_id="c1", email="c1@example.com", subject="s",
+        msg = mt.track_message(contact_id=contact_id, email=f"{contact_id}@example.com", subject="s",
                                campaign_id=campaign_id, html=f'<a href="{dest}">go</a>')
         return {
             "id": msg.id,

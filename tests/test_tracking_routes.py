@@ -11,22 +11,13 @@ import sqlalchemy as sa
 from crm_mailtrack import DNCReason
 from crm_mailtrack.models import dnc, events
 
-from conftest import path_of
+from conftest import tracked_paths
 
 DEST = "https://dest.test/landing?a=1&b=%2F&c=#part"
 
 
 def tracked(app: Any, contact_id: str = "c1", campaign_id: str | None = "camp1") -> dict[str, Any]:
-    mt = app.extensions["mailtrack"].extension
-    with app.app_context():
-        msg = mt.track_message(contact_id=contact_id, email=f"{contact_id}@example.com", subject="s",
-                               campaign_id=campaign_id, html=f'<a href="{DEST}">go</a>')
-        return {
-            "id": msg.id,
-            "click": path_of(re.search(r'href="([^"]+/t/c/[^"]+)">go</a>', msg.html).group(1)),
-            "open": path_of(re.search(r'src="([^"]+/t/o/[^"]+)"', msg.html).group(1)),
-            "unsub": path_of(msg.headers["List-Unsubscribe"][1:-1]),
-        }
+    return tracked_paths(app, DEST, campaign_id=campaign_id, contact_id=contact_id)
 
 
 def rows(app: Any, table: sa.Table = events, **where: Any) -> list[Any]:
