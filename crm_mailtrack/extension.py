@@ -13,6 +13,7 @@ from .journal import Journal
 from .models import ContactEvent, DNCReason, Message, UtmTag, metadata
 from .services import dnc as dnc_service
 from .services import events as event_service
+from .services import external_events
 from .services import messages as message_service
 from .services import utm as utm_service
 from .services.common import UNSET
@@ -186,8 +187,14 @@ class MailTrack:
         details: Mapping[str, Any] | None = None,
         tenant_id: Any = UNSET,
     ) -> ContactEvent:
-        """Record an event from outside the tracking routes (ESP webhook, import)."""
-        return event_service.record_event(
+        """Record an event from outside the tracking routes (ESP webhook, import).
+
+        As ``POST /api/contacts/<id>/events`` does (the same service function): a hard
+        bounce (``details["bounceType"]`` ``"hard"`` or ``"permanent"``) also adds
+        Do-Not-Contact for email with reason ``BOUNCED``, an ``unsubscribe`` with reason
+        ``UNSUBSCRIBED``; an existing entry is kept. Event and entry commit together.
+        """
+        return external_events.record_with_implied_dnc(
             get_state(), contact_id, type, email=email, message_id=message_id,
             campaign_id=campaign_id, url=url, occurred_at=occurred_at, details=details,
             tenant_id=tenant_id,

@@ -23,7 +23,7 @@ from urllib.parse import parse_qsl, urlsplit
 import sqlalchemy as sa
 from flask import Flask
 
-from crm_mailtrack.models import DNCReason, MessageStatus, dnc, events, messages, utm_tags
+from crm_mailtrack.models import MessageStatus, dnc, events, messages, utm_tags
 from crm_mailtrack.state import get_state
 from crm_mailtrack.tokens import Purpose
 
@@ -215,14 +215,12 @@ class _Story:
         self.counts["requests"] += 1
 
     def bounce(self, contact: Contact, message_id: str, campaign: str, when: dt.datetime) -> None:
-        """A hard bounce as an ESP webhook reports it, and the DNC entry it warrants."""
+        """A hard bounce as an ESP webhook reports it: ``record_event`` also puts the contact
+        on Do-Not-Contact (reason BOUNCED, the message as channel id, the reason as comment)."""
         cid = str(contact.id)
         self.mailtrack.record_event(cid, "bounce", email=contact.email, message_id=message_id, campaign_id=campaign,
                                     occurred_at=when,
-                                    details={"type": "hard", "reason": "550 5.1.1 mailbox unavailable"})
-        if self.mailtrack.can_contact(cid):
-            self.mailtrack.add_dnc(cid, "email", DNCReason.BOUNCED, channel_id=message_id,
-                                   comments="Hard bounce: 550 5.1.1 mailbox unavailable")
+                                    details={"bounceType": "hard", "reason": "550 5.1.1 mailbox unavailable"})
         self.clock.backdate(when, cid)
 
     def engage(self, contact: Contact, message: Any, spec: CampaignSpec, sent: dt.datetime, habit: float, *,

@@ -6,8 +6,7 @@ external client would), and the page says so. Campaign funnels, daily send volum
 daily engagement (people and machines) come from ``GET /api/communications/analytics``
 (with ``campaignId`` for one campaign, once for people and once with ``include_bots=true``).
 Figures the API has no endpoint for yet (the contact list's DNC/UTM/engagement columns, top
-links across all campaigns, a message's clicks per link) are SQL aggregates over the
-extension's tables here, so moving them to an endpoint later is a change in this module
+links across all campaigns) are SQL aggregates over the extension's tables here, so moving them to an endpoint later is a change in this module
 only. Each function appends what it used to ``g.metric_sources``.
 """
 from __future__ import annotations
@@ -21,7 +20,7 @@ from flask import current_app, g
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.routing import RequestRedirect
 
-from crm_mailtrack.models import dnc, events, links, messages, utm_tags
+from crm_mailtrack.models import dnc, events, messages, utm_tags
 
 from .models import Campaign, Contact, db
 
@@ -401,43 +400,52 @@ def contact_utm(contact_id: str) -> list[dict[str, Any]]:
 def timeline(contact_id: str, limit: int = 200) -> list[dict[str, Any]]:
     """The contact's activity, newest first, in the activity API's item shape:
     ``GET /api/contacts/<id>/activity`` when present, else SQL. ``isBot`` marks machine
-    events; ``machineReason`` says why (SQL only)."""
+    events and ``machineReason`` says why (both in the API item)."""
     data = api_get(f"/contacts/{contact_id}/activity", limit=limit, include_bots="true")
     if data is not None:
-        items = data["events"]
-        _add_machine_reasons(items)
-        return items
+        return data["events"]
     q = (sa.select(events).where(events.c.tenant_id == "", events.c.contact_id == contact_id)
          .order_by(events.c.occurred_at.desc(), events.c.id.desc()).limit(limit))
     _sql("timeline")
     return [{"id": r.id, "event": r.type, "eventType": r.type, "timestamp": r.occurred_at,
              "contactId": r.contact_id, "email": r.email, "messageId": r.message_id,
              "campaignId": r.campaign_id, "url": r.url, "isBot": bool(r.is_machine),
-             "machineReason": r.machine_reason, "userAgent": r.user_agent, "details": r.details}
+             "machineReason": r.machine_reason, "details": r.details}
             for r in db.session.execute(q)]
 
 
-def _add_machine_reasons(items: list[dict[str, Any]]) -> None:
-    """The activity API says ``isBot`` but not why: fill ``machineReason`` from the event
-    rows (one IN query) until the API item carries it."""
-    wanted = [int(e["id"]) for e in items if e.get("isBot") and not e.get("machineReason")]
-    if not wanted:
-        return
-    reasons = dict(db.session.execute(sa.select(events.c.id, events.c.machine_reason).where(events.c.id.in_(wanted))).all())
-    for e in items:
-        if e.get("isBot") and not e.get("machineReason"):
-            e["machineReason"] = reasons.get(int(e["id"]))
-    _sql("machine_reasons")
-
-
-def message_links(message_id: str) -> list[dict[str, Any]]:
-    """Each tracked link of a message with its human and machine clicks."""
-    q = (sa.select(events.c.link_id, sa.func.max(events.c.url), sa.func.count().filter(HUMAN),
+def message_links(message_id: str, *, contact_id: str) -> list[dict[str, Any]]:
+    """Each clicked link of a message with its human and machine clicks, in order of first
+    click: the click events of the message from ``GET /api/contacts/<id>/activity``
+    (``include_bots=true``, the message id as search term, then exactly its events), counted
+    per URL by ``isBot``; else SQL. The hidden honeypot link has no URL."""
+    clicks = _message_clicks(message_id, contact_id)
+    if clicks is not None:
+        out: dict[str | None, dict[str, Any]] = {}
+        for e in sorted(clicks, key=lambda e: (str(e["timestamp"]), e["id"])):
+            row = out.setdefault(e["url"], {"url": e["url"], "human": 0, "machine": 0})
+            row["machine" if e["isBot"] else "human"] += 1
+        return list(out.values())
+    q = (sa.select(sa.func.max(events.c.url), sa.func.count().filter(HUMAN),
                    sa.func.count().filter(events.c.is_machine == sa.true()))
-         .where(events.c.message_id == message_id, events.c.type == "click").group_by(events.c.link_id))
+         .where(events.c.message_id == message_id, events.c.type == "click").group_by(events.c.link_id)
+         .order_by(sa.func.min(events.c.occurred_at), sa.func.min(events.c.id)))
     _sql("message_links")
-    return [{"link_id": r[0], "url": r[1], "human": r[2], "machine": r[3]} for r in db.session.execute(q)]
+    return [{"url": r[0], "human": r[1], "machine": r[2]} for r in db.session.execute(q)]
 
 
-def known_link(link_id: str) -> str | None:
-    return db.session.execute(sa.select(links.c.url).where(links.c.id == link_id)).scalar()
+def _message_clicks(message_id: str, contact_id: str) -> list[dict[str, Any]] | None:
+    """Every click activity item of one message, people and machines (all pages); ``None``
+    without the endpoint."""
+    out: list[dict[str, Any]] = []
+    page = 1
+    while True:
+        data = api_get(f"/contacts/{contact_id}/activity", source="?filters[search]=<message>&include_bots=true",
+                       include_bots="true", limit=500, page=page,
+                       **{"filters[search]": message_id, "filters[includeEvents]": "click"})
+        if data is None:
+            return None
+        out.extend(e for e in data["events"] if e.get("messageId") == message_id)
+        if page >= data["maxPages"]:
+            return out
+        page += 1

@@ -198,7 +198,8 @@ def message(message_id: str) -> str:
     if msg is None or msg.tenant_id != "":
         abort(404)
     person = db.session.get(Contact, int(msg.contact_id)) if msg.contact_id.isdigit() else None
-    return render_template("message.html", msg=msg, person=person, links=metrics.message_links(msg.id),
+    links = metrics.message_links(msg.id, contact_id=msg.contact_id)
+    return render_template("message.html", msg=msg, person=person, links=links,
                            srcdoc=srcdoc(msg.html or "", target="_blank", preview=True))
 
 

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import pytest
-from apihelpers import API, add_event, assert_problem, hdrs, setup_hooks, track
+from apihelpers import API, BROWSER, add_event, assert_problem, click, hdrs, setup_hooks, track
 
 from crm_mailtrack.models import DNCReason
+
+from conftest import path_of
 
 
 @pytest.fixture
@@ -42,7 +44,7 @@ def test_activity_shape_newest_first_humans_only(client, seeded):
     assert data["total"] == 4 and data["page"] == 1 and data["limit"] == 30 and data["maxPages"] == 1
     item = data["events"][1]
     assert set(item) == {"id", "event", "eventType", "timestamp", "contactId", "email", "messageId",
-                         "campaignId", "url", "isBot", "details"}
+                         "campaignId", "url", "isBot", "machineReason", "details"}
     assert item["event"] == "click" and item["eventType"] == "Email link clicked"
     assert item["timestamp"] == "2024-05-01T12:02:00Z"
     assert item["contactId"] == "c1" and item["email"] == "ann@example.com" and item["isBot"] is False
@@ -53,6 +55,31 @@ def test_activity_include_bots(client, seeded):
     data = _get(client, "/contacts/c1/activity", include_bots="true")
     assert data["total"] == 5
     assert data["events"][1]["id"] == seeded["bot"] and data["events"][1]["isBot"] is True
+
+
+def test_activity_items_say_why_an_event_is_a_machine(client, seeded):
+    """``machineReason`` is the stored verdict: null for people, the bot rule otherwise."""
+    items = {e["id"]: e for e in _get(client, "/contacts/c1/activity", include_bots="true")["events"]}
+    assert items[seeded["bot"]]["machineReason"] == "prefetch"
+    for human in ("send", "open", "click", "bounce"):
+        assert "machineReason" in items[seeded[human]] and items[seeded[human]]["machineReason"] is None
+    everyone = _get(client, "/activity", include_bots="true")["events"]
+    assert {e["id"]: e["machineReason"] for e in everyone if e["isBot"]} == {seeded["bot"]: "prefetch"}
+
+
+def test_machine_reason_of_real_tracking_requests(client, mailtrack):
+    """The verdict the tracking route stored (a human GET, a HEAD pre-click) reaches the
+    activity item and the 003 item."""
+    msg = track(mailtrack)
+    click(client, mailtrack, msg, "https://shop.example/a")
+    head = client.head(path_of(mailtrack.click_url(msg, "https://shop.example/a")), headers=BROWSER)
+    assert head.status_code == 302
+    clicks = _get(client, "/contacts/c1/activity", include_bots="true", **{"filters[includeEvents]": "click"})
+    assert sorted((e["isBot"], e["machineReason"] or "") for e in clicks["events"]) == [
+        (False, ""), (True, "head-request")]
+    by_kind = _get(client, "/contacts/c1/events/clicks", include_bots="true")["events"]
+    assert sorted((e["is_bot"], e["machine_reason"] or "") for e in by_kind) == [(False, ""), (True, "head-request")]
+    assert [e["machineReason"] for e in _get(client, "/contacts/c1/activity")["events"]] == [None]
 
 
 def test_all_activity_spans_contacts(client, seeded):
@@ -176,6 +203,7 @@ def test_record_forward_fills_from_message(client, mailtrack, recorded_signals):
     item = resp.get_json()
     assert item["event"] == "forward" and item["campaignId"] == "camp1" and item["email"] == "ann@example.com"
     assert item["timestamp"] == "2024-05-02T08:00:00Z" and item["details"] == {"to": "x"}
+    assert item["isBot"] is False and item["machineReason"] is None
     assert _get(client, "/contacts/c1/events/forwards")["events"][0]["id"] == item["id"]
     assert recorded_signals.of("email_forwarded")[0]["contact_id"] == "c1"
 
@@ -226,3 +254,11 @@ def test_external_unsubscribe_adds_dnc_and_keeps_an_existing_entry(client, mailt
     (entry,) = _get(client, "/contacts/c1/dnc")["doNotContact"]
     assert entry["reason"] == int(DNCReason.UNSUBSCRIBED)
     assert len(_get(client, "/contacts/c1/events/bounces")["events"]) == 1
+
+
+def test_openapi_documents_machine_reason(client):
+    """The OpenAPI document, generated from the same schemas, names the new field."""
+    schemas = _get(client, "/openapi.json")["components"]["schemas"]
+    for name, field in (("ActivityItem", "machineReason"), ("ContactEvent", "machine_reason")):
+        prop = schemas[name]["properties"][field]
+        assert prop["type"] == "string" and prop.get("nullable") is True and prop["description"]

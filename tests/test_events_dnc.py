@@ -7,8 +7,9 @@ import re
 
 import pytest
 import sqlalchemy as sa
+from flask import current_app
 
-from crm_mailtrack import DNCReason, NotFound, ValidationError
+from crm_mailtrack import DatabaseUnavailable, DNCReason, NotFound, ValidationError
 from crm_mailtrack.models import dnc, events, messages, utm_tags
 
 from conftest import path_of
@@ -160,3 +161,111 @@ def test_too_long_values_are_a_validation_error_on_every_database(mailtrack, db)
         assert field in info.value.errors
     for table in (events, dnc, messages, utm_tags):
         assert count(db, table) == 0
+
+
+# -- hard bounces and unsubscribes through the Python API (the same service as POST .../events) --
+
+
+def dnc_rows(db, contact_id: str = "c1", tenant: str = "") -> list[tuple]:
+    with db.engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(
+            sa.select(dnc.c.channel, dnc.c.reason, dnc.c.channel_id, dnc.c.comments)
+            .where(dnc.c.contact_id == contact_id, dnc.c.tenant_id == tenant))]
+
+
+@pytest.mark.parametrize("bounce_type", ["hard", "Permanent", " HARD "])
+def test_hard_bounce_through_the_python_api_adds_dnc_bounced(mailtrack, db, bounce_type):
+    ev = mailtrack.record_event("c1", "bounce", message_id="m1",
+                                details={"bounceType": bounce_type, "reason": "550 5.1.1 no such user"})
+    assert ev.id is not None and ev.type == "bounce"
+    assert mailtrack.can_contact("c1") is False
+    assert dnc_rows(db) == [("email", int(DNCReason.BOUNCED), "m1", "550 5.1.1 no such user")]
+    assert count(db, events, type="dnc_added", contact_id="c1") == 1
+    assert mailtrack.can_contact("c2") is True
+
+
+@pytest.mark.parametrize("details", [None, {}, {"bounceType": "soft"}, {"bounceType": "transient"},
+                                     {"type": "hard"}, {"bounceType": ["hard"]}, {"bounceType": None}])
+def test_soft_or_unclassified_bounce_does_not_add_dnc(mailtrack, db, recorded_signals, details):
+    mailtrack.record_event("c1", "bounce", details=details)
+    assert mailtrack.can_contact("c1") is True
+    assert count(db, dnc) == 0 and count(db, events, type="dnc_added") == 0
+    assert count(db, events, type="bounce") == 1
+    assert recorded_signals.names() == ["email_bounced", "event_recorded"]
+
+
+def test_repeated_hard_bounce_keeps_one_entry_and_an_existing_one(mailtrack, db, recorded_signals):
+    for message_id in ("m1", "m2", "m2"):
+        mailtrack.record_event("c1", "bounce", message_id=message_id, details={"bounceType": "hard"})
+    assert dnc_rows(db) == [("email", int(DNCReason.BOUNCED), "m1", None)]  # the first bounce's entry
+    assert count(db, events, type="bounce") == 3 and count(db, events, type="dnc_added") == 1
+    assert recorded_signals.names().count("dnc_added") == 1
+    assert recorded_signals.names().count("email_bounced") == 3
+    # an earlier manual entry is kept as it is, as the API keeps an earlier unsubscribe
+    mailtrack.add_dnc("c2", comments="asked by phone")
+    mailtrack.record_event("c2", "bounce", details={"bounceType": "hard"})
+    assert dnc_rows(db, "c2") == [("email", int(DNCReason.MANUAL), None, "asked by phone")]
+
+
+def test_unsubscribe_through_the_python_api_adds_dnc_unsubscribed(mailtrack, db):
+    mailtrack.record_event("c1", "unsubscribe", message_id="m1")
+    assert dnc_rows(db) == [("email", int(DNCReason.UNSUBSCRIBED), "m1", None)]
+    for other in ("open", "click", "forward", "send", "failed"):
+        mailtrack.record_event("c2", other, details={"bounceType": "hard"})
+    assert mailtrack.can_contact("c2") is True
+
+
+def test_hard_bounce_dnc_follows_the_tenant(mailtrack, db):
+    mailtrack.record_event("c1", "bounce", tenant_id="t1", details={"bounceType": "hard"})
+    assert mailtrack.can_contact("c1", tenant_id="t1") is False
+    assert mailtrack.can_contact("c1") is True and mailtrack.can_contact("c1", tenant_id="t2") is True
+    assert dnc_rows(db, tenant="t1") == [("email", int(DNCReason.BOUNCED), None, None)]
+
+
+def _signal_trace(recorded) -> list[tuple[str, bool, str, str | None, str | None, str | None]]:
+    """What a subscriber sees of each signal: name, sender, and the plain fields."""
+    app = current_app._get_current_object()
+    return [(name, sender is app, kw["event"].type, kw.get("message_id"), kw.get("campaign_id"),
+             None if kw.get("reason") is None else int(kw["reason"]))
+            for name, sender, kw in recorded.calls]
+
+
+def test_hard_bounce_signals_are_the_same_through_python_and_http(mailtrack, db, client, api_headers,
+                                                                  recorded_signals):
+    details = {"bounceType": "hard", "reason": "550 no user"}
+    mailtrack.record_event("py", "bounce", campaign_id="k", details=details)
+    through_python = _signal_trace(recorded_signals)
+    recorded_signals.calls.clear()
+    resp = client.post("/mailtrack/api/contacts/http/events", headers=api_headers,
+                       json={"type": "bounce", "campaign_id": "k", "details": details})
+    assert resp.status_code == 201, resp.get_data(as_text=True)
+    through_http = _signal_trace(recorded_signals)
+    assert through_python == through_http == [
+        ("dnc_added", True, "dnc_added", None, None, int(DNCReason.BOUNCED)),
+        ("event_recorded", True, "dnc_added", None, None, int(DNCReason.BOUNCED)),
+        ("email_bounced", True, "bounce", None, "k", None),
+        ("event_recorded", True, "bounce", None, "k", None),
+    ]
+    (bounced,) = recorded_signals.of("email_bounced")
+    assert bounced["contact_id"] == "http"
+    assert dnc_rows(db, "py") == dnc_rows(db, "http") == [("email", 2, None, "550 no user")]
+
+
+def test_hard_bounce_is_one_transaction(mailtrack, db, recorded_signals):
+    """When the DNC entry cannot be written, the bounce event is not written either, no
+    signal goes out, and the session is usable afterwards."""
+    db.session.commit()
+    db.session.close()
+    with db.engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE mailtrack_dnc RENAME TO mailtrack_dnc_away")
+    try:
+        with pytest.raises(DatabaseUnavailable):
+            mailtrack.record_event("c1", "bounce", message_id="m1", details={"bounceType": "hard"})
+    finally:
+        db.session.close()
+        with db.engine.begin() as conn:
+            conn.exec_driver_sql("ALTER TABLE mailtrack_dnc_away RENAME TO mailtrack_dnc")
+    assert count(db, events) == 0 and count(db, dnc) == 0
+    assert recorded_signals.calls == []
+    mailtrack.record_event("c1", "bounce", message_id="m1", details={"bounceType": "hard"})
+    assert count(db, events, type="bounce") == 1 and mailtrack.can_contact("c1") is False

@@ -215,8 +215,14 @@ def test_contacts_search_and_dnc_state(example: Flask) -> None:
 def test_timeline_marks_machine_events(example: Flask) -> None:
     with example.app_context():
         cid = db.session.execute(sa.select(events.c.contact_id).where(events.c.is_machine.is_(True)).limit(1)).scalar()
+        reasons = set(db.session.execute(sa.select(events.c.machine_reason)
+                                         .where(events.c.contact_id == cid, events.c.is_machine.is_(True))).scalars())
     html = example.test_client().get(f"/contacts/{cid}").get_data(as_text=True)
     assert "is-machine" in html and 'class="badge machine">machine' in html
+    shown = set(re.findall(r'class="badge machine">machine · ([^<]+)</span>', html))
+    assert shown and shown <= reasons  # the stored reasons, read through the activity API
+    sources = html[html.index("Where this page"):]
+    assert "activity" in sources and "SQL" not in sources
 
 
 def test_manual_dnc_needs_csrf_and_round_trips(example: Flask) -> None:
@@ -373,6 +379,14 @@ def test_dashboard_numbers_from_the_api_equal_the_sql_fallback(example: Flask, m
     with example.app_context():
         cid = db.session.execute(sa.select(dnc.c.contact_id).limit(1)).scalar()
         clicker = db.session.execute(sa.select(utm_tags.c.contact_id).limit(1)).scalar()
+        # a message with human and machine clicks (Contoso's gateway HEADs every link)
+        mixed = db.session.execute(
+            sa.select(messages.c.id, messages.c.contact_id)
+            .join(events, events.c.message_id == messages.c.id).where(events.c.type == "click")
+            .group_by(messages.c.id, messages.c.contact_id)
+            .having(sa.func.count(sa.distinct(events.c.is_machine)) == 2).order_by(messages.c.id).limit(1)).one()
+        machine_contact = db.session.execute(sa.select(events.c.contact_id).where(events.c.is_machine.is_(True))
+                                             .order_by(events.c.contact_id).limit(1)).scalar()
 
     def collect() -> dict[str, Any]:
         with example.test_request_context():
@@ -381,15 +395,18 @@ def test_dashboard_numbers_from_the_api_equal_the_sql_fallback(example: Flask, m
                 "links": [(x["url"], x["clicks"], x["unique"], x["all"]) for x in metrics.top_links("q2-product-update")],
                 "messages": [(m["id"], m["status"], m["opens"], m["clicks"], m["machine"], m["bounces"])
                              for m in metrics.campaign_messages("welcome-2024")],
-                "timeline": [(e["id"], e["event"], e["isBot"], e["campaignId"], e["url"], e.get("machineReason"))
-                             for e in metrics.timeline(clicker)],
+                "timeline": [(e["id"], e["event"], e["isBot"], e["campaignId"], e["url"], e["machineReason"])
+                             for who in (clicker, machine_contact) for e in metrics.timeline(who)],
+                "message_links": metrics.message_links(mixed.id, contact_id=mixed.contact_id),
                 "dnc": [(d["id"], d["channel"], d["reason"]) for d in metrics.contact_dnc(cid)],
                 "utm": [(u["id"], u["utm_campaign"]) for u in metrics.contact_utm(clicker)],
             }
             return {"sources": list(metrics.g.get("metric_sources", [])), **out}
 
     from_api = collect()
-    assert all(s.startswith("API") for s in from_api.pop("sources") if "machine_reasons" not in s)
+    assert all(s.startswith("API") for s in from_api.pop("sources"))
+    assert any(reason for *_, reason in from_api["timeline"])  # machine reasons from the API item
+    assert {(x["human"] > 0, x["machine"] > 0) for x in from_api["message_links"]} >= {(True, True)}
     monkeypatch.setattr(metrics, "api_get", lambda *a, **k: None)
     from_sql = collect()
     assert all(s.startswith("SQL") for s in from_sql.pop("sources"))

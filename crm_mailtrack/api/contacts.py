@@ -71,7 +71,7 @@ def event_dict(row: Any) -> dict[str, Any]:
     """An event row (Row or ContactEvent) as the mapping the item schemas dump."""
     data = dict(row._mapping) if hasattr(row, "_mapping") else {
         c: getattr(row, c) for c in ("id", "type", "contact_id", "email", "message_id", "campaign_id",
-                                     "link_id", "url", "occurred_at", "is_machine", "details")
+                                     "link_id", "url", "occurred_at", "is_machine", "machine_reason", "details")
     }
     data["event_label"] = reports.EVENT_LABELS.get(data["type"], data["type"])
     data["activity_type"] = "EMAIL_" + str(data["type"]).upper()

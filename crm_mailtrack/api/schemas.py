@@ -216,6 +216,10 @@ class ActivityItemSchema(ma.Schema):
     campaignId = fields.String(attribute="campaign_id", allow_none=True)
     url = fields.String(allow_none=True)
     isBot = fields.Boolean(attribute="is_machine")
+    machineReason = fields.String(attribute="machine_reason", allow_none=True, metadata={
+        "description": "Why the event counts as a machine's: a bot rule (head-request, prefetch, "
+                       "apple-mpp, scanner-ua, honeypot, burst, too-fast-after-send ...) or import "
+                       "(ContactClicks); null for a human's."})
     details = fields.Dict(allow_none=True)
 
 
@@ -255,6 +259,8 @@ class ContactEventSchema(ma.Schema):
     link_url = fields.String(attribute="url", allow_none=True)
     event_time = Timestamp(attribute="occurred_at")
     is_bot = fields.Boolean(attribute="is_machine")
+    machine_reason = fields.String(allow_none=True, metadata={
+        "description": "Why the event counts as a machine's; null for a human's."})
     details = fields.Dict(allow_none=True)
 
 
