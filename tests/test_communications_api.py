@@ -199,6 +199,18 @@ def test_record_counts_human_opens_and_clicks_per_link(client, capp):
         ("https://shop.test/a", 2), ("https://shop.test/b", 1)]
 
 
+def test_a_honeypot_click_at_the_same_moment_as_a_link_click(client, capp):
+    """A honeypot hit has no URL; sharing its timestamp with a real link's click must not
+    break the per-link ordering of a record (it was a TypeError, a 500)."""
+    mid = _send(client).json["id"]
+    _event(capp, mid, "click", url="https://shop.test/a", machine=True, at=T0)
+    _event(capp, mid, "click", url=None, machine=True, at=T0)
+    resp = client.get(f"{API}/page?include_bots=true", headers=hdrs())
+    assert resp.status_code == 200
+    links = resp.json["content"][0]["clickedLinks"]
+    assert ("https://shop.test/a", 1) in [(lk["originalUrl"], lk["clickCount"]) for lk in links]
+
+
 def test_a_click_without_an_open_counts_as_opened(client, capp):
     mid = _send(client).json["id"]
     _event(capp, mid, "click", url="https://shop.test/b", at=T0 + dt.timedelta(hours=1))

@@ -72,7 +72,7 @@ def engagement(state: MailTrackState, ids: list[str], *, include_bots: bool = Fa
             .group_by(event_rollups.c.message_id, links.c.url)
         ):
             add_click(mid, url, count, _midnight(day))
-    ordered = {mid: sorted(((url, c, w) for url, (c, w) in per.items()), key=lambda t: (t[2], t[0]))
+    ordered = {mid: sorted(((url, c, w) for url, (c, w) in per.items()), key=lambda t: (t[2], t[0] or ""))
                for mid, per in clicks.items()}
     return opens, ordered
 
