@@ -110,15 +110,29 @@ def _cli_moment(value: str | None, *, end_of_day: bool = False) -> Any:
 @click.option("--include-bots", is_flag=True, help="Count machine opens and clicks too.")
 @click.option("--tenant", default=None, help="Tenant to report on (default: no tenant).")
 @click.option("--json", "as_json", is_flag=True, help="Print the analytics object as JSON.")
-def stats(date_from: str | None, date_to: str | None, include_bots: bool, tenant: str | None, as_json: bool) -> None:
+@click.option("--rebuild", is_flag=True,
+              help="First rebuild the analytics cells from the stored rows (after a bulk import or "
+                   "rows changed outside the extension); they are otherwise kept up to date by themselves.")
+def stats(date_from: str | None, date_to: str | None, include_bots: bool, tenant: str | None, as_json: bool,
+          rebuild: bool) -> None:
     """Print communications analytics (definitions in docs/metrics.md)."""
     import json
+    import time
 
     from .services.analytics import analytics
     from .services.common import tenant_key
 
     state = get_state()
     start, end = _cli_moment(date_from), _cli_moment(date_to, end_of_day=True)
+    if rebuild:
+        from .services import stats as stats_service
+
+        t0 = time.perf_counter()
+        try:
+            stats_service.rebuild_now(state.engine)
+        except Exception as exc:  # noqa: BLE001
+            _fail(str(exc))
+        click.echo(f"Analytics cells rebuilt in {time.perf_counter() - t0:.1f}s", err=True)
     try:
         data = analytics(state, tenant_key(state, tenant), date_from=start, date_to=end, include_bots=include_bots)
     except Exception as exc:  # noqa: BLE001

@@ -119,6 +119,18 @@ class MessageStatus(str, enum.Enum):
         return self.value
 
 
+#: Partial-index predicates of the analytics fold (services/stats.py); the migration uses
+#: the same text. A message is stale when its counted status is not its current one (among
+#: SENT and FAILED, the statuses analytics counts) or its flags were invalidated.
+_COUNTED_STATUS = "(CASE WHEN status IN ('SENT', 'FAILED') THEN status END)"
+MESSAGES_STATS_DIRTY_PG = f"stats_dirty OR stats_status IS DISTINCT FROM {_COUNTED_STATUS}"
+MESSAGES_STATS_DIRTY_SQLITE = f"stats_dirty OR stats_status IS NOT {_COUNTED_STATUS}"
+#: An event is unfolded when analytics counts its type and has not counted it as it is now.
+_FOLDED_TYPES = "type IN ('open', 'click', 'bounce', 'unsubscribe')"
+EVENTS_UNFOLDED_PG = f"{_FOLDED_TYPES} AND folded_as IS DISTINCT FROM is_machine"
+EVENTS_UNFOLDED_SQLITE = f"{_FOLDED_TYPES} AND folded_as IS NOT is_machine"
+
+
 class Message(Base):
     """An outbound message: what was sent, to whom, and its tracked HTML."""
 
@@ -157,8 +169,20 @@ class Message(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
     created_by: Mapped[str | None] = mapped_column(sa.String(64))
     updated_by: Mapped[str | None] = mapped_column(sa.String(64))
+    # What the analytics cells (services/stats.py) count for this message: its status when
+    # SENT or FAILED (else NULL), the UTC day of its send, its engagement flags (a bit mask,
+    # stats.FLAG_*), and whether its flags must be recomputed. Written by the stats fold only.
+    stats_status: Mapped[str | None] = mapped_column(sa.String(16))
+    stats_day: Mapped[dt.date | None] = mapped_column(sa.Date)
+    stats_flags: Mapped[int] = mapped_column(sa.SmallInteger, default=0, server_default="0")
+    stats_dirty: Mapped[bool] = mapped_column(sa.Boolean, default=False, server_default=sa.false())
 
     __table_args__ = (
+        # Messages whose analytics contribution is out of date (a partial index: normally
+        # empty, so the fold finds them in O(changed), and untouched rows cost nothing).
+        sa.Index("ix_mailtrack_messages_stats_dirty", "id",
+                 postgresql_where=sa.text(MESSAGES_STATS_DIRTY_PG),
+                 sqlite_where=sa.text(MESSAGES_STATS_DIRTY_SQLITE)),
         sa.Index("ix_mailtrack_messages_tenant_created", "tenant_id", "created_at", "id"),
         sa.Index("ix_mailtrack_messages_tenant_contact", "tenant_id", "contact_id"),
         sa.Index("ix_mailtrack_messages_tenant_campaign", "tenant_id", "campaign_id"),
@@ -192,8 +216,13 @@ class ContactEvent(Base):
     is_machine: Mapped[bool] = mapped_column(sa.Boolean, default=False, server_default=sa.false())
     machine_reason: Mapped[str | None] = mapped_column(sa.String(32))
     details: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    #: The ``is_machine`` the analytics cells counted this event with (NULL: not counted yet).
+    #: An event is *unfolded* while the two differ: new, or re-marked as a machine since.
+    folded_as: Mapped[bool | None] = mapped_column(sa.Boolean)
 
     __table_args__ = (
+        sa.Index("ix_mailtrack_events_unfolded", "id",
+                 postgresql_where=sa.text(EVENTS_UNFOLDED_PG), sqlite_where=sa.text(EVENTS_UNFOLDED_SQLITE)),
         sa.Index("ix_mailtrack_events_contact", "tenant_id", "contact_id", "occurred_at", "id"),
         sa.Index("ix_mailtrack_events_campaign", "tenant_id", "campaign_id", "type", "occurred_at", "id"),
         sa.Index("ix_mailtrack_events_message", "message_id", "type", "occurred_at"),
@@ -292,6 +321,65 @@ class EventRollup(Base):
     )
 
 
+class StatsMessageCell(Base):
+    """Analytics pre-aggregate: the SENT/FAILED messages of one (tenant, campaign, template,
+    type, status, UTC send day), with how many were opened, clicked, bounced, unsubscribed.
+    Maintained by ``services/stats.py`` (``""`` stands for "none" in the key)."""
+
+    __tablename__ = "mailtrack_stats_messages"
+
+    tenant_id: Mapped[str] = mapped_column(Tenant, primary_key=True)
+    campaign_id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    template_id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    template_name: Mapped[str] = mapped_column(sa.String(255), primary_key=True)
+    type: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    status: Mapped[str] = mapped_column(sa.String(16), primary_key=True)
+    day: Mapped[dt.date] = mapped_column(sa.Date, primary_key=True)
+    messages: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    opened: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    clicked: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    opened_any: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    clicked_any: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    bounced: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    unsubscribed: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+
+    __table_args__ = (
+        # sends per day without a sort or a table read (covering)
+        sa.Index("ix_mailtrack_stats_messages_sends", "tenant_id", "status", "day", "campaign_id", "messages"),
+    )
+
+
+class StatsDayCell(Base):
+    """Analytics pre-aggregate: open and click events of SENT messages per (tenant,
+    campaign, UTC send day of the message, UTC day of the event, type, machine)."""
+
+    __tablename__ = "mailtrack_stats_days"
+
+    tenant_id: Mapped[str] = mapped_column(Tenant, primary_key=True)
+    campaign_id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    send_day: Mapped[dt.date] = mapped_column(sa.Date, primary_key=True)
+    event_day: Mapped[dt.date] = mapped_column(sa.Date, primary_key=True)
+    type: Mapped[str] = mapped_column(sa.String(20), primary_key=True)
+    is_machine: Mapped[bool] = mapped_column(sa.Boolean, primary_key=True)
+    count: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+
+    __table_args__ = (
+        # engagement per event day without a sort or a table read (covering)
+        sa.Index("ix_mailtrack_stats_days_engagement", "tenant_id", "is_machine", "event_day", "type",
+                 "send_day", "campaign_id", "count"),
+    )
+
+
+class StatsState(Base):
+    """One row once the analytics cells have been built (``services/stats.py``)."""
+
+    __tablename__ = "mailtrack_stats_state"
+
+    id: Mapped[int] = mapped_column(sa.SmallInteger, primary_key=True)
+    built_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    folds: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+
+
 messages = Message.__table__
 events = ContactEvent.__table__
 links = Link.__table__
@@ -299,3 +387,6 @@ campaign_links = CampaignLink.__table__
 dnc = DoNotContact.__table__
 utm_tags = UtmTag.__table__
 event_rollups = EventRollup.__table__
+stats_messages = StatsMessageCell.__table__
+stats_days = StatsDayCell.__table__
+stats_state = StatsState.__table__

@@ -15,13 +15,16 @@ like raw ones.
 """
 from __future__ import annotations
 
+import collections
 import datetime as dt
+import functools
 from typing import Any
 
 import sqlalchemy as sa
 
-from ..models import MessageStatus, event_rollups, events, messages
+from ..models import MessageStatus, event_rollups, events, messages, stats_days, stats_messages
 from ..state import MailTrackState
+from . import stats
 
 SENT = MessageStatus.SENT.value
 FAILED = MessageStatus.FAILED.value
@@ -121,39 +124,39 @@ def _group(g: dict[str, Any]) -> dict[str, Any]:
             "openRate": rate(opened, sent), "clickRate": rate(clicked, sent)}
 
 
-def _day(state: MailTrackState, col: Any) -> Any:
+def _day(conn: Any, col: Any) -> Any:
     """The UTC calendar day of a timestamp (or date) column, cheap to group by: a DATE on
     PostgreSQL, the ``YYYY-MM-DD`` prefix of the stored text on SQLite (naive UTC)."""
-    if state.engine.dialect.name == "postgresql":
+    if conn.dialect.name == "postgresql":
         if isinstance(col.type, sa.Date):
             return col
         return sa.cast(sa.func.timezone("UTC", col), sa.Date)
     return sa.func.substr(col, 1, 10)
 
 
-def _day_text(state: MailTrackState, day: Any) -> Any:
+def _day_text(conn: Any, day: Any) -> Any:
     """A grouped ``_day`` value as ``YYYY-MM-DD`` text."""
-    if state.engine.dialect.name == "postgresql":
+    if conn.dialect.name == "postgresql":
         return sa.func.to_char(day, "YYYY-MM-DD")
     return day
 
 
-def _per_day(state: MailTrackState, sent: sa.Subquery, tenant: str, include_bots: bool) -> sa.Select[Any]:
+def _per_day(conn: Any, sent: sa.Subquery, tenant: str, include_bots: bool) -> sa.Select[Any]:
     """One grouped query for both daily series: sends per day of ``sent_at`` and the open and
     click events (raw and rolled up) of the SENT messages ``sent`` (id, sent_at) per day
     they happened."""
     n = sa.BigInteger()
-    sends = sa.select(_day(state, sent.c.sent_at).label("day"), sa.literal("send").label("kind"),
+    sends = sa.select(_day(conn, sent.c.sent_at).label("day"), sa.literal("send").label("kind"),
                       sa.literal(1, n).label("n"))
     raw_where = [events.c.tenant_id == tenant, events.c.type.in_(("open", "click"))]
     rolled_where = [event_rollups.c.tenant_id == tenant, event_rollups.c.type.in_(("open", "click"))]
     if not include_bots:
         raw_where.append(events.c.is_machine.is_(False))
         rolled_where.append(event_rollups.c.is_machine.is_(False))
-    raw = (sa.select(_day(state, events.c.occurred_at).label("day"), events.c.type.label("kind"),
+    raw = (sa.select(_day(conn, events.c.occurred_at).label("day"), events.c.type.label("kind"),
                      sa.literal(1, n).label("n"))
            .select_from(events.join(sent, sent.c.id == events.c.message_id)).where(*raw_where))
-    rolled = (sa.select(_day(state, event_rollups.c.day).label("day"), event_rollups.c.type.label("kind"),
+    rolled = (sa.select(_day(conn, event_rollups.c.day).label("day"), event_rollups.c.type.label("kind"),
                         sa.cast(event_rollups.c.count, n).label("n"))
               .select_from(event_rollups.join(sent, sent.c.id == event_rollups.c.message_id)).where(*rolled_where))
     u = sa.union_all(sends, raw, rolled).subquery("u")
@@ -161,23 +164,16 @@ def _per_day(state: MailTrackState, sent: sa.Subquery, tenant: str, include_bots
     def total(kind: str) -> Any:
         return sa.func.coalesce(sa.func.sum(sa.case((u.c.kind == kind, u.c.n), else_=0)), 0).label(kind)
 
-    return (sa.select(_day_text(state, u.c.day).label("day"), total("send"), total("open"), total("click"))
+    return (sa.select(_day_text(conn, u.c.day).label("day"), total("send"), total("open"), total("click"))
             .group_by(u.c.day).order_by(u.c.day))
 
 
-def analytics(state: MailTrackState, tenant: str, *, date_from: dt.datetime | None = None,
-              date_to: dt.datetime | None = None, include_bots: bool = False,
-              campaign_id: str | None = None) -> dict[str, Any]:
-    """002's analytics object for one tenant (optionally one campaign), with the funnel
-    totals and daily engagement added: two grouped queries. The first groups by
-    (template, type); overall, per-template and per-type sums are shaped from its few rows."""
+def _scan(conn: sa.Connection, tenant: str, date_from: dt.datetime | None, date_to: dt.datetime | None,
+          include_bots: bool, campaign_id: str | None) -> tuple[list[Any], list[Any]]:
+    """The (template, type) groups and the daily rows of the messages in range, computed
+    from the messages and events themselves: two grouped queries."""
     m = _per_message(tenant, date_from, date_to, include_bots, campaign_id)
-    session = state.session
-    if state.engine.dialect.name == "postgresql":
-        # Grouped, index-driven queries that cost more to JIT-compile than to run on
-        # PostgreSQL's defaults (measured); LOCAL ends with the transaction.
-        session.execute(sa.text("SET LOCAL jit = off"))
-    groups = session.execute(
+    groups = conn.execute(
         sa.select(m.c.template_id, sa.func.max(m.c.template_name).label("template_name"), m.c.type,
                   *_totals(m), _sent_with(m, "bounced"), _sent_with(m, "unsubscribed"))
         .group_by(m.c.template_id, m.c.type)
@@ -185,13 +181,138 @@ def analytics(state: MailTrackState, tenant: str, *, date_from: dt.datetime | No
     sent_ids = sa.select(messages.c.id, messages.c.sent_at).where(
         *_in_range(tenant, date_from, date_to, campaign_id), messages.c.status == SENT
     ).subquery("s")
-    days = session.execute(_per_day(state, sent_ids, tenant, include_bots)).all()
+    return groups, conn.execute(_per_day(conn, sent_ids, tenant, include_bots)).all()
 
+
+@functools.lru_cache(maxsize=32)
+def _cell_statements(include_bots: bool, campaign: bool, first: bool, end: bool) -> tuple[Any, Any, Any]:
+    """The three reads of the cells for one shape of query, built once (bind parameters
+    ``tenant``, ``campaign``, ``first``, ``end``): groups by (template, type), sends per
+    day, engagement per event day. The last two run along covering indexes."""
+    c, d = stats_messages, stats_days
+    where, day_where = [c.c.tenant_id == sa.bindparam("tenant")], [d.c.tenant_id == sa.bindparam("tenant")]
+    if campaign:
+        where.append(c.c.campaign_id == sa.bindparam("campaign"))
+        day_where.append(d.c.campaign_id == sa.bindparam("campaign"))
+    if first:
+        where.append(c.c.day >= sa.bindparam("first", type_=sa.Date))
+        day_where.append(d.c.send_day >= sa.bindparam("first", type_=sa.Date))
+    if end:
+        where.append(c.c.day < sa.bindparam("end", type_=sa.Date))
+        day_where.append(d.c.send_day < sa.bindparam("end", type_=sa.Date))
+    if not include_bots:
+        day_where.append(d.c.is_machine.is_(False))
+    is_sent, is_failed = c.c.status == SENT, c.c.status == FAILED
+
+    def when(cond: Any, col: Any, name: str) -> Any:
+        return sa.func.coalesce(sa.func.sum(sa.case((cond, col), else_=0)), 0).label(name)
+
+    opened, clicked = (c.c.opened_any, c.c.clicked_any) if include_bots else (c.c.opened, c.c.clicked)
+    groups = (
+        sa.select(c.c.template_id, sa.func.max(c.c.template_name).label("template_name"), c.c.type,
+                  when(is_sent, c.c.messages, "sent"), when(is_sent, opened, "opened"),
+                  when(is_sent, clicked, "clicked"), when(is_failed, c.c.messages, "failed"),
+                  when(is_sent, c.c.bounced, "bounced"), when(is_sent, c.c.unsubscribed, "unsubscribed"))
+        .where(*where).group_by(c.c.template_id, c.c.type).having(sa.func.sum(c.c.messages) > 0)
+    )
+    sends = sa.select(c.c.day, sa.func.sum(c.c.messages)).where(*where, is_sent).group_by(c.c.day)
+    engaged = (sa.select(d.c.event_day, d.c.type, sa.func.sum(d.c.count)).where(*day_where)
+               .group_by(d.c.event_day, d.c.type))
+    return groups, sends, engaged
+
+
+def _cells(conn: sa.Connection, tenant: str, first: dt.date | None, end: dt.date | None,
+           include_bots: bool, campaign_id: str | None) -> tuple[list[Any], list[Any]]:
+    """The same two results from the pre-aggregated cells (services/stats.py), for the
+    messages sent on the whole UTC days ``[first, end)``: a read of a few rows per day."""
+    groups, sends, engaged = _cell_statements(include_bots, campaign_id is not None, first is not None,
+                                              end is not None)
+    params = {"tenant": tenant, "campaign": campaign_id, "first": first, "end": end}
+    days = [_Day(_day_str(day), n, 0, 0) for day, n in conn.execute(sends, params)]
+    for day, kind, n in conn.execute(engaged, params):
+        days.append(_Day(_day_str(day), 0, n if kind == "open" else 0, n if kind == "click" else 0))
+    blank = (lambda v: v or None)
+    return [_Group(blank(r.template_id), blank(r.template_name), blank(r.type), *r[3:])
+            for r in conn.execute(groups, params)], days
+
+
+_Group = collections.namedtuple(
+    "_Group", "template_id template_name type sent opened clicked failed bounced unsubscribed")
+_Day = collections.namedtuple("_Day", "day send open click")
+
+
+def _day_str(value: Any) -> str:
+    return value.isoformat() if isinstance(value, dt.date) else str(value)[:10]
+
+
+def _midnight_after(moment: dt.datetime) -> dt.datetime:
+    """The first UTC midnight at or after ``moment``."""
+    moment = moment.astimezone(dt.timezone.utc) if moment.tzinfo else moment.replace(tzinfo=dt.timezone.utc)
+    floor = moment.replace(hour=0, minute=0, second=0, microsecond=0)
+    return floor if floor == moment else floor + dt.timedelta(days=1)
+
+
+def _midnight_before(moment: dt.datetime) -> dt.datetime:
+    moment = moment.astimezone(dt.timezone.utc) if moment.tzinfo else moment.replace(tzinfo=dt.timezone.utc)
+    return moment.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def _split(date_from: dt.datetime | None, date_to: dt.datetime | None
+           ) -> tuple[tuple[dt.date | None, dt.date | None] | None, list[tuple[dt.datetime | None, dt.datetime | None]]]:
+    """Split ``[date_from, date_to)`` into whole UTC days (read from the cells) and the
+    partial days at either end (scanned): ``(days or None, [scanned ranges])``."""
+    lo = _midnight_after(date_from) if date_from is not None else None
+    hi = _midnight_before(date_to) if date_to is not None else None
+    if lo is not None and hi is not None and lo >= hi:
+        return None, [(date_from, date_to)]  # within one day: scan it all
+    edges = []
+    if date_from is not None and lo != date_from:
+        edges.append((date_from, lo))
+    if date_to is not None and hi != date_to:
+        edges.append((hi, date_to))
+    return (lo.date() if lo else None, hi.date() if hi else None), edges
+
+
+def analytics(state: MailTrackState, tenant: str, *, date_from: dt.datetime | None = None,
+              date_to: dt.datetime | None = None, include_bots: bool = False,
+              campaign_id: str | None = None, use_cells: bool = True) -> dict[str, Any]:
+    """002's analytics object for one tenant (optionally one campaign), with the funnel
+    totals and daily engagement added.
+
+    Whole UTC days of the range are read from the pre-aggregated cells, brought up to date
+    first (``stats.fold``: O(changes since the last call)); the partial days at the ends of
+    a range that does not start or end at midnight are scanned. ``use_cells=False`` scans
+    everything (the reference the cells are tested against)."""
+    engine = state.engine
+    if use_cells:
+        stats.fold(engine)
+        whole, scanned = _split(date_from, date_to)
+    else:
+        whole, scanned = None, [(date_from, date_to)]
+    groups: list[Any] = []
+    days: list[Any] = []
+    with engine.connect() as conn:  # a new transaction: sees what the fold committed
+        if scanned and engine.dialect.name == "postgresql":
+            # Grouped, index-driven queries that cost more to JIT-compile than to run on
+            # PostgreSQL's defaults (measured); LOCAL ends with the transaction.
+            conn.execute(sa.text("SET LOCAL jit = off"))
+        if whole is not None:
+            g, d = _cells(conn, tenant, whole[0], whole[1], include_bots, campaign_id)
+            groups += g
+            days += d
+        for start, end in scanned:
+            g, d = _scan(conn, tenant, start, end, include_bots, campaign_id)
+            groups += g
+            days += d
+    return _shape(groups, days)
+
+
+def _shape(groups: list[Any], day_rows: list[Any]) -> dict[str, Any]:
     fields = ("sent", "opened", "clicked", "failed", "bounced", "unsubscribed")
     overall = dict.fromkeys(fields, 0)
     by_template: dict[Any, dict[str, Any]] = {}
     by_type: dict[Any, dict[str, Any]] = {}
-    for row in groups:  # one row per (template, type): a handful, not one per message
+    for row in groups:  # one row per (template, type) and source: a handful, not one per message
         tpl = by_template.setdefault(row.template_id, {"name": None, **dict.fromkeys(fields, 0)})
         typ = by_type.setdefault(row.type, dict.fromkeys(fields, 0))
         if row.template_name is not None and (tpl["name"] is None or row.template_name > tpl["name"]):
@@ -201,6 +322,15 @@ def analytics(state: MailTrackState, tenant: str, *, date_from: dt.datetime | No
             overall[name] += value
             tpl[name] += value
             typ[name] += value
+    days: dict[str, list[int]] = {}
+    for r in day_rows:
+        if r.day is None:
+            continue
+        acc = days.setdefault(_day_str(r.day), [0, 0, 0])
+        acc[0] += int(r.send or 0)
+        acc[1] += int(r.open or 0)
+        acc[2] += int(r.click or 0)
+    ordered = sorted(days.items())
 
     def nulls_last(key: Any) -> tuple[bool, Any]:
         return (key is None, key if key is not None else "")
@@ -212,13 +342,12 @@ def analytics(state: MailTrackState, tenant: str, *, date_from: dt.datetime | No
         "byTemplate": [{"templateId": key, "templateName": g["name"], **_group(g)}
                        for key, g in sorted(by_template.items(), key=lambda kv: nulls_last(kv[0]))],
         "byType": [{"type": key, **_group(g)} for key, g in sorted(by_type.items(), key=lambda kv: nulls_last(kv[0]))],
-        "sendVolumeByDay": [{"date": r.day, "count": int(r.send)} for r in days if r.send],
+        "sendVolumeByDay": [{"date": day, "count": v[0]} for day, v in ordered if v[0]],
         "totalFailed": failed,
         "totalBounced": bounced,
         "totalDelivered": sent - bounced,
         "totalUnsubscribed": overall["unsubscribed"],
-        "engagementByDay": [{"date": r.day, "opens": int(r.open), "clicks": int(r.click)}
-                            for r in days if r.open or r.click],
+        "engagementByDay": [{"date": day, "opens": v[1], "clicks": v[2]} for day, v in ordered if v[1] or v[2]],
     }
 
 

@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from ..errors import Conflict, InvalidDestination, NotFound, ValidationError
 from ..models import ContactEvent, EventType, Message, MessageStatus, event_rollups, events, messages, utcnow
 from ..state import MailTrackState
+from . import stats
 from .common import emit
 from .events import commit_or_503
 from .messages import track_message
@@ -284,6 +285,7 @@ def delete(state: MailTrackState, tenant: str, ids: Sequence[str], *, must_exist
     deleted = 0
     for chunk in _chunks(unique):
         owned = sa.select(messages.c.id).where(messages.c.tenant_id == tenant, messages.c.id.in_(chunk))
+        stats.forget_messages(session.connection(), sa.and_(messages.c.tenant_id == tenant, messages.c.id.in_(chunk)))
         session.execute(sa.delete(events).where(events.c.tenant_id == tenant, events.c.message_id.in_(owned)))
         session.execute(sa.delete(event_rollups).where(event_rollups.c.tenant_id == tenant,
                                                        event_rollups.c.message_id.in_(owned)))

@@ -18,6 +18,7 @@ from ..errors import DatabaseUnavailable
 from ..models import ContactEvent, EventType, events, utcnow
 from ..state import MailTrackState
 from ..signals import event_recorded
+from . import stats
 
 IMPORT_REASON = "import"
 
@@ -93,10 +94,11 @@ def import_clicks(state: MailTrackState, tenant: str, contact_id: str, clicks: i
 def erase_clicks(state: MailTrackState, tenant: str, contact_id: str) -> int:
     """Delete every click event (tracked and imported) of a contact; rows deleted."""
     session = state.session
+    which = sa.and_(events.c.tenant_id == tenant, events.c.contact_id == contact_id,
+                    events.c.type == EventType.CLICK.value)
     try:
-        result = session.execute(sa.delete(events).where(
-            events.c.tenant_id == tenant, events.c.contact_id == contact_id, events.c.type == EventType.CLICK.value,
-        ))
+        stats.forget_events(session.connection(), which)
+        result = session.execute(sa.delete(events).where(which))
         session.commit()
     except sa.exc.SQLAlchemyError as exc:
         session.rollback()

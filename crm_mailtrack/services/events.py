@@ -25,7 +25,7 @@ from ..models import (
     utm_tags,
 )
 from ..state import MailTrackState
-from . import rawexec
+from . import rawexec, stats
 from .common import UNSET, check_lengths, dialect_insert, emit, has_receivers, log, tenant_key
 
 #: Columns the tracking insert fills from the message row (the rest come from the request).
@@ -342,6 +342,14 @@ def erase_contact(state: MailTrackState, contact_id: str, *, tenant_id: Any = UN
     total = 0
     session = state.session
     try:
+        # out of the analytics cells first: the contact's messages (with all their events),
+        # then the contact's events on other messages (forwards, shared mail)
+        conn = session.connection()
+        own = sa.and_(messages.c.tenant_id == tenant, messages.c.contact_id == str(contact_id))
+        stats.forget_messages(conn, own)
+        stats.forget_events(conn, sa.and_(
+            events.c.tenant_id == tenant, events.c.contact_id == str(contact_id),
+            sa.or_(events.c.message_id.is_(None), events.c.message_id.not_in(sa.select(messages.c.id).where(own)))))
         for table in (events, dnc, utm_tags, messages):
             result = session.execute(
                 sa.delete(table).where(table.c.tenant_id == tenant, table.c.contact_id == str(contact_id))

@@ -18,13 +18,20 @@ import sqlalchemy as sa
 from ..errors import DatabaseUnavailable, ValidationError
 from ..models import event_rollups, events, utcnow
 from ..state import MailTrackState
+from . import stats
 from .contactclicks import IMPORT_REASON
 
 _KEY = ("tenant_id", "day", "type", "is_machine", "campaign_id", "message_id", "link_id")
 
 #: Events a purge may roll up and delete. ContactClicks imports are kept: they are the only
-#: record of a contact's imported click total, and rollups carry no contact id.
-_PURGEABLE = sa.or_(events.c.machine_reason.is_(None), events.c.machine_reason != IMPORT_REASON)
+#: record of a contact's imported click total, and rollups carry no contact id. So are events
+#: the analytics cells have not counted as they are (services/stats.py): a rollup is counted
+#: as folded, so only folded events may become one (the purge folds first; a straggler
+#: waits for the next purge).
+_PURGEABLE = sa.and_(
+    sa.or_(events.c.machine_reason.is_(None), events.c.machine_reason != IMPORT_REASON),
+    sa.or_(events.c.type.not_in(stats.FLAG_TYPES), events.c.folded_as.is_not_distinct_from(events.c.is_machine)),
+)
 
 
 def _day(dialect: str) -> sa.ColumnElement[Any]:
@@ -78,6 +85,7 @@ def purge_days(state: MailTrackState, older_than_days: int, *, now: dt.datetime 
         raise ValidationError({"older_than": ["Must be a whole number of days >= 0."]})
     cutoff = (now or utcnow()) - dt.timedelta(days=older_than_days)
     try:
+        stats.fold(state.engine)  # only folded events are purgeable (see _PURGEABLE)
         with state.engine.connect() as conn:
             oldest = conn.execute(
                 sa.select(sa.func.min(events.c.occurred_at)).where(events.c.occurred_at < cutoff, _PURGEABLE)
