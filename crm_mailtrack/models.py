@@ -344,8 +344,11 @@ class StatsMessageCell(Base):
     unsubscribed: Mapped[int] = mapped_column(sa.BigInteger, default=0)
 
     __table_args__ = (
-        # sends per day without a sort or a table read (covering)
+        # the two reads of analytics, each without a sort or a table read (covering)
         sa.Index("ix_mailtrack_stats_messages_sends", "tenant_id", "status", "day", "campaign_id", "messages"),
+        sa.Index("ix_mailtrack_stats_messages_groups", "tenant_id", "template_id", "type", "status",
+                 "template_name", "messages", "opened", "clicked", "opened_any", "clicked_any", "bounced",
+                 "unsubscribed", "campaign_id", "day"),
     )
 
 
@@ -370,6 +373,40 @@ class StatsDayCell(Base):
     )
 
 
+class StatsTenantMessageCell(Base):
+    """``mailtrack_stats_messages`` summed over campaigns: what a tenant-wide analytics call
+    reads (a few rows per day). Kept in step by ``services/stats.py``."""
+
+    __tablename__ = "mailtrack_stats_tenant_messages"
+
+    tenant_id: Mapped[str] = mapped_column(Tenant, primary_key=True)
+    template_id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    template_name: Mapped[str] = mapped_column(sa.String(255), primary_key=True)
+    type: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    status: Mapped[str] = mapped_column(sa.String(16), primary_key=True)
+    day: Mapped[dt.date] = mapped_column(sa.Date, primary_key=True)
+    messages: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    opened: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    clicked: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    opened_any: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    clicked_any: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    bounced: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    unsubscribed: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+
+
+class StatsTenantDayCell(Base):
+    """``mailtrack_stats_days`` summed over campaigns and send days: the engagement per day
+    of a tenant-wide, all-time analytics call."""
+
+    __tablename__ = "mailtrack_stats_tenant_days"
+
+    tenant_id: Mapped[str] = mapped_column(Tenant, primary_key=True)
+    event_day: Mapped[dt.date] = mapped_column(sa.Date, primary_key=True)
+    type: Mapped[str] = mapped_column(sa.String(20), primary_key=True)
+    is_machine: Mapped[bool] = mapped_column(sa.Boolean, primary_key=True)
+    count: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+
+
 class StatsState(Base):
     """One row once the analytics cells have been built (``services/stats.py``)."""
 
@@ -390,3 +427,5 @@ event_rollups = EventRollup.__table__
 stats_messages = StatsMessageCell.__table__
 stats_days = StatsDayCell.__table__
 stats_state = StatsState.__table__
+stats_tenant_messages = StatsTenantMessageCell.__table__
+stats_tenant_days = StatsTenantDayCell.__table__

@@ -19,7 +19,14 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from crm_mailtrack.models import events, messages, stats_days, stats_messages
+from crm_mailtrack.models import (
+    events,
+    messages,
+    stats_days,
+    stats_messages,
+    stats_tenant_days,
+    stats_tenant_messages,
+)
 from crm_mailtrack.services import communications, contactclicks, privacy, stats
 from crm_mailtrack.services.analytics import analytics
 
@@ -148,6 +155,17 @@ class History:
             scanned = analytics(self.state, "", use_cells=False, **query)
             cells = analytics(self.state, "", **query)
             assert cells == scanned, query
+        # the tenant-wide sums are the per-campaign cells summed
+        session = self.state.session
+        for fine, coarse, values in ((stats_messages, stats_tenant_messages, stats.CELL_VALUES),
+                                     (stats_days, stats_tenant_days, ("count",))):
+            key = [fine.c[k] for k in coarse.primary_key.columns.keys()]
+            summed = {tuple(r[:len(key)]): tuple(r[len(key):]) for r in session.execute(
+                sa.select(*key, *(sa.func.sum(fine.c[v]) for v in values)).group_by(*key))}
+            stored = {tuple(r[:len(key)]): tuple(r[len(key):]) for r in session.execute(
+                sa.select(*(coarse.c[k] for k in coarse.primary_key.columns.keys()), *(coarse.c[v] for v in values)))}
+            assert {k: v for k, v in stored.items() if any(v)} == {k: v for k, v in summed.items() if any(v)}
+        session.commit()
 
 
 STEPS = {"new_message": 6, "send": 6, "click": 8, "honeypot": 1, "record": 4, "remark": 1, "delete": 1,

@@ -22,7 +22,16 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from ..models import MessageStatus, event_rollups, events, messages, stats_days, stats_messages
+from ..models import (
+    MessageStatus,
+    event_rollups,
+    events,
+    messages,
+    stats_days,
+    stats_messages,
+    stats_tenant_days,
+    stats_tenant_messages,
+)
 from ..state import MailTrackState
 from . import stats
 
@@ -188,8 +197,10 @@ def _scan(conn: sa.Connection, tenant: str, date_from: dt.datetime | None, date_
 def _cell_statements(include_bots: bool, campaign: bool, first: bool, end: bool) -> tuple[Any, Any, Any]:
     """The three reads of the cells for one shape of query, built once (bind parameters
     ``tenant``, ``campaign``, ``first``, ``end``): groups by (template, type), sends per
-    day, engagement per event day. The last two run along covering indexes."""
-    c, d = stats_messages, stats_days
+    day, engagement per event day. Without a campaign they read the tenant-wide sums (and,
+    without a range either, the per-day engagement sums): a few rows per day."""
+    c = stats_messages if campaign else stats_tenant_messages
+    d = stats_days if campaign or first or end else stats_tenant_days
     where, day_where = [c.c.tenant_id == sa.bindparam("tenant")], [d.c.tenant_id == sa.bindparam("tenant")]
     if campaign:
         where.append(c.c.campaign_id == sa.bindparam("campaign"))
@@ -202,20 +213,13 @@ def _cell_statements(include_bots: bool, campaign: bool, first: bool, end: bool)
         day_where.append(d.c.send_day < sa.bindparam("end", type_=sa.Date))
     if not include_bots:
         day_where.append(d.c.is_machine.is_(False))
-    is_sent, is_failed = c.c.status == SENT, c.c.status == FAILED
-
-    def when(cond: Any, col: Any, name: str) -> Any:
-        return sa.func.coalesce(sa.func.sum(sa.case((cond, col), else_=0)), 0).label(name)
-
     opened, clicked = (c.c.opened_any, c.c.clicked_any) if include_bots else (c.c.opened, c.c.clicked)
     groups = (
-        sa.select(c.c.template_id, sa.func.max(c.c.template_name).label("template_name"), c.c.type,
-                  when(is_sent, c.c.messages, "sent"), when(is_sent, opened, "opened"),
-                  when(is_sent, clicked, "clicked"), when(is_failed, c.c.messages, "failed"),
-                  when(is_sent, c.c.bounced, "bounced"), when(is_sent, c.c.unsubscribed, "unsubscribed"))
-        .where(*where).group_by(c.c.template_id, c.c.type).having(sa.func.sum(c.c.messages) > 0)
+        sa.select(c.c.template_id, c.c.type, c.c.status, sa.func.max(c.c.template_name), sa.func.sum(c.c.messages),
+                  sa.func.sum(opened), sa.func.sum(clicked), sa.func.sum(c.c.bounced), sa.func.sum(c.c.unsubscribed))
+        .where(*where).group_by(c.c.template_id, c.c.type, c.c.status).having(sa.func.sum(c.c.messages) > 0)
     )
-    sends = sa.select(c.c.day, sa.func.sum(c.c.messages)).where(*where, is_sent).group_by(c.c.day)
+    sends = sa.select(c.c.day, sa.func.sum(c.c.messages)).where(*where, c.c.status == SENT).group_by(c.c.day)
     engaged = (sa.select(d.c.event_day, d.c.type, sa.func.sum(d.c.count)).where(*day_where)
                .group_by(d.c.event_day, d.c.type))
     return groups, sends, engaged
@@ -231,9 +235,13 @@ def _cells(conn: sa.Connection, tenant: str, first: dt.date | None, end: dt.date
     days = [_Day(_day_str(day), n, 0, 0) for day, n in conn.execute(sends, params)]
     for day, kind, n in conn.execute(engaged, params):
         days.append(_Day(_day_str(day), 0, n if kind == "open" else 0, n if kind == "click" else 0))
-    blank = (lambda v: v or None)
-    return [_Group(blank(r.template_id), blank(r.template_name), blank(r.type), *r[3:])
-            for r in conn.execute(groups, params)], days
+    rows = []
+    for template_id, kind, status, name, n, opened, clicked, bounced, unsubscribed in conn.execute(groups, params):
+        sent = status == SENT
+        rows.append(_Group(template_id or None, name or None, kind or None, n if sent else 0,
+                           opened if sent else 0, clicked if sent else 0, 0 if sent else n,
+                           bounced if sent else 0, unsubscribed if sent else 0))
+    return rows, days
 
 
 _Group = collections.namedtuple(
@@ -284,14 +292,13 @@ def analytics(state: MailTrackState, tenant: str, *, date_from: dt.datetime | No
     a range that does not start or end at midnight are scanned. ``use_cells=False`` scans
     everything (the reference the cells are tested against)."""
     engine = state.engine
-    if use_cells:
-        stats.fold(engine)
-        whole, scanned = _split(date_from, date_to)
-    else:
-        whole, scanned = None, [(date_from, date_to)]
+    whole, scanned = _split(date_from, date_to) if use_cells else (None, [(date_from, date_to)])
     groups: list[Any] = []
     days: list[Any] = []
-    with engine.connect() as conn:  # a new transaction: sees what the fold committed
+    with engine.connect() as conn:
+        if use_cells and not stats.up_to_date(conn):
+            conn.rollback()  # the reads below start a new transaction: they see the fold
+            stats.fold(engine)
         if scanned and engine.dialect.name == "postgresql":
             # Grouped, index-driven queries that cost more to JIT-compile than to run on
             # PostgreSQL's defaults (measured); LOCAL ends with the transaction.

@@ -54,6 +54,8 @@ from ..models import (
     stats_days,
     stats_messages,
     stats_state,
+    stats_tenant_days,
+    stats_tenant_messages,
     utcnow,
 )
 
@@ -70,6 +72,8 @@ CELL_VALUES = ("messages", "opened", "clicked", "opened_any", "clicked_any", "bo
 _BITS = (None, OPENED, CLICKED, OPENED_ANY, CLICKED_ANY, BOUNCED, UNSUBSCRIBED)
 MESSAGE_KEY = ("tenant_id", "campaign_id", "template_id", "template_name", "type", "status", "day")
 DAY_KEY = ("tenant_id", "campaign_id", "send_day", "event_day", "type", "is_machine")
+TENANT_MESSAGE_KEY = tuple(k for k in MESSAGE_KEY if k != "campaign_id")
+TENANT_DAY_KEY = ("tenant_id", "event_day", "type", "is_machine")
 
 _BUILT, _LOCK = 1, 0  # stats_state rows: 1 exists once built; 0 is the fold lock
 BATCH = 2000
@@ -180,6 +184,28 @@ def _bump(conn: sa.Connection, table: sa.Table, key: Sequence[str], values: Sequ
     conn.execute(stmt, rows)
 
 
+def _coarse(deltas: dict[tuple[Any, ...], list[int]], drop: tuple[int, ...]) -> dict[tuple[Any, ...], list[int]]:
+    """``deltas`` summed over the key positions ``drop``."""
+    out: dict[tuple[Any, ...], list[int]] = {}
+    for key, values in deltas.items():
+        acc = out.setdefault(tuple(k for i, k in enumerate(key) if i not in drop), [0] * len(values))
+        for i, v in enumerate(values):
+            acc[i] += v
+    return out
+
+
+def _bump_messages(conn: sa.Connection, deltas: dict[tuple[Any, ...], list[int]]) -> None:
+    """Message-cell deltas, into the per-campaign cells and their tenant-wide sums."""
+    _bump(conn, stats_messages, MESSAGE_KEY, CELL_VALUES, deltas)
+    _bump(conn, stats_tenant_messages, TENANT_MESSAGE_KEY, CELL_VALUES, _coarse(deltas, (1,)))
+
+
+def _bump_days(conn: sa.Connection, deltas: dict[tuple[Any, ...], list[int]]) -> None:
+    """Day-cell deltas, into the per-campaign, per-send-day cells and their tenant-wide sums."""
+    _bump(conn, stats_days, DAY_KEY, ("count",), deltas)
+    _bump(conn, stats_tenant_days, TENANT_DAY_KEY, ("count",), _coarse(deltas, (1, 2)))
+
+
 def _norm_day(value: Any) -> dt.date | None:
     if value is None or isinstance(value, dt.date) and not isinstance(value, dt.datetime):
         return value
@@ -228,8 +254,8 @@ def rebuild(conn: sa.Connection) -> None:
     caller holds the lock). Every cell is computed from the ``stats_*``/``folded_as``
     columns these statements store, not from what they read, so rows that change between
     two statements (READ COMMITTED) are merely left stale for the next fold."""
-    conn.execute(sa.delete(stats_messages))
-    conn.execute(sa.delete(stats_days))
+    for table in (stats_messages, stats_days, stats_tenant_messages, stats_tenant_days):
+        conn.execute(sa.delete(table))
     conn.execute(sa.update(events).where(_unfolded(conn)).values(folded_as=events.c.is_machine))
     conn.execute(sa.update(messages).values(
         stats_status=sa.case((messages.c.status.in_(COUNTED), messages.c.status), else_=sa.null()),
@@ -246,6 +272,15 @@ def rebuild(conn: sa.Connection) -> None:
         [*MESSAGE_KEY, *CELL_VALUES], sa.select(*key, *sums).where(counted).group_by(*key)))
     conn.execute(stats_days.insert().from_select(
         [*DAY_KEY, "count"], _engagement_by_day(conn, messages.c.stats_status == SENT, folded_only=True)))
+    # the tenant-wide sums, from the cells just written
+    sm, sd = stats_messages, stats_days
+    mkey = [sm.c[k] for k in TENANT_MESSAGE_KEY]
+    conn.execute(stats_tenant_messages.insert().from_select(
+        [*TENANT_MESSAGE_KEY, *CELL_VALUES], sa.select(*mkey, *(sa.func.sum(sm.c[v]) for v in CELL_VALUES))
+        .group_by(*mkey)))
+    dkey = [sd.c[k] for k in TENANT_DAY_KEY]
+    conn.execute(stats_tenant_days.insert().from_select(
+        [*TENANT_DAY_KEY, "count"], sa.select(*dkey, sa.func.sum(sd.c.count)).group_by(*dkey)))
     stmt = _insert(conn, stats_state).values(id=_BUILT, built_at=utcnow(), folds=0)
     conn.execute(stmt.on_conflict_do_update(index_elements=["id"], set_={"built_at": stmt.excluded.built_at}))
 
@@ -310,7 +345,7 @@ def _fold_events(conn: sa.Connection, limit: int) -> tuple[int, _Touched]:
         if r.folded_as is not None:
             deltas.setdefault((*base, bool(r.folded_as)), [0])[0] -= 1
         deltas.setdefault((*base, bool(r.is_machine)), [0])[0] += 1
-    _bump(conn, stats_days, DAY_KEY, ("count",), deltas)
+    _bump_days(conn, deltas)
     # the verdict we counted, not "= is_machine": a re-mark committed meanwhile stays unfolded
     for value, ids in ((True, as_true), (False, as_false)):
         if ids:
@@ -359,7 +394,7 @@ def _refresh_messages(conn: sa.Connection, touched: _Touched, stale: set[str]) -
             if is_sent:
                 moved_in.append(r.id)
         updates.append({"mid": r.id, "s": new_status, "d": new_day, "f": new_flags})
-    _bump(conn, stats_messages, MESSAGE_KEY, CELL_VALUES, cells)
+    _bump_messages(conn, cells)
     days: dict[tuple[Any, ...], list[int]] = {}
     if moved_out:  # keyed by the stats_day still stored
         _add_day_rows(days, conn.execute(_engagement_by_day(conn, messages.c.id.in_(moved_out), folded_only=True)), -1)
@@ -372,7 +407,7 @@ def _refresh_messages(conn: sa.Connection, touched: _Touched, stale: set[str]) -
         )
     if moved_in:  # keyed by the new stats_day
         _add_day_rows(days, conn.execute(_engagement_by_day(conn, messages.c.id.in_(moved_in), folded_only=True)), 1)
-    _bump(conn, stats_days, DAY_KEY, ("count",), days)
+    _bump_days(conn, days)
 
 
 def _stale_messages(conn: sa.Connection, limit: int) -> set[str]:
@@ -415,6 +450,14 @@ def _partial(conn: sa.Connection, sql: str, **params: Any) -> list[Any]:
         conn.execute(sa.text("SET LOCAL enable_seqscan = on"))
 
 
+def up_to_date(conn: sa.Connection) -> bool:
+    """Whether the cells count every committed change: the common case, found out with one
+    statement of two index probes, no lock and no write (what a concurrent fold has not
+    committed yet still shows as backlog here)."""
+    built, backlog = _probe(conn, 1)
+    return built and not backlog
+
+
 def fold(engine: sa.Engine, *, batch: int = BATCH, rebuild_over: int = REBUILD_OVER) -> dict[str, Any]:
     """Bring the cells up to date with every committed change; returns what it did.
 
@@ -423,10 +466,7 @@ def fold(engine: sa.Engine, *, batch: int = BATCH, rebuild_over: int = REBUILD_O
     backlog of ``rebuild_over`` or more is rebuilt set-based instead of folded."""
     done = {"events": 0, "messages": 0, "rebuilt": False}
     with engine.connect() as conn:
-        # nothing to do is the common case: find it out with two index probes, no lock and no
-        # write (what a concurrent fold has not committed yet still shows as backlog here)
-        built, backlog = _probe(conn, 1)
-        if built and not backlog:
+        if up_to_date(conn):
             return done
     while True:
         with engine.connect() as conn, conn.begin():
@@ -465,11 +505,11 @@ def forget_messages(conn: sa.Connection, message_filter: Any) -> None:
     for r in rows:
         for i, v in enumerate(_vector(r.stats_flags or 0, -1)):
             cells.setdefault(_message_cell_key(r, r.stats_status, _norm_day(r.stats_day)), [0] * 7)[i] += v
-    _bump(conn, stats_messages, MESSAGE_KEY, CELL_VALUES, cells)
+    _bump_messages(conn, cells)
     days: dict[tuple[Any, ...], list[int]] = {}
     _add_day_rows(days, conn.execute(_engagement_by_day(
         conn, sa.and_(message_filter, messages.c.stats_status == SENT), folded_only=True)), -1)
-    _bump(conn, stats_days, DAY_KEY, ("count",), days)
+    _bump_days(conn, days)
 
 
 def forget_events(conn: sa.Connection, event_filter: Any) -> None:
@@ -492,9 +532,9 @@ def forget_events(conn: sa.Connection, event_filter: Any) -> None:
     ).all()
     days: dict[tuple[Any, ...], list[int]] = {}
     _add_day_rows(days, rows, -1)
-    _bump(conn, stats_days, DAY_KEY, ("count",), days)
+    _bump_days(conn, days)
     owners = sa.select(e.c.message_id).where(event_filter, e.c.message_id.is_not(None), e.c.type.in_(FLAG_TYPES))
     conn.execute(sa.update(m).where(m.c.id.in_(owners)).values(stats_dirty=True, **_keep_updated_at()))
 
 
-__all__ = ["day_of", "flags_query", "fold", "forget_events", "forget_messages", "rebuild", "rebuild_now"]
+__all__ = ["day_of", "flags_query", "fold", "up_to_date", "forget_events", "forget_messages", "rebuild", "rebuild_now"]

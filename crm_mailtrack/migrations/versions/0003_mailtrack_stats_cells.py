@@ -69,8 +69,33 @@ def upgrade() -> None:
     )
     op.create_index('ix_mailtrack_stats_messages_sends', 'mailtrack_stats_messages',
                     ['tenant_id', 'status', 'day', 'campaign_id', 'messages'])
+    op.create_index('ix_mailtrack_stats_messages_groups', 'mailtrack_stats_messages',
+                    ['tenant_id', 'template_id', 'type', 'status', 'template_name', 'messages', 'opened', 'clicked',
+                     'opened_any', 'clicked_any', 'bounced', 'unsubscribed', 'campaign_id', 'day'])
     op.create_index('ix_mailtrack_stats_days_engagement', 'mailtrack_stats_days',
                     ['tenant_id', 'is_machine', 'event_day', 'type', 'send_day', 'campaign_id', 'count'])
+    op.create_table(
+        'mailtrack_stats_tenant_messages',
+        sa.Column('tenant_id', sa.String(length=64), nullable=False),
+        sa.Column('template_id', sa.String(length=64), nullable=False),
+        sa.Column('template_name', sa.String(length=255), nullable=False),
+        sa.Column('type', sa.String(length=64), nullable=False),
+        sa.Column('status', sa.String(length=16), nullable=False),
+        sa.Column('day', sa.Date(), nullable=False),
+        *(sa.Column(name, sa.BigInteger(), nullable=False)
+          for name in ('messages', 'opened', 'clicked', 'opened_any', 'clicked_any', 'bounced', 'unsubscribed')),
+        sa.PrimaryKeyConstraint('tenant_id', 'template_id', 'template_name', 'type', 'status', 'day',
+                                name='pk_mailtrack_stats_tenant_messages'),
+    )
+    op.create_table(
+        'mailtrack_stats_tenant_days',
+        sa.Column('tenant_id', sa.String(length=64), nullable=False),
+        sa.Column('event_day', sa.Date(), nullable=False),
+        sa.Column('type', sa.String(length=20), nullable=False),
+        sa.Column('is_machine', sa.Boolean(), nullable=False),
+        sa.Column('count', sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint('tenant_id', 'event_day', 'type', 'is_machine', name='pk_mailtrack_stats_tenant_days'),
+    )
     op.create_table(
         'mailtrack_stats_state',
         sa.Column('id', sa.SmallInteger(), nullable=False),
@@ -82,7 +107,10 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table('mailtrack_stats_state')
+    op.drop_table('mailtrack_stats_tenant_days')
+    op.drop_table('mailtrack_stats_tenant_messages')
     op.drop_index('ix_mailtrack_stats_days_engagement', table_name='mailtrack_stats_days')
+    op.drop_index('ix_mailtrack_stats_messages_groups', table_name='mailtrack_stats_messages')
     op.drop_index('ix_mailtrack_stats_messages_sends', table_name='mailtrack_stats_messages')
     op.drop_table('mailtrack_stats_days')
     op.drop_table('mailtrack_stats_messages')
