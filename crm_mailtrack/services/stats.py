@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
+import functools
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -206,9 +207,16 @@ def _bump_days(conn: sa.Connection, deltas: dict[tuple[Any, ...], list[int]]) ->
     _bump(conn, stats_tenant_days, TENANT_DAY_KEY, ("count",), _coarse(deltas, (1, 2)))
 
 
+@functools.lru_cache(maxsize=4096)
+def _day_from_text(value: str) -> dt.date:
+    return dt.date.fromisoformat(value[:10])
+
+
 def _norm_day(value: Any) -> dt.date | None:
-    if value is None or isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+    if value is None or type(value) is dt.date:
         return value
+    if isinstance(value, str):  # SQLite: 'YYYY-MM-DD...' text, a few distinct values per batch
+        return _day_from_text(value)
     if isinstance(value, dt.datetime):
         return value.date()
     return dt.date.fromisoformat(str(value)[:10])
@@ -219,8 +227,14 @@ def _message_cell_key(row: Any, status: str, day: dt.date) -> tuple[Any, ...]:
             row.type or "", status, day)
 
 
-def _vector(flags: int, sign: int) -> list[int]:
-    return [sign if bit is None or flags & bit else 0 for bit in _BITS]
+def _add_vector(cells: dict[tuple[Any, ...], list[int]], key: tuple[Any, ...], flags: int, sign: int) -> None:
+    """Add one message with ``flags`` (``sign`` +1/-1) to the message-cell delta ``key``."""
+    acc = cells.get(key)
+    if acc is None:
+        acc = cells[key] = [0] * len(_BITS)
+    for i, bit in enumerate(_BITS):
+        if bit is None or flags & bit:
+            acc[i] += sign
 
 
 def _add_day_rows(deltas: dict[tuple[Any, ...], list[int]], rows: Iterable[Any], sign: int,
@@ -382,11 +396,9 @@ def _refresh_messages(conn: sa.Connection, touched: _Touched, stale: set[str]) -
         new_flags = int(flags[r.id])
         old_day = _norm_day(r.stats_day)
         if r.stats_status is not None:
-            for i, v in enumerate(_vector(r.stats_flags or 0, -1)):
-                cells.setdefault(_message_cell_key(r, r.stats_status, old_day), [0] * 7)[i] += v
+            _add_vector(cells, _message_cell_key(r, r.stats_status, old_day), r.stats_flags or 0, -1)
         if new_status is not None:
-            for i, v in enumerate(_vector(new_flags, 1)):
-                cells.setdefault(_message_cell_key(r, new_status, new_day), [0] * 7)[i] += v
+            _add_vector(cells, _message_cell_key(r, new_status, new_day), new_flags, 1)
         was_sent, is_sent = r.stats_status == SENT, new_status == SENT
         if (was_sent, was_sent and old_day) != (is_sent, is_sent and new_day):
             if was_sent:
@@ -503,8 +515,7 @@ def forget_messages(conn: sa.Connection, message_filter: Any) -> None:
     ).all()
     cells: dict[tuple[Any, ...], list[int]] = {}
     for r in rows:
-        for i, v in enumerate(_vector(r.stats_flags or 0, -1)):
-            cells.setdefault(_message_cell_key(r, r.stats_status, _norm_day(r.stats_day)), [0] * 7)[i] += v
+        _add_vector(cells, _message_cell_key(r, r.stats_status, _norm_day(r.stats_day)), r.stats_flags or 0, -1)
     _bump_messages(conn, cells)
     days: dict[tuple[Any, ...], list[int]] = {}
     _add_day_rows(days, conn.execute(_engagement_by_day(
