@@ -234,3 +234,47 @@ def test_host_alembic_can_take_our_revisions_through_version_locations(
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).all() == [(HEAD,)]
     assert schema_diff(engine) == []
+
+
+def test_upgrading_an_installation_with_data_builds_the_analytics_cells(
+    empty_url: str, engine: sa.Engine, tmp_path: Path
+) -> None:
+    """Rows written by the previous release (revision 0002) count once upgraded to 0003:
+    the first analytics call builds the cells from them."""
+    upgrade(engine, "0002_mailtrack_bots_rollups")
+    with engine.begin() as conn:
+        for i, (status, opened, clicked_by_bot) in enumerate([("SENT", True, False), ("SENT", False, True),
+                                                               ("FAILED", False, False)]):
+            conn.execute(sa.text(
+                "INSERT INTO mailtrack_messages (id, tenant_id, contact_id, email, subject, headers, status, "
+                "track_opens, track_clicks, sent_at, created_at, updated_at) VALUES (:id, '', :c, 'a@b.test', "
+                "'s', '{}', :status, true, true, :at, :at, :at)"),
+                {"id": f"m{i}", "c": f"c{i}", "status": status, "at": "2026-03-01 10:00:00"})
+            if opened:
+                conn.execute(sa.text("INSERT INTO mailtrack_events (tenant_id, type, message_id, occurred_at, "
+                                     "is_machine) VALUES ('', 'open', :m, '2026-03-01 11:00:00', false)"),
+                             {"m": f"m{i}"})
+            if clicked_by_bot:
+                conn.execute(sa.text("INSERT INTO mailtrack_events (tenant_id, type, message_id, url, occurred_at, "
+                                     "is_machine) VALUES ('', 'click', :m, 'https://x.test/', '2026-03-01 10:00:01', "
+                                     "true)"), {"m": f"m{i}"})
+    upgrade(engine)
+    app = Flask("host_upgraded", instance_path=str(tmp_path / "instance"))
+    app.config.update(SECRET_KEY="migrations-test-secret-" + "m" * 24, SQLALCHEMY_DATABASE_URI=empty_url,
+                      MAILTRACK_BASE_URL="http://crm.test", MAILTRACK_JOURNAL_PATH=str(tmp_path / "journal.jsonl"))
+    db = SQLAlchemy()
+    db.init_app(app)
+    MailTrack().init_app(app, db=db)
+    from crm_mailtrack.services.analytics import analytics
+
+    try:
+        with app.app_context():
+            state = app.extensions["mailtrack"]
+            humans, everyone = analytics(state, ""), analytics(state, "", include_bots=True)
+            assert (humans["totalSent"], humans["totalOpened"], humans["totalClicked"], humans["totalFailed"]) == (
+                2, 1, 0, 1)
+            assert (everyone["totalOpened"], everyone["totalClicked"]) == (2, 1)
+            assert everyone == analytics(state, "", include_bots=True, use_cells=False)
+    finally:
+        with app.app_context():
+            db.engine.dispose()
