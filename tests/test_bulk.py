@@ -107,3 +107,21 @@ def test_text_only_and_untracked_campaigns(app):
     ids = bulk.track_messages(state, _recipients(1), subject="S", html=HTML, track_clicks=False, track_opens=False)
     m = state.session.get(Message, ids[0])
     assert "/t/c/" not in m.html and "/t/o/" not in m.html and "/t/u/" in m.headers["List-Unsubscribe"]
+
+
+def test_braces_and_slot_like_text_in_the_template_come_through_unchanged(app, client):
+    """The per-recipient HTML is filled in with str.format: braces of CSS and of template
+    languages in the HTML must stay as they are, and each link must still work."""
+    state = get_state()
+    html = ("<html><head><style>td{color:red} .b{{x}}</style></head><body><p>{0} {name} {{name}} }{</p>"
+            '<a href="https://shop.example/{id}?q={0}">a</a><a href="https://shop.example/b">b</a></body></html>')
+    ids = bulk.track_messages(state, _recipients(2), subject="S", html=html, campaign_id="k")
+    for mid in ids:
+        m = state.session.get(Message, mid)
+        expected_html, expected_headers, _ = message_service.instrument(
+            state, mid, html, track_opens=True, track_clicks=True)
+        assert _untokened(m.html) == _untokened(expected_html)
+        assert _untokened(str(m.headers)) == _untokened(str(expected_headers))
+        hrefs = re.findall(r'href="([^"]+/t/c/[^"]+)"', m.html)
+        got = [client.get(path_of(h), headers={"User-Agent": BROWSER}).headers["Location"] for h in hrefs]
+        assert got == ["https://shop.example/%7Bid%7D?q=%7B0%7D", "https://shop.example/b"]

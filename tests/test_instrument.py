@@ -4,17 +4,21 @@ defaults, the pixel, the List-Unsubscribe headers and what the tokens carry."""
 from __future__ import annotations
 
 import json
+import random
 import re
+from html.parser import HTMLParser
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from itsdangerous import URLSafeSerializer
+from itsdangerous import URLSafeSerializer, URLSafeTimedSerializer
+from itsdangerous.timed import TimestampSigner
 
 from crm_mailtrack import InvalidDestination, Message
+from crm_mailtrack import instrument as instrument_module
 from crm_mailtrack.models import links, messages
 
-from conftest import BASE_URL, path_of
+from conftest import BASE_URL, SECRET, path_of
 
 CLICK_HREF = re.compile(r'"(http://crm\.test/mailtrack/t/c/[^"]+)"')
 PIXEL_SRC = re.compile(r'<img src="(http://crm\.test/mailtrack/t/o/[^"]+)"[^>]*>')
@@ -162,6 +166,18 @@ def test_utm_defaults_never_override_and_keep_the_fragment(make_app):
                    "https://y.test/?utm_source=crm&utm_medium=email"]
 
 
+def test_utm_defaults_see_encoded_names_and_odd_queries(make_app):
+    app = make_app(MAILTRACK_UTM_DEFAULTS={"utm_source": "crm"}, **NO_HONEYPOT)
+    mt = app.extensions["mailtrack"].extension
+    hrefs = ["https://x.test/?utm%5Fsource=mine", "https://y.test/p?a=1&&b#f", "https://z.test/?",
+             "https://w.test/?utm_source+=v&k=a+b"]
+    with app.app_context():
+        msg = track(mt, "".join(f'<a href="{h}">l</a>' for h in hrefs), track_opens=False)
+        got = [destination(app.test_client(), u) for u in click_urls(msg.html)]
+    assert got == ["https://x.test/?utm%5Fsource=mine", "https://y.test/p?a=1&&b&utm_source=crm#f",
+                   "https://z.test/?utm_source=crm", "https://w.test/?utm_source+=v&k=a+b&utm_source=crm"]
+
+
 def test_pixel_goes_before_body_end_or_at_the_end(mailtrack, client):
     msg = track(mailtrack, "<html><body><p>hi</p></body></html>")
     m = PIXEL_SRC.search(msg.html)
@@ -227,3 +243,129 @@ def test_links_are_remembered_by_stable_id(mailtrack, db):
     track(mailtrack, '<a href="https://a.test/x">x</a>')
     rows = db.session.execute(sa.select(links.c.url)).scalars().all()
     assert rows == ["https://a.test/x"]
+
+
+# -- the fast paths of instrumenting agree with the plain ones -------------------------------
+
+
+class _Hrefs(HTMLParser):
+    """An independent reference: the http(s) hrefs of ``<a>`` start tags, as html.parser sees them."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.hrefs: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        href = dict(attrs).get("href") if tag == "a" else None
+        if href and href.strip().startswith(("http://", "https://")):
+            self.hrefs.append(href.strip())
+
+    handle_startendtag = handle_starttag
+
+
+AWKWARD_HTML = (
+    "<!DOCTYPE html><HTML><head><title>T</title><style>td{color:red}</style><script>"
+    'var s = "<a href=https://script.test/></td>";</script></head>\n<BODY><!-- <a href="https://c.test/"> -->'
+    '<table><tr><td title="a>b" class=x><A HREF="https://e.test/1?a=1&amp;b=2">x</A></td ></TD>\n'
+    "<td/><a href=https://e.test/2 />< a href=https://not.test/><p<a href='https://glued.test/3'></ p></p >"
+    "<img src=x alt='<a href=https://alt.test/>'><div\n class='<'><a\nhref=\"https://e.test/4\"\n>y</a></div>"
+    "<span>{{name}}</span><a class=btn href='https://e.test/5#top'>z</a></BODY></HTML>"
+)
+
+
+def test_links_are_found_where_html_parser_finds_them(mailtrack, client):
+    reference = _Hrefs()
+    reference.feed(AWKWARD_HTML)
+    reference.close()
+    msg = track(mailtrack, AWKWARD_HTML, track_opens=False)
+    assert [destination(client, u) for u in click_urls(msg.html)] == reference.hrefs
+    assert reference.hrefs == ["https://e.test/1?a=1&b=2", "https://e.test/2", "https://e.test/4",
+                               "https://e.test/5#top"]
+
+
+_FRAGMENTS = [
+    "<a href='https://x.test/1'>", "<A HREF=https://y.test>", "</a>", "<td>", "</td>", "</td >", "</ td>",
+    "<td class='a>b'>", "<script>", "</script>", "<style>", "</style>", "<!--", "-->", "<![CDATA[", "]]>",
+    "<title>", "</title>", "<textarea>", "</textarea>", "<p", ">", "<", "/>", "&amp;", "&", "\n", "text ",
+    "<br/>", "<img src=x>", "<div\nid=1>", "</div>", "<!DOCTYPE html>", "<?php ?>", "<tr", " a='", "'", '"',
+    "</", "<b>", "</b >", "<a", " href=", "https://z.test/?q=1", "<span/>", "</span\n>", "<table<a href=q>",
+    "</>", "<! x>", "<a data-mailtrack=off href=https://o.test/>",
+]
+
+
+def test_fast_anchor_finder_agrees_with_the_reference_finder():
+    """The finder that skips html.parser work (attributes of other tags, plain end tags,
+    line counting) finds exactly the ``<a>`` tags, at the same offsets, as one using only
+    html.parser's documented interface, on thousands of awkward documents."""
+    assert instrument_module._fast_finder_agrees()
+    rng = random.Random(20240501)
+    for _ in range(3000):
+        doc = "".join(rng.choice(_FRAGMENTS) for _ in range(rng.randint(1, 30)))
+        fast = instrument_module._find_anchors(doc, fast=True)
+        assert fast == instrument_module._find_anchors(doc, fast=False), doc
+        assert all(doc[offset:offset + len(raw)] == raw for offset, raw in fast)
+
+
+def _validation(url: str, validate: Any) -> str:
+    try:
+        return validate(url)
+    except InvalidDestination:
+        return "refused"
+
+
+def test_plain_url_shortcut_gives_what_full_validation_gives():
+    """URLs taken as they are (no split and re-join) are exactly those the full validation
+    returns unchanged; anything else still goes the long way."""
+    rng = random.Random(7)
+    host = ["a", "b9", "-", ".", "x" * 62, "x", "ex-ample", "com", "A", ":80", "@", "[", "\u00e9"]
+    tail = list("/?#%&=@:~'!$*()+,;_.-aZ0 \"<>\\^`{|}") + ["%2F", "//", "??", "##", "x", "\u00e9", "\t"]
+    plain_tail = list("/?#%&=@:~'!$*()+,;_.-aZ0") + ["%2F", "//", "x"]
+    shortcut = 0
+    for i in range(20000):
+        chars = tail if i % 2 else plain_tail
+        url = (rng.choice(["http://", "https://", "HTTP://"]) + "".join(rng.choice(host) for _ in range(rng.randint(0, 4)))
+               + "".join(rng.choice(chars) for _ in range(rng.randint(0, 8))))
+        full = _validation(url, instrument_module._validate_destination_fully)
+        assert _validation(url, instrument_module.validate_destination) == full, url
+        if instrument_module._PLAIN_URL.fullmatch(url):
+            shortcut += 1
+            assert full == url, url
+    assert shortcut > 300  # the shortcut was exercised, not only the long way
+
+
+def _tokens(msg: Message) -> dict[str, str]:
+    return {
+        "click": click_urls(msg.html)[0].rsplit("/", 1)[1],
+        "open": PIXEL_SRC.search(msg.html).group(1).rsplit("/", 1)[1],
+        "unsubscribe": msg.headers["List-Unsubscribe"][1:-1].rsplit("/", 1)[1],
+    }
+
+
+def test_tokens_are_byte_for_byte_what_itsdangerous_makes(mailtrack, monkeypatch):
+    """Links are signed without itsdangerous' per-token set-up, but the tokens are the very
+    ones it makes (same payload encoding, key derivation, timestamp and HMAC)."""
+    monkeypatch.setattr(TimestampSigner, "get_timestamp", lambda self: 1_700_000_000)
+    msg = track(mailtrack, '<body><a href="https://a.test/x?q=%C3%A9&amp;r=1">x</a></body>')
+    expected = {
+        "click": ("mailtrack.click", [msg.id, "https://a.test/x?q=%C3%A9&r=1"]),
+        "open": ("mailtrack.open", msg.id),
+        "unsubscribe": ("mailtrack.unsubscribe", msg.id),
+    }
+    for kind, token in _tokens(msg).items():
+        salt, payload = expected[kind]
+        assert token == URLSafeTimedSerializer(SECRET, salt=salt).dumps(payload), kind
+
+
+def test_tokens_made_by_plain_itsdangerous_still_work(mailtrack, client):
+    """Tokens issued before (itsdangerous' own serializer, compressed or not) still verify."""
+    msg = track(mailtrack, '<a href="https://a.test/">x</a>')
+    plain = URLSafeTimedSerializer(SECRET, salt="mailtrack.click")
+    long_dest = "https://a.test/" + "abc/" * 200
+    compressed = plain.dumps([msg.id, long_dest])
+    assert compressed.startswith(".")  # zlib-compressed by itsdangerous
+    for dest, token in (("https://a.test/old", plain.dumps([msg.id, "https://a.test/old"])),
+                        (long_dest, compressed)):
+        resp = client.get(f"/mailtrack/t/c/{token}")
+        assert resp.status_code == 302 and resp.headers["Location"] == dest
+    unsub = URLSafeTimedSerializer(SECRET, salt="mailtrack.unsubscribe").dumps(msg.id)
+    assert client.get(f"/mailtrack/t/u/{unsub}").status_code == 200

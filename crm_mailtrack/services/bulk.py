@@ -19,7 +19,7 @@ import datetime as dt
 import html as html_lib
 import re
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import sqlalchemy as sa
@@ -75,18 +75,18 @@ class _Template:
             _only_placeholder(payload, placeholder_id) for _, payload in self.calls
         )
         self.placeholder_id = placeholder_id
-        self.html_parts = None if out_html is None else slot.split(out_html)
-        self.header_parts = {k: slot.split(v) for k, v in headers.items()}
+        # Per recipient only the tokens are new: what to sign and where it goes are set here.
+        self.jobs = [(purpose, _filler(payload, placeholder_id)) for purpose, payload in self.calls]
+        self.html_format = None if out_html is None else _format(slot.split(out_html))
+        self.header_formats = {k: _format(slot.split(v)) for k, v in headers.items()}
 
     def render(self, message_id: str) -> tuple[str | None, dict[str, str]]:
-        signer = self.state.signer
-        pid = self.placeholder_id
-        tokens = [
-            signer.dumps(purpose, _substitute(payload, pid, message_id)) for purpose, payload in self.calls
-        ]
+        dumps = self.state.signer.dumps
+        # tokens are URL-safe base64 and '.': escaping is a no-op, kept for the contract
+        tokens = [html_lib.escape(dumps(purpose, fill(message_id)), quote=True) for purpose, fill in self.jobs]
         return (
-            None if self.html_parts is None else _join(self.html_parts, tokens),
-            {k: _join(parts, tokens) for k, parts in self.header_parts.items()},
+            None if self.html_format is None else self.html_format.format(*tokens),
+            {k: fmt.format(*tokens) for k, fmt in self.header_formats.items()},
         )
 
 
@@ -101,18 +101,36 @@ def _only_placeholder(payload: Any, pid: str) -> bool:
 def _substitute(payload: Any, pid: str, message_id: str) -> Any:
     if payload == pid:
         return message_id
-    if isinstance(payload, list):
+    if isinstance(payload, (list, tuple)):
         return [_substitute(p, pid, message_id) for p in payload]
     return payload
 
 
-def _join(parts: list[str], tokens: list[str]) -> str:
-    """``parts`` alternate text and slot numbers (``re.split`` with one group)."""
-    out = parts[:]
-    for i in range(1, len(out), 2):
-        # tokens are URL-safe base64 and '.': escaping is a no-op, kept for the contract
-        out[i] = html_lib.escape(tokens[int(out[i])], quote=True)
-    return "".join(out)
+def _filler(payload: Any, pid: str) -> Callable[[str], Any]:
+    """A function of the message id giving ``payload`` with the placeholder id replaced
+    (what :func:`_substitute` gives, with the usual flat payloads prepared once)."""
+    if isinstance(payload, str) and payload == pid:
+        return lambda message_id: message_id
+    if isinstance(payload, list) and not any(isinstance(p, (list, tuple)) for p in payload):
+        where = [i for i, p in enumerate(payload) if p == pid]
+
+        def fill(message_id: str) -> list[Any]:
+            out = payload.copy()
+            for i in where:
+                out[i] = message_id
+            return out
+
+        return fill
+    return lambda message_id: _substitute(payload, pid, message_id)
+
+
+def _format(parts: list[str]) -> str:
+    """A :meth:`str.format` template from ``parts``, which alternate text and slot numbers
+    (``re.split`` with one group): slot ``n`` becomes field ``{n}``, braces in text are doubled."""
+    return "".join(
+        "{" + str(int(part)) + "}" if i % 2 else part.replace("{", "{{").replace("}", "}}")
+        for i, part in enumerate(parts)
+    )
 
 
 def track_messages(
