@@ -58,6 +58,33 @@ def _prepare(url: str, messages: int) -> dict[str, list[str]]:
     }
 
 
+def _server_cpu(server: Server) -> float:
+    """CPU seconds (user + system) used so far by the gunicorn master and workers (one
+    process group). Per request it is a second view of the cost, steadier than throughput
+    when other work on the machine comes and goes; with PostgreSQL the database server's
+    own CPU is not in it."""
+    assert server.proc is not None
+    group, total = server.proc.pid, 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == group:  # pgrp; then utime and stime, in clock ticks
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def _measured(server: Server, paths: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    cpu0 = _server_cpu(server)
+    run = load(server.base, paths, duration=args.duration, connections=args.connections)
+    run["server_cpu_us"] = round((_server_cpu(server) - cpu0) / max(run["requests"], 1) * 1e6, 1)
+    return run
+
+
 def _count(url: str, sql: str) -> int:
     conn = raw_connect(url)
     try:
@@ -75,7 +102,7 @@ def run_kind(kind: str, args: argparse.Namespace) -> dict[str, Any]:
                 load(server.base, p, duration=1, connections=args.connections)
             for _ in range(args.rounds):
                 for name, p in paths.items():
-                    rounds[name].append(load(server.base, p, duration=args.duration, connections=args.connections))
+                    rounds[name].append(_measured(server, p, args))
             journaled = server.journal_lines()
             server.cleanup_journal()
         # ours always sets the idempotency uid; the minimal route does not
@@ -92,6 +119,7 @@ def run_kind(kind: str, args: argparse.Namespace) -> dict[str, Any]:
             "requests": sum(r["requests"] for r in runs),
             "errors": sum(r["errors"] for r in runs),
             "rounds_rps": [r["rps"] for r in runs],
+            "server_cpu_us_per_request_median": statistics.median(r["server_cpu_us"] for r in runs),
         }
 
     out: dict[str, Any] = {"routes": {name: summary(name) for name in paths}}
@@ -105,6 +133,11 @@ def run_kind(kind: str, args: argparse.Namespace) -> dict[str, Any]:
             "ours_vs_minimal": vs_min,
             "ours_vs_bare": vs_bare,
             "minimal_vs_bare": statistics.median(ratio(m["rps"], b["rps"]) for m, b in zip(mini, bare)),
+            # the same comparisons by gunicorn CPU per request (minimal's / ours: 1 = as cheap)
+            "cpu_minimal_over_ours": statistics.median(
+                ratio(m["server_cpu_us"], o["server_cpu_us"]) for o, m in zip(ours, mini)),
+            "cpu_bare_over_ours": statistics.median(
+                ratio(b["server_cpu_us"], o["server_cpu_us"]) for o, b in zip(ours, bare)),
             "ours_p99_ms": out["routes"][f"ours_{what}"]["p99_ms_median"],
             "minimal_p99_ms": out["routes"][f"min_{what}"]["p99_ms_median"],
             "bare_p99_ms": out["routes"][f"bare_{what}"]["p99_ms_median"],

@@ -17,12 +17,13 @@ Verdicts are cached per user-agent string and per network.
 """
 from __future__ import annotations
 
+import datetime as dt
 import ipaddress
 import re
 import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import TYPE_CHECKING, Any
 
 from crawlerdetect import CrawlerDetect
@@ -160,6 +161,16 @@ class BotPolicy:
     def history(self) -> bool:
         """Whether clicks need the history probes (burst or honeypot rule on)."""
         return self.burst_seconds > 0 or self.honeypot
+
+    @cached_property
+    def windows(self) -> tuple[dt.timedelta | None, dt.timedelta | None, dt.timedelta | None]:
+        """The after-send, burst and honeypot windows as timedeltas (``None``: rule off),
+        built once instead of on every hit."""
+        def window(seconds: float, on: bool = True) -> dt.timedelta | None:
+            return dt.timedelta(seconds=seconds) if on and seconds > 0 else None
+
+        return (window(self.after_send_seconds), window(self.burst_seconds),
+                window(self.honeypot_window_seconds, self.honeypot))
 
     def network_reason(self, ip: str, event_type: str) -> str | None:
         """``scanner-network`` / ``apple-mpp`` (opens) for an address, cached per address."""

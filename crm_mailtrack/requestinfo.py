@@ -9,12 +9,14 @@ from flask import Request
 
 MAX_USER_AGENT = 512
 
-#: Headers with which browsers and mail clients announce a prefetch / preview fetch.
+#: Headers with which browsers and mail clients announce a prefetch / preview fetch, as
+#: WSGI environ keys (what ``request.headers.get`` looks up, without its per-call key
+#: building: these are read on every open and click).
 _PREFETCH_HEADERS = (
-    ("Purpose", "prefetch"),
-    ("Sec-Purpose", "prefetch"),
-    ("X-Moz", "prefetch"),
-    ("X-Purpose", "preview"),
+    ("HTTP_PURPOSE", "prefetch"),  # Purpose
+    ("HTTP_SEC_PURPOSE", "prefetch"),  # Sec-Purpose
+    ("HTTP_X_MOZ", "prefetch"),  # X-Moz
+    ("HTTP_X_PURPOSE", "preview"),  # X-Purpose
 )
 
 
@@ -40,14 +42,14 @@ def machine_reason(req: Request) -> str | None:
     """A reason when the request itself shows it was made by a machine, else ``None``."""
     if req.method == "HEAD":
         return "head-request"
-    headers = req.headers
-    for name, token in _PREFETCH_HEADERS:
-        value = headers.get(name)
+    environ = req.environ
+    for key, token in _PREFETCH_HEADERS:
+        value = environ.get(key)
         if value and token in value.lower():
             return "prefetch"
     return None
 
 
 def user_agent(req: Request) -> str | None:
-    ua = req.headers.get("User-Agent")
+    ua = req.environ.get("HTTP_USER_AGENT")
     return ua[:MAX_USER_AGENT] if ua else None

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import datetime as dt
 from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
@@ -38,7 +39,11 @@ class CompiledStatement:
         self.defaults: dict[str, Any] = {
             name: bind.effective_value for bind, name in compiled.bind_names.items() if not bind.required
         }
-        self.processors: dict[str, Any] = dict(compiled._bind_processors)
+        self.processors: dict[str, Any] = {
+            name: _fast_processor(compiled.binds[name].type, dialect, proc)
+            for name, proc in compiled._bind_processors.items()
+        }
+        self._template, self._slots = self._plan()
         columns = list(getattr(stmt, "exported_columns", ()) or ())
         self.row_type: Any = None
         self.result_processors: list[Any] = []
@@ -46,8 +51,36 @@ class CompiledStatement:
             self.row_type = _row_type(tuple(c.key for c in columns))
             self.result_processors = [c.type.dialect_impl(dialect).result_processor(dialect, None) for c in columns]
 
+    def _plan(self) -> tuple[Any, list[tuple[Any, str, Any]]]:
+        """The DBAPI parameters with the statement's own literals already processed (a list
+        for positional paramstyles, a dict for named ones), and the slots each call fills:
+        ``(index or key, bind name, processor)``. Literals are the same on every call, so
+        their processing (and the merge with the caller's values) is done once here."""
+        procs = self.processors
+
+        def literal(name: str) -> Any:
+            value = self.defaults[name]
+            return procs[name](value) if name in procs else value
+
+        template: Any
+        if self.positional is not None:
+            template = [literal(n) if n in self.defaults else None for n in self.positional]
+            slots = [(i, n, procs.get(n)) for i, n in enumerate(self.positional) if n not in self.defaults]
+        else:
+            template = {key: literal(n) for n, key in self.named if n in self.defaults}
+            slots = [(key, n, procs.get(n)) for n, key in self.named if n not in self.defaults]
+        return template, slots
+
     def parameters(self, params: dict[str, Any]) -> Any:
-        values = {**self.defaults, **params} if self.defaults else params
+        if self.defaults and not self.defaults.keys().isdisjoint(params.keys()):
+            return self._parameters_merged(params)  # a caller overriding a literal: rare
+        out = self._template.copy()
+        for slot, name, proc in self._slots:
+            out[slot] = params[name] if proc is None else proc(params[name])
+        return tuple(out) if self.positional is not None else out
+
+    def _parameters_merged(self, params: dict[str, Any]) -> Any:
+        values = {**self.defaults, **params}
         procs = self.processors
         if self.positional is not None:
             return tuple(procs[n](values[n]) if n in procs else values[n] for n in self.positional)
@@ -72,6 +105,42 @@ class CompiledStatement:
         if raw is None:
             return None
         return self.row_type(*(p(v) if p is not None else v for p, v in zip(self.result_processors, raw)))
+
+
+_SQLITE_DATETIME = "%04d-%02d-%02d %02d:%02d:%02d.%06d"
+
+
+def _fast_processor(type_: Any, dialect: sa.Dialect, slow: Any) -> Any:
+    """A faster equivalent of the bind processor ``slow`` of a :class:`UTCDateTime` bind, for
+    values that are already UTC (what the tracking path passes): the type's own processor
+    goes through ``TypeDecorator``, ``astimezone`` and SQLite's dict-based formatting,
+    about 5 µs per value, four values per click. Used only if it gives exactly what ``slow``
+    gives on sample values; any other value (naive, other zone, ``None``) goes to ``slow``."""
+    from ..models import UTCDateTime
+
+    if slow is None or not isinstance(type_, UTCDateTime):
+        return slow
+    utc = dt.timezone.utc
+    if dialect.name == "sqlite":
+        fmt = _SQLITE_DATETIME
+
+        def fast(value: Any) -> Any:
+            if value.__class__ is dt.datetime and value.tzinfo is utc:
+                return fmt % (value.year, value.month, value.day, value.hour, value.minute,
+                              value.second, value.microsecond)
+            return slow(value)
+    else:
+        def fast(value: Any) -> Any:
+            if value.__class__ is dt.datetime and value.tzinfo is utc:
+                return value
+            return slow(value)
+    samples = (dt.datetime(2025, 1, 2, 3, 4, 5, 60708, tzinfo=utc), dt.datetime(1999, 12, 31, tzinfo=utc),
+               dt.datetime.now(utc))
+    try:
+        agrees = all(fast(v) == slow(v) and type(fast(v)) is type(slow(v)) for v in samples)
+    except Exception:  # noqa: BLE001 - an unexpected processor: keep it as it is
+        agrees = False
+    return fast if agrees else slow
 
 
 @lru_cache(maxsize=64)
@@ -117,25 +186,27 @@ def first_committed(engine: sa.Engine, stmt: sa.Executable, params: dict[str, An
     row)`` (when a row came back) in the same transaction, and commit. No SQLAlchemy
     ``Connection``/``Transaction`` objects at all: the open and click paths."""
     compiled_stmt = compiled(stmt, engine.dialect)
+    values = compiled_stmt.parameters(params)  # before checkout: a bad value holds no connection
     raw = engine.raw_connection()
     try:
-        cursor = raw.cursor()
+        dbapi_conn = raw.dbapi_connection  # straight to the driver: no proxy per call
+        cursor = dbapi_conn.cursor()
         try:
-            cursor.execute(compiled_stmt.sql, compiled_stmt.parameters(params))
+            cursor.execute(compiled_stmt.sql, values)
             fetched = cursor.fetchone() if compiled_stmt.row_type is not None else None
             row = None if fetched is None else compiled_stmt.row_type(
                 *(p(v) if p is not None else v for p, v in zip(compiled_stmt.result_processors, fetched))
             )
             if row is not None and after is not None:
-                after(RawConnection(raw.dbapi_connection, engine.dialect), row)
+                after(RawConnection(dbapi_conn, engine.dialect), row)
         except engine.dialect.loaded_dbapi.Error as exc:
-            if engine.dialect.is_disconnect(exc, raw.dbapi_connection, cursor):
+            if engine.dialect.is_disconnect(exc, dbapi_conn, cursor):
                 raw.invalidate(exc)
             raise
         finally:
             with contextlib.suppress(Exception):
                 cursor.close()
-        raw.commit()
+        dbapi_conn.commit()
     finally:
         raw.close()  # back to the pool, which rolls back anything left uncommitted
     return row
