@@ -70,17 +70,23 @@ def erase_contact(contact_id: str, tenant: str | None) -> None:
 @cli.command("send-due")
 def send_due() -> None:
     """Send the scheduled messages whose time has come (each exactly once, even with
-    several send-due processes running)."""
+    several send-due processes running). First, messages left SENDING for longer than
+    MAILTRACK_SENDING_TIMEOUT_SECONDS by a process that died are marked FAILED (never re-sent)."""
     from .services import sending
 
     state = get_state()
     try:
+        interrupted = sending.fail_interrupted(state)
+        if interrupted:
+            noun = "message" if interrupted == 1 else "messages"
+            click.echo(f"mailtrack: marked {interrupted} interrupted {noun} FAILED (left SENDING by a process "
+                       "that stopped; not retried, to avoid a duplicate: resend to send a copy)")
         total = sending.count_due(state)
         if total == 0:
             click.echo("mailtrack: no scheduled messages are due")
             return
         with click.progressbar(length=total, label="Sending due messages", file=sys.stderr) as bar:
-            handled = sending.send_due(state, progress=bar.update)
+            handled = sending.send_due(state, progress=bar.update, reclaim=False)
     except Exception as exc:  # noqa: BLE001
         _fail(f"send-due stopped: {exc}")
     click.echo(f"mailtrack: handled {handled} due messages (others were claimed by another process)"

@@ -32,6 +32,11 @@ ANONYMIZE_IP = "MAILTRACK_ANONYMIZE_IP"
 SMTP_URL = "MAILTRACK_SMTP_URL"
 #: The From address of sent mail.
 DEFAULT_SENDER = "MAILTRACK_DEFAULT_SENDER"
+#: Seconds after which a message still ``SENDING`` counts as interrupted (its sender died
+#: between the claim and the outcome): ``send_due`` marks it ``FAILED`` instead of leaving it
+#: stuck, and never re-sends it (the server may have accepted it). Must exceed the SMTP
+#: timeout, so that a send that is merely slow is never declared interrupted.
+SENDING_TIMEOUT_SECONDS = "MAILTRACK_SENDING_TIMEOUT_SECONDS"
 #: Where tracking events go while the database is unavailable, until replayed.
 JOURNAL_PATH = "MAILTRACK_JOURNAL_PATH"
 #: The extension's own database, used only when the host has no Flask-SQLAlchemy.
@@ -68,6 +73,7 @@ DEFAULTS: dict[str, Any] = {
     ANONYMIZE_IP: True,
     SMTP_URL: "smtp://localhost:25",
     DEFAULT_SENDER: None,
+    SENDING_TIMEOUT_SECONDS: 900,
     JOURNAL_PATH: None,
     DATABASE_URI: None,
     BOT_AFTER_SEND_SECONDS: 5,
@@ -80,3 +86,6 @@ DEFAULTS: dict[str, Any] = {
 
 #: Shortest signing key accepted: a shorter one can be brute-forced offline from one link.
 MIN_SECRET_KEY_LENGTH = 16
+#: Longest ``MAILTRACK_SENDING_TIMEOUT_SECONDS`` accepted (30 days): a send is minutes at
+#: most, and a bound keeps the cutoff arithmetic finite.
+MAX_SENDING_TIMEOUT_SECONDS = 30 * 24 * 3600

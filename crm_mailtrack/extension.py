@@ -76,7 +76,16 @@ class MailTrack:
             raise ConfigurationError(f"{cfg.UTM_DEFAULTS} keys must start with 'utm_': {bad_utm}")
         from .services.sending import parse_smtp_url
 
-        parse_smtp_url(conf[cfg.SMTP_URL])  # a bad URL fails here, naming the key, not at send time
+        smtp = parse_smtp_url(conf[cfg.SMTP_URL])  # a bad URL fails here, naming the key, not at send time
+        sending_timeout = conf[cfg.SENDING_TIMEOUT_SECONDS]
+        if (isinstance(sending_timeout, bool) or not isinstance(sending_timeout, (int, float))
+                or not smtp.timeout < sending_timeout <= cfg.MAX_SENDING_TIMEOUT_SECONDS):
+            # shorter than one SMTP wait, a send that is merely slow would be declared interrupted
+            raise ConfigurationError(
+                f"{cfg.SENDING_TIMEOUT_SECONDS} must be a number of seconds greater than the SMTP "
+                f"timeout ({smtp.timeout:g}) and at most {cfg.MAX_SENDING_TIMEOUT_SECONDS}, "
+                f"not {sending_timeout!r}."
+            )
 
         db = db if db is not None else self._db
         if db is None:
@@ -96,6 +105,7 @@ class MailTrack:
             smtp_url=conf[cfg.SMTP_URL],
             default_sender=conf[cfg.DEFAULT_SENDER],
             db=db,
+            config={cfg.SENDING_TIMEOUT_SECONDS: float(sending_timeout)},
         )
         if db is None:
             _own_database(app, state)

@@ -6,8 +6,11 @@ committed before the SMTP conversation starts; only the process whose UPDATE cha
 row talks to the server, so two ``send-due`` runs never deliver a message twice. The
 claimed row then ends as ``SENT``, ``FAILED`` (with the server's reason) or ``SUPPRESSED``
 (recipient on email Do-Not-Contact). A crash between the claim and the final update leaves
-the row ``SENDING``: it is never retried automatically (re-sending could duplicate mail);
-``resend`` makes a new copy.
+the row ``SENDING``. It is never retried automatically (the server may already have
+accepted the mail, so re-sending could duplicate it); instead ``send_due`` first marks every
+message ``SENDING`` for longer than ``MAILTRACK_SENDING_TIMEOUT_SECONDS`` as ``FAILED`` with
+:data:`INTERRUPTED` as its error, recording and announcing it as any other failure
+(:func:`fail_interrupted`), and an operator may ``resend`` it, which makes a new copy.
 
 The SMTP URL: ``smtp://host:25`` (plain), ``smtps://host:465`` (implicit TLS) or
 ``smtp+starttls://user:pass@host:587``; user and password are percent-decoded. Query
@@ -31,6 +34,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import sqlalchemy as sa
 
+from .. import config as cfg
 from ..errors import ConfigurationError, Conflict, DatabaseUnavailable, NotFound
 from ..models import ContactEvent, EventType, Message, MessageStatus, UTCDateTime, dnc, messages, utcnow
 from ..state import MailTrackState
@@ -44,6 +48,10 @@ _RESERVED = frozenset({"from", "to", "cc", "bcc", "subject", "message-id", "date
                        "content-type", "content-transfer-encoding", "mime-version"})
 _SPACES = re.compile(r"\s+")
 _DEFAULT_PORTS = {"smtp": 25, "smtps": 465, "smtp+starttls": 587}
+#: The ``error_message`` of a message whose sender died between the claim and the outcome.
+INTERRUPTED = ("Interrupted while sending: the process sending it stopped before recording the "
+               "outcome. Not retried, to avoid a duplicate (the server may have accepted it); "
+               "resend it to send a copy.")
 
 
 # -- the SMTP URL --------------------------------------------------------------------------
@@ -352,23 +360,39 @@ def _send_claimed(state: MailTrackState, message_id: str, mailer: Mailer) -> Mes
         details: dict[str, Any] = {"internetMessageId": header_id}
         if refused:
             details["refused"] = {r: _reply(c, t) for r, (c, t) in refused.items()}
-        event_type = EventType.SEND.value
+        event = _outcome_event(msg, EventType.SEND.value, details, now)
     else:
         msg.status = MessageStatus.FAILED.value
         msg.error_message = error
-        details = {"error": error}
-        event_type = EventType.FAILED.value
-    event = ContactEvent(
+        event = _failure_event(msg, error, now)
+    session.add(event)
+    _commit(session)
+    _announce(msg, event, error)
+    return msg
+
+
+# -- the outcome: one home for what SENT and FAILED record and announce --------------------
+
+def _outcome_event(msg: Message, event_type: str, details: dict[str, Any], now: dt.datetime) -> ContactEvent:
+    """The ``send``/``failed`` event row of a message's outcome (the caller adds it)."""
+    return ContactEvent(
         tenant_id=msg.tenant_id, type=event_type, contact_id=msg.contact_id, email=msg.email,
         message_id=msg.id, campaign_id=msg.campaign_id, occurred_at=now, is_machine=False,
         details=details,
     )
-    session.add(event)
-    _commit(session)
+
+
+def _failure_event(msg: Message, error: str, now: dt.datetime) -> ContactEvent:
+    """The ``failed`` event of a message that ended ``FAILED`` with ``error``."""
+    return _outcome_event(msg, EventType.FAILED.value, {"error": error}, now)
+
+
+def _announce(msg: Message, event: ContactEvent, error: str | None) -> None:
+    """After the commit: ``message_sent`` or ``message_failed`` (with ``error``), and
+    ``event_recorded``."""
     extra = {"error": error} if error is not None else {}
-    emit(event_type, message=msg, event=event, contact_id=msg.contact_id, message_id=msg.id,
+    emit(event.type, message=msg, event=event, contact_id=msg.contact_id, message_id=msg.id,
          campaign_id=msg.campaign_id, url=None, **extra)
-    return msg
 
 
 def _commit(session: Any) -> None:
@@ -406,16 +430,71 @@ def count_due(state: MailTrackState, now: dt.datetime | None = None) -> int:
     ).scalar_one())
 
 
+def sending_timeout(state: MailTrackState) -> dt.timedelta:
+    """``MAILTRACK_SENDING_TIMEOUT_SECONDS`` as validated by ``init_app``."""
+    key = cfg.SENDING_TIMEOUT_SECONDS
+    return dt.timedelta(seconds=state.config.get(key, cfg.DEFAULTS[key]))
+
+
+def fail_interrupted(state: MailTrackState, *, batch_size: int = 500) -> int:
+    """Mark every message ``SENDING`` for longer than the sending timeout (all tenants) as
+    ``FAILED`` with :data:`INTERRUPTED`; return how many. Never re-sends anything.
+
+    Such a row's sender died between the claim and the outcome (crash, kill, deploy): the
+    claim set ``updated_at``, and a live sender ends its row long before the timeout. The
+    change is one conditional ``UPDATE ... WHERE status = 'SENDING' AND updated_at < cutoff``
+    with ``RETURNING``, in the same transaction as the ``failed`` events: a row that a sender
+    finishes meanwhile no longer matches (PostgreSQL re-checks the condition on a row that
+    was updated concurrently; SQLite runs writers one at a time), and of two concurrent runs
+    only one changes a row. Each row then gets the normal failure's event and signals.
+
+    The cutoff is the wall clock (not ``send_due``'s ``now``), because ``updated_at`` is.
+    A sender still alive past the timeout (``init_app`` makes the timeout exceed the SMTP
+    timeout, so it would have to be very slow) that ends afterwards still writes its real
+    outcome over ``FAILED``; the ``failed`` event stays in the history.
+    """
+    session = state.session
+    now = utcnow()
+    cutoff = now - sending_timeout(state)
+    try:
+        ids = list(session.execute(
+            sa.update(messages)
+            .where(messages.c.status == MessageStatus.SENDING.value, messages.c.updated_at < cutoff)
+            .values(status=MessageStatus.FAILED.value, error_message=INTERRUPTED, updated_at=now)
+            .returning(messages.c.id)
+        ).scalars())
+        failed: list[tuple[Message, ContactEvent]] = []
+        for start in range(0, len(ids), batch_size):
+            rows = session.execute(
+                sa.select(Message).where(Message.id.in_(ids[start:start + batch_size]))
+                .execution_options(populate_existing=True)
+            ).scalars()
+            failed.extend((msg, _failure_event(msg, INTERRUPTED, now)) for msg in rows)
+        session.add_all(event for _, event in failed)
+        session.commit()
+    except sa.exc.SQLAlchemyError as exc:
+        session.rollback()
+        raise DatabaseUnavailable() from exc
+    for msg, event in failed:
+        log.warning("mailtrack: message %s was interrupted while sending (SENDING for over %s); "
+                    "marked FAILED, not retried", msg.id, now - cutoff)
+        _announce(msg, event, INTERRUPTED)
+    return len(failed)
+
+
 def send_due(
     state: MailTrackState,
     now: dt.datetime | None = None,
     *,
     batch_size: int = 100,
     progress: Callable[[int], Any] | None = None,
+    reclaim: bool = True,
 ) -> int:
     """Send every SCHEDULED message whose ``scheduled_at`` is at or before ``now`` (all
     tenants); return how many this call handled (sent, failed or suppressed).
 
+    First (unless ``reclaim`` is false: the CLI calls :func:`fail_interrupted` itself, to
+    report its count) messages left ``SENDING`` by a dead sender are marked ``FAILED``.
     Due rows are read in keyset batches of ``(scheduled_at, id)``; each one is claimed
     atomically, so a row another process claimed first is skipped, never sent twice. One
     SMTP connection serves the whole run.
@@ -423,6 +502,8 @@ def send_due(
     now = now or utcnow()
     if now.tzinfo is None:
         now = now.replace(tzinfo=dt.timezone.utc)
+    if reclaim:
+        fail_interrupted(state)
     handled = 0
     last: tuple[dt.datetime, str] | None = None
     with mailer_for(state) as mailer:
@@ -445,4 +526,5 @@ def send_due(
     return handled
 
 
-__all__ = ["send", "send_due", "count_due", "claim", "parse_smtp_url", "html_to_text", "build_email"]
+__all__ = ["send", "send_due", "count_due", "claim", "fail_interrupted", "parse_smtp_url", "html_to_text",
+           "build_email", "INTERRUPTED"]
