@@ -321,7 +321,21 @@ class EventRollup(Base):
     )
 
 
-class StatsMessageCell(Base):
+class _MessageCounts:
+    """The counts of a message cell: SENT/FAILED messages, and how many of them were opened
+    and clicked by people (``opened``, ``clicked``) or by anyone (``*_any``), bounced and
+    unsubscribed."""
+
+    messages: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    opened: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    clicked: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    opened_any: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    clicked_any: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    bounced: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    unsubscribed: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+
+
+class StatsMessageCell(_MessageCounts, Base):
     """Analytics pre-aggregate: the SENT/FAILED messages of one (tenant, campaign, template,
     type, status, UTC send day), with how many were opened, clicked, bounced, unsubscribed.
     Maintained by ``services/stats.py`` (``""`` stands for "none" in the key)."""
@@ -335,13 +349,6 @@ class StatsMessageCell(Base):
     type: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
     status: Mapped[str] = mapped_column(sa.String(16), primary_key=True)
     day: Mapped[dt.date] = mapped_column(sa.Date, primary_key=True)
-    messages: Mapped[int] = mapped_column(sa.BigInteger, default=0)
-    opened: Mapped[int] = mapped_column(sa.BigInteger, default=0)
-    clicked: Mapped[int] = mapped_column(sa.BigInteger, default=0)
-    opened_any: Mapped[int] = mapped_column(sa.BigInteger, default=0)
-    clicked_any: Mapped[int] = mapped_column(sa.BigInteger, default=0)
-    bounced: Mapped[int] = mapped_column(sa.BigInteger, default=0)
-    unsubscribed: Mapped[int] = mapped_column(sa.BigInteger, default=0)
 
     __table_args__ = (
         # the two reads of analytics, each without a sort or a table read (covering)
@@ -373,7 +380,7 @@ class StatsDayCell(Base):
     )
 
 
-class StatsTenantMessageCell(Base):
+class StatsTenantMessageCell(_MessageCounts, Base):
     """``mailtrack_stats_messages`` summed over campaigns: what a tenant-wide analytics call
     reads (a few rows per day). Kept in step by ``services/stats.py``."""
 
@@ -385,13 +392,6 @@ class StatsTenantMessageCell(Base):
     type: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
     status: Mapped[str] = mapped_column(sa.String(16), primary_key=True)
     day: Mapped[dt.date] = mapped_column(sa.Date, primary_key=True)
-    messages: Mapped[int] = mapped_column(sa.BigInteger, default=0)
-    opened: Mapped[int] = mapped_column(sa.BigInteger, default=0)
-    clicked: Mapped[int] = mapped_column(sa.BigInteger, default=0)
-    opened_any: Mapped[int] = mapped_column(sa.BigInteger, default=0)
-    clicked_any: Mapped[int] = mapped_column(sa.BigInteger, default=0)
-    bounced: Mapped[int] = mapped_column(sa.BigInteger, default=0)
-    unsubscribed: Mapped[int] = mapped_column(sa.BigInteger, default=0)
 
 
 class StatsTenantDayCell(Base):
