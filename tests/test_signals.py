@@ -169,3 +169,26 @@ def test_connect_via_app_hears_only_that_app(make_app):
     finally:
         signals.link_clicked.disconnect(on_click)
     assert heard == [(app, mine["id"])]
+
+
+def test_a_subscriber_changing_event_details_changes_no_other_event(app, client):
+    """The device details of a user agent are computed once and shared between hits; what a
+    subscriber receives is its own copy, so changing it alters neither later rows nor the
+    cache."""
+    ua = {"User-Agent": "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 Chrome/124.0 Safari/537.36"}
+
+    def vandal(sender: Any, event: Any, **kwargs: Any) -> None:
+        if event.details:
+            event.details.clear()
+            event.details["vandal"] = True
+
+    paths = tracked_paths(app, "https://dest.test/a")
+    with signals.link_clicked.connected_to(vandal):
+        for _ in range(2):
+            assert client.get(paths["click"], headers=ua).status_code == 302
+    session = app.extensions["mailtrack"].session
+    stored = session.execute(sa.select(events.c.details).where(events.c.type == "click")).scalars().all()
+    assert len(stored) == 2 and all(d and "device" in d and "vandal" not in d for d in stored)
+    from crm_mailtrack.devices import event_details
+
+    assert "vandal" not in (event_details(ua["User-Agent"]) or {})  # the shared cache is intact

@@ -119,7 +119,11 @@ def _tracking_insert(dialect: str, idempotent: bool, with_history: bool = True,
     stmt = insert(events).from_select(cols, src)
     if idempotent:
         stmt = stmt.on_conflict_do_nothing(index_elements=["uid"])
-    return stmt.returning(*(events.c[name] for name in returning)) if returning else stmt
+    if returning:
+        stmt = stmt.returning(*(events.c[name] for name in returning))
+    # ``details`` is the per-user-agent dict of devices.event_details (never changed): on
+    # the raw path its JSON is made once per dict, not per hit
+    return stmt.execution_options(**{rawexec.SHARED_BINDS: ("details",)})
 
 
 def _tracking_params(
@@ -146,7 +150,9 @@ def _tracking_params(
         "user_agent": user_agent,
         "is_machine": machine_reason is not None,
         "machine_reason": machine_reason,
-        "details": dict(details) if details else None,
+        # as given (not copied): the insert serializes each shared details dict once;
+        # what leaves this module (signals) gets its own copy
+        "details": (details if details.__class__ is dict else dict(details)) if details else None,
     }
 
 
@@ -198,7 +204,8 @@ def _notify_tracking(params: Mapping[str, Any], row: sa.Row[Any], *, safe: bool)
     event_type = params["type"]
     if not has_receivers(event_type):
         return
-    event = ContactEvent(**{**{k: v for k, v in params.items()}, **row._mapping})
+    details = params.get("details")
+    event = ContactEvent(**{**params, "details": dict(details) if details else None, **row._mapping})
     emit(
         event_type,
         safe=safe,

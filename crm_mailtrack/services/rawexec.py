@@ -43,6 +43,9 @@ class CompiledStatement:
             name: _fast_processor(compiled.binds[name].type, dialect, proc)
             for name, proc in compiled._bind_processors.items()
         }
+        for name in stmt.get_execution_options().get(SHARED_BINDS, ()):  # type: ignore[attr-defined]
+            if name in compiled.binds:
+                self.processors[name] = _shared_processor(self.processors.get(name), dialect)
         self._template, self._slots = self._plan()
         columns = list(getattr(stmt, "exported_columns", ()) or ())
         self.row_type: Any = None
@@ -108,6 +111,51 @@ class CompiledStatement:
 
 
 _SQLITE_DATETIME = "%04d-%02d-%02d %02d:%02d:%02d.%06d"
+
+#: Execution option of a statement: names of binds whose values callers share and never
+#: change (the tracking insert's ``details``: one dict per user agent, see
+#: :func:`..devices.event_details`). Their bind form is computed once per value object.
+SHARED_BINDS = "mailtrack_shared_binds"
+_SHARED_MAX = 512
+
+
+def _shared_processor(slow: Any, dialect: sa.Dialect) -> Any:
+    """``slow`` (or no processing), memoized per value object for a :data:`SHARED_BINDS`
+    bind: a JSON value is serialized once, not on every hit (about 8 µs per click on
+    PostgreSQL, 4 µs on SQLite). The memo holds each value, so an id it knows is that
+    value's; it is emptied when full (the honeypot route's one-off dicts)."""
+    memo: dict[int, tuple[Any, Any]] = {}
+
+    def process(value: Any) -> Any:
+        hit = memo.get(id(value))
+        if hit is not None:
+            return hit[1]
+        out = _predumped(slow(value) if slow is not None else value, dialect)
+        if len(memo) >= _SHARED_MAX:
+            memo.clear()
+        memo[id(value)] = (value, out)
+        return out
+
+    return process
+
+
+def _predumped(value: Any, dialect: sa.Dialect) -> Any:
+    """psycopg's ``Json``/``Jsonb`` wrapper (what SQLAlchemy's JSON processor gives there)
+    with its text already made by the dumper the dialect's connections use (the engine's
+    ``json_serializer`` or psycopg's), so the driver does not serialize it again."""
+    try:
+        from psycopg.adapt import PyFormat
+        from psycopg.types.json import Json, Jsonb
+    except ImportError:
+        return value
+    if value.__class__ not in (Json, Jsonb) or value.dumps is not None:
+        return value
+    import psycopg
+
+    adapters = getattr(dialect, "_psycopg_adapters_map", None) or psycopg.adapters
+    cls = value.__class__
+    text = bytes(adapters.get_dumper(cls, PyFormat.TEXT)(cls).dump(value))
+    return cls(value.obj, dumps=lambda _obj: text)
 
 
 def _fast_processor(type_: Any, dialect: sa.Dialect, slow: Any) -> Any:
