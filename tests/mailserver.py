@@ -1,7 +1,13 @@
 """A real SMTP server on loopback for the sending tests (aiosmtpd), recording what it
-receives, optionally refusing recipients, speaking STARTTLS/SMTPS and requiring AUTH."""
+receives (the envelope, the MAIL FROM parameters and the raw bytes of DATA), optionally
+refusing recipients, speaking STARTTLS/SMTPS, requiring AUTH, or not offering SMTPUTF8.
+
+No free-port race: the listening socket is bound to port 0 first and handed to asyncio's
+``create_server(sock=...)``, which serves aiosmtpd's ``SMTP`` protocol in a thread."""
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import email
 import email.policy
 import shutil
@@ -9,19 +15,22 @@ import socket
 import ssl
 import subprocess
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
-from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult, LoginPassword
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
 
-def free_port() -> int:
+@contextlib.contextmanager
+def refusing_port() -> Iterator[int]:
+    """A loopback port where nothing listens, for as long as the block runs: the socket is
+    bound (so no one else gets the port) but never listens, so connecting is refused."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        yield s.getsockname()[1]
 
 
 @dataclass
@@ -29,6 +38,10 @@ class Received:
     mail_from: str
     rcpt_tos: list[str]
     message: EmailMessage
+    #: The DATA bytes exactly as they came over the wire (dot-unstuffed, CRLF line ends).
+    raw: bytes = b""
+    #: The MAIL FROM parameters (``SMTPUTF8``, ``BODY=8BITMIME`` ...).
+    mail_options: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -49,7 +62,8 @@ class RecordingHandler:
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         parsed = email.message_from_bytes(envelope.original_content, policy=email.policy.default)
         with self.lock:
-            self.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos), parsed))  # type: ignore[arg-type]
+            self.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos), parsed,  # type: ignore[arg-type]
+                                          envelope.original_content, list(envelope.mail_options)))
         return "250 2.0.0 Ok: queued"
 
     def authenticate(self, server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any) -> AuthResult:
@@ -62,39 +76,65 @@ class RecordingHandler:
 
 
 class MailServer:
-    """Start/stop wrapper; ``url`` is the MAILTRACK_SMTP_URL that reaches it."""
+    """Start/stop wrapper; ``url`` is the MAILTRACK_SMTP_URL that reaches it. With
+    ``smtputf8=False`` the server does not offer SMTPUTF8 and refuses ``MAIL FROM ... SMTPUTF8``."""
 
     def __init__(self, handler: RecordingHandler, *, scheme: str = "smtp", cert: tuple[str, str] | None = None,
-                 auth: bool = False) -> None:
+                 auth: bool = False, smtputf8: bool = True) -> None:
         self.handler = handler
-        self.port = free_port()
         self.scheme = scheme
         self.cert = cert
-        kwargs: dict[str, Any] = {}
+        self.ssl_context: ssl.SSLContext | None = None
+        kwargs: dict[str, Any] = {"enable_SMTPUTF8": smtputf8, "hostname": "mx.test"}
         if cert is not None:
             ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             ctx.load_cert_chain(*cert)
             if scheme == "smtps":
-                kwargs["ssl_context"] = ctx
+                self.ssl_context = ctx
             else:
                 kwargs["tls_context"] = ctx
                 kwargs["require_starttls"] = True
         if auth:
             kwargs["authenticator"] = handler.authenticate
             kwargs["auth_required"] = True
-        self.controller = Controller(handler, hostname="127.0.0.1", port=self.port, **kwargs)
+        self.smtp_kwargs = kwargs
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.port: int = self.sock.getsockname()[1]
+        self.loop = asyncio.new_event_loop()
+        self.thread: threading.Thread | None = None
 
     def url(self, userinfo: str = "") -> str:
         query = f"?cafile={self.cert[0]}&timeout=10" if self.cert else "?timeout=10"
         at = f"{userinfo}@" if userinfo else ""
         return f"{self.scheme}://{at}127.0.0.1:{self.port}{query}"
 
+    def _serve(self, ready: threading.Event) -> None:
+        asyncio.set_event_loop(self.loop)
+        server = self.loop.run_until_complete(self.loop.create_server(
+            lambda: SMTP(self.handler, **self.smtp_kwargs), sock=self.sock, ssl=self.ssl_context))
+        ready.set()
+        try:
+            self.loop.run_forever()
+        finally:
+            server.close()
+            for task in asyncio.all_tasks(self.loop):
+                task.cancel()
+            self.loop.run_until_complete(server.wait_closed())
+            self.loop.close()
+
     def __enter__(self) -> MailServer:
-        self.controller.start()
+        ready = threading.Event()
+        self.thread = threading.Thread(target=self._serve, args=(ready,), daemon=True)
+        self.thread.start()
+        if not ready.wait(30):
+            raise RuntimeError("the test SMTP server did not start")
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self.controller.stop()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        if self.thread is not None:
+            self.thread.join(30)
 
 
 def self_signed_cert(directory: Path) -> tuple[str, str] | None:

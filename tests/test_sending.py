@@ -15,7 +15,7 @@ from crm_mailtrack.models import events
 from crm_mailtrack.services.sending import html_to_text, parse_smtp_url
 
 from conftest import BASE_URL
-from mailserver import MailServer, RecordingHandler, free_port, self_signed_cert
+from mailserver import MailServer, RecordingHandler, refusing_port, self_signed_cert
 
 SENDER = "crm@example.com"
 HTML = ('<html><head><style>p{}</style></head><body><p>Hello <b>Ann</b>,</p>'
@@ -129,14 +129,15 @@ def test_refused_recipient_fails_with_the_servers_reason(sapp, handler, recorded
 
 
 def test_server_down_fails_and_nothing_is_left_sending(make_app):
-    app = make_app(MAILTRACK_SMTP_URL=f"smtp://127.0.0.1:{free_port()}?timeout=5", MAILTRACK_DEFAULT_SENDER=SENDER)
-    with app.app_context():
-        mt = _mt(app)
-        msg = mt.track_message(contact_id="c1", email="ann@example.com", subject="s", html=HTML)
-        out = mt.send(msg)
-        assert out.status == MessageStatus.FAILED.value
-        assert "refused" in out.error_message.lower()
-        assert _events(app, msg.id) == ["failed"]
+    with refusing_port() as port:
+        app = make_app(MAILTRACK_SMTP_URL=f"smtp://127.0.0.1:{port}?timeout=5", MAILTRACK_DEFAULT_SENDER=SENDER)
+        with app.app_context():
+            mt = _mt(app)
+            msg = mt.track_message(contact_id="c1", email="ann@example.com", subject="s", html=HTML)
+            out = mt.send(msg)
+            assert out.status == MessageStatus.FAILED.value
+            assert "refused" in out.error_message.lower()
+            assert _events(app, msg.id) == ["failed"]
 
 
 def test_a_message_is_sent_once(sapp, handler):
