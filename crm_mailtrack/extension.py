@@ -74,9 +74,11 @@ class MailTrack:
         bad_utm = [k for k in utm if not str(k).startswith("utm_")]
         if bad_utm:
             raise ConfigurationError(f"{cfg.UTM_DEFAULTS} keys must start with 'utm_': {bad_utm}")
+        from .services.mime import check_default_sender
         from .services.sending import parse_smtp_url
 
         smtp = parse_smtp_url(conf[cfg.SMTP_URL])  # a bad URL fails here, naming the key, not at send time
+        check_default_sender(conf[cfg.DEFAULT_SENDER])
         sending_timeout = conf[cfg.SENDING_TIMEOUT_SECONDS]
         if (isinstance(sending_timeout, bool) or not isinstance(sending_timeout, (int, float))
                 or not smtp.timeout < sending_timeout <= cfg.MAX_SENDING_TIMEOUT_SECONDS):

@@ -56,7 +56,8 @@ class _RecordingSigner:
 class _Template:
     """The instrumented HTML and headers of a template, split around its token slots."""
 
-    def __init__(self, state: MailTrackState, html: str | None, *, track_opens: bool, track_clicks: bool) -> None:
+    def __init__(self, state: MailTrackState, html: str | None, *, track_opens: bool, track_clicks: bool,
+                 text: str | None) -> None:
         self.state = state
         nonce = "mtslot" + secrets.token_hex(8)
         placeholder_id = "mtmsg" + secrets.token_hex(10)
@@ -64,16 +65,18 @@ class _Template:
             nonce, placeholder_id = "mtslot" + secrets.token_hex(8), "mtmsg" + secrets.token_hex(10)
         recorder = _RecordingSigner(nonce)
         fake = dataclasses.replace(state, signer=recorder)
-        out_html, headers, self.tracked = instrument(
-            fake, placeholder_id, html, track_opens=track_opens, track_clicks=track_clicks
+        out_html, headers, self.tracked, self.text = instrument(
+            fake, placeholder_id, html, track_opens=track_opens, track_clicks=track_clicks, text=text
         )
         self.calls = recorder.calls
         slot = re.compile(re.escape(nonce) + r"x(\d+)x")
-        # Safe only if the message id appears nowhere but inside the (signed) payloads.
+        # Safe only if the message id appears nowhere but inside the (signed) payloads, and
+        # the text part (destinations, never a token) holds neither: every recipient shares it.
         texts = [out_html or "", *(str(v) for v in headers.values())]
-        self.safe = not any(placeholder_id in t for t in texts) and all(
-            _only_placeholder(payload, placeholder_id) for _, payload in self.calls
-        )
+        shared_text = self.text or ""
+        self.safe = (not any(placeholder_id in t for t in texts)
+                     and placeholder_id not in shared_text and nonce not in shared_text
+                     and all(_only_placeholder(payload, placeholder_id) for _, payload in self.calls))
         self.placeholder_id = placeholder_id
         # Per recipient only the tokens are new: what to sign and where it goes are set here.
         self.jobs = [(purpose, _filler(payload, placeholder_id)) for purpose, payload in self.calls]
@@ -152,7 +155,9 @@ def track_messages(
     links; return the message ids in recipient order. All or nothing: every recipient is
     validated before anything is written. Keywords as :func:`~.messages.track_message`;
     a recipient may override ``subject``, ``html``, ``text``, ``related_entity_*``,
-    ``variables``, ``conversation_id``, ``cc``, ``bcc``."""
+    ``variables``, ``conversation_id``, ``cc``, ``bcc``. Without ``text`` (for everyone or
+    for a recipient), each message's text part is derived from its HTML, as
+    ``track_message`` does: a template's is derived once and shared."""
     unknown = sorted(set(common) - _COMMON_FIELDS)
     if unknown:
         raise TypeError(f"track_messages() got unexpected keyword arguments: {', '.join(unknown)}")
@@ -164,7 +169,7 @@ def track_messages(
         scheduled_at = scheduled_at.replace(tzinfo=dt.timezone.utc)
     tenant = tenant_key(state, tenant_id)
     campaign_id = None if common.get("campaign_id") is None else str(common["campaign_id"])
-    template = _Template(state, html, track_opens=track_opens, track_clicks=track_clicks)
+    template = _Template(state, html, track_opens=track_opens, track_clicks=track_clicks, text=text)
     now = utcnow()
     status = (MessageStatus.SCHEDULED if scheduled_at else MessageStatus.PENDING).value
     base = {name: None for name in _COMMON_FIELDS}
@@ -172,7 +177,7 @@ def track_messages(
     base["campaign_id"] = campaign_id
     if base.get("related_entity_id") is not None:
         base["related_entity_id"] = str(base["related_entity_id"])
-    base.update(tenant_id=tenant, text=text, subject=subject or "", scheduled_at=scheduled_at, status=status,
+    base.update(tenant_id=tenant, text=template.text, subject=subject or "", scheduled_at=scheduled_at, status=status,
                 track_opens=track_opens, track_clicks=track_clicks, created_at=now, updated_at=now)
     tracked: dict[str, str] = dict(template.tracked)
     rows: list[dict[str, Any]] = []
@@ -180,14 +185,14 @@ def track_messages(
     for r in recipients:
         message_id = new_message_id()
         own_html = r.get("html", html)
+        row = dict(base)
         if "html" in r or not template.safe:
-            out_html, headers, own_tracked = instrument(
-                state, message_id, own_html, track_opens=track_opens, track_clicks=track_clicks
+            out_html, headers, own_tracked, row["text"] = instrument(
+                state, message_id, own_html, track_opens=track_opens, track_clicks=track_clicks, text=text
             )
             tracked.update(own_tracked)
         else:
             out_html, headers = template.render(message_id)
-        row = dict(base)
         row.update(id=message_id, contact_id=str(r["contact_id"]), email=r["email"], html=out_html,
                    original_html=own_html, headers=headers)
         for key in RECIPIENT_FIELDS - {"html"}:

@@ -21,6 +21,7 @@ from ..instrument import (
 )
 from ..models import Message, MessageStatus, campaign_links, links, messages, utcnow
 from ..state import MailTrackState
+from ..textpart import html_to_text
 from ..tokens import Purpose
 from .common import UNSET, check_lengths, dialect_insert, tenant_key
 
@@ -59,23 +60,40 @@ def instrument(
     *,
     track_opens: bool,
     track_clicks: bool,
-) -> tuple[str | None, dict[str, str], dict[str, str]]:
-    """Tracked HTML, List-Unsubscribe headers and ``{link_id: url}`` of the tracked links."""
+    text: str | None = None,
+) -> tuple[str | None, dict[str, str], dict[str, str], str | None]:
+    """Tracked HTML, List-Unsubscribe headers, ``{link_id: url}`` of the tracked links, and
+    the text part: ``text`` if given, else one derived from ``html``.
+
+    The derived text shows each link's destination (with the UTM parameters the HTML's link
+    adds), not the signed click link: a person reading plain text sees where a link goes
+    and can read it (a signed URL is long and opaque, which looks like phishing in plain
+    text), and the text does not depend on the message id, so a campaign shares one and a
+    copy of the message (``resend``) can reuse it. Clicks in the text part are therefore
+    not tracked. It is made before the hidden honeypot link and the open pixel are added:
+    neither is ever part of it.
+    """
     root = state.external_root()
     tracked: dict[str, str] = {}
+    shown: dict[str, str] = {}
     utm = state.utm_defaults
 
     def rewrite(dest: str) -> str:
         dest = validate_destination(apply_utm(dest, utm))
         if not track_clicks:
+            shown[dest] = dest
             return dest
         tracked[link_id(dest)] = dest
         # dest is validated just above: sign it directly (click_url would validate again)
-        return f"{root}/t/c/{state.signer.dumps(Purpose.CLICK, [message_id, dest])}"
+        url = f"{root}/t/c/{state.signer.dumps(Purpose.CLICK, [message_id, dest])}"
+        shown[url] = dest
+        return url
 
     if html is not None:
         if track_clicks or utm:
             html, _ = rewrite_links(html, rewrite)
+        if text is None:
+            text = html_to_text(html, link=lambda href: shown.get(href, href))
         if tracked and bot_policy(state).honeypot:
             html = append_pixel(html, "", tag=honeypot_tag(honeypot_url(state, message_id, root=root)))
         if track_opens:
@@ -84,7 +102,7 @@ def instrument(
         "List-Unsubscribe": f"<{unsubscribe_url(state, message_id, root=root)}>",
         "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
     }
-    return html, headers, tracked
+    return html, headers, tracked, text
 
 
 def track_message(
@@ -108,7 +126,8 @@ def track_message(
     commit: bool = True,
     **extra: Any,
 ) -> Message:
-    """Store an outbound message with instrumented HTML and headers (see DESIGN §3)."""
+    """Store an outbound message with instrumented HTML and headers, and its text part:
+    ``text`` as given, else derived from ``html`` (see :func:`instrument`)."""
     if not isinstance(email, str) or not _EMAIL.match(email):
         raise ValidationError({"email": ["Not a valid email address."]})
     if contact_id is None or str(contact_id) == "":
@@ -125,8 +144,8 @@ def track_message(
     if scheduled_at is not None and scheduled_at.tzinfo is None:
         scheduled_at = scheduled_at.replace(tzinfo=dt.timezone.utc)
     message_id = new_message_id()
-    tracked_html, headers, tracked = instrument(
-        state, message_id, html, track_opens=track_opens, track_clicks=track_clicks
+    tracked_html, headers, tracked, text = instrument(
+        state, message_id, html, track_opens=track_opens, track_clicks=track_clicks, text=text
     )
     tenant = tenant_key(state, tenant_id)
     now = utcnow()

@@ -11,6 +11,12 @@ accepted the mail, so re-sending could duplicate it); instead ``send_due`` first
 message ``SENDING`` for longer than ``MAILTRACK_SENDING_TIMEOUT_SECONDS`` as ``FAILED`` with
 :data:`INTERRUPTED` as its error, recording and announcing it as any other failure
 (:func:`fail_interrupted`), and an operator may ``resend`` it, which makes a new copy.
+The final update is conditional too (``WHERE status = 'SENDING'`` and the claim's
+``updated_at``): a sender that outlives the timeout never overwrites that ``FAILED``.
+
+What goes over the wire is built in :mod:`.mime`: bare addresses in the envelope, header
+values as RFC 5322 writes them (``List-Unsubscribe: <https://...>`` as it is, never RFC 2047
+encoded words for ASCII text).
 
 The SMTP URL: ``smtp://host:25`` (plain), ``smtps://host:465`` (implicit TLS) or
 ``smtp+starttls://user:pass@host:587``; user and password are percent-decoded. Query
@@ -20,15 +26,13 @@ server's certificate with, for a private CA).
 from __future__ import annotations
 
 import datetime as dt
-import re
 import smtplib
 import ssl
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from email.message import EmailMessage
-from email.utils import formataddr, make_msgid
-from html.parser import HTMLParser
+from email.utils import make_msgid
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -38,15 +42,13 @@ from .. import config as cfg
 from ..errors import ConfigurationError, Conflict, DatabaseUnavailable, NotFound
 from ..models import ContactEvent, EventType, Message, MessageStatus, UTCDateTime, dnc, messages, utcnow
 from ..state import MailTrackState
+from ..textpart import html_to_text
 from .common import emit, log
 from .messages import message_id_of
+from .mime import build_email, envelope, parse_mailbox
 
 #: Statuses a message may be claimed from.
 CLAIMABLE = (MessageStatus.PENDING.value, MessageStatus.SCHEDULED.value)
-#: Headers the extension writes itself; ``message.headers`` cannot override them.
-_RESERVED = frozenset({"from", "to", "cc", "bcc", "subject", "message-id", "date", "reply-to",
-                       "content-type", "content-transfer-encoding", "mime-version"})
-_SPACES = re.compile(r"\s+")
 _DEFAULT_PORTS = {"smtp": 25, "smtps": 465, "smtp+starttls": 587}
 #: The ``error_message`` of a message whose sender died between the claim and the outcome.
 INTERRUPTED = ("Interrupted while sending: the process sending it stopped before recording the "
@@ -166,128 +168,29 @@ def mailer_for(state: MailTrackState) -> Iterator[Mailer]:
         mailer.close()
 
 
-# -- building the email ----------------------------------------------------------------------
-
-class _TextExtractor(HTMLParser):
-    """A readable plain-text rendering of HTML: paragraphs are separated by a blank line,
-    list items and line breaks start a line, links show their URL, and scripts, styles
-    and the open pixel disappear."""
-
-    _PARAGRAPH = frozenset({"p", "table", "h1", "h2", "h3", "h4", "h5", "h6", "ul", "ol",
-                            "blockquote", "section", "article", "header", "footer", "hr", "pre"})
-    _LINE = frozenset({"br", "div", "tr", "li"})
-    _SKIP = frozenset({"script", "style", "head", "title"})
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.parts: list[str] = []
-        self._skip = 0
-        self._href: list[str | None] = []
-        self._link_text_start: list[int] = []
-
-    def _break(self, lines: int) -> None:
-        """End the current line so that ``lines`` newlines (at most) separate the text."""
-        tail = "".join(self.parts[-4:]).rstrip(" ")
-        have = len(tail) - len(tail.rstrip("\n"))
-        if self.parts:
-            self.parts.append("\n" * max(0, lines - have))
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag in self._SKIP:
-            self._skip += 1
-        elif tag in self._PARAGRAPH:
-            self._break(2)
-        elif tag in self._LINE:
-            self._break(1)
-            if tag == "li":
-                self.parts.append("- ")
-        elif tag == "a":
-            self._href.append(dict(attrs).get("href"))
-            self._link_text_start.append(len(self.parts))
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in self._SKIP:
-            self._skip = max(0, self._skip - 1)
-        elif tag in self._PARAGRAPH:
-            self._break(2)
-        elif tag in self._LINE:
-            self._break(1)
-        elif tag == "a" and self._href:
-            href = self._href.pop()
-            start = self._link_text_start.pop()
-            text = "".join(self.parts[start:]).strip()
-            if href and href.startswith(("http://", "https://", "mailto:")) and href != text:
-                self.parts.append(f" ({href})" if text else href)
-
-    def handle_data(self, data: str) -> None:
-        if not self._skip:
-            self.parts.append(_SPACES.sub(" ", data))
-
-    def text(self) -> str:
-        lines = [" ".join(line.split()) for line in "".join(self.parts).split("\n")]
-        out: list[str] = []
-        for line in lines:
-            if line or (out and out[-1]):
-                out.append(line)
-        return "\n".join(out).strip() + "\n"
-
-
-def html_to_text(html: str) -> str:
-    """Plain-text version of ``html`` for the text/plain part (no dependency beyond stdlib)."""
-    parser = _TextExtractor()
-    parser.feed(html)
-    parser.close()
-    return parser.text()
-
-
-def _addresses(value: Any) -> list[str]:
-    if not value:
-        return []
-    if isinstance(value, str):
-        return [value]
-    return [str(v) for v in value]
-
-
-def build_email(message: Message, sender: str, message_id_header: str) -> EmailMessage:
-    """The MIME message: text part (given or derived from the HTML), HTML alternative,
-    List-Unsubscribe headers from ``message.headers``, and the given Message-ID."""
-    mail = EmailMessage()
-    mail["From"] = formataddr((message.sender_name, sender)) if message.sender_name else sender
-    mail["To"] = message.email
-    cc = _addresses(message.cc)
-    if cc:
-        mail["Cc"] = ", ".join(cc)
-    if message.reply_to:
-        mail["Reply-To"] = message.reply_to
-    mail["Subject"] = message.subject or ""
-    mail["Message-ID"] = message_id_header
-    mail["Date"] = dt.datetime.now(dt.timezone.utc)
-    for name, value in (message.headers or {}).items():
-        if name.lower() not in _RESERVED:
-            mail[name] = value
-    text = message.text if message.text is not None else (html_to_text(message.html) if message.html else "")
-    mail.set_content(text)
-    if message.html:
-        mail.add_alternative(message.html, subtype="html")
-    return mail
-
-
 # -- sending ---------------------------------------------------------------------------------
 
 def claim(state: MailTrackState, message_id: str) -> bool:
     """Atomically move a PENDING/SCHEDULED message to SENDING; ``True`` for the one winner."""
+    return _claim(state, message_id) is not None
+
+
+def _claim(state: MailTrackState, message_id: str) -> dt.datetime | None:
+    """:func:`claim`, returning the claim's stamp (the row's ``updated_at`` while it is
+    ``SENDING``) for the winner: the outcome is written only while the row still has it."""
     session = state.session
+    stamp = utcnow()
     try:
         result = session.execute(
             sa.update(messages)
             .where(messages.c.id == message_id, messages.c.status.in_(CLAIMABLE))
-            .values(status=MessageStatus.SENDING.value, updated_at=utcnow())
+            .values(status=MessageStatus.SENDING.value, updated_at=stamp)
         )
         session.commit()
     except sa.exc.SQLAlchemyError as exc:
         session.rollback()
         raise DatabaseUnavailable() from exc
-    return result.rowcount == 1
+    return stamp if result.rowcount == 1 else None
 
 
 def send(state: MailTrackState, message: Message | str, *, mailer: Mailer | None = None) -> Message:
@@ -298,16 +201,17 @@ def send(state: MailTrackState, message: Message | str, *, mailer: Mailer | None
     """
     message_id = message_id_of(message)
     settings = parse_smtp_url(state.smtp_url)  # a bad URL fails before anything is claimed
-    if not claim(state, message_id):
+    claimed_at = _claim(state, message_id)
+    if claimed_at is None:
         row = state.session.get(Message, message_id, populate_existing=True)
         if row is None:
             raise NotFound(f"No message {message_id!r}.")
         raise Conflict(f"Message {message_id} is {row.status}; only PENDING or SCHEDULED messages are sent.")
     if mailer is not None:
-        return _send_claimed(state, message_id, mailer)
+        return _send_claimed(state, message_id, mailer, claimed_at)
     own = Mailer(settings)
     try:
-        return _send_claimed(state, message_id, own)
+        return _send_claimed(state, message_id, own, claimed_at)
     finally:
         own.close()
 
@@ -322,53 +226,100 @@ def _on_dnc(state: MailTrackState, message: Message) -> bool:
     return found is not None
 
 
-def _send_claimed(state: MailTrackState, message_id: str, mailer: Mailer) -> Message:
+def _send_claimed(state: MailTrackState, message_id: str, mailer: Mailer, claimed_at: dt.datetime) -> Message:
     session = state.session
     msg = session.get(Message, message_id, populate_existing=True)
     assert msg is not None
     if _on_dnc(state, msg):
-        msg.status = MessageStatus.SUPPRESSED.value
-        msg.error_message = "Recipient is on the email Do-Not-Contact list."
-        _commit(session)
+        if _finish(state, msg, claimed_at, status=MessageStatus.SUPPRESSED.value,
+                   error_message="Recipient is on the email Do-Not-Contact list."):
+            _commit(session)
         return msg
-    sender = msg.sender_email or state.default_sender
     error: str | None = None
     refused: dict[str, Any] = {}
-    header_id = make_msgid(domain=_domain_of(sender))
-    if not sender:
+    from_value = msg.sender_email or state.default_sender
+    header_id = make_msgid(domain=_domain_of(from_value))
+    if not from_value:
         error = "No sender: set MAILTRACK_DEFAULT_SENDER or the message's sender_email."
     else:
         try:
+            sender = parse_mailbox(from_value)
             mail = build_email(msg, sender, header_id)
-            recipients = [msg.email, *_addresses(msg.cc), *_addresses(msg.bcc)]
-            refused = mailer.deliver(mail, sender, recipients)
+            # the envelope: bare addresses (a display name there would demand SMTPUTF8)
+            refused = mailer.deliver(mail, sender.addr_spec, envelope(msg))
         except smtplib.SMTPRecipientsRefused as exc:
             error = "; ".join(f"{rcpt}: {_reply(code, text)}" for rcpt, (code, text) in exc.recipients.items())
         except smtplib.SMTPResponseException as exc:
             error = _reply(exc.smtp_code, exc.smtp_error)
         except Exception as exc:  # noqa: BLE001 - any failure must end the claim as FAILED
             error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        if error is None and msg.email in refused:
-            code, text = refused[msg.email]
+        to = parse_mailbox(msg.email).addr_spec if error is None else None
+        if to is not None and to in refused:
+            code, text = refused[to]
             error = f"{msg.email}: {_reply(code, text)}"
     now = utcnow()
     if error is None:
-        msg.status = MessageStatus.SENT.value
-        msg.sent_at = now
-        msg.internet_message_id = header_id
-        msg.error_message = None
         details: dict[str, Any] = {"internetMessageId": header_id}
         if refused:
             details["refused"] = {r: _reply(c, t) for r, (c, t) in refused.items()}
-        event = _outcome_event(msg, EventType.SEND.value, details, now)
-    else:
-        msg.status = MessageStatus.FAILED.value
-        msg.error_message = error
+        if _finish(state, msg, claimed_at, status=MessageStatus.SENT.value, sent_at=now,
+                   internet_message_id=header_id, error_message=None):
+            event = _outcome_event(msg, EventType.SEND.value, details, now)
+        else:
+            _late_outcome(state, msg, f"delivered after all, as {header_id}", internet_message_id=header_id)
+            return msg
+    elif _finish(state, msg, claimed_at, status=MessageStatus.FAILED.value, error_message=error):
         event = _failure_event(msg, error, now)
+    else:
+        _late_outcome(state, msg, f"failed: {error}")
+        return msg
     session.add(event)
     _commit(session)
     _announce(msg, event, error)
     return msg
+
+
+def _finish(state: MailTrackState, msg: Message, claimed_at: dt.datetime, **values: Any) -> bool:
+    """Write a send's outcome (uncommitted: the caller commits it with its event), only while
+    the row is still ``SENDING`` under this claim. ``False``, with nothing written, when
+    :func:`fail_interrupted` has taken the row meanwhile."""
+    session = state.session
+    try:
+        changed = session.execute(
+            sa.update(messages)
+            .where(messages.c.id == msg.id, messages.c.status == MessageStatus.SENDING.value,
+                   messages.c.updated_at == claimed_at)
+            .values(updated_at=utcnow(), **values)
+        ).rowcount == 1
+    except sa.exc.SQLAlchemyError as exc:
+        session.rollback()
+        log.error("mailtrack: could not store the outcome of a send; message left SENDING", exc_info=exc)
+        raise DatabaseUnavailable() from exc
+    if not changed:
+        session.rollback()
+    return changed
+
+
+def _late_outcome(state: MailTrackState, msg: Message, outcome: str, **values: Any) -> None:
+    """A sender that outlived ``MAILTRACK_SENDING_TIMEOUT_SECONDS`` finished a message that
+    :func:`fail_interrupted` had already marked FAILED (with its ``failed`` event and
+    signals). The row stays FAILED and nothing more is recorded or announced; its
+    ``error_message`` gains what really happened, so that no one resends a delivered
+    message unawares (with the Message-ID, which replies and bounces refer to)."""
+    session = state.session
+    log.warning("mailtrack: message %s finished after it was marked FAILED as interrupted: %s; it stays FAILED",
+                msg.id, outcome)
+    try:
+        session.execute(
+            sa.update(messages)
+            .where(messages.c.id == msg.id, messages.c.status == MessageStatus.FAILED.value,
+                   messages.c.error_message == INTERRUPTED)
+            .values(error_message=f"{INTERRUPTED} The sender finished later: {outcome}.", **values)
+        )
+        session.commit()
+    except sa.exc.SQLAlchemyError as exc:
+        session.rollback()
+        raise DatabaseUnavailable() from exc
 
 
 # -- the outcome: one home for what SENT and FAILED record and announce --------------------
@@ -411,9 +362,11 @@ def _reply(code: int, text: bytes | str) -> str:
 
 
 def _domain_of(address: str | None) -> str | None:
-    if address and "@" in address:
-        return address.rsplit("@", 1)[1].strip(">") or None
-    return None
+    """The domain of a From address, for its Message-ID (``None``: the local host's name)."""
+    try:
+        return parse_mailbox(address).domain or None
+    except ValueError:
+        return None
 
 
 def _due_query(now: dt.datetime) -> sa.Select[Any]:
@@ -450,8 +403,10 @@ def fail_interrupted(state: MailTrackState, *, batch_size: int = 500) -> int:
 
     The cutoff is the wall clock (not ``send_due``'s ``now``), because ``updated_at`` is.
     A sender still alive past the timeout (``init_app`` makes the timeout exceed the SMTP
-    timeout, so it would have to be very slow) that ends afterwards still writes its real
-    outcome over ``FAILED``; the ``failed`` event stays in the history.
+    timeout, so it would have to be very slow) does not overwrite ``FAILED``: its outcome is
+    written only while the row is still ``SENDING`` under its claim. It records no event and
+    sends no signal (this message's ``failed`` went out already); it appends what really
+    happened to ``error_message`` (for a delivery, with the Message-ID) and logs a warning.
     """
     session = state.session
     now = utcnow()
@@ -518,8 +473,9 @@ def send_due(
                 break
             for message_id, scheduled_at in rows:
                 last = (scheduled_at, message_id)
-                if claim(state, message_id):
-                    _send_claimed(state, message_id, mailer)
+                claimed_at = _claim(state, message_id)
+                if claimed_at is not None:
+                    _send_claimed(state, message_id, mailer, claimed_at)
                     handled += 1
                 if progress is not None:
                     progress(1)
