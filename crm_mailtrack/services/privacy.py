@@ -1,4 +1,5 @@
-"""Data minimisation: purging old raw events while keeping the totals true.
+"""Data minimisation: purging old raw events while keeping the totals true; the cap on
+what an event's ``details`` may store.
 
 ``purge(state, older_than_days)`` moves every event older than the cutoff into
 ``mailtrack_event_rollups`` (one row per tenant, UTC day, type, human/machine, campaign,
@@ -10,11 +11,13 @@ and with what device do not.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import sqlalchemy as sa
 
+from .. import config as cfg
 from ..errors import DatabaseUnavailable, ValidationError
 from ..models import event_rollups, events, utcnow
 from ..state import MailTrackState
@@ -32,6 +35,25 @@ _PURGEABLE = sa.and_(
     sa.or_(events.c.machine_reason.is_(None), events.c.machine_reason != IMPORT_REASON),
     sa.or_(events.c.type.not_in(stats.FLAG_TYPES), events.c.folded_as.is_not_distinct_from(events.c.is_machine)),
 )
+
+
+def check_details(state: MailTrackState, details: Mapping[str, Any] | None) -> None:
+    """Refuse ``details`` whose compact UTF-8 JSON is longer than ``MAILTRACK_MAX_DETAILS_BYTES``
+    (or that cannot be JSON at all) with :class:`ValidationError` (422 on the API): a
+    webhook or import should store a summary, not a whole payload."""
+    if not details:
+        return
+    limit = state.config[cfg.MAX_DETAILS_BYTES]
+    try:
+        size = len(json.dumps(details, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8"))
+    except RecursionError:
+        raise ValidationError({"details": ["Nested too deeply to store."]}) from None
+    except (TypeError, ValueError) as exc:
+        raise ValidationError({"details": [f"Not storable as JSON: {exc}"]}) from None
+    if size > limit:
+        raise ValidationError({"details": [
+            f"Larger than the {limit} bytes an event may store ({size} bytes as JSON; "
+            f"{cfg.MAX_DETAILS_BYTES})."]})
 
 
 def _day(dialect: str) -> sa.ColumnElement[Any]:
@@ -161,4 +183,4 @@ def rolled_up_counts(state: MailTrackState, tenant: str, *, campaign_id: str | N
         return {row[0]: int(row[1]) for row in conn.execute(query)}
 
 
-__all__ = ["purge", "purge_days", "rolled_up_counts"]
+__all__ = ["check_details", "purge", "purge_days", "rolled_up_counts"]
