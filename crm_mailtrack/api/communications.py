@@ -275,7 +275,8 @@ def communications_analytics(query: dict[str, Any]) -> Response:
        content_type="text/csv")
 def communications_csv_export(query: dict[str, Any]) -> Response:
     """Same filters, search and sort as GET dynamic-search (``page``/``size`` are ignored:
-    every matching row is streamed). Formula-like cells are prefixed with a quote."""
+    every matching row is streamed). Text cells are quoted; cells a spreadsheet could run
+    as a formula (also after spaces, in full-width signs, or after a ``;``) get a leading ``'``."""
     state = get_state()
     filters = {k: query[k] for k in _FILTER_NAMES if k in query}
     stmt = csv_export.export_query(current_tenant(), filters=filters, search=query["search"],
