@@ -106,7 +106,8 @@ class MailTrack:
             smtp_url=conf[cfg.SMTP_URL],
             default_sender=conf[cfg.DEFAULT_SENDER],
             db=db,
-            config={cfg.SENDING_TIMEOUT_SECONDS: float(sending_timeout), **size_limits},
+            config={cfg.SENDING_TIMEOUT_SECONDS: float(sending_timeout), **size_limits,
+                    cfg.SECRET_KEY: secret, cfg.SECRET_KEY_FALLBACKS: list(fallbacks)},
         )
         if db is None:
             _own_database(app, state)
