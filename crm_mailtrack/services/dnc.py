@@ -206,7 +206,7 @@ def suppress(state: MailTrackState, session: Any, tenant: str, contact_id: str, 
         return 0
     stmt = dialect_insert(state, suppressions).on_conflict_do_nothing(
         index_elements=["tenant_id", "channel", "address_hash"])
-    return session.execute(stmt, values).rowcount or 0
+    return max(session.execute(stmt, values).rowcount or 0, 0)  # -1: the driver did not count
 
 
 def list_dnc(state: MailTrackState, contact_id: str, *, tenant_id: Any = UNSET) -> list[DoNotContact]:
