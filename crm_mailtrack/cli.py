@@ -37,20 +37,28 @@ def init_db(create_all: bool) -> None:
 
 @cli.command("replay-journal")
 def replay_journal() -> None:
-    """Write events journaled while the database was unavailable (each exactly once)."""
+    """Write events journaled while the database was unavailable (each exactly once).
+    Lines that are not journaled events are set aside in <journal>.rejected and counted."""
     from .services.events import replay_journal as replay
 
     state = get_state()
-    total = state.journal.count()
+    journal = state.journal
+    try:
+        _, rejected = journal.claim_with_rejects()
+    except OSError as exc:
+        _fail(f"could not read the journal: {exc}")
+    aside = (f"; set aside {rejected} bad {'line' if rejected == 1 else 'lines'} in {journal.rejected_path}"
+             if rejected else "")
+    total = journal.count()
     if total == 0:
-        click.echo("mailtrack: journal is empty")
+        click.echo(f"mailtrack: journal is empty{aside}")
         return
     try:
         with click.progressbar(length=total, label="Replaying journal", file=sys.stderr) as bar:
             inserted, skipped = replay(state, progress=bar.update)
     except Exception as exc:  # noqa: BLE001
         _fail(f"replay stopped, nothing lost (run it again): {exc}")
-    click.echo(f"mailtrack: replayed {inserted} events, skipped {skipped} (already stored or message erased)")
+    click.echo(f"mailtrack: replayed {inserted} events, skipped {skipped} (already stored or message erased){aside}")
 
 
 @cli.command("erase-contact")

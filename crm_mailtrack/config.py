@@ -57,6 +57,15 @@ HONEYPOT_WINDOW_SECONDS = "MAILTRACK_HONEYPOT_WINDOW_SECONDS"
 SCANNER_NETWORKS = "MAILTRACK_SCANNER_NETWORKS"
 #: Networks (CIDR) of Apple's Mail Privacy Protection proxies; opens from them are ``apple-mpp``.
 APPLE_PROXY_NETWORKS = "MAILTRACK_APPLE_PROXY_NETWORKS"
+#: Largest JSON request body, in bytes, of the API routes that do not carry a message's HTML
+#: (events, Do-Not-Contact, UTM, searches, comments, ContactClicks): larger is 413.
+MAX_BODY_BYTES = "MAILTRACK_MAX_BODY_BYTES"
+#: Largest JSON request body, in bytes, of the routes that carry a message's HTML (send,
+#: schedule, send-template): larger is 413.
+MAX_MESSAGE_BODY_BYTES = "MAILTRACK_MAX_MESSAGE_BODY_BYTES"
+#: Largest ``details`` object an event may store, in bytes of its compact UTF-8 JSON:
+#: larger is refused (422 on the API, ``ValidationError`` from ``record_event``).
+MAX_DETAILS_BYTES = "MAILTRACK_MAX_DETAILS_BYTES"
 
 #: Defaults applied with ``app.config.setdefault``. ``None`` for the keys whose default is
 #: derived from other config (``SECRET_KEY``, the instance path) at ``init_app``.
@@ -82,6 +91,9 @@ DEFAULTS: dict[str, Any] = {
     HONEYPOT_WINDOW_SECONDS: 60,
     SCANNER_NETWORKS: None,  # None: crm_mailtrack.bots.DEFAULT_SCANNER_NETWORKS
     APPLE_PROXY_NETWORKS: None,  # None: crm_mailtrack.bots.DEFAULT_APPLE_PROXY_NETWORKS
+    MAX_BODY_BYTES: 64 * 1024,
+    MAX_MESSAGE_BODY_BYTES: 5 * 1024 * 1024,
+    MAX_DETAILS_BYTES: 16 * 1024,
 }
 
 #: Shortest signing key accepted: a shorter one can be brute-forced offline from one link.
@@ -89,3 +101,17 @@ MIN_SECRET_KEY_LENGTH = 16
 #: Longest ``MAILTRACK_SENDING_TIMEOUT_SECONDS`` accepted (30 days): a send is minutes at
 #: most, and a bound keeps the cutoff arithmetic finite.
 MAX_SENDING_TIMEOUT_SECONDS = 30 * 24 * 3600
+
+
+def read_size_limits(conf: Any) -> dict[str, int]:
+    """The validated size limits (``MAX_*_BYTES``) of ``conf``; a bad value raises
+    :class:`~crm_mailtrack.errors.ConfigurationError` naming the key."""
+    from .errors import ConfigurationError
+
+    limits = {}
+    for key in (MAX_BODY_BYTES, MAX_MESSAGE_BODY_BYTES, MAX_DETAILS_BYTES):
+        value = conf[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ConfigurationError(f"{key} must be a positive whole number of bytes, not {value!r}.")
+        limits[key] = value
+    return limits

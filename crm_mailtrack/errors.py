@@ -33,6 +33,11 @@ class BadRequest(MailTrackError, wz.BadRequest):
     """Malformed request: unparseable JSON, a tampered cursor, a bad query string."""
 
 
+class PayloadTooLarge(MailTrackError, wz.RequestEntityTooLarge):
+    """A request body over the limit of its route (``MAILTRACK_MAX_BODY_BYTES``,
+    ``MAILTRACK_MAX_MESSAGE_BODY_BYTES``)."""
+
+
 class Conflict(MailTrackError, wz.Conflict):
     """The request conflicts with the current state of the row."""
 

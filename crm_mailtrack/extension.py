@@ -88,6 +88,7 @@ class MailTrack:
                 f"timeout ({smtp.timeout:g}) and at most {cfg.MAX_SENDING_TIMEOUT_SECONDS}, "
                 f"not {sending_timeout!r}."
             )
+        size_limits = cfg.read_size_limits(conf)
 
         db = db if db is not None else self._db
         if db is None:
@@ -107,7 +108,8 @@ class MailTrack:
             smtp_url=conf[cfg.SMTP_URL],
             default_sender=conf[cfg.DEFAULT_SENDER],
             db=db,
-            config={cfg.SENDING_TIMEOUT_SECONDS: float(sending_timeout)},
+            config={cfg.SENDING_TIMEOUT_SECONDS: float(sending_timeout), **size_limits,
+                    cfg.SECRET_KEY: secret, cfg.SECRET_KEY_FALLBACKS: list(fallbacks)},
         )
         if db is None:
             _own_database(app, state)

@@ -25,6 +25,13 @@ _BODY_END = re.compile(r"</body\s*>", re.IGNORECASE)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 #: WHATWG URL parsing strips leading and trailing C0 controls and spaces from an href.
 _HREF_STRIP = "".join(chr(c) for c in range(0x21))
+#: ... and removes every tab and newline, wherever it is.
+_TAB_NEWLINE = str.maketrans("", "", "\t\n\r")
+#: An http(s) scheme followed by two or more slashes, where a browser counts ``\`` as ``/``.
+_SPECIAL_START = re.compile(r"(https?):[/\\]{2,}", re.IGNORECASE)
+#: The authority, then the path, of what follows (a browser ends the authority at ``\`` too).
+_AUTHORITY = re.compile(r"[^/\\?#]*")
+_PATH = re.compile(r"[^?#]*")
 
 OPT_OUT_ATTRIBUTE = "data-mailtrack"
 
@@ -54,6 +61,15 @@ def _decode_reference(m: re.Match[str]) -> str:
                 if nxt == "=" or (nxt.isascii() and nxt.isalnum()):
                     return m.group(0)
                 break
+    if ref[0] == "#":
+        try:
+            code = int(ref[2:].rstrip(";"), 16) if ref[1] in "xX" else int(ref[1:].rstrip(";"))
+        except ValueError:
+            code = -1
+        if 0 < code < 0x20 or code == 0x7F:
+            # a browser keeps a control character (html.unescape drops most of them), so a
+            # URL holding one is judged (refused) as the browser would read it
+            return chr(code)
     return html.unescape(m.group(0))
 
 
@@ -65,6 +81,31 @@ def link_id(url: str) -> str:
 
 def is_trackable(url: str) -> bool:
     return url[:8].lower().startswith(("http://", "https://"))
+
+
+def browser_form(url: str) -> str:
+    """``url`` as a browser reads it (the WHATWG URL standard), in the form Python's
+    ``urllib`` reads the same way, so the host we sign is the host a browser would open.
+
+    Leading and trailing C0 controls and spaces are stripped, tabs and newlines removed
+    wherever they are; in an ``http(s)`` URL any run of two or more ``/`` or ``\\`` after
+    the scheme becomes ``//``, and ``\\`` in the authority and path becomes ``/`` (a browser
+    reads ``https://trusted.example\\@evil.example/`` as host ``trusted.example``, urllib as
+    ``evil.example``). ``https:`` with fewer than two slashes is left alone: what it means
+    depends on the page's base URL, so it is never trackable.
+    """
+    url = url.strip(_HREF_STRIP)
+    if "\t" in url or "\n" in url or "\r" in url:
+        url = url.translate(_TAB_NEWLINE)
+    m = _SPECIAL_START.match(url)
+    if m is None:
+        return url
+    authority = _AUTHORITY.match(url, m.end())
+    assert authority is not None  # the pattern matches the empty string
+    path = _PATH.match(url, authority.end())
+    assert path is not None
+    return (f"{m.group(1).lower()}://{authority.group()}{path.group().replace(chr(92), '/')}"
+            f"{url[path.end():]}")
 
 
 #: URLs that :func:`werkzeug.urls.iri_to_uri` returns unchanged, so validation can skip
@@ -84,8 +125,9 @@ _PLAIN_URL = re.compile(
 def validate_destination(url: object) -> str:
     """Return ``url`` as an ASCII URI fit to sign, or raise :class:`InvalidDestination`.
 
-    Refused: non-strings, anything with CR, LF or another control character (header
-    injection), a scheme other than http(s), a missing host.
+    The URL is first read as a browser reads it (:func:`browser_form`: tabs and newlines
+    removed, ``\\`` as ``/`` before the query). Refused: non-strings, anything still holding
+    a control character, a scheme other than http(s), a missing host.
     """
     if isinstance(url, str) and _PLAIN_URL.fullmatch(url):
         return url
@@ -96,6 +138,7 @@ def _validate_destination_fully(url: object) -> str:
     """:func:`validate_destination` for any input, by splitting and re-joining the URL."""
     if not isinstance(url, str):
         raise InvalidDestination(f"destination must be a string, not {type(url).__name__}")
+    url = browser_form(url)
     if _CONTROL.search(url):
         raise InvalidDestination(f"destination contains a control character (CR/LF?): {url!r}")
     if not is_trackable(url):
@@ -307,7 +350,7 @@ def rewrite_links(source: str, rewrite: Callable[[str], str]) -> tuple[str, list
         if span is None:
             continue
         vstart, vend, value = span
-        dest = value.strip(_HREF_STRIP)
+        dest = browser_form(value)
         if not is_trackable(dest):
             continue
         new = rewrite(dest)

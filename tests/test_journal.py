@@ -242,3 +242,55 @@ def test_journal_holds_no_email_and_replay_respects_erasure(make_app, outage_app
         healthy.extensions["mailtrack"].extension.erase_contact("c1")
     assert "skipped 1" in replay(healthy)
     assert count(healthy) == 0
+
+
+def _uids(app: Any) -> list[str]:
+    with app.app_context(), app.extensions["mailtrack"].engine.connect() as conn:
+        return sorted(conn.execute(sa.select(events.c.uid)).scalars())
+
+
+def test_bad_lines_are_set_aside_and_the_rest_is_replayed_once(make_app, outage_app):
+    """A journal with good lines, a torn line the next entry was appended to, invalid
+    UTF-8, JSON that is not an event and a bad date: the events are stored exactly once,
+    the bad lines land byte for byte in <journal>.rejected, and the replay is not stuck."""
+    import json
+
+    healthy = make_app()
+    p = tracked(healthy)
+    path = healthy.config["MAILTRACK_JOURNAL_PATH"]
+    down = outage_app(path)
+    client = down.test_client()
+    for _ in range(4):  # four real journaled events (the database is down)
+        assert client.get(p["open"]).status_code == 200
+    with open(path, "rb") as fh:
+        good = fh.read().splitlines()
+    assert len(good) == 4
+    uids = [json.loads(line)["uid"] for line in good]
+    bad_date = json.loads(good[0])
+    bad_date.update(uid="bad-date", occurred_at="2024-13-45T99:00:00Z")
+    bad_date_line = json.dumps(bad_date).encode()
+    torn = good[1][: len(good[1]) // 2]
+    bad_lines = [
+        torn,                                                    # a crash cut it; good[2] follows it
+        b'{"uid": "not-utf8-\xff\xfe", "type": "open"}',         # invalid UTF-8
+        b'["an", "array"]',                                      # JSON, not an event
+        b'{"uid": "u", "type": "unsubscribe", "message_id": "m"}',  # an object, not a journaled event
+        bad_date_line,
+        b'{"uid": "x", "type": "click", "message_id": "m", "occurred_at": 20240101}',
+    ]
+    with open(path, "wb") as fh:
+        fh.write(good[0] + b"\n" + torn + good[2] + b"\n" + b"\n".join(bad_lines[1:]) + b"\n" + good[3] + b"\n")
+        fh.write(torn)  # a torn last line: the next journaled event must not be glued to it
+    assert client.get(p["click"]).status_code == 302  # journaled after the torn line
+
+    output = replay(healthy)
+    assert "replayed 4 events" in output and "set aside 7 bad lines" in output
+    stored = _uids(healthy)
+    assert len(stored) == 4 and set(uids[0:1] + uids[2:4]) <= set(stored)  # good[1] was torn: lost
+    with open(path + ".rejected", "rb") as fh:
+        assert fh.read().splitlines() == [torn, *bad_lines[1:], torn]
+    # nothing is stuck: a second run finds nothing, stores nothing, rejects nothing more
+    assert "journal is empty" in replay(healthy) and "set aside" not in replay(healthy)
+    assert _uids(healthy) == stored
+    with open(path + ".rejected", "rb") as fh:
+        assert len(fh.read().splitlines()) == 7

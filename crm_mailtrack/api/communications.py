@@ -2,13 +2,12 @@
 search, page, threads, CSV export, analytics), scoped to the caller's tenant."""
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import marshmallow as ma
-from flask import Response, request, stream_with_context
+from flask import Response, stream_with_context
 
-from ..errors import BadRequest, NotFound
+from ..errors import NotFound
 from ..errors import ValidationError as MTValidationError
 from ..services import analytics as analytics_service
 from ..services import communications as comms
@@ -33,7 +32,7 @@ from .communications_schemas import (
     SendBody,
     TemplateSendBody,
 )
-from .core import current_tenant, jsonify_data, route
+from .core import current_tenant, json_body, jsonify_data, route
 
 P = "/communications"
 TAGS = ["communications"]
@@ -75,7 +74,7 @@ def _deliver(msg: Any) -> Any:
 
 
 @route(f"{P}/send", methods=["POST"], summary="Send an ad-hoc email", tags=TAGS, body=SendBody,
-       response=CommunicationSchema, status=201)
+       body_size="message", response=CommunicationSchema, status=201)
 def communications_send(body: dict[str, Any]) -> Response:
     """Store the message (links and pixel instrumented) and send it now. The answer is the
     record: ``SENT``, ``FAILED`` (with ``errorMessage``) or ``SUPPRESSED`` (Do-Not-Contact)."""
@@ -86,7 +85,7 @@ def communications_send(body: dict[str, Any]) -> Response:
 
 
 @route(f"{P}/schedule", methods=["POST"], summary="Schedule an email for later delivery", tags=TAGS,
-       body=ScheduleBody, response=CommunicationSchema, status=201)
+       body=ScheduleBody, body_size="message", response=CommunicationSchema, status=201)
 def communications_schedule(body: dict[str, Any]) -> Response:
     """Store a ``SCHEDULED`` message; ``send_due`` (``flask mailtrack send-due``) sends it."""
     msg = comms.compose(get_state(), current_tenant(), contact_id=body["contactId"],
@@ -96,7 +95,7 @@ def communications_schedule(body: dict[str, Any]) -> Response:
 
 
 @route(f"{P}/send-template/<template_id>", methods=["POST"], summary="Send email using a template",
-       tags=TAGS, body=TemplateSendBody, response=CommunicationSchema, status=201,
+       tags=TAGS, body=TemplateSendBody, body_size="message", response=CommunicationSchema, status=201,
        path_params={"template_id": "The host's template id."})
 def communications_send_template(template_id: str, body: dict[str, Any]) -> Response:
     """Render through the host's ``template_loader(template_id, variables)``; an unknown
@@ -239,15 +238,11 @@ def communications_delete(message_id: str) -> Response:
 
 
 @route(f"{P}/<message_id>/comment", methods=["POST"], summary="Add a comment to a communication", tags=TAGS,
-       response=RecordEventSchema, status=201, path_params=_ID)
+       response=RecordEventSchema, status=201, path_params=_ID, body_size="small")
 def communications_comment(message_id: str) -> Response:
     """Body: a JSON string (as in 002) or ``{"comment": "...", "authorId": "..."}``; stored
     as a ``comment`` event of the message's contact."""
-    raw = request.get_data(cache=True)
-    try:
-        data = json.loads(raw) if raw.strip() else None
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest("The request body is not valid JSON.") from None
+    data = json_body()
     if isinstance(data, str):
         data = {"comment": data}
     if not isinstance(data, dict):
@@ -280,7 +275,8 @@ def communications_analytics(query: dict[str, Any]) -> Response:
        content_type="text/csv")
 def communications_csv_export(query: dict[str, Any]) -> Response:
     """Same filters, search and sort as GET dynamic-search (``page``/``size`` are ignored:
-    every matching row is streamed). Formula-like cells are prefixed with a quote."""
+    every matching row is streamed). Text cells are quoted; cells a spreadsheet could run
+    as a formula (also after spaces, in full-width signs, or after a ``;``) get a leading ``'``."""
     state = get_state()
     filters = {k: query[k] for k in _FILTER_NAMES if k in query}
     stmt = csv_export.export_query(current_tenant(), filters=filters, search=query["search"],

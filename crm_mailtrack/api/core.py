@@ -61,10 +61,19 @@ def route(
     content_type: str = "application/json",
     errors: tuple[int, ...] = (400, 401, 404, 406, 422),
     path_params: dict[str, str] | None = None,
+    body_size: str | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register an API view. With ``query``/``body`` schemas the view receives the loaded
-    data as ``query=`` / ``body=`` keyword arguments; bad input becomes 400 or 422."""
+    data as ``query=`` / ``body=`` keyword arguments; bad input becomes 400 or 422.
+
+    ``body_size`` is the kind of body the route reads (``"small"``, the default with a
+    ``body`` schema, or ``"message"`` for bodies carrying a message's HTML; see
+    :func:`body_limit`); a route that reads a body documents 413."""
     methods = methods or ["GET"]
+    if body is not None and body_size is None:
+        body_size = "small"
+    if body_size is not None and 413 not in errors:
+        errors = (*errors, 413)
 
     def decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
         endpoint = fn.__name__
@@ -75,7 +84,7 @@ def route(
             if q_schema is not None:
                 kwargs["query"] = load_query(q_schema)
             if b_schema is not None:
-                kwargs["body"] = load_body(b_schema)
+                kwargs["body"] = load_body(b_schema, body_size or "small")
             return fn(**kwargs)
 
         view.__name__ = endpoint
@@ -124,18 +133,92 @@ def load_query(schema: ma.Schema) -> Any:
         raise MTValidationError(_messages(exc), "The query string failed validation.") from None
 
 
-def load_body(schema: ma.Schema) -> Any:
-    """Parse a JSON body: malformed JSON or a non-JSON body is 400, invalid data 422."""
-    raw = request.get_data(cache=True)
-    if not raw.strip():
-        data: Any = {}
-    else:
-        try:
-            data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
-            from ..errors import BadRequest
+#: Deepest nesting of arrays and objects a JSON body may have: enough for every body of
+#: this API (``details`` included), and far from where a recursive parser or encoder runs
+#: out of stack.
+MAX_JSON_DEPTH = 32
 
-            raise BadRequest("The request body is not valid JSON.") from None
+
+def body_limit(kind: str) -> int:
+    """The byte limit of a request body of ``kind``: ``"message"`` (bodies that carry a
+    message's HTML: ``MAILTRACK_MAX_MESSAGE_BODY_BYTES``) or ``"small"`` (everything else:
+    ``MAILTRACK_MAX_BODY_BYTES``)."""
+    from .. import config as cfg
+
+    key = cfg.MAX_MESSAGE_BODY_BYTES if kind == "message" else cfg.MAX_BODY_BYTES
+    return int(get_state().config[key])
+
+
+def read_body(limit: int) -> bytes:
+    """The raw request body, or :class:`~crm_mailtrack.errors.PayloadTooLarge` when it is
+    longer than ``limit`` bytes. A declared ``Content-Length`` over the limit is refused
+    unread; a streamed body (chunked, no length) is read to at most ``limit + 1`` bytes."""
+    from ..errors import PayloadTooLarge
+
+    def too_large() -> PayloadTooLarge:
+        return PayloadTooLarge(f"The request body is larger than this route's limit of {limit} bytes.")
+
+    length = request.content_length
+    if length is not None and length > limit:
+        raise too_large()
+    stream = request.stream
+    chunks: list[bytes] = []
+    size = 0
+    while size <= limit:
+        chunk = stream.read(limit + 1 - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    if size > limit:
+        raise too_large()
+    return b"".join(chunks)
+
+
+def _depth_exceeds(data: Any, limit: int) -> bool:
+    """Whether arrays/objects in ``data`` nest deeper than ``limit`` (iterative: a deep
+    document cannot exhaust the stack here)."""
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            children = value.values()
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def json_body(kind: str = "small") -> Any:
+    """The request body parsed as JSON (``None`` when empty), within the byte limit of
+    ``kind`` (413) and :data:`MAX_JSON_DEPTH` levels of nesting; anything that is not
+    UTF-8 JSON is 400."""
+    from ..errors import BadRequest
+
+    raw = read_body(body_limit(kind))
+    if not raw.strip():
+        return None
+    try:
+        data = json.loads(raw)
+    except RecursionError:  # nested past the parser's stack, before any depth check can run
+        raise BadRequest(f"The JSON body nests deeper than {MAX_JSON_DEPTH} levels.") from None
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("The request body is not valid JSON.") from None
+    if _depth_exceeds(data, MAX_JSON_DEPTH):
+        raise BadRequest(f"The JSON body nests deeper than {MAX_JSON_DEPTH} levels.")
+    return data
+
+
+def load_body(schema: ma.Schema, kind: str = "small") -> Any:
+    """Parse a JSON body: malformed JSON or a non-JSON body is 400, a body over the limit
+    of its kind 413 (see :func:`json_body`), invalid data 422."""
+    data = json_body(kind)
+    if data is None:
+        data = {}
     if not isinstance(data, dict):
         raise MTValidationError({"_schema": ["The body must be a JSON object."]})
     try:

@@ -2,15 +2,24 @@
 
 The rows come from one SELECT (with the open and click counts as correlated aggregates)
 read through a server-side cursor in batches (``stream_results`` + ``yield_per``), and each
-row is written to the response as soon as it is formatted. Cells that a spreadsheet would
-run as a formula (starting with ``=``, ``+``, ``-``, ``@``, tab or CR) are prefixed with a
-single quote (OWASP's advice for CSV injection).
+row is written to the response as soon as it is formatted.
+
+CSV injection (OWASP's advice): a text cell a spreadsheet could run as a formula is prefixed
+with a single quote, namely one that starts with ``=``, ``+``, ``-``, ``@``, tab or CR, also
+after leading whitespace (a spreadsheet trims spaces and no-break spaces) and in the
+full-width or small forms of those signs (``＝``, ``﹦``...), which some spreadsheets read as
+the ASCII ones. Separators: every text cell is enclosed in double quotes, and since a
+spreadsheet that splits on ``;`` or tab (not this file's ``,``) may cut a cell there anyway,
+a formula sign just after a ``;`` or tab inside a cell gets a single quote too
+(``x;=HYPERLINK(...)`` is exported as ``x;'=HYPERLINK(...)``).
 """
 from __future__ import annotations
 
 import csv
 import datetime as dt
 import io
+import re
+import unicodedata
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -25,13 +34,27 @@ HEADER = (
     "type", "templateId", "templateName", "campaignId", "relatedEntityType", "relatedEntityId",
     "conversationId", "senderEmail", "errorMessage", "openCount", "opened", "clickCount",
 )
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_FORMULA_SIGNS = frozenset("=+-@")
+#: Stripped before looking at the first sign: what ``str.strip`` takes for whitespace (incl.
+#: no-break and ideographic spaces) and the zero-width characters a spreadsheet ignores too.
+_INVISIBLE = "\u200b\u200c\u200d\u2060\ufeff"
+#: A formula sign (ASCII, full-width or small form) after a ``;`` or tab and optional
+#: whitespace or double quotes.
+_AFTER_SEPARATOR = re.compile(
+    r"([;\t][\s\"\u200b\u200c\u200d\u2060\ufeff]*)(?=[=+\-@\uff1d\uff0b\uff0d\uff20\ufe66\ufe62\ufe63\ufe6b])")
 BATCH = 500
 
 
 def neutralise(value: Any) -> Any:
-    """A text cell a spreadsheet would evaluate, made inert by a leading single quote."""
-    if isinstance(value, str) and value.startswith(_FORMULA_START):
+    """A text cell a spreadsheet could evaluate, made inert by a leading single quote."""
+    if not isinstance(value, str) or not value:
+        return value
+    if ";" in value or "\t" in value:
+        value = _AFTER_SEPARATOR.sub("\\1'", value)
+    if value[0] in "\t\r":
+        return "'" + value
+    rest = value.lstrip().lstrip(_INVISIBLE).lstrip()
+    if rest and (rest[0] in _FORMULA_SIGNS or unicodedata.normalize("NFKC", rest[0])[:1] in _FORMULA_SIGNS):
         return "'" + value
     return value
 
@@ -85,9 +108,10 @@ def _cells(row: Any) -> list[Any]:
 
 
 def stream_csv(state: MailTrackState, query: sa.Select[Any]) -> Iterator[str]:
-    """Yield the header line, then one CSV line per row (RFC 4180 quoting, CRLF)."""
+    """Yield the header line, then one CSV line per row (RFC 4180 quoting, CRLF; every text
+    cell quoted, numbers bare)."""
     buffer = io.StringIO()
-    writer = csv.writer(buffer)
+    writer = csv.writer(buffer, quoting=csv.QUOTE_NONNUMERIC)
 
     def line(cells: Sequence[Any]) -> str:
         buffer.seek(0)
@@ -95,7 +119,7 @@ def stream_csv(state: MailTrackState, query: sa.Select[Any]) -> Iterator[str]:
         writer.writerow(cells)
         return buffer.getvalue()
 
-    yield line(HEADER)
+    yield ",".join(HEADER) + "\r\n"  # plain names: nothing to quote
     with state.engine.connect() as conn:
         result = conn.execution_options(stream_results=True, yield_per=BATCH).execute(query)
         for row in result:

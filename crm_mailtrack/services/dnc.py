@@ -1,13 +1,32 @@
-"""Do-Not-Contact: one row per contact and channel, written with atomic upserts."""
+"""Do-Not-Contact: one row per contact and channel, written with atomic upserts; and the
+suppression records that keep an erased contact's entries in force.
+
+Suppressions: erasing a contact deletes its DNC rows with everything else, yet an address
+that unsubscribed must not become mailable again. So before the rows go, each of the
+contact's DNC channels is recorded for each of its known addresses as
+``HMAC-SHA256(key, tenant NUL channel NUL address)`` (address trimmed and lower-cased):
+nothing in the table names anyone, and only a holder of the key can test an address
+against it. :func:`can_contact` and the send path consult it by address.
+
+The key is derived (HMAC, fixed label) from ``MAILTRACK_SECRET_KEY``; lookups also try the
+keys in ``MAILTRACK_SECRET_KEY_FALLBACKS``, so suppressions made before a rotation hold
+while the old key stays in the fallbacks. A suppression made under a key that has left
+both is no longer recognised: keep retired keys in the fallbacks for as long as such
+suppressions must hold.
+"""
 from __future__ import annotations
 
+import hashlib
+import hmac
 import re
+from collections.abc import Iterable
 from typing import Any
 
 import sqlalchemy as sa
 
+from .. import config as cfg
 from ..errors import DatabaseUnavailable, ValidationError
-from ..models import ContactEvent, DNCReason, DoNotContact, EventType, dnc, utcnow
+from ..models import ContactEvent, DNCReason, DoNotContact, EventType, dnc, suppressions, utcnow
 from ..state import MailTrackState
 from .common import UNSET, check_lengths, dialect_insert, emit, tenant_key
 
@@ -126,14 +145,68 @@ def remove_dnc(state: MailTrackState, contact_id: str, channel: str = "email", *
     return removed
 
 
-def can_contact(state: MailTrackState, contact_id: str, channel: str = "email", *, tenant_id: Any = UNSET) -> bool:
+def can_contact(state: MailTrackState, contact_id: str, channel: str = "email", *, tenant_id: Any = UNSET,
+                email: str | None = None) -> bool:
+    """``False`` when the contact has a DNC entry for ``channel``, or when its address is
+    suppressed (an erased contact's entry): ``email`` if given, else the address the
+    ``contact_loader`` gives for the contact."""
     tenant = tenant_key(state, tenant_id)
+    channel = check_channel(channel)
     found = state.session.execute(
         sa.select(dnc.c.id).where(
-            dnc.c.tenant_id == tenant, dnc.c.contact_id == str(contact_id), dnc.c.channel == check_channel(channel)
+            dnc.c.tenant_id == tenant, dnc.c.contact_id == str(contact_id), dnc.c.channel == channel
         ).limit(1)
     ).first()
-    return found is None
+    if found is not None:
+        return False
+    if email is None:
+        loader = state.extension._contact_loader
+        contact = loader(str(contact_id)) if loader is not None else None
+        email = (contact or {}).get("email") if contact is not None else None
+    return not (isinstance(email, str) and is_suppressed(state, tenant, channel, email))
+
+
+def _suppression_keys(state: MailTrackState) -> list[bytes]:
+    """The current suppression key first, then those of the fallback secret keys."""
+    secrets = [state.config[cfg.SECRET_KEY], *reversed(state.config[cfg.SECRET_KEY_FALLBACKS])]
+    return [hmac.new(key if isinstance(key, bytes) else str(key).encode(), b"mailtrack.suppression",
+                     hashlib.sha256).digest() for key in secrets]
+
+
+def _address_hash(key: bytes, tenant: str, channel: str, address: str) -> str:
+    normalised = address.strip().lower()
+    return hmac.new(key, f"{tenant}\0{channel}\0{normalised}".encode(), hashlib.sha256).hexdigest()
+
+
+def is_suppressed(state: MailTrackState, tenant: str, channel: str, address: str) -> bool:
+    """Whether ``address`` has a suppression record for ``channel`` in ``tenant``."""
+    hashes = [_address_hash(key, tenant, channel, address) for key in _suppression_keys(state)]
+    found = state.session.execute(
+        sa.select(suppressions.c.address_hash).where(
+            suppressions.c.tenant_id == tenant, suppressions.c.channel == channel,
+            suppressions.c.address_hash.in_(hashes),
+        ).limit(1)
+    ).first()
+    return found is not None
+
+
+def suppress(state: MailTrackState, session: Any, tenant: str, contact_id: str, addresses: Iterable[str]) -> int:
+    """Record a suppression for each DNC channel of the contact and each of ``addresses``,
+    in the caller's transaction (an erasure); return how many were new."""
+    rows = session.execute(
+        sa.select(dnc.c.channel, dnc.c.reason).where(dnc.c.tenant_id == tenant, dnc.c.contact_id == str(contact_id))
+    ).all()
+    key = _suppression_keys(state)[0]
+    values = [
+        {"tenant_id": tenant, "channel": channel, "address_hash": _address_hash(key, tenant, channel, address),
+         "reason": reason, "date_added": utcnow()}
+        for channel, reason in rows for address in {a.strip().lower() for a in addresses if a and a.strip()}
+    ]
+    if not values:
+        return 0
+    stmt = dialect_insert(state, suppressions).on_conflict_do_nothing(
+        index_elements=["tenant_id", "channel", "address_hash"])
+    return max(session.execute(stmt, values).rowcount or 0, 0)  # -1: the driver did not count
 
 
 def list_dnc(state: MailTrackState, contact_id: str, *, tenant_id: Any = UNSET) -> list[DoNotContact]:

@@ -17,14 +17,12 @@ from ..models import (
     ContactEvent,
     JSONType,
     UTCDateTime,
-    dnc,
     events,
     messages,
     utcnow,
-    utm_tags,
 )
 from ..state import MailTrackState
-from . import rawexec, stats
+from . import rawexec
 from .common import UNSET, check_lengths, dialect_insert, emit, has_receivers, log, tenant_key
 
 #: Columns the tracking insert fills from the message row (the rest come from the request).
@@ -362,27 +360,7 @@ def commit_or_503(session: Any) -> None:
 
 
 def erase_contact(state: MailTrackState, contact_id: str, *, tenant_id: Any = UNSET) -> int:
-    """Delete every tracked row of a contact in one transaction; return rows deleted."""
-    tenant = tenant_key(state, tenant_id)
-    total = 0
-    session = state.session
-    try:
-        # out of the analytics cells first: the contact's messages (with all their events),
-        # then the contact's events on other messages (forwards, shared mail)
-        conn = session.connection()
-        own = sa.and_(messages.c.tenant_id == tenant, messages.c.contact_id == str(contact_id))
-        stats.forget_messages(conn, own)
-        stats.forget_events(conn, sa.and_(
-            events.c.tenant_id == tenant, events.c.contact_id == str(contact_id),
-            sa.or_(events.c.message_id.is_(None), events.c.message_id.not_in(sa.select(messages.c.id).where(own)))))
-        for table in (events, dnc, utm_tags, messages):
-            result = session.execute(
-                sa.delete(table).where(table.c.tenant_id == tenant, table.c.contact_id == str(contact_id))
-            )
-            total += result.rowcount or 0
-        session.commit()
-    except sa.exc.SQLAlchemyError as exc:
-        session.rollback()
-        raise DatabaseUnavailable() from exc
-    return total
+    """Delete every tracked row of a contact; see :func:`.privacy.erase_contact`."""
+    from . import privacy
 
+    return privacy.erase_contact(state, contact_id, tenant_id=tenant_id)

@@ -16,6 +16,7 @@ from ..models import ContactEvent, DNCReason, Message
 from ..state import MailTrackState
 from . import dnc as dnc_service
 from . import events as event_service
+from . import privacy
 from .common import UNSET, emit, tenant_key
 
 #: ``details.bounceType`` values (case-insensitive) that make a bounce hard.
@@ -51,7 +52,9 @@ def record_with_implied_dnc(
     """Store the event and the DNC entry it implies (email, channel id = the message id,
     comments = ``details.reason``; an existing entry is kept) in one transaction: both
     rows or neither. Signals go out after the commit: ``dnc_added`` when the entry is
-    new, then the event's own signal and ``event_recorded``."""
+    new, then the event's own signal and ``event_recorded``. ``details`` larger than
+    ``MAILTRACK_MAX_DETAILS_BYTES`` as JSON raise :class:`ValidationError`, storing nothing."""
+    privacy.check_details(state, details)
     tenant = tenant_key(state, tenant_id)
     session = state.session
     event = event_service.record_event(

@@ -1,4 +1,5 @@
-"""Data minimisation: purging old raw events while keeping the totals true.
+"""Data minimisation: erasing a contact; purging old raw events while keeping the totals
+true; the cap on what an event's ``details`` may store.
 
 ``purge(state, older_than_days)`` moves every event older than the cutoff into
 ``mailtrack_event_rollups`` (one row per tenant, UTC day, type, human/machine, campaign,
@@ -10,15 +11,22 @@ and with what device do not.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+import json
+import re
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import sqlalchemy as sa
 
+from .. import config as cfg
 from ..errors import DatabaseUnavailable, ValidationError
-from ..models import event_rollups, events, utcnow
+from ..instrument import link_id as make_link_id
+from ..models import campaign_links, dnc, event_rollups, events, links, messages, utcnow, utm_tags
 from ..state import MailTrackState
+from ..tokens import Purpose
+from . import dnc as dnc_service
 from . import stats
+from .common import UNSET, tenant_key
 from .contactclicks import IMPORT_REASON
 
 _KEY = ("tenant_id", "day", "type", "is_machine", "campaign_id", "message_id", "link_id")
@@ -32,6 +40,144 @@ _PURGEABLE = sa.and_(
     sa.or_(events.c.machine_reason.is_(None), events.c.machine_reason != IMPORT_REASON),
     sa.or_(events.c.type.not_in(stats.FLAG_TYPES), events.c.folded_as.is_not_distinct_from(events.c.is_machine)),
 )
+
+
+#: The token of a signed click link in a message's stored HTML.
+_CLICK_TOKEN = re.compile(r"/t/c/([A-Za-z0-9_.-]+)")
+#: Tokens of stored messages are read whatever their age (``MAILTRACK_LINK_MAX_AGE`` is
+#: about clicks, not about knowing which links a stored message carries).
+_ANY_AGE = 2**62
+_SCAN_BATCH = 200
+
+
+def _message_links(state: MailTrackState, message_id: str, html: str | None) -> set[str]:
+    """The link ids of the signed click links in a stored message's HTML."""
+    found: set[str] = set()
+    for token in set(_CLICK_TOKEN.findall(html or "")):
+        payload = state.signer.loads(Purpose.CLICK, token, max_age=_ANY_AGE)
+        if isinstance(payload, list) and len(payload) == 2 and payload[0] == message_id and isinstance(payload[1], str):
+            found.add(make_link_id(payload[1]))
+    return found
+
+
+def erase_contact(state: MailTrackState, contact_id: str, *, tenant_id: Any = UNSET) -> int:
+    """Delete every tracked row of a contact in one transaction; return the rows deleted.
+
+    The contact's events, Do-Not-Contact entries, UTM tags and messages go, and with them
+    the tracked links (``mailtrack_links``, ``mailtrack_campaign_links``) that only the
+    contact's messages carried: a personalised URL (``?email=...``) must not outlive its
+    contact; links that other messages carry stay. Before its DNC entries go, each is kept
+    as a suppression record of the contact's addresses (a keyed hash, no personal data;
+    see :mod:`crm_mailtrack.services.dnc`), so an unsubscribed address stays unmailable.
+    """
+    tenant = tenant_key(state, tenant_id)
+    contact_id = str(contact_id)
+    session = state.session
+    total = 0
+    try:
+        conn = session.connection()
+        own = sa.and_(messages.c.tenant_id == tenant, messages.c.contact_id == contact_id)
+        mine = sa.and_(events.c.tenant_id == tenant, events.c.contact_id == contact_id)
+        own_links: dict[str | None, set[str]] = {}  # campaign id -> link ids of its erased messages
+        own_ids: list[str] = []
+        addresses: set[str] = set()
+        for row in session.execute(sa.select(messages.c.id, messages.c.email, messages.c.campaign_id,
+                                             messages.c.html).where(own)):
+            own_ids.append(row.id)
+            addresses.add(row.email)
+            own_links.setdefault(row.campaign_id, set()).update(_message_links(state, row.id, row.html))
+        addresses.update(session.execute(
+            sa.select(events.c.email).where(mine, events.c.email.is_not(None)).distinct()).scalars())
+        clicked = set(session.execute(
+            sa.select(events.c.link_id).where(mine, events.c.link_id.is_not(None)).distinct()).scalars())
+        loader = state.extension._contact_loader
+        contact = loader(contact_id) if loader is not None else None
+        if contact is not None and isinstance(contact.get("email"), str):
+            addresses.add(contact["email"])
+        dnc_service.suppress(state, session, tenant, contact_id, addresses)
+
+        # out of the analytics cells first: the contact's messages (with all their events),
+        # then the contact's events on other messages (forwards, shared mail)
+        stats.forget_messages(conn, own)
+        stats.forget_events(conn, sa.and_(
+            mine, sa.or_(events.c.message_id.is_(None), events.c.message_id.not_in(sa.select(messages.c.id).where(own)))))
+        for table in (events, dnc, utm_tags, messages):
+            result = session.execute(
+                sa.delete(table).where(table.c.tenant_id == tenant, table.c.contact_id == contact_id))
+            total += result.rowcount or 0
+        total += _drop_unshared_links(state, session, tenant, own_links, clicked, own_ids)
+        session.commit()
+    except sa.exc.SQLAlchemyError as exc:
+        session.rollback()
+        raise DatabaseUnavailable() from exc
+    except BaseException:
+        session.rollback()
+        raise
+    return total
+
+
+def _drop_unshared_links(state: MailTrackState, session: Any, tenant: str, own_links: dict[str | None, set[str]],
+                         clicked: Iterable[str], erased_ids: list[str]) -> int:
+    """Delete the links (and campaign links) that no remaining message carries; called
+    after the contact's messages and events are deleted. The remaining messages that may
+    carry them are read: those of the same campaigns (any tenant, as ``campaign_links``
+    lists them) and those without a campaign in the same tenant."""
+    candidates = set(clicked).union(*own_links.values()) if own_links else set(clicked)
+    if not candidates:
+        return 0
+    seen_in_campaign: dict[tuple[str, str | None], set[str]] = {}
+    seen_anywhere = set(session.execute(  # another contact's click proves another message carried it
+        sa.select(events.c.link_id).where(events.c.link_id.in_(candidates)).distinct()).scalars())
+    seen_anywhere.update(session.execute(  # as does a rolled-up click of another message
+        sa.select(event_rollups.c.link_id).where(
+            event_rollups.c.link_id.in_(candidates),
+            event_rollups.c.message_id.not_in(erased_ids or [""])).distinct()).scalars())
+    campaigns = sa.select(campaign_links.c.tenant_id, campaign_links.c.campaign_id).where(
+        campaign_links.c.link_id.in_(candidates))
+    scope = sa.or_(
+        sa.tuple_(messages.c.tenant_id, messages.c.campaign_id).in_(campaigns),
+        sa.and_(messages.c.tenant_id == tenant, messages.c.campaign_id.is_(None)),
+    )
+    query = sa.select(messages.c.id, messages.c.tenant_id, messages.c.campaign_id, messages.c.html).where(
+        scope, messages.c.html.is_not(None))
+    for row in session.execute(query.execution_options(yield_per=_SCAN_BATCH)):
+        carried = _message_links(state, row.id, row.html) & candidates
+        if carried:
+            seen_anywhere |= carried
+            seen_in_campaign.setdefault((row.tenant_id, row.campaign_id), set()).update(carried)
+    deleted = 0
+    for campaign_id, link_ids in own_links.items():
+        if campaign_id is None:
+            continue
+        gone = link_ids - seen_in_campaign.get((tenant, campaign_id), set())
+        if gone:
+            deleted += session.execute(sa.delete(campaign_links).where(
+                campaign_links.c.tenant_id == tenant, campaign_links.c.campaign_id == campaign_id,
+                campaign_links.c.link_id.in_(gone))).rowcount or 0
+    orphans = candidates - seen_anywhere
+    if orphans:
+        deleted += session.execute(sa.delete(campaign_links).where(campaign_links.c.link_id.in_(orphans))).rowcount or 0
+        deleted += session.execute(sa.delete(links).where(links.c.id.in_(orphans))).rowcount or 0
+    return deleted
+
+
+def check_details(state: MailTrackState, details: Mapping[str, Any] | None) -> None:
+    """Refuse ``details`` whose compact UTF-8 JSON is longer than ``MAILTRACK_MAX_DETAILS_BYTES``
+    (or that cannot be JSON at all) with :class:`ValidationError` (422 on the API): a
+    webhook or import should store a summary, not a whole payload."""
+    if not details:
+        return
+    limit = state.config[cfg.MAX_DETAILS_BYTES]
+    try:
+        size = len(json.dumps(details, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8"))
+    except RecursionError:
+        raise ValidationError({"details": ["Nested too deeply to store."]}) from None
+    except (TypeError, ValueError) as exc:
+        raise ValidationError({"details": [f"Not storable as JSON: {exc}"]}) from None
+    if size > limit:
+        raise ValidationError({"details": [
+            f"Larger than the {limit} bytes an event may store ({size} bytes as JSON; "
+            f"{cfg.MAX_DETAILS_BYTES})."]})
 
 
 def _day(dialect: str) -> sa.ColumnElement[Any]:
@@ -161,4 +307,4 @@ def rolled_up_counts(state: MailTrackState, tenant: str, *, campaign_id: str | N
         return {row[0]: int(row[1]) for row in conn.execute(query)}
 
 
-__all__ = ["purge", "purge_days", "rolled_up_counts"]
+__all__ = ["check_details", "erase_contact", "purge", "purge_days", "rolled_up_counts"]

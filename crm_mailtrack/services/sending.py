@@ -40,7 +40,7 @@ import sqlalchemy as sa
 
 from .. import config as cfg
 from ..errors import ConfigurationError, Conflict, DatabaseUnavailable, NotFound
-from ..models import ContactEvent, EventType, Message, MessageStatus, UTCDateTime, dnc, messages, utcnow
+from ..models import ContactEvent, EventType, Message, MessageStatus, UTCDateTime, messages, utcnow
 from ..state import MailTrackState
 from ..textpart import html_to_text
 from .common import emit, log
@@ -217,13 +217,11 @@ def send(state: MailTrackState, message: Message | str, *, mailer: Mailer | None
 
 
 def _on_dnc(state: MailTrackState, message: Message) -> bool:
-    found = state.session.execute(
-        sa.select(dnc.c.id).where(
-            dnc.c.tenant_id == message.tenant_id, dnc.c.contact_id == message.contact_id,
-            dnc.c.channel == "email",
-        ).limit(1)
-    ).first()
-    return found is not None
+    """On Do-Not-Contact for email: the contact's entry, or its address's suppression."""
+    from . import dnc as dnc_service
+
+    return not dnc_service.can_contact(state, message.contact_id, "email", tenant_id=message.tenant_id,
+                                       email=message.email)
 
 
 def _send_claimed(state: MailTrackState, message_id: str, mailer: Mailer, claimed_at: dt.datetime) -> Message:

@@ -1,0 +1,146 @@
+"""Right to erasure, as a host sees it: the erased contact's personalised tracked links are
+gone from the links table and the campaign's links report (links other contacts' messages
+carry stay), and an address that was on Do-Not-Contact stays unmailable after its contact
+is erased (a suppression record that holds no personal data), at send time on a real SMTP
+server."""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from apihelpers import API, BROWSER, hdrs
+from conftest import path_of
+from mailserver import MailServer, RecordingHandler
+
+from crm_mailtrack import MailTrack
+from crm_mailtrack.models import campaign_links, links, suppressions
+
+ADA_URL = "https://shop.example/offer?email=ada@example.com&name=Ada+Lovelace"
+BOB_URL = "https://shop.example/offer?email=bob@example.com&name=Bob+Ray"
+SHARED = "https://shop.example/sale"
+ADA_ONLY_ELSEWHERE = "https://shop.example/ada-only-page"  # Ada's, in a message without a campaign
+
+
+def _html(*urls: str) -> str:
+    return "<html><body>" + "".join(f'<a href="{u.replace("&", "&amp;")}">x</a>' for u in urls) + "</body></html>"
+
+
+def _track(mt: Any, contact_id: str, email: str, campaign_id: str | None, *urls: str) -> Any:
+    return mt.track_message(contact_id=contact_id, email=email, subject="Offer", html=_html(*urls),
+                            campaign_id=campaign_id)
+
+
+def _stored_urls(db: Any) -> set[str]:
+    return set(db.session.execute(sa.select(links.c.url)).scalars())
+
+
+def _report_urls(client: Any, campaign: str) -> set[str]:
+    resp = client.get(f"{API}/campaigns/{campaign}/links", headers=hdrs())
+    assert resp.status_code == 200
+    return {item["url"] for item in resp.get_json()["links"]}
+
+
+def test_erasure_removes_the_links_only_the_contacts_messages_carried(mailtrack, db, client):
+    ada = _track(mailtrack, "ada", "ada@example.com", "spring", ADA_URL, SHARED)
+    _track(mailtrack, "bob", "bob@example.com", "spring", BOB_URL, SHARED)
+    _track(mailtrack, "ada", "ada@example.com", None, ADA_ONLY_ELSEWHERE)
+    _track(mailtrack, "cy", "cy@example.com", "autumn", SHARED)
+    link = next(u for u in re.findall(r'href="([^"]+/t/c/[^"]+)"', ada.html))
+    assert client.get(path_of(link), headers=BROWSER).status_code == 302  # Ada clicked
+    assert _report_urls(client, "spring") == {ADA_URL, BOB_URL, SHARED}
+
+    erased = mailtrack.erase_contact("ada")
+
+    assert _report_urls(client, "spring") == {BOB_URL, SHARED}
+    assert _report_urls(client, "autumn") == {SHARED}
+    assert _stored_urls(db) == {BOB_URL, SHARED}
+    dump = " ".join(str(v) for table in (links, campaign_links) for row in db.session.execute(sa.select(table))
+                    for v in row)
+    assert "ada" not in dump.lower()
+    # 2 messages + 1 click event + 2 links + 1 campaign link (Ada's URL in "spring")
+    assert erased == 6
+
+
+def test_a_link_other_contacts_messages_carry_stays_even_outside_the_campaign(mailtrack, db, client):
+    _track(mailtrack, "ada", "ada@example.com", "spring", SHARED, ADA_URL)
+    _track(mailtrack, "bob", "bob@example.com", None, ADA_URL)  # the same URL, sent to Bob too
+    mailtrack.erase_contact("ada")
+    assert _stored_urls(db) == {ADA_URL}  # Bob's message carries it: the row stays
+    assert db.session.execute(sa.select(campaign_links)).all() == []  # "spring" carries nothing now
+
+
+@pytest.fixture(scope="module")
+def _server():
+    with MailServer(RecordingHandler()) as srv:
+        yield srv
+
+
+@pytest.fixture
+def handler(_server: MailServer) -> RecordingHandler:
+    _server.handler.received.clear()
+    return _server.handler
+
+
+def _smtp_app(make_app: Any, server: MailServer, **config: Any) -> Any:
+    def hooks(mt: MailTrack) -> None:
+        @mt.contact_loader
+        def _contact(contact_id: str) -> dict[str, Any] | None:
+            return {"ada": {"email": "Ada@Example.com"}, "ada2": {"email": "ada@example.com"}}.get(contact_id)
+
+    return make_app(setup=hooks, MAILTRACK_SMTP_URL=server.url(), MAILTRACK_DEFAULT_SENDER="crm@example.com",
+                    **config)
+
+
+def test_an_unsubscribed_address_stays_unmailable_after_erasure(make_app, _server, handler):
+    app = _smtp_app(make_app, _server)
+    mt = app.extensions["mailtrack"].extension
+    client = app.test_client()
+    with app.app_context():
+        first = mt.track_message(contact_id="ada", email="Ada@Example.com", subject="Hi", html=_html(SHARED))
+        unsub = path_of(first.headers["List-Unsubscribe"][1:-1])
+    assert client.post(unsub, data={"List-Unsubscribe": "One-Click"}).status_code == 200
+    result = app.test_cli_runner().invoke(args=["mailtrack", "erase-contact", "ada", "--yes"])
+    assert result.exit_code == 0, result.output
+    with app.app_context():
+        db = app.extensions["sqlalchemy"]
+        rows = db.session.execute(sa.select(suppressions)).all()
+        assert len(rows) == 1
+        stored = " ".join(str(v) for v in rows[0]).lower()
+        assert "ada" not in stored and "example" not in stored  # no address, no contact id
+        # the same person, erased: as the same contact id, or re-imported under a new one
+        assert not mt.can_contact("ada") and not mt.can_contact("ada2")
+        assert mt.can_contact("ada2", "sms")  # suppressed on the channel she left only
+        for contact_id in ("ada", "ada2"):
+            msg = mt.track_message(contact_id=contact_id, email="ADA@example.COM", subject="Again",
+                                   html=_html(SHARED))
+            assert mt.send(msg).status == "SUPPRESSED"
+        other = mt.track_message(contact_id="bob", email="bob@example.com", subject="Hi", html=_html(SHARED))
+        assert mt.send(other).status == "SENT"
+    assert [r.rcpt_tos for r in handler.received] == [["bob@example.com"]]  # nothing reached Ada
+
+
+def test_suppressions_follow_the_secret_key_and_its_fallbacks(make_app, _server, handler, tmp_path):
+    old = "old-secret-key-" + "o" * 24
+    app = _smtp_app(make_app, _server, MAILTRACK_SECRET_KEY=old)
+    with app.app_context():
+        mt = app.extensions["mailtrack"].extension
+        mt.track_message(contact_id="ada", email="ada@example.com", subject="Hi", html=_html(SHARED))
+        mt.add_dnc("ada")
+        mt.erase_contact("ada")
+        assert not mt.can_contact("ada2")
+        url = app.config["SQLALCHEMY_DATABASE_URI"]
+    # the same database, after a key rotation: the old key in the fallbacks keeps it in force
+    rotated = _smtp_app(make_app, _server, SQLALCHEMY_DATABASE_URI=url, MAILTRACK_SECRET_KEY="new-secret-key-" + "n" * 24,
+                        MAILTRACK_SECRET_KEY_FALLBACKS=[old])
+    with rotated.app_context():
+        mt = rotated.extensions["mailtrack"].extension
+        assert not mt.can_contact("ada2")
+        msg = mt.track_message(contact_id="ada2", email="ada@example.com", subject="Again", html=_html(SHARED))
+        assert mt.send(msg).status == "SUPPRESSED"
+    # ... and without it the suppression is no longer recognised (documented: keep retired keys)
+    dropped = _smtp_app(make_app, _server, SQLALCHEMY_DATABASE_URI=url, MAILTRACK_SECRET_KEY="new-secret-key-" + "n" * 24)
+    with dropped.app_context():
+        assert dropped.extensions["mailtrack"].extension.can_contact("ada2")
+    assert handler.received == []
