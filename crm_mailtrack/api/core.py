@@ -211,7 +211,9 @@ def _bearer_token() -> str | None:
 
 def _bearer_matches(tokens: frozenset[str]) -> bool:
     token = _bearer_token()
-    return bool(token) and any(hmac.compare_digest(token.encode(), t.encode()) for t in tokens)  # type: ignore[union-attr]
+    if not token:
+        return False
+    return any(hmac.compare_digest(token.encode(), t.encode()) for t in tokens)
 
 
 def _check_csrf() -> None:

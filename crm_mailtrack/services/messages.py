@@ -108,7 +108,7 @@ def track_message(
     commit: bool = True,
     **extra: Any,
 ) -> Message:
-    """Store an outbound message with instrumented HTML and headers (see DESIGN §3)."""
+    """Store an outbound message with instrumented HTML and headers (keywords: see ``MailTrack.track_message``)."""
     if not isinstance(email, str) or not _EMAIL.match(email):
         raise ValidationError({"email": ["Not a valid email address."]})
     if contact_id is None or str(contact_id) == "":
