@@ -293,3 +293,22 @@ def test_upgrading_an_installation_with_data_builds_the_analytics_cells(
     finally:
         with app.app_context():
             db.engine.dispose()
+
+
+def test_the_old_filter_names_warn_and_point_a_host_to_the_right_ones(engine: sa.Engine) -> None:
+    """``include_name`` / ``include_object`` kept only our tables: a host taking them for its
+    env.py got the opposite of what it needed. They now warn, naming the host's filters;
+    ``exclude_mailtrack`` (the first name of the host's filter) still works."""
+    import crm_mailtrack.migrate as migrate
+
+    for old in ("include_name", "include_object"):
+        with pytest.warns(DeprecationWarning, match=f"exclude_mailtrack_{old.split('_')[1]}"):
+            getattr(migrate, old)
+    upgrade(engine)
+    host = sa.MetaData()
+    sa.Table("crm_contacts", host, sa.Column("id", sa.Integer, primary_key=True))
+    with engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={
+            "include_name": migrate.exclude_mailtrack, "include_object": migrate.exclude_mailtrack_object})
+        diff = compare_metadata(context, host)
+    assert [(op, table.name) for op, table in diff] == [("add_table", "crm_contacts")]
