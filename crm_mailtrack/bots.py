@@ -194,7 +194,7 @@ class BotPolicy:
         def seconds(key: str) -> float:
             value = conf.get(key, cfg.DEFAULTS[key])
             value = 0 if value is None else value
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
                 raise ConfigurationError(f"{key} must be a number of seconds >= 0, not {value!r}.")
             return float(value)
 

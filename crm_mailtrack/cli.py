@@ -18,21 +18,58 @@ def _fail(message: str) -> None:
     sys.exit(1)
 
 
+def _fail_on(exc: Exception, doing: str) -> None:
+    """Report a failed command: "run init-db" when the tables are missing or behind,
+    else ``doing`` and the error."""
+    import sqlalchemy as sa
+
+    from .errors import DatabaseUnavailable
+
+    if isinstance(exc, (sa.exc.DBAPIError, DatabaseUnavailable)):
+        from .migrate import schema_problem
+
+        try:
+            advice = schema_problem(get_state().engine)
+        except Exception:  # noqa: BLE001 - the database itself is unreachable
+            advice = None
+        if advice is not None:
+            _fail(advice)
+    _fail(f"{doing}: {exc}")
+
+
 @cli.command("init-db")
 @click.option("--create-all", is_flag=True, help="Create tables directly instead of running the migrations.")
 def init_db(create_all: bool) -> None:
-    """Create or upgrade the extension's tables (Alembic migrations, branch 'mailtrack')."""
+    """Create or upgrade the extension's tables (Alembic migrations, branch 'mailtrack').
+
+    Tables made earlier by create_all() (a quick start) are taken over when they are exactly
+    this version's schema: their revision is recorded and later upgrades migrate them."""
+    from . import migrate
+
     state = get_state()
     try:
-        if create_all:
-            state.extension.create_all()
-        else:
-            from .migrate import upgrade
+        with state.engine.begin() as conn:
+            if create_all:
+                from .models import metadata
 
-            upgrade(state.engine)
+                metadata.create_all(conn)
+            if migrate.current(conn) is None and _has_our_tables(conn):
+                revision = migrate.adopt(conn)
+                click.echo(f"mailtrack: tables made by create_all() match this version: recorded revision "
+                           f"{revision}")
+            if not create_all:
+                migrate.upgrade(conn)
     except Exception as exc:  # noqa: BLE001 - reported, not traced
         _fail(f"could not initialise the database: {exc}")
     click.echo("mailtrack: database ready")
+
+
+def _has_our_tables(conn: Any) -> bool:
+    import sqlalchemy as sa
+
+    from .models import metadata
+
+    return bool(set(sa.inspect(conn).get_table_names()) & set(metadata.tables))
 
 
 @cli.command("replay-journal")
@@ -57,7 +94,7 @@ def replay_journal() -> None:
         with click.progressbar(length=total, label="Replaying journal", file=sys.stderr) as bar:
             inserted, skipped = replay(state, progress=bar.update)
     except Exception as exc:  # noqa: BLE001
-        _fail(f"replay stopped, nothing lost (run it again): {exc}")
+        _fail_on(exc, "replay stopped, nothing lost (run it again)")
     click.echo(f"mailtrack: replayed {inserted} events, skipped {skipped} (already stored or message erased){aside}")
 
 
@@ -71,7 +108,7 @@ def erase_contact(contact_id: str, tenant: str | None) -> None:
     try:
         deleted = state.extension.erase_contact(contact_id, tenant_id=tenant)
     except Exception as exc:  # noqa: BLE001
-        _fail(str(exc))
+        _fail_on(exc, "erase-contact stopped")
     click.echo(f"mailtrack: erased {deleted} rows of contact {contact_id}")
 
 
@@ -96,7 +133,7 @@ def send_due() -> None:
         with click.progressbar(length=total, label="Sending due messages", file=sys.stderr) as bar:
             handled = sending.send_due(state, progress=bar.update, reclaim=False)
     except Exception as exc:  # noqa: BLE001
-        _fail(f"send-due stopped: {exc}")
+        _fail_on(exc, "send-due stopped")
     click.echo(f"mailtrack: handled {handled} due messages (others were claimed by another process)"
                if handled < total else f"mailtrack: handled {handled} due messages")
 
@@ -150,7 +187,7 @@ def stats(date_from: str | None, date_to: str | None, include_bots: bool, tenant
     try:
         data = analytics(state, tenant_key(state, tenant), date_from=start, date_to=end, include_bots=include_bots)
     except Exception as exc:  # noqa: BLE001
-        _fail(str(exc))
+        _fail_on(exc, "stats failed")
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
@@ -187,7 +224,7 @@ def purge(days: int) -> None:
         with click.progressbar(length=len(slices), label="Purging (days)", file=sys.stderr) as bar:
             deleted = privacy.purge(state, days, progress=bar.update)
     except Exception as exc:  # noqa: BLE001
-        _fail(f"purge stopped (what was done is consistent; run it again): {exc}")
+        _fail_on(exc, "purge stopped (what was done is consistent; run it again)")
     click.echo(f"mailtrack: purged {deleted} events older than {days} days (totals kept as rollups)")
 
 
@@ -208,5 +245,5 @@ def infer_forwards(days: int | None) -> None:
         with click.progressbar(length=len(ids), label="Checking messages", file=sys.stderr) as bar:
             found = forwards.infer_forwards(state, message_ids=ids, progress=bar.update)
     except Exception as exc:  # noqa: BLE001
-        _fail(str(exc))
+        _fail_on(exc, "infer-forwards stopped")
     click.echo(f"mailtrack: {found} inferred forwards recorded ({len(ids)} messages checked)")

@@ -43,11 +43,29 @@ class Conflict(MailTrackError, wz.Conflict):
 
 
 class ValidationError(MailTrackError, wz.UnprocessableEntity):
-    """Well-formed input that fails validation; ``errors`` maps fields to messages."""
+    """Well-formed input that fails validation; ``errors`` maps fields to messages.
+
+    Its text names the fields and their messages (``email: Not a valid email address.``),
+    so a failed Python call says what was wrong without looking at ``errors``."""
 
     def __init__(self, errors: dict[str, Any] | None = None, description: str | None = None):
         self.errors = errors or {}
-        super().__init__(description or "The request body or query failed validation.")
+        summary = _summarise(self.errors)
+        description = description or "The request body or query failed validation."
+        super().__init__(f"{description} {summary}" if summary else description)
+
+
+def _summarise(errors: Any, prefix: str = "") -> str:
+    """``{"email": ["Bad."], "to": {0: ["Bad."]}}`` -> ``"email: Bad.; to.0: Bad."``."""
+    if isinstance(errors, dict):
+        parts = [_summarise(v, f"{prefix}{k}." if k != "_schema" else prefix) for k, v in errors.items()]
+        return "; ".join(p for p in parts if p)
+    if isinstance(errors, (list, tuple)):
+        texts = [m for m in errors if isinstance(m, str)]
+        nested = "; ".join(p for p in (_summarise(m, prefix) for m in errors if not isinstance(m, str)) if p)
+        own = f"{prefix.rstrip('.') + ': ' if prefix else ''}{' '.join(texts)}" if texts else ""
+        return "; ".join(p for p in (own, nested) if p)
+    return f"{prefix.rstrip('.')}: {errors}" if prefix else str(errors)
 
 
 class Unauthorized(MailTrackError, wz.Unauthorized):

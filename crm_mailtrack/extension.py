@@ -49,6 +49,7 @@ class MailTrack:
         for key, default in cfg.DEFAULTS.items():
             app.config.setdefault(key, default)
         conf = app.config
+        cfg.validate(conf)
 
         secret = conf[cfg.SECRET_KEY] or conf.get("SECRET_KEY")
         if not secret or len(secret) < cfg.MIN_SECRET_KEY_LENGTH:
@@ -79,6 +80,9 @@ class MailTrack:
 
         smtp = parse_smtp_url(conf[cfg.SMTP_URL])  # a bad URL fails here, naming the key, not at send time
         check_default_sender(conf[cfg.DEFAULT_SENDER])
+        if not 0 < smtp.timeout < float("inf"):
+            raise ConfigurationError(f"{cfg.SMTP_URL}: timeout must be a positive number of seconds, "
+                                     f"not {smtp.timeout!r}.")
         sending_timeout = conf[cfg.SENDING_TIMEOUT_SECONDS]
         if (isinstance(sending_timeout, bool) or not isinstance(sending_timeout, (int, float))
                 or not smtp.timeout < sending_timeout <= cfg.MAX_SENDING_TIMEOUT_SECONDS):
@@ -111,6 +115,9 @@ class MailTrack:
             config={cfg.SENDING_TIMEOUT_SECONDS: float(sending_timeout), **size_limits,
                     cfg.SECRET_KEY: secret, cfg.SECRET_KEY_FALLBACKS: list(fallbacks)},
         )
+        from . import bots
+
+        bots.policy(state)  # MAILTRACK_BOT_* and the networks: refused here, naming the key
         if db is None:
             _own_database(app, state)
         app.extensions["mailtrack"] = state
@@ -121,7 +128,7 @@ class MailTrack:
         app.register_blueprint(blueprint, url_prefix=prefix or None)
         _register_api(app, prefix)
         app.cli.add_command(cli)
-        _csrf_exempt(app)
+        _integrate_with_host(app)
 
     # -- host hooks (stored and returned unchanged, like Flask-Login's user_loader) -----
 
@@ -159,7 +166,13 @@ class MailTrack:
 
     def track_message(self, **kwargs: Any) -> Message:
         """Store an outbound message with signed click links, open pixel and
-        List-Unsubscribe headers. See DESIGN §3 for the keyword arguments."""
+        List-Unsubscribe headers.
+
+        Keywords: ``contact_id``, ``email``, ``subject`` (required); ``html``, ``text``,
+        ``campaign_id``, ``template_id``, ``template_name``, ``type``,
+        ``related_entity_type``, ``related_entity_id``, ``scheduled_at`` (stored as
+        ``SCHEDULED`` for :meth:`send_due`), ``track_opens`` / ``track_clicks`` (override
+        the config for this message) and ``tenant_id``."""
         return message_service.track_message(get_state(), **kwargs)
 
     def send(self, message: Message) -> Message:
@@ -301,19 +314,43 @@ def _register_api(app: Flask, prefix: str) -> None:
     app.register_blueprint(api_blueprint, url_prefix=f"{prefix}/api")
 
 
-def _csrf_exempt(app: Flask) -> None:
-    """RFC 8058 one-click unsubscribe carries no CSRF token: exempt it from Flask-WTF,
-    whether the host sets up ``CSRFProtect`` before or after ``init_app`` (for the later
-    case, a first-in-line ``before_request`` exempts it before Flask-WTF's check runs)."""
+def _integrate_with_host(app: Flask) -> None:
+    """Work with the host's Flask-WTF and Flask-Migrate without any host set-up, whichever
+    is initialised first: now, if they already are, and again from Flask's own signals
+    (documented hooks that run after every extension's ``init_app``).
+
+    - ``CSRFProtect``: the RFC 8058 one-click unsubscribe carries no CSRF token, and the JSON
+      API checks CSRF itself where a cookie authorised the call (see ``api.core``), so both
+      are exempt from Flask-WTF's global check. Exempted before the first request
+      (``request_started`` runs before ``before_request`` functions; Flask refuses new
+      ``before_request`` set-up, so a new ``CSRFProtect``, after the first request).
+    - Flask-Migrate: ``flask db migrate`` must not write ``DROP TABLE mailtrack_...``
+      (:func:`.migrate.configure_flask_migrate`, on every app context push: ``flask db``
+      pushes one; idempotent and cheap).
+    """
+    from flask import appcontext_pushed, request_started
+
+    from .api import blueprint as api_blueprint
+    from .migrate import configure_flask_migrate
     from .tracking import unsubscribe
 
-    done: list[object] = []
+    exempted: list[object] = []
 
     def exempt() -> None:
         csrf = app.extensions.get("csrf")
-        if csrf is not None and csrf not in done and hasattr(csrf, "exempt"):
+        if csrf is not None and csrf not in exempted and hasattr(csrf, "exempt"):
             csrf.exempt(unsubscribe)
-            done.append(csrf)
+            csrf.exempt(api_blueprint)
+            exempted.append(csrf)
+
+    def on_first_request(sender: Flask, **extra: Any) -> None:
+        exempt()
+        request_started.disconnect(on_first_request, sender=app)
+
+    def on_app_context(sender: Flask, **extra: Any) -> None:
+        configure_flask_migrate(app)
 
     exempt()
-    app.before_request_funcs.setdefault(None, []).insert(0, exempt)
+    configure_flask_migrate(app)
+    request_started.connect(on_first_request, sender=app, weak=False)
+    appcontext_pushed.connect(on_app_context, sender=app, weak=False)

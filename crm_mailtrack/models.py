@@ -94,7 +94,7 @@ class EventType(str, enum.Enum):
     UTM_ADDED = "utm_added"
     UTM_REMOVED = "utm_removed"
     FAILED = "failed"
-    #: A note on a message (communications API ``<id>/comment``); beyond DESIGN's list.
+    #: A note on a message (communications API ``<id>/comment``), an event type of its own.
     COMMENT = "comment"
 
     def __str__(self) -> str:

@@ -42,6 +42,8 @@ class MailTrackState:
     own_engine: Engine | None = None
     own_session: scoped_session[Session] | None = None
     config: dict[str, Any] = field(default_factory=dict)
+    #: Operator warnings already logged for this app (each is logged once, not per request).
+    logged: set[str] = field(default_factory=set)
 
     @property
     def engine(self) -> Engine:

@@ -58,6 +58,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     )
     if config:
         app.config.update(config)
+    _behind_proxies(app, int(os.environ.get("EXAMPLE_PROXY_HOPS", "0")))
     db.init_app(app)
     mailtrack.init_app(app, db=db)
     with app.app_context():
@@ -78,6 +79,17 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
             anchor = dt.datetime.fromisoformat(anchor)
         seed_if_empty(app, anchor)
     return app
+
+
+def _behind_proxies(app: Flask, hops: int) -> None:
+    """Behind ``hops`` reverse proxies, take the client's address, scheme and host from the
+    ``X-Forwarded-*`` headers they set (werkzeug's ``ProxyFix``); otherwise every open and
+    click would carry the proxy's IP. Off (0) by default: the demo runs without a proxy, and
+    without one those headers are whatever a client claims."""
+    if hops > 0:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)  # type: ignore[method-assign]
 
 
 def _sqlite_wal(engine: sa.Engine) -> None:

@@ -411,3 +411,32 @@ def test_dashboard_numbers_from_the_api_equal_the_sql_fallback(example: Flask, m
     from_sql = collect()
     assert all(s.startswith("SQL") for s in from_sql.pop("sources"))
     assert from_api == from_sql
+
+
+@pytest.mark.parametrize("hops, stored", [(0, "127.0.0.0"), (1, "203.0.113.0")])
+def test_example_app_trusts_forwarded_addresses_only_when_told_it_is_behind_a_proxy(
+        demo_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hops: int, stored: str) -> None:
+    """``EXAMPLE_PROXY_HOPS=1`` (werkzeug's ProxyFix): a click through the proxy is stored
+    with the client's network from ``X-Forwarded-For``; without it the header is ignored."""
+    import sqlalchemy as sa
+
+    from crm_mailtrack.models import events, messages
+
+    monkeypatch.setenv("EXAMPLE_PROXY_HOPS", str(hops))
+    path = tmp_path / "crm.db"
+    shutil.copy(demo_db, path)
+    app = create_app(_config(path))
+    try:
+        with app.app_context():
+            message_id = db.session.execute(sa.select(messages.c.id).limit(1)).scalar_one()
+            url = app.extensions["mailtrack"].extension.click_url(message_id, "https://example.com/p")
+        headers = {"X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "https",
+                   "User-Agent": "Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0"}
+        resp = app.test_client().get(url[len(BASE_URL):], headers=headers, environ_base={"REMOTE_ADDR": "127.0.0.1"})
+        assert resp.status_code == 302
+        with app.app_context():
+            ip = db.session.execute(sa.select(events.c.ip).where(events.c.type == "click")
+                                    .order_by(events.c.id.desc()).limit(1)).scalar_one()
+        assert ip == stored
+    finally:
+        _close(app)

@@ -168,12 +168,51 @@ def test_url_prefix_root(make_app):
 
 @pytest.mark.parametrize("key, value", [
     ("MAILTRACK_LINK_MAX_AGE", -5), ("MAILTRACK_LINK_MAX_AGE", "soon"), ("MAILTRACK_LINK_MAX_AGE", True),
-    ("MAILTRACK_UTM_DEFAULTS", {"source": "x"}),
+    ("MAILTRACK_UTM_DEFAULTS", {"source": "x"}), ("MAILTRACK_UTM_DEFAULTS", {"utm_source": 3}),
+    ("MAILTRACK_UTM_DEFAULTS", ["utm_source"]),
+    # every link would be broken: no scheme, a relative path, another scheme, a query
+    ("MAILTRACK_BASE_URL", "crm.example.com"), ("MAILTRACK_BASE_URL", "/crm"),
+    ("MAILTRACK_BASE_URL", "ftp://crm.example.com"), ("MAILTRACK_BASE_URL", "https://crm.example.com/?a=1"),
+    ("MAILTRACK_BASE_URL", "https://"), ("MAILTRACK_BASE_URL", 42),
+    ("MAILTRACK_URL_PREFIX", "https://crm.example.com/t"), ("MAILTRACK_URL_PREFIX", 5),
+    ("MAILTRACK_SECRET_KEY_FALLBACKS", 12345), ("MAILTRACK_SECRET_KEY_FALLBACKS", ["old-key", None]),
+    ("MAILTRACK_API_TOKENS", [""]), ("MAILTRACK_API_TOKENS", [" padded "]), ("MAILTRACK_API_TOKENS", 7),
+    ("MAILTRACK_TRACK_OPENS", "false"), ("MAILTRACK_TRACK_CLICKS", 0), ("MAILTRACK_ANONYMIZE_IP", "no"),
+    ("MAILTRACK_HONEYPOT", "off"),
+    ("MAILTRACK_DEFAULT_SENDER", "no address"), ("MAILTRACK_DEFAULT_SENDER", "a@b.test\r\nBcc: x@y.test"),
+    ("MAILTRACK_SMTP_URL", None), ("MAILTRACK_SMTP_URL", "smtp://mail.test?timeout=-1"),
+    ("MAILTRACK_JOURNAL_PATH", 3),
+    ("MAILTRACK_BOT_AFTER_SEND_SECONDS", -1), ("MAILTRACK_BOT_AFTER_SEND_SECONDS", "5"),
+    ("MAILTRACK_BOT_BURST_SECONDS", float("nan")), ("MAILTRACK_HONEYPOT_WINDOW_SECONDS", float("inf")),
+    ("MAILTRACK_SCANNER_NETWORKS", ["10.0.0.0/33"]), ("MAILTRACK_SCANNER_NETWORKS", 10),
+    ("MAILTRACK_APPLE_PROXY_NETWORKS", ["apple"]),
 ])
-def test_bad_config_is_refused_naming_the_key(tmp_path, key, value):
+def test_bad_config_is_refused_at_init_app_naming_the_key(tmp_path, key, value):
+    """Every key is checked by ``init_app`` (not on first use), the error names it, and
+    nothing is left registered on the app."""
     app = bare_app(tmp_path, SECRET_KEY=SECRET, MAILTRACK_DATABASE_URI=f"sqlite:///{tmp_path}/x.db", **{key: value})
     with pytest.raises(ConfigurationError, match=key):
         MailTrack(app)
+    assert "mailtrack" not in app.extensions
+    assert "mailtrack" not in app.blueprints
+
+
+def test_bad_own_database_uri_is_refused_naming_the_key(tmp_path):
+    app = bare_app(tmp_path, SECRET_KEY=SECRET, MAILTRACK_DATABASE_URI="not a database url")
+    with pytest.raises(ConfigurationError, match="MAILTRACK_DATABASE_URI"):
+        MailTrack(app)
+
+
+@pytest.mark.parametrize("key, value", [
+    ("MAILTRACK_BASE_URL", "https://crm.example.com"), ("MAILTRACK_BASE_URL", "http://127.0.0.1:5000/crm/"),
+    ("MAILTRACK_API_TOKENS", "one-token"), ("MAILTRACK_SECRET_KEY_FALLBACKS", "an-older-key-of-16+"),
+    ("MAILTRACK_SCANNER_NETWORKS", "192.0.2.0/24"), ("MAILTRACK_BOT_BURST_SECONDS", None),
+    ("MAILTRACK_DEFAULT_SENDER", "Vertrieb Düsseldorf <sales@acme.example>"),
+])
+def test_good_config_is_accepted(tmp_path, key, value):
+    app = bare_app(tmp_path, SECRET_KEY=SECRET, MAILTRACK_DATABASE_URI=f"sqlite:///{tmp_path}/x.db", **{key: value})
+    MailTrack(app)
+    assert "mailtrack" in app.extensions
 
 
 def test_hooks_are_stored_and_returned_unchanged():

@@ -29,8 +29,8 @@ from crm_mailtrack.migrate import (
     compare_server_default,
     current,
     downgrade,
-    include_name,
-    include_object,
+    only_mailtrack_name,
+    only_mailtrack_object,
     stamp,
     upgrade,
 )
@@ -73,8 +73,8 @@ def schema_diff(engine: sa.Engine, target: sa.MetaData = metadata) -> list[objec
             "compare_type": True,
             "compare_server_default": compare_server_default,
             "version_table": VERSION_TABLE,
-            "include_name": include_name,
-            "include_object": include_object,
+            "include_name": only_mailtrack_name,
+            "include_object": only_mailtrack_object,
         })
         return compare_metadata(context, target)
 
@@ -165,17 +165,32 @@ def test_upgrade_on_a_given_connection_joins_its_transaction(engine: sa.Engine) 
     assert OUR_TABLES <= table_names(engine)
 
 
-def test_tables_from_create_all_are_refused_until_stamped(engine: sa.Engine) -> None:
-    """``create_all()`` gives the same schema as the migrations; ``upgrade`` will not run
-    over such unversioned tables, ``stamp`` adopts them."""
+def test_tables_from_create_all_are_taken_over_when_they_are_the_head_schema(engine: sa.Engine) -> None:
+    """``create_all()`` gives the same schema as the migrations: ``upgrade`` records the
+    head for such unversioned tables (a quick start moves on to the migrations), keeping
+    their rows."""
     metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO mailtrack_links (id, url) VALUES ('abc', 'https://example.com/')"))
+    assert current(engine) is None
+    upgrade(engine)
+    assert current(engine) == HEAD
     assert schema_diff(engine) == []
-    with pytest.raises(RuntimeError, match="stamp"):
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT url FROM mailtrack_links")).scalar_one() == "https://example.com/"
+
+
+def test_unversioned_tables_that_differ_from_the_head_are_refused_and_not_stamped(engine: sa.Engine) -> None:
+    """Tables of another schema (an older release's create_all, a hand edit) would skip
+    migrations they need if stamped: refused, naming the difference; ``stamp`` is the
+    operator's explicit way."""
+    metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP INDEX ix_mailtrack_events_message"))
+    with pytest.raises(RuntimeError, match="ix_mailtrack_events_message"):
         upgrade(engine)
     assert current(engine) is None
     stamp(engine)
-    assert current(engine) == HEAD
-    upgrade(engine)
     assert current(engine) == HEAD
 
 
@@ -278,3 +293,22 @@ def test_upgrading_an_installation_with_data_builds_the_analytics_cells(
     finally:
         with app.app_context():
             db.engine.dispose()
+
+
+def test_the_old_filter_names_warn_and_point_a_host_to_the_right_ones(engine: sa.Engine) -> None:
+    """``include_name`` / ``include_object`` kept only our tables: a host taking them for its
+    env.py got the opposite of what it needed. They now warn, naming the host's filters;
+    ``exclude_mailtrack`` (the first name of the host's filter) still works."""
+    import crm_mailtrack.migrate as migrate
+
+    for old in ("include_name", "include_object"):
+        with pytest.warns(DeprecationWarning, match=f"exclude_mailtrack_{old.split('_')[1]}"):
+            getattr(migrate, old)
+    upgrade(engine)
+    host = sa.MetaData()
+    sa.Table("crm_contacts", host, sa.Column("id", sa.Integer, primary_key=True))
+    with engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={
+            "include_name": migrate.exclude_mailtrack, "include_object": migrate.exclude_mailtrack_object})
+        diff = compare_metadata(context, host)
+    assert [(op, table.name) for op, table in diff] == [("add_table", "crm_contacts")]

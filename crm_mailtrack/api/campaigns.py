@@ -1,4 +1,4 @@
-"""Campaign tracking reports (001) and a campaign's links with click totals."""
+"""Campaign tracking reports and a campaign's links with click totals."""
 from __future__ import annotations
 
 from typing import Any
@@ -79,7 +79,7 @@ def _report(campaign_id: str, kind: str, link_id: str | None, query: dict[str, A
     return jsonify_data({"meta": {"pagination": meta}, "results": [_item(kind, event_type, r) for r in page]})
 
 
-@route("/campaigns/<campaign_id>/tracking/<kind>", summary="A campaign's tracking report (001)", tags=_TAGS,
+@route("/campaigns/<campaign_id>/tracking/<kind>", summary="A campaign's tracking report", tags=_TAGS,
        query=CampaignReportQuerySchema, response=CampaignReportSchema,
        path_params={**CAMPAIGN, "kind": "clicks, opens, sends, bounces, unsubscribes or forwards."})
 def campaign_tracking(campaign_id: str, kind: str, query: dict[str, Any]) -> Response:
@@ -88,7 +88,7 @@ def campaign_tracking(campaign_id: str, kind: str, query: dict[str, Any]) -> Res
     return _report(campaign_id, kind, None, query)
 
 
-@route("/campaigns/<campaign_id>/tracking/clicks/<link_id>", summary="Clicks on one link of a campaign (001)",
+@route("/campaigns/<campaign_id>/tracking/clicks/<link_id>", summary="Clicks on one link of a campaign",
        tags=_TAGS, query=CampaignReportQuerySchema, response=CampaignReportSchema,
        path_params={**CAMPAIGN, "link_id": "The link's id (see /links)."})
 def campaign_link_clicks(campaign_id: str, link_id: str, query: dict[str, Any]) -> Response:

@@ -1,4 +1,4 @@
-"""``/api/communications/...``: the outbound message records of 002 (send, schedule,
+"""``/api/communications/...``: the outbound message records (send, schedule,
 search, page, threads, CSV export, analytics), scoped to the caller's tenant."""
 from __future__ import annotations
 
@@ -197,7 +197,7 @@ def communications_search_get(query: dict[str, Any]) -> Response:
 @route(f"{P}/dynamic-search", methods=["POST"], summary="Dynamic search (JSON body)", tags=TAGS,
        body=CommSearchBody, response=CommunicationPageSchema)
 def communications_search_post(body: dict[str, Any]) -> Response:
-    """002 body: ``{"filters": {...}, "search": [...], "sort": [{"field", "ascending"}], "page", "size"}``."""
+    """Body: ``{"filters": {...}, "search": [...], "sort": [{"field", "ascending"}], "page", "size"}``."""
     sort = [(s["field"], s["ascending"]) for s in body["sort"]]
     data = comms.page(get_state(), current_tenant(), page=body["page"], size=body["size"], sort=sort,
                       filters=body["filters"], search=body["search"], include_bots=body["include_bots"])
@@ -240,7 +240,7 @@ def communications_delete(message_id: str) -> Response:
 @route(f"{P}/<message_id>/comment", methods=["POST"], summary="Add a comment to a communication", tags=TAGS,
        response=RecordEventSchema, status=201, path_params=_ID, body_size="small")
 def communications_comment(message_id: str) -> Response:
-    """Body: a JSON string (as in 002) or ``{"comment": "...", "authorId": "..."}``; stored
+    """Body: a JSON string (as the communications API defines it) or ``{"comment": "...", "authorId": "..."}``; stored
     as a ``comment`` event of the message's contact."""
     data = json_body()
     if isinstance(data, str):

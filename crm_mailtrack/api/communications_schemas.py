@@ -1,4 +1,4 @@
-"""Marshmallow schemas of the communications API (002 field names): query arguments and
+"""Marshmallow schemas of the communications API (its field names): query arguments and
 bodies it parses, and the records, pages and analytics it dumps."""
 from __future__ import annotations
 
@@ -90,7 +90,7 @@ class StrOrList(f.List):
 # -- input -------------------------------------------------------------------------------------
 
 class CommFiltersSchema(ma.Schema):
-    """002 dynamic-search filters: equality (or any of a list), and a creation date range."""
+    """Dynamic-search filters: equality (or any of a list), and a creation date range."""
 
     class Meta:
         unknown = ma.RAISE
@@ -259,7 +259,7 @@ class RecordEventSchema(ma.Schema):
 
 
 class CommunicationSchema(ma.Schema):
-    """A 002 communication record."""
+    """A communication record."""
 
     id = f.String(dump_only=True)
     messageId = f.String(metadata=_d("The tracking id (same as id)."))
@@ -333,7 +333,7 @@ class CommunicationPageSchema(ma.Schema):
 
 
 class CommSummarySchema(ma.Schema):
-    """002's short by-entity item."""
+    """The short by-entity item."""
 
     id = f.String()
     subject = f.String()

@@ -1,4 +1,4 @@
-"""Contact routes: activity (004), events by kind (003), external events, DNC and UTM (004).
+"""Contact routes: activity, events by kind, external events, DNC and UTM.
 
 Every route is scoped to the request's tenant. A contact id the host's ``contact_loader``
 does not know (or one no contact can have: too long, NUL) answers 404.
@@ -79,7 +79,7 @@ def event_dict(row: Any) -> dict[str, Any]:
     return data
 
 
-# -- activity (004) ------------------------------------------------------------------------------
+# -- activity ------------------------------------------------------------------------------------
 
 def _activity(contact_id: str | None, query: dict[str, Any]) -> Response:
     column, direction = query["order"]
@@ -107,7 +107,7 @@ def _activity(contact_id: str | None, query: dict[str, Any]) -> Response:
     })
 
 
-@route("/contacts/<contact_id>/activity", summary="A contact's activity (004)", tags=_TAGS,
+@route("/contacts/<contact_id>/activity", summary="A contact's activity", tags=_TAGS,
        query=ActivityQuerySchema, response=ActivityPageSchema, path_params=CONTACT)
 def contact_activity(contact_id: str, query: dict[str, Any]) -> Response:
     """Events of one contact, filtered, ordered and paged (page/limit); humans only unless
@@ -116,16 +116,16 @@ def contact_activity(contact_id: str, query: dict[str, Any]) -> Response:
     return _activity(contact_id, query)
 
 
-@route("/activity", summary="Activity of all contacts (004)", tags=_TAGS,
+@route("/activity", summary="Activity of all contacts", tags=_TAGS,
        query=ActivityQuerySchema, response=ActivityPageSchema, errors=(400, 401, 406, 422))
 def all_activity(query: dict[str, Any]) -> Response:
     """Events of every contact of the tenant, filtered, ordered and paged."""
     return _activity(None, query)
 
 
-# -- events by kind (003) and external events ----------------------------------------------------
+# -- events by kind and external events ----------------------------------------------------
 
-@route("/contacts/<contact_id>/events/<kind>", summary="A contact's events of one kind (003)", tags=_TAGS,
+@route("/contacts/<contact_id>/events/<kind>", summary="A contact's events of one kind", tags=_TAGS,
        query=ContactEventsQuerySchema, response=ContactEventsPageSchema,
        path_params={**CONTACT, "kind": "sends, opens, clicks, bounces, forwards or unsubscribes."})
 def contact_events(contact_id: str, kind: str, query: dict[str, Any]) -> Response:
@@ -169,7 +169,7 @@ def record_contact_event(contact_id: str, body: dict[str, Any]) -> Response:
     return jsonify_data(_activity_item.dump(event_dict(event)), status=201)
 
 
-# -- Do-Not-Contact (004) -------------------------------------------------------------------------
+# -- Do-Not-Contact -------------------------------------------------------------------------------
 
 def _dnc_response(contact_id: str, tenant: str) -> Response:
     rows = dnc_service.list_dnc(get_state(), contact_id, tenant_id=tenant)
@@ -218,7 +218,7 @@ def dnc_remove(contact_id: str, channel: str, body: dict[str, Any]) -> Response:
     return _dnc_response(contact_id, tenant)
 
 
-# -- UTM tags (004) --------------------------------------------------------------------------------
+# -- UTM tags --------------------------------------------------------------------------------------
 
 def _utm_payload(contact_id: str, tenant: str) -> dict[str, Any]:
     return _utm_list.dump({"utmtags": utm_service.list_utm(get_state(), contact_id, tenant_id=tenant)})

@@ -13,7 +13,7 @@ import marshmallow as ma
 from flask import Blueprint, Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
-from ..errors import NotAcceptable, Unauthorized
+from ..errors import DatabaseUnavailable, NotAcceptable, Unauthorized
 from ..errors import ValidationError as MTValidationError
 from ..services.common import tenant_key
 from ..state import get_state
@@ -265,29 +265,54 @@ def current_tenant() -> str:
 
 # -- guards ----------------------------------------------------------------------------------
 
+#: Methods that may change something: a cookie-authorised call with one of them must
+#: carry the host's CSRF token.
+_UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
 @blueprint.before_request
 def _guard() -> None:
     state = get_state()
-    if request.endpoint == "mailtrack_api.openapi_document" and request.method == "GET":
-        pass  # the document itself is still authorised below, like every route
     authorizer = state.extension._api_authorizer
     if authorizer is not None:
-        allowed = bool(authorizer())
-    elif state.api_tokens:
-        auth = request.headers.get("Authorization", "")
-        scheme, _, token = auth.partition(" ")
-        allowed = scheme.lower() == "bearer" and any(
-            hmac.compare_digest(token.strip().encode(), t.encode()) for t in state.api_tokens
-        )
-    else:
-        allowed = False
-    if not allowed:
+        if not authorizer():
+            raise Unauthorized("This request is not authorised (the application's API authorizer refused it).")
+        _check_csrf()
+    elif not _bearer_matches(state.api_tokens):
         raise Unauthorized("Missing or invalid credentials: send 'Authorization: Bearer <token>'.")
     accepted = request.accept_mimetypes
     if accepted and not (
         accepted.best_match(["application/json", PROBLEM_JSON, "text/csv"]) or "*/*" in accepted.values()
     ):
         raise NotAcceptable("This API answers application/json only.")
+
+
+def _bearer_token() -> str | None:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else None
+
+
+def _bearer_matches(tokens: frozenset[str]) -> bool:
+    token = _bearer_token()
+    if not token:
+        return False
+    return any(hmac.compare_digest(token.encode(), t.encode()) for t in tokens)
+
+
+def _check_csrf() -> None:
+    """The host's authorizer may have decided by a cookie (its session), which a browser
+    also sends with a cross-site form: then a state-changing call must carry the host's
+    Flask-WTF CSRF token (header ``X-CSRFToken``), checked with ``CSRFProtect.protect()``.
+    A call carrying ``Authorization: Bearer`` is exempt: no cross-site page can add that
+    header. Without ``CSRFProtect`` (or with ``WTF_CSRF_ENABLED = False``) the host answers
+    for CSRF itself. The API is exempt from Flask-WTF's global check, which would refuse
+    bearer-token calls (see ``extension._integrate_with_host``)."""
+    if request.method not in _UNSAFE_METHODS or _bearer_token():
+        return
+    csrf = current_app.extensions.get("csrf")
+    if csrf is None or not hasattr(csrf, "protect") or not current_app.config.get("WTF_CSRF_ENABLED", True):
+        return
+    csrf.protect()  # raises Flask-WTF's CSRFError (400), answered as problem+json
 
 
 _ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
@@ -336,11 +361,17 @@ def problem(status: int, title: str, detail: str, errors: dict[str, Any] | None 
 @blueprint.errorhandler(HTTPException)
 def _http_error(exc: HTTPException) -> Response:
     status = exc.code or 500
+    if isinstance(exc, DatabaseUnavailable):
+        advice = _schema_problem(get_state())
+        if advice is not None:
+            return problem(500, "Internal Server Error", f"The tracking database is not set up: {advice}.")
     errors = getattr(exc, "errors", None) if status == 422 else None
     if status == 422 and errors is None:
         errors = {}
     headers = {}
-    if status == 401:
+    if status == 401 and get_state().extension._api_authorizer is None:
+        # With a host authorizer the scheme is the host's (often a session cookie): no
+        # bearer challenge that would send clients the wrong way.
         headers["WWW-Authenticate"] = 'Bearer realm="mailtrack"'
     valid = getattr(exc, "valid_methods", None)
     if status == 405 and valid:
@@ -354,10 +385,30 @@ def _unexpected(exc: Exception) -> Response:
 
     if isinstance(exc, HTTPException):
         return _http_error(exc)
-    get_state().session.rollback()
+    state = get_state()
+    state.session.rollback()
+    if isinstance(exc, sa.exc.DBAPIError):
+        advice = _schema_problem(state)
+        if advice is not None:
+            return problem(500, "Internal Server Error", f"The tracking database is not set up: {advice}.")
     if isinstance(exc, sa.exc.OperationalError):
         current_app.logger.warning("mailtrack API: database unavailable", exc_info=exc)
         return problem(503, "Service Unavailable", "The database is unavailable; nothing was changed.",
                        headers={"Retry-After": "30"})
     current_app.logger.exception("mailtrack API: unexpected error")
     return problem(500, "Internal Server Error", "An unexpected error occurred; nothing was changed.")
+
+
+def _schema_problem(state: Any) -> str | None:
+    """After a failed query: "run flask mailtrack init-db" when our tables are missing or
+    not at this version's revision (logged once per app), else ``None``."""
+    from ..migrate import schema_problem
+
+    try:
+        advice = schema_problem(state.engine)
+    except Exception:  # noqa: BLE001 - the database is down: the caller says so
+        return None
+    if advice is not None and advice not in state.logged:
+        state.logged.add(advice)
+        current_app.logger.error("crm_mailtrack: %s", advice)
+    return advice

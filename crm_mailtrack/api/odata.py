@@ -1,6 +1,6 @@
-"""000's ContactClicks OData entity set: per-contact click totals with contact properties.
+"""The ContactClicks OData entity set: per-contact click totals with contact properties.
 
-``ID`` is the host's contact id. 000 types it Int32; ours are strings, so the key is
+``ID`` is the host's contact id. The OData contract types it Int32; ours are strings, so the key is
 accepted as ``ContactClicks(42)`` or OData's string literal ``ContactClicks('c-42')``, and
 ``ID`` is answered as an integer when the contact id is a plain Int32 number, else as a
 string. Properties come from the host's ``contact_loader`` (``FirstName`` <- ``first_name``
@@ -34,7 +34,7 @@ _INT32 = re.compile(r"^(0|-?[1-9][0-9]{0,9})$")
 
 
 def public_id(contact_id: str) -> int | str:
-    """``"42"`` -> ``42`` (000's Int32), anything else stays a string."""
+    """``"42"`` -> ``42`` (OData's Int32), anything else stays a string."""
     if _INT32.match(contact_id) and -(2**31) <= int(contact_id) < 2**31:
         return int(contact_id)
     return contact_id
@@ -70,7 +70,7 @@ def _load(contact_id: str) -> Mapping[str, Any] | None:
     return loader(contact_id) if loader is not None else None
 
 
-@route("/odata/ContactClicks", summary="Click totals of every contact with clicks (000)", tags=_TAGS,
+@route("/odata/ContactClicks", summary="Click totals of every contact with clicks", tags=_TAGS,
        query=ODataQuerySchema, response=ContactClickListSchema, errors=(400, 401, 406, 422))
 def contact_clicks_list(query: dict[str, Any]) -> Response:
     """``$top`` / ``$skip`` / ``$orderby`` (``ID`` or ``ClickCount``, ``asc``/``desc``)."""
@@ -82,7 +82,7 @@ def contact_clicks_list(query: dict[str, Any]) -> Response:
     ]})
 
 
-@route("/odata/ContactClicks", methods=["POST"], summary="Import a contact's click total (000)", tags=_TAGS,
+@route("/odata/ContactClicks", methods=["POST"], summary="Import a contact's click total", tags=_TAGS,
        body=ContactClickPostSchema, response=ContactClickSchema, status=201, errors=(400, 401, 404, 406, 409, 422))
 def contact_clicks_create(body: dict[str, Any]) -> Response:
     """Creates the contact's ContactClick from another system's ``ClickCount`` (stored as an
@@ -99,7 +99,7 @@ def contact_clicks_create(body: dict[str, Any]) -> Response:
     return jsonify_data(ContactClickSchema().dump(_entity(contact_id, total, contact)), status=201)
 
 
-@route("/odata/ContactClicks(<key>)", summary="One contact's click total (000)", tags=_TAGS,
+@route("/odata/ContactClicks(<key>)", summary="One contact's click total", tags=_TAGS,
        response=ContactClickSchema, path_params=_KEY, errors=(401, 404, 406))
 def contact_clicks_get(key: str) -> Response:
     """A contact without clicks has ``ClickCount`` 0; an unknown contact (per the host's
@@ -110,7 +110,7 @@ def contact_clicks_get(key: str) -> Response:
     return jsonify_data(ContactClickSchema().dump(_entity(contact_id, clicks, contact)))
 
 
-@route("/odata/ContactClicks(<key>)", methods=["PUT"], summary="Correct a contact's click total (000)",
+@route("/odata/ContactClicks(<key>)", methods=["PUT"], summary="Correct a contact's click total",
        tags=_TAGS, body=ContactClickPutSchema, status=204, path_params=_KEY)
 def contact_clicks_put(key: str, body: dict[str, Any]) -> Response:
     """Sets ``ClickCount`` (stored as an import event holding the difference); later
@@ -122,7 +122,7 @@ def contact_clicks_put(key: str, body: dict[str, Any]) -> Response:
     return Response(status=204)
 
 
-@route("/odata/ContactClicks(<key>)", methods=["DELETE"], summary="Erase a contact's click data (000)",
+@route("/odata/ContactClicks(<key>)", methods=["DELETE"], summary="Erase a contact's click data",
        tags=_TAGS, status=204, path_params=_KEY, errors=(401, 404, 406))
 def contact_clicks_delete(key: str) -> Response:
     """Deletes every click event of the contact, tracked and imported."""

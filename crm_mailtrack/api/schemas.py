@@ -64,7 +64,7 @@ class Text(fields.String):
 class Timestamp(fields.DateTime):
     """ISO 8601 in and out: dumped in UTC with a ``Z``; naive input is read as UTC.
 
-    Loading accepts ``2024-05-01T10:00:00Z``, ``2024-05-01 10:00:00`` (004's
+    Loading accepts ``2024-05-01T10:00:00Z``, ``2024-05-01 10:00:00`` (the activity API's
     ``Y-m-d H:i:s``) and a bare date. With ``strict`` only a full date-time is accepted;
     with ``end_of_day`` a bare date means the last microsecond of that day (inclusive
     ``dateTo``).
@@ -124,7 +124,7 @@ class JsonObject(fields.Dict):
 
 
 class QueryField(fields.Raw):
-    """004's UTM ``query``: an object, or an HTTP query string parsed into one."""
+    """The UTM ``query``: an object, or an HTTP query string parsed into one."""
 
     def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> dict[str, Any] | None:
         if value is None:
@@ -166,7 +166,7 @@ class BodySchema(ma.Schema):
         unknown = ma.RAISE
 
 
-# -- activity (004) ----------------------------------------------------------------------------
+# -- activity ----------------------------------------------------------------------------------
 
 class ActivityQuerySchema(QuerySchema):
     search = Text(max_length=200, data_key="filters[search]", metadata={
@@ -182,11 +182,11 @@ class ActivityQuerySchema(QuerySchema):
     date_to = Timestamp(end_of_day=True, data_key="filters[dateTo]", metadata={
         "description": "Events at or before this time; a bare date includes the whole day."})
     order_column = fields.String(data_key="order[0]", validate=validate.OneOf(tuple(ORDER_COLUMNS)), metadata={
-        "description": "004's order array, column part: order[0]=timestamp&order[1]=DESC."})
+        "description": "The order array, column part: order[0]=timestamp&order[1]=DESC."})
     order_direction = fields.String(data_key="order[1]", validate=_lower_choice(("asc", "desc")), metadata={
-        "description": "004's order array, direction part (asc or desc)."})
+        "description": "The order array, direction part (asc or desc)."})
     order_by = fields.String(data_key="orderBy", validate=validate.OneOf(tuple(ORDER_COLUMNS)), metadata={
-        "description": "Alternative to order[0] (004's /contacts/activity form)."})
+        "description": "Alternative to order[0] (the /contacts/activity form)."})
     order_by_dir = fields.String(data_key="orderByDir", validate=_lower_choice(("asc", "desc")), metadata={
         "description": "Alternative to order[1]."})
     page = fields.Integer(load_default=1, validate=validate.Range(1, 100_000), metadata={
@@ -235,7 +235,7 @@ class ActivityPageSchema(ma.Schema):
     order = fields.List(fields.String(), metadata={"description": "[column, direction] applied."})
 
 
-# -- contact events (003) ----------------------------------------------------------------------
+# -- contact events ----------------------------------------------------------------------------
 
 class CursorQuerySchema(QuerySchema):
     next = Text(max_length=4096, metadata={
@@ -289,7 +289,7 @@ class EventBodySchema(BodySchema):
         "description": "Free-form; a bounce with bounceType 'hard' (or 'permanent') also adds DNC reason 2."})
 
 
-# -- DNC and UTM (004) -------------------------------------------------------------------------
+# -- DNC and UTM -------------------------------------------------------------------------------
 
 class DNCItemSchema(ma.Schema):
     id = fields.Integer()
@@ -364,7 +364,7 @@ class UTMAddBodySchema(BodySchema):
             raise ma.ValidationError("Give at least one UTM field.", "_schema")
 
 
-# -- campaign reports (001) --------------------------------------------------------------------
+# -- campaign reports --------------------------------------------------------------------------
 
 class CampaignReportQuerySchema(CursorQuerySchema):
     created_since = Timestamp(metadata={"description": "Only events on or after this ISO 8601 time."})
@@ -409,7 +409,7 @@ class CampaignLinksSchema(ma.Schema):
     links = fields.List(fields.Nested(CampaignLinkSchema))
 
 
-# -- ContactClicks (000) -----------------------------------------------------------------------
+# -- ContactClicks -----------------------------------------------------------------------------
 
 ODATA_ORDER = ("ID", "ID asc", "ID desc", "ClickCount", "ClickCount asc", "ClickCount desc")
 
@@ -421,7 +421,7 @@ class ODataQuerySchema(QuerySchema):
     orderby = fields.String(data_key="$orderby", load_default="ID", validate=validate.OneOf(ODATA_ORDER))
 
 
-#: 000's contact properties, filled from the host's contact_loader mapping.
+#: The OData contact properties, filled from the host's contact_loader mapping.
 CONTACT_PROPERTIES = {
     "DisplayName": "display_name", "FirstName": "first_name", "LastName": "last_name",
     "Email": "email", "ActiveState": "active_state", "CreationDate": "creation_date",

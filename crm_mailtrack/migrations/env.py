@@ -18,7 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 from alembic import context
 
-from crm_mailtrack.migrate import VERSION_TABLE, compare_server_default, include_name, include_object
+from crm_mailtrack.migrate import VERSION_TABLE, compare_server_default, only_mailtrack_name, only_mailtrack_object
 from crm_mailtrack.models import metadata
 
 config = context.config
@@ -37,8 +37,8 @@ def render_item(type_: str, obj: Any, autogen_context: Any) -> str | bool:
 OPTIONS: dict[str, Any] = {
     "target_metadata": metadata,
     "version_table": VERSION_TABLE,
-    "include_name": include_name,
-    "include_object": include_object,
+    "include_name": only_mailtrack_name,
+    "include_object": only_mailtrack_object,
     "render_item": render_item,
     "render_as_batch": True,  # ALTERs that also work on SQLite
     "compare_type": True,

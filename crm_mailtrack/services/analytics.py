@@ -1,4 +1,4 @@
-"""Communications analytics (002 ``analytics``), computed by SQL aggregates.
+"""Communications analytics (the communications API's ``analytics``), computed by SQL aggregates.
 
 Definitions (docs/metrics.md states each once): a message is *in range* when its send
 time (``sent_at``, else ``created_at`` for messages never sent) falls in
@@ -284,7 +284,7 @@ def _split(date_from: dt.datetime | None, date_to: dt.datetime | None
 def analytics(state: MailTrackState, tenant: str, *, date_from: dt.datetime | None = None,
               date_to: dt.datetime | None = None, include_bots: bool = False,
               campaign_id: str | None = None, use_cells: bool = True) -> dict[str, Any]:
-    """002's analytics object for one tenant (optionally one campaign), with the funnel
+    """The analytics object for one tenant (optionally one campaign), with the funnel
     totals and daily engagement added.
 
     Whole UTC days of the range are read from the pre-aggregated cells, brought up to date

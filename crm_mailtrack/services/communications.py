@@ -1,4 +1,4 @@
-"""Message records of the communications API (002): lookup, search, paging, threads,
+"""Message records of the communications API: lookup, search, paging, threads,
 deletion, cancel, resend and comments, each scoped to one tenant. The record shape itself
 is built in :mod:`.records`."""
 from __future__ import annotations
@@ -19,7 +19,7 @@ from .events import commit_or_503
 from .messages import track_message
 from .records import event_item, records, summary
 
-#: Public sort keys (002 field names) and the columns they order by.
+#: Public sort keys (communications API field names) and the columns they order by.
 SORT_FIELDS: dict[str, sa.ColumnElement[Any]] = {
     "created": messages.c.created_at,
     "updated": messages.c.updated_at,
@@ -36,7 +36,7 @@ SORT_FIELDS: dict[str, sa.ColumnElement[Any]] = {
     "conversationId": messages.c.conversation_id,
     "id": messages.c.id,
 }
-#: Filters (002 field names) matched by equality, or IN for a list of values.
+#: Filters (communications API field names) matched by equality, or IN for a list of values.
 EQUALITY_FILTERS: dict[str, sa.ColumnElement[Any]] = {
     "status": messages.c.status,
     "type": messages.c.type,
@@ -66,7 +66,7 @@ def _like_escape(term: str) -> str:
 
 def conditions(tenant: str, filters: Mapping[str, Any] | None = None,
                search: Sequence[str] | None = None) -> list[sa.ColumnElement[bool]]:
-    """WHERE clauses for a tenant, 002 filters and free-text terms (shared by search and CSV)."""
+    """WHERE clauses for a tenant, communications API filters and free-text terms (shared by search and CSV)."""
     where: list[sa.ColumnElement[bool]] = [messages.c.tenant_id == tenant]
     for name, value in (filters or {}).items():
         if value is None:
@@ -176,7 +176,7 @@ def page(
     search: Sequence[str] | None = None,
     include_bots: bool = False,
 ) -> dict[str, Any]:
-    """One page of records in 002's envelope (offset paging: 002 addresses pages by number)."""
+    """One page of records in the communications envelope (offset paging: the API addresses pages by number)."""
     where = conditions(tenant, filters, search)
     ordering = order_by(sort)
     total = int(state.session.execute(
@@ -188,7 +188,7 @@ def page(
 
 
 def envelope(content: list[dict[str, Any]], *, page: int, size: int, total: int, sorted_: bool) -> dict[str, Any]:
-    """002's (Spring Data) page envelope."""
+    """The (Spring Data) page envelope."""
     total_pages = math.ceil(total / size) if size else 0
     sort_info = {"empty": not sorted_, "sorted": sorted_, "unsorted": not sorted_}
     return {

@@ -1,4 +1,4 @@
-"""Per-contact click totals (000's ContactClicks), derived from the event log.
+"""Per-contact click totals (the OData ContactClicks entity set), derived from the event log.
 
 A contact's ``ClickCount`` = its human ``click`` events + the clicks imported from another
 system. An import (or a correction) is itself an event, so the total stays derivable from

@@ -1,4 +1,4 @@
-"""The 002 communication record of a message: fields mapped from the message row,
+"""The communication record of a message: fields mapped from the message row,
 engagement (``openCount``, ``opened``, ``openedAt``, ``clickedLinks``) and lifecycle
 ``events``, built with a fixed number of grouped queries per list, never one per message.
 Definitions of the numbers: docs/metrics.md."""
@@ -109,7 +109,7 @@ def event_item(ev: ContactEvent) -> dict[str, Any]:
 
 
 def records(state: MailTrackState, rows: Sequence[Message], *, include_bots: bool = False) -> list[dict[str, Any]]:
-    """002 records of ``rows``, in their order."""
+    """Communication records of ``rows``, in their order."""
     ids = [m.id for m in rows]
     opens, clicks = engagement(state, ids, include_bots=include_bots)
     lifecycle = _lifecycle(state, ids)
@@ -179,7 +179,7 @@ def _tracked(state: MailTrackState, message_id: str, url: str | None) -> str | N
 
 
 def summary(state: MailTrackState, rows: Sequence[Message]) -> list[dict[str, Any]]:
-    """002's short ``by-entity`` shape."""
+    """The short ``by-entity`` shape."""
     opens, clicks = engagement(state, [m.id for m in rows])
     return [{
         "id": m.id, "subject": m.subject, "status": m.status, "direction": "OUTBOUND",

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from ..models import UTCDateTime, campaign_links, event_rollups, events, links, messages
 
-#: Human names of the event types (004's ``eventType`` and ``types``).
+#: Human names of the event types (the activity API's ``eventType`` and ``types``).
 EVENT_LABELS: dict[str, str] = {
     "send": "Email sent",
     "open": "Email opened",
@@ -47,7 +47,7 @@ SORTABLE = {"occurred_at", "id", "type", "contact_id", "email"}
 
 @dataclass
 class ActivityFilters:
-    """004's activity filters, already validated by the API schema."""
+    """The activity filters, already validated by the API schema."""
 
     search: str | None = None
     include_events: Sequence[str] = ()

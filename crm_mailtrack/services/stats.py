@@ -1,6 +1,6 @@
 """Analytics pre-aggregates ("cells"), kept exact by folding every change in.
 
-Why: 002's analytics over a million events cannot be a scan of the events on every call
+Why: analytics over a million events cannot be a scan of the events on every call
 (seconds, not milliseconds). So analytics reads two small tables of counts instead:
 
 * ``mailtrack_stats_messages``: per (tenant, campaign, template, type, status, UTC send
