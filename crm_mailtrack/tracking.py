@@ -78,7 +78,8 @@ def click(token: str) -> Response:
 
 @blueprint.route("/t/o/<token>")
 def open_pixel(token: str) -> Response:
-    """Always the 1x1 GIF; an open is recorded for a valid token."""
+    """Always the 1x1 GIF; an open is recorded for a valid token. A HEAD (which Flask
+    answers here too) fetches no image: it is stored as a machine open (``head-request``)."""
     state = get_state()
     message_id = state.signer.loads(Purpose.OPEN, token)
     if isinstance(message_id, str):
@@ -128,10 +129,11 @@ def _message_for(token: str):
 
 @blueprint.route("/t/u/<token>", methods=["GET", "POST"])
 def unsubscribe(token: str) -> Response | str:
-    """GET shows a confirmation form and changes nothing (mail scanners follow GETs);
-    POST is RFC 8058 one-click: no cookie, no CSRF token, idempotent."""
+    """GET (and the HEAD Flask adds to it) shows a confirmation form and changes nothing
+    (mail scanners follow GETs); only POST, RFC 8058 one-click, unsubscribes: no cookie,
+    no CSRF token, idempotent."""
     state, message = _message_for(token)
-    if request.method == "GET":
+    if request.method != "POST":
         try:
             subscribed = dnc_service.can_contact(state, message.contact_id, "email", tenant_id=message.tenant_id)
         except Exception as exc:  # noqa: BLE001
