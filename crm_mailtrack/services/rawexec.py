@@ -125,12 +125,19 @@ def _shared_processor(slow: Any, dialect: sa.Dialect) -> Any:
     PostgreSQL, 4 µs on SQLite). The memo holds each value, so an id it knows is that
     value's; it is emptied when full (the honeypot route's one-off dicts)."""
     memo: dict[int, tuple[Any, Any]] = {}
+    # Only psycopg's wrappers are pre-dumped, so only its dialect looks at psycopg at all, and
+    # here, once per compiled statement: the dialect has imported the driver completely
+    # already. Importing it lazily per request raced under threads (a partially initialized
+    # module) and journaled clicks, on SQLite too, where psycopg has nothing to do.
+    predump = _predumper(dialect) if dialect.driver == "psycopg" else None
 
     def process(value: Any) -> Any:
         hit = memo.get(id(value))
         if hit is not None:
             return hit[1]
-        out = _predumped(slow(value) if slow is not None else value, dialect)
+        out = slow(value) if slow is not None else value
+        if predump is not None:
+            out = predump(out)
         if len(memo) >= _SHARED_MAX:
             memo.clear()
         memo[id(value)] = (value, out)
@@ -139,23 +146,25 @@ def _shared_processor(slow: Any, dialect: sa.Dialect) -> Any:
     return process
 
 
-def _predumped(value: Any, dialect: sa.Dialect) -> Any:
-    """psycopg's ``Json``/``Jsonb`` wrapper (what SQLAlchemy's JSON processor gives there)
-    with its text already made by the dumper the dialect's connections use (the engine's
-    ``json_serializer`` or psycopg's), so the driver does not serialize it again."""
-    try:
-        from psycopg.adapt import PyFormat
-        from psycopg.types.json import Json, Jsonb
-    except ImportError:
-        return value
-    if value.__class__ not in (Json, Jsonb) or value.dumps is not None:
-        return value
+def _predumper(dialect: sa.Dialect) -> Any:
+    """A function giving psycopg's ``Json``/``Jsonb`` wrapper (what SQLAlchemy's JSON
+    processor gives there) with its text already made by the dumper the dialect's
+    connections use (the engine's ``json_serializer`` or psycopg's), so the driver does not
+    serialize it again. Other values pass unchanged."""
     import psycopg
+    from psycopg.adapt import PyFormat
+    from psycopg.types.json import Json, Jsonb
 
     adapters = getattr(dialect, "_psycopg_adapters_map", None) or psycopg.adapters
-    cls = value.__class__
-    text = bytes(adapters.get_dumper(cls, PyFormat.TEXT)(cls).dump(value))
-    return cls(value.obj, dumps=lambda _obj: text)
+
+    def predump(value: Any) -> Any:
+        if value.__class__ not in (Json, Jsonb) or value.dumps is not None:
+            return value
+        cls = value.__class__
+        text = bytes(adapters.get_dumper(cls, PyFormat.TEXT)(cls).dump(value))
+        return cls(value.obj, dumps=lambda _obj: text)
+
+    return predump
 
 
 def _fast_processor(type_: Any, dialect: sa.Dialect, slow: Any) -> Any:
