@@ -52,7 +52,8 @@ def _facts(state, event_type: str | None = None) -> dict:
 
 @blueprint.route("/t/c/<token>", methods=["GET", "HEAD"])
 def click(token: str) -> Response:
-    """302 to exactly the signed destination; the click is recorded (or journaled)."""
+    """302 to exactly the signed destination; the click (and its UTM tag) is recorded, or
+    journaled when the database fails."""
     state = get_state()
     payload = state.signer.loads(Purpose.CLICK, token)
     if not (isinstance(payload, list) and len(payload) == 2 and all(isinstance(p, str) for p in payload)):
@@ -61,13 +62,13 @@ def click(token: str) -> Response:
     if "\r" in url or "\n" in url or not url.startswith(("http://", "https://")):
         abort(404)  # never produced by us; refuse rather than redirect anywhere odd
     facts = _facts(state, _CLICK)
-    tagged = "utm_" in url  # only then is the stored row needed (for the UTM tag)
-    stored = event_service.record_tracking_event(
-        state, _CLICK, message_id, want_row=tagged, url=url, link_id=link_id(url),
+    # a human click on a destination with utm_* parameters also tags the contact, in the
+    # click's own transaction
+    utm = utm_service.utm_params(url) if "utm_" in url else None
+    event_service.record_tracking_event(
+        state, _CLICK, message_id, want_row=False, utm=utm, url=url, link_id=link_id(url),
         details=event_details(facts["user_agent"]), **facts
     )
-    if tagged and stored is not None and not stored.is_machine:
-        utm_service.record_click_utm(state, stored, url, ip=facts["ip"], user_agent=facts["user_agent"])
     resp = Response(status=302)
     headers = resp.headers  # add() each: half the cost of Response(headers={...})
     headers.add("Location", url)

@@ -107,6 +107,10 @@ class CompiledStatement:
                 cursor.close()
         if raw is None:
             return None
+        return self.row(raw)
+
+    def row(self, raw: Any) -> Any:
+        """A row the driver returned, through the result processors, as a named tuple."""
         return self.row_type(*(p(v) if p is not None else v for p, v in zip(self.result_processors, raw)))
 
 
@@ -220,21 +224,38 @@ def _row_type(names: tuple[str, ...]) -> type:
     return Row
 
 
+class RawResult:
+    """The rows a statement run by :class:`RawConnection` returned (``first()``, ``all()``)."""
+
+    def __init__(self, rows: list[Any]) -> None:
+        self._rows = rows
+
+    def first(self) -> Any:
+        return self._rows[0] if self._rows else None
+
+    def all(self) -> list[Any]:
+        return list(self._rows)
+
+
 class RawConnection:
-    """What an ``after`` hook of :func:`first_committed` gets: ``execute(stmt)`` of a Core
-    statement (compiled for the occasion) in the same transaction, on the DBAPI connection."""
+    """What an ``after`` hook of :func:`first_committed` gets: ``execute(stmt, params)`` of a
+    Core statement in the same transaction, on the DBAPI connection, like a SQLAlchemy
+    ``Connection`` (``.first()``/``.all()`` of the result). Statements are compiled once and
+    cached by identity: pass statements built once, with bind parameters."""
 
     def __init__(self, dbapi_conn: Any, dialect: sa.Dialect) -> None:
         self.dbapi_connection = dbapi_conn
         self.dialect = dialect
 
-    def execute(self, stmt: sa.Executable, params: dict[str, Any] | None = None) -> None:
-        one_off = CompiledStatement(stmt, self.dialect)
+    def execute(self, stmt: sa.Executable, params: dict[str, Any] | None = None) -> RawResult:
+        prepared = compiled(stmt, self.dialect)
         cursor = self.dbapi_connection.cursor()
         try:
-            cursor.execute(one_off.sql, one_off.parameters(dict(params or {})))
+            cursor.execute(prepared.sql, prepared.parameters(dict(params or {})))
+            rows = [prepared.row(raw) for raw in cursor.fetchall()] if prepared.row_type is not None else []
         finally:
             cursor.close()
+        return RawResult(rows)
 
 
 def first_committed(engine: sa.Engine, stmt: sa.Executable, params: dict[str, Any],
@@ -251,9 +272,7 @@ def first_committed(engine: sa.Engine, stmt: sa.Executable, params: dict[str, An
         try:
             cursor.execute(compiled_stmt.sql, values)
             fetched = cursor.fetchone() if compiled_stmt.row_type is not None else None
-            row = None if fetched is None else compiled_stmt.row_type(
-                *(p(v) if p is not None else v for p, v in zip(compiled_stmt.result_processors, fetched))
-            )
+            row = None if fetched is None else compiled_stmt.row(fetched)
             if row is not None and after is not None:
                 after(RawConnection(dbapi_conn, engine.dialect), row)
         except engine.dialect.loaded_dbapi.Error as exc:
