@@ -308,8 +308,15 @@ class UtmTag(Base):
     remotehost: Mapped[str | None] = mapped_column(sa.String(255))
     last_active: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     date_added: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    #: The tag's identity among the contact's tags: a digest of its five ``utm_*`` values
+    #: (``services.utm.combination_key``). A contact has one tag per combination.
+    utm_key: Mapped[str] = mapped_column(sa.String(64))
+    #: How many times the combination was seen (human clicks, adds); ``last_active`` is
+    #: the latest of them, the other fields are those of the first.
+    hits: Mapped[int] = mapped_column(sa.BigInteger, default=1, server_default="1")
 
-    __table_args__ = (sa.Index("ix_mailtrack_utm_tags_contact", "tenant_id", "contact_id"),)
+    # (tenant_id, contact_id) leads the unique index, so it also serves a contact's list.
+    __table_args__ = (sa.UniqueConstraint("tenant_id", "contact_id", "utm_key"),)
 
 
 class EventRollup(Base):

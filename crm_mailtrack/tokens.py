@@ -195,9 +195,13 @@ class TokenSigner:
     """Signs and verifies the tokens of one app.
 
     ``keys`` is ``[*fallbacks, current]``: the last key signs, every key verifies, as in
-    Flask's session interface. ``max_age`` (seconds) applies to every purpose except
-    cursors, which have their own lifetime.
+    Flask's session interface. ``max_age`` (seconds) applies to click and open links only:
+    an unsubscribe link must keep working for as long as the mail may be read (CAN-SPAM
+    asks for at least 30 days), and cursors have their own lifetime.
     """
+
+    #: Purposes whose tokens ``max_age`` does not limit.
+    UNLIMITED = frozenset({Purpose.UNSUBSCRIBE, Purpose.CURSOR})
 
     def __init__(self, keys: Sequence[str | bytes], max_age: int | None = None) -> None:
         self.max_age = max_age
@@ -214,7 +218,7 @@ class TokenSigner:
         """The payload of a valid token, or ``None`` for any invalid one."""
         if not token or len(token) > MAX_TOKEN_LENGTH:
             return None
-        age = max_age if max_age is not None else (None if purpose is Purpose.CURSOR else self.max_age)
+        age = max_age if max_age is not None else (None if purpose in self.UNLIMITED else self.max_age)
         payload = self._readers[purpose].loads(token, age)
         if payload is not _DEFER:
             return payload

@@ -52,7 +52,8 @@ def _facts(state, event_type: str | None = None) -> dict:
 
 @blueprint.route("/t/c/<token>", methods=["GET", "HEAD"])
 def click(token: str) -> Response:
-    """302 to exactly the signed destination; the click is recorded (or journaled)."""
+    """302 to exactly the signed destination; the click (and its UTM tag) is recorded, or
+    journaled when the database fails."""
     state = get_state()
     payload = state.signer.loads(Purpose.CLICK, token)
     if not (isinstance(payload, list) and len(payload) == 2 and all(isinstance(p, str) for p in payload)):
@@ -61,13 +62,13 @@ def click(token: str) -> Response:
     if "\r" in url or "\n" in url or not url.startswith(("http://", "https://")):
         abort(404)  # never produced by us; refuse rather than redirect anywhere odd
     facts = _facts(state, _CLICK)
-    tagged = "utm_" in url  # only then is the stored row needed (for the UTM tag)
-    stored = event_service.record_tracking_event(
-        state, _CLICK, message_id, want_row=tagged, url=url, link_id=link_id(url),
+    # a human click on a destination with utm_* parameters also tags the contact, in the
+    # click's own transaction
+    utm = utm_service.utm_params(url) if "utm_" in url else None
+    event_service.record_tracking_event(
+        state, _CLICK, message_id, want_row=False, utm=utm, url=url, link_id=link_id(url),
         details=event_details(facts["user_agent"]), **facts
     )
-    if tagged and stored is not None and not stored.is_machine:
-        utm_service.record_click_utm(state, stored, url, ip=facts["ip"], user_agent=facts["user_agent"])
     resp = Response(status=302)
     headers = resp.headers  # add() each: half the cost of Response(headers={...})
     headers.add("Location", url)
@@ -78,7 +79,8 @@ def click(token: str) -> Response:
 
 @blueprint.route("/t/o/<token>")
 def open_pixel(token: str) -> Response:
-    """Always the 1x1 GIF; an open is recorded for a valid token."""
+    """Always the 1x1 GIF; an open is recorded for a valid token. A HEAD (which Flask
+    answers here too) fetches no image: it is stored as a machine open (``head-request``)."""
     state = get_state()
     message_id = state.signer.loads(Purpose.OPEN, token)
     if isinstance(message_id, str):
@@ -128,10 +130,11 @@ def _message_for(token: str):
 
 @blueprint.route("/t/u/<token>", methods=["GET", "POST"])
 def unsubscribe(token: str) -> Response | str:
-    """GET shows a confirmation form and changes nothing (mail scanners follow GETs);
-    POST is RFC 8058 one-click: no cookie, no CSRF token, idempotent."""
+    """GET (and the HEAD Flask adds to it) shows a confirmation form and changes nothing
+    (mail scanners follow GETs); only POST, RFC 8058 one-click, unsubscribes: no cookie,
+    no CSRF token, idempotent."""
     state, message = _message_for(token)
-    if request.method == "GET":
+    if request.method != "POST":
         try:
             subscribed = dnc_service.can_contact(state, message.contact_id, "email", tenant_id=message.tenant_id)
         except Exception as exc:  # noqa: BLE001

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 from apihelpers import API, BROWSER, assert_problem, hdrs, setup_hooks, track
 from conftest import path_of
+from test_journal import outage_app  # noqa: F401 - the fixture (an app whose database is down)
 
 from crm_mailtrack.models import UtmTag
 
@@ -85,7 +86,7 @@ def test_dnc_remove(client, mailtrack, recorded_signals):
 FULL = {
     "utm_campaign": "spring", "utm_source": "newsletter", "utm_medium": "email", "utm_content": "hero",
     "utm_term": "shoes", "useragent": "Mozilla/5.0", "url": "https://shop.example/p", "referer": "https://mail.example/",
-    "query": {"ref": "x", "n": [1, 2]}, "remotehost": "host.example", "lastActive": "2017-01-17T00:30:08+00:00",
+    "query": {"ref": "x", "n": [1, 2]}, "remotehost": "203.0.113.77", "lastActive": "2017-01-17T00:30:08+00:00",
 }
 
 
@@ -96,8 +97,9 @@ def test_utm_add_all_fields(client, recorded_signals):
     (tag,) = data["utmtags"]
     assert data["utmtag"] == tag
     for key, value in FULL.items():
-        if key != "lastActive":
+        if key not in ("lastActive", "remotehost"):
             assert tag[key] == value, key
+    assert tag["remotehost"] == "203.0.113.0"  # anonymized, as the tracking routes store IPs
     assert tag["lastActive"] == "2017-01-17T00:30:08Z" and tag["dateAdded"].endswith("Z")
     assert set(tag) >= {"id", "utm_campaign", "utm_source", "utm_medium", "utm_content", "utm_term", "useragent",
                         "url", "referer", "query", "remotehost", "dateAdded"}
@@ -175,20 +177,179 @@ def test_click_judged_machine_by_its_history_adds_no_utm_tag(client, mailtrack, 
 
 
 def test_utm_tag_failure_never_breaks_the_redirect(client, mailtrack, monkeypatch):
+    """The tag is written in the click's own transaction: when it fails, the click is not
+    stored half (no click without its tag): the redirect still happens and the click goes
+    to the journal, to be replayed with its tag."""
     from crm_mailtrack.services import utm as utm_service
 
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(utm_service, "add_utm", broken)
+    monkeypatch.setattr(utm_service, "upsert_tag", broken)
     url = "https://shop.example/p?utm_source=news"
     msg = track(mailtrack, links=(url,))
     resp = client.get(path_of(mailtrack.click_url(msg, url)), headers=BROWSER)
     assert resp.status_code == 302 and resp.headers["Location"] == url
     assert mailtrack_tags(mailtrack) == 0
+    state = client.application.extensions["mailtrack"]
+    assert state.journal.count() == 1
+    monkeypatch.undo()
+    from crm_mailtrack.services.events import replay_journal
+
+    assert replay_journal(state) == (1, 0)
+    (tag,) = _utm(client)
+    assert tag["utm_source"] == "news" and tag["hits"] == 1
 
 
 def mailtrack_tags(mt) -> int:
     from crm_mailtrack.state import get_state
 
     return get_state().session.query(UtmTag).count()
+
+
+# -- one tag per contact and combination ------------------------------------------------------------
+
+
+def test_repeated_clicks_count_one_tag(client, mailtrack, recorded_signals):
+    url = "https://shop.example/p?utm_source=news&utm_campaign=spring"
+    msg = track(mailtrack, links=(url,))
+    for _ in range(3):
+        assert client.get(path_of(mailtrack.click_url(msg, url)), headers=BROWSER).status_code == 302
+    (tag,) = _utm(client)
+    assert (tag["utm_source"], tag["utm_campaign"], tag["hits"]) == ("news", "spring", 3)
+    first_seen = tag["lastActive"]
+    assert len(recorded_signals.of("utm_tag_added")) == 1
+    events = client.get(API + "/contacts/c1/activity?filters[includeEvents][]=utm_added", headers=hdrs()).get_json()
+    assert events["total"] == 1
+    # another combination is another tag; the first one's last-seen time moves on
+    other = "https://shop.example/q?utm_source=news&utm_campaign=summer"
+    later = track(mailtrack, links=(other,))  # another message: no burst with the clicks above
+    assert client.get(path_of(mailtrack.click_url(later, other)), headers=BROWSER).status_code == 302
+    assert client.get(path_of(mailtrack.click_url(msg, url)), headers=BROWSER).status_code == 302
+    tags = {t["utm_campaign"]: t for t in _utm(client)}
+    assert (tags["spring"]["hits"], tags["summer"]["hits"]) == (4, 1)
+    assert tags["spring"]["lastActive"] >= first_seen and tags["spring"]["id"] == tag["id"]
+    assert len(recorded_signals.of("utm_tag_added")) == 2
+
+
+def test_utm_defaults_tag_once_per_contact(make_app):
+    app = make_app(setup=setup_hooks, MAILTRACK_UTM_DEFAULTS={"utm_source": "crm", "utm_medium": "email"})
+    client = app.test_client()
+    with app.app_context():
+        mt = app.extensions["mailtrack"].extension
+        msg = track(mt, links=("https://shop.example/a",))
+        path = path_of(mt.click_url(msg, "https://shop.example/a?utm_source=crm&utm_medium=email"))
+    for _ in range(4):
+        assert client.get(path, headers=BROWSER).status_code == 302
+    (tag,) = _utm(client)
+    assert (tag["utm_source"], tag["utm_medium"], tag["hits"]) == ("crm", "email", 4)
+
+
+def test_simultaneous_first_clicks_make_one_tag(make_app, database_url):
+    """Clicks of one contact on the same UTM link arriving together (a real threaded
+    server): every click redirects and is stored, and they share one tag."""
+    import http.client
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import sqlalchemy as sa
+    from werkzeug.serving import make_server
+
+    from crm_mailtrack.models import events, utm_tags
+
+    options = {"pool_size": 12, "max_overflow": 4}
+    if database_url.startswith("sqlite"):
+        options["connect_args"] = {"timeout": 60}
+    app = make_app(SQLALCHEMY_ENGINE_OPTIONS=options)
+    url = "https://shop.example/p?utm_source=news"
+    with app.app_context():
+        mt = app.extensions["mailtrack"].extension
+        msg = track(mt, links=(url,))
+        path, message_id = path_of(mt.click_url(msg, url)), msg.id
+        app.extensions["sqlalchemy"].session.remove()
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    barrier = threading.Barrier(12)
+
+    def hit(_: int) -> int:
+        conn = http.client.HTTPConnection("127.0.0.1", server.server_port, timeout=60)
+        try:
+            barrier.wait()
+            conn.request("GET", path, headers=BROWSER)
+            resp = conn.getresponse()
+            resp.read()
+            return resp.status
+        finally:
+            conn.close()
+
+    try:
+        with ThreadPoolExecutor(max_workers=12) as pool:
+            statuses = list(pool.map(hit, range(12)))
+    finally:
+        server.shutdown()
+        thread.join(10)
+        server.server_close()
+    assert statuses == [302] * 12
+    with app.app_context(), app.extensions["mailtrack"].engine.connect() as conn:
+        clicks = conn.execute(sa.select(sa.func.count()).select_from(events)
+                              .where(events.c.message_id == message_id, events.c.type == "click")).scalar()
+        tags = conn.execute(sa.select(utm_tags.c.hits)).scalars().all()
+        added = conn.execute(sa.select(sa.func.count()).select_from(events)
+                             .where(events.c.type == "utm_added")).scalar()
+    assert (clicks, tags, added) == (12, [12], 1)
+    assert app.extensions["mailtrack"].journal.count() == 0
+
+
+def test_replayed_click_tags_like_a_live_one(make_app, outage_app, recorded_signals):
+    """A click journaled while the database was down gets its UTM tag when replayed (once,
+    however often the replay runs)."""
+    from crm_mailtrack.services.events import replay_journal
+
+    healthy = make_app(setup=setup_hooks)
+    url = "https://shop.example/p?utm_source=news&utm_campaign=spring"
+    with healthy.app_context():
+        mt = healthy.extensions["mailtrack"].extension
+        msg = track(mt, links=(url,))
+        path = path_of(mt.click_url(msg, url))
+    down = outage_app(healthy.config["MAILTRACK_JOURNAL_PATH"])
+    assert down.test_client().get(path, headers=BROWSER).status_code == 302
+    client = healthy.test_client()
+    assert _utm(client) == []
+    with healthy.app_context():
+        assert replay_journal(healthy.extensions["mailtrack"]) == (1, 0)
+        assert replay_journal(healthy.extensions["mailtrack"]) == (0, 0)
+    (tag,) = _utm(client)
+    assert (tag["utm_source"], tag["utm_campaign"], tag["hits"]) == ("news", "spring", 1)
+    assert tag["useragent"] == BROWSER["User-Agent"]
+    assert len(recorded_signals.of("utm_tag_added")) == 1
+
+
+# -- remotehost ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("anonymize", [True, False])
+def test_remotehost_is_stored_like_tracked_ips(make_app, anonymize):
+    app = make_app(setup=setup_hooks, MAILTRACK_ANONYMIZE_IP=anonymize)
+    client = app.test_client()
+    expected = {"203.0.113.77": "203.0.113.0" if anonymize else "203.0.113.77",
+                "2001:db8:abcd:12:1::5": "2001:db8:abcd::" if anonymize else "2001:db8:abcd:12:1::5"}
+    for n, (given, stored) in enumerate(expected.items()):
+        resp = client.post(API + "/contacts/c1/utm/add", json={"utm_source": f"s{n}", "remotehost": given},
+                           headers=hdrs())
+        assert resp.status_code == 201 and resp.get_json()["utmtag"]["remotehost"] == stored
+    with app.app_context():
+        tag = app.extensions["mailtrack"].extension.add_utm("c2", utm_source="py", remotehost="198.51.100.9")
+        assert tag.remotehost == ("198.51.100.0" if anonymize else "198.51.100.9")
+
+
+def test_remotehost_must_be_an_ip_address(client, mailtrack):
+    from crm_mailtrack import ValidationError
+
+    for bad in ("host.example", "203.0.113", "not an ip", "1.2.3.4.5"):
+        body = assert_problem(client.post(API + "/contacts/c1/utm/add", json={"utm_source": "s", "remotehost": bad},
+                                          headers=hdrs()), 422)
+        assert "remotehost" in body["errors"], bad
+    with pytest.raises(ValidationError):
+        mailtrack.add_utm("c1", utm_source="s", remotehost="host.example")
+    assert _utm(client) == []

@@ -154,3 +154,148 @@ def test_analytics_folding_while_clicks_arrive_stays_exact(served):
             assert analytics(state, "", include_bots=bots) == analytics(state, "", include_bots=bots,
                                                                          use_cells=False)
         assert analytics(state, "", include_bots=True)["totalClicked"] == 12
+
+
+# -- a real gunicorn: 4 worker processes x 8 threads -----------------------------------------
+
+GUNICORN_CLICKS = 500
+
+
+def gunicorn_app():
+    """The host app gunicorn's workers serve (``test_concurrency:gunicorn_app()``), configured
+    from the environment the test sets: the extension's own engine on a SQLite file."""
+    import os
+
+    from flask import Flask
+
+    from crm_mailtrack import MailTrack
+
+    from conftest import SECRET
+
+    app = Flask("gunicorn_host")
+    app.config.update(SECRET_KEY=SECRET, MAILTRACK_DATABASE_URI=os.environ["MT_TEST_DATABASE_URI"],
+                      MAILTRACK_BASE_URL="http://crm.test", MAILTRACK_JOURNAL_PATH=os.environ["MT_TEST_JOURNAL"])
+    MailTrack(app)
+    app.add_url_rule("/healthz", "healthz", lambda: "ok")
+    return app
+
+
+async def _fire(port: int, path: str, n: int) -> list[Any]:
+    """``n`` GETs of ``path`` opened at once, each on its own connection; the status lines."""
+    import asyncio
+
+    async def one() -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: crm.test\r\nUser-Agent: concurrency-test\r\n"
+                         "Connection: close\r\n\r\n".encode())
+            await writer.drain()
+            return await asyncio.wait_for(reader.readline(), 120)
+        finally:
+            writer.close()
+
+    return await asyncio.gather(*(one() for _ in range(n)), return_exceptions=True)
+
+
+def test_500_concurrent_clicks_on_gunicorn_threads_are_all_stored(tmp_path):
+    """gunicorn with 4 workers x 8 gthread threads on SQLite (psycopg installed, as with the
+    ``postgresql`` extra): 500 simultaneous first clicks give 500 redirects, 500 stored
+    clicks and an empty journal. The listening socket is bound here (port 0) and handed to
+    gunicorn as an inherited descriptor, so no port is guessed."""
+    import asyncio
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from crm_mailtrack import MailTrack
+    from flask import Flask
+
+    from conftest import SECRET
+
+    db_uri = f"sqlite:///{tmp_path}/gunicorn.db"
+    journal = tmp_path / "journal.jsonl"
+    app = Flask("setup")
+    app.config.update(SECRET_KEY=SECRET, MAILTRACK_DATABASE_URI=db_uri, MAILTRACK_BASE_URL="http://crm.test",
+                      MAILTRACK_JOURNAL_PATH=str(journal))
+    mt = MailTrack(app)
+    with app.app_context():
+        mt.create_all()
+        msg = mt.track_message(contact_id="c1", email="c1@example.com", subject="s", html=f'<a href="{DEST}">go</a>')
+        path = path_of(re.search(r'href="([^"]+/t/c/[^"]+)">go</a>', msg.html).group(1))
+        app.extensions["mailtrack"].engine.dispose()
+
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(2048)
+    port = listener.getsockname()[1]
+    fd = listener.fileno()
+    env = {**os.environ, "MT_TEST_DATABASE_URI": db_uri, "MT_TEST_JOURNAL": str(journal),
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    log = tmp_path / "gunicorn.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "--bind", f"fd://{fd}", "--workers", "4", "--worker-class",
+             "gthread", "--threads", "8", "--backlog", "2048", "--timeout", "120", "--log-level", "warning",
+             "test_concurrency:gunicorn_app()"],
+            env=env, pass_fds=(fd,), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    listener.close()  # gunicorn holds its own copy
+    try:
+        for _ in range(300):  # up: the master accepts once a worker is ready
+            assert proc.poll() is None, log.read_text()
+            try:
+                if _get(port, "/healthz")[0] == 200:
+                    break
+            except OSError:
+                time.sleep(0.2)
+        lines = asyncio.run(_fire(port, path, GUNICORN_CLICKS))
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(60)
+
+    assert Counter(lines) == Counter({b"HTTP/1.1 302 FOUND\r\n": GUNICORN_CLICKS}), log.read_text()[-3000:]
+    engine = sa.create_engine(db_uri)
+    with engine.connect() as conn:
+        stored = conn.execute(sa.select(sa.func.count()).select_from(events)
+                              .where(events.c.message_id == msg.id, events.c.type == "click")).scalar()
+    engine.dispose()
+    journaled = journal.read_text().splitlines() if journal.exists() else []
+    assert (stored, len(journaled)) == (GUNICORN_CLICKS, 0), log.read_text()[-3000:]
+
+
+CLICKS_IN_A_FRESH_PROCESS = r"""
+import re, sys, tempfile
+from flask import Flask
+from crm_mailtrack import MailTrack
+tmp = tempfile.mkdtemp()
+app = Flask("fresh")
+app.config.update(SECRET_KEY="fresh-process-secret-key-0123456789", MAILTRACK_DATABASE_URI=f"sqlite:///{tmp}/a.db",
+                  MAILTRACK_BASE_URL="http://crm.test", MAILTRACK_JOURNAL_PATH=f"{tmp}/journal.jsonl")
+mt = MailTrack(app)
+with app.app_context():
+    mt.create_all()
+    html = mt.track_message(contact_id="c1", email="c1@example.com", subject="s",
+                            html='<a href="https://dest.test/?utm_source=x">go</a>').html
+client = app.test_client()
+for ua in ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) Chrome/124.0", "curl/8.0", None):
+    for kind in ("c", "o"):
+        path = re.search(r'"http://crm.test(/mailtrack/t/' + kind + r'/[^"]+)"', html).group(1)
+        client.get(path, headers={"User-Agent": ua} if ua else {})
+print(sorted(m for m in sys.modules if m.split(".")[0] == "psycopg")[:3])
+"""
+
+
+def test_clicks_on_sqlite_never_load_the_postgresql_driver():
+    """The SQLite click and open path does not import psycopg at all (installed or not):
+    importing it lazily on the first hits raced between a worker's threads (a partially
+    initialized module) and sent clicks to the journal."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", CLICKS_IN_A_FRESH_PROCESS], capture_output=True, text=True,
+                         timeout=120, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

@@ -312,3 +312,46 @@ def test_the_old_filter_names_warn_and_point_a_host_to_the_right_ones(engine: sa
             "include_name": migrate.exclude_mailtrack, "include_object": migrate.exclude_mailtrack_object})
         diff = compare_metadata(context, host)
     assert [(op, table.name) for op, table in diff] == [("add_table", "crm_contacts")]
+
+
+def test_upgrading_merges_duplicate_utm_tags(engine: sa.Engine) -> None:
+    """Installations before 0004 stored a tag per click: the upgrade folds each contact's
+    rows of one utm_* combination into its oldest row (hits = rows, latest last_active) and
+    then enforces one tag per contact and combination."""
+    upgrade(engine, "0003_mailtrack_stats_cells")
+    rows = [  # (tenant, contact, source, campaign, last_active)
+        ("", "c1", "news", "spring", "2026-03-01 10:00:00"),
+        ("", "c1", "news", "spring", "2026-03-03 10:00:00"),
+        ("", "c1", "news", "spring", None),
+        ("", "c1", "news", "summer", "2026-03-02 10:00:00"),
+        ("", "c2", "news", "spring", "2026-03-01 09:00:00"),
+        ("t2", "c1", "news", "spring", "2026-03-01 08:00:00"),
+        ("", "c3", None, None, None),
+        ("", "c3", "", None, None),  # empty and missing are the same combination
+    ]
+    with engine.begin() as conn:
+        for tenant, contact, source, campaign, last_active in rows:
+            conn.execute(sa.text(
+                "INSERT INTO mailtrack_utm_tags (tenant_id, contact_id, utm_source, utm_campaign, last_active, "
+                "date_added) VALUES (:t, :c, :s, :k, :at, '2026-03-01 00:00:00')"),
+                {"t": tenant, "c": contact, "s": source, "k": campaign, "at": last_active})
+    upgrade(engine)
+    assert schema_diff(engine) == []
+    with engine.connect() as conn:
+        merged = conn.execute(sa.text(
+            "SELECT id, tenant_id, contact_id, utm_campaign, hits, last_active FROM mailtrack_utm_tags ORDER BY id"
+        )).all()
+    assert [(r.id, r.tenant_id, r.contact_id, r.utm_campaign, r.hits) for r in merged] == [
+        (1, "", "c1", "spring", 3), (4, "", "c1", "summer", 1), (5, "", "c2", "spring", 1),
+        (6, "t2", "c1", "spring", 1), (7, "", "c3", None, 2)]
+    assert str(merged[0].last_active).startswith("2026-03-03 10:00:00")
+    with engine.begin() as conn, pytest.raises(sa.exc.IntegrityError):
+        key = conn.execute(sa.text("SELECT utm_key FROM mailtrack_utm_tags WHERE id = 1")).scalar_one()
+        from crm_mailtrack.services.utm import combination_key  # what a later click of c1 computes
+
+        assert key == combination_key({"utm_source": "news", "utm_campaign": "spring"})
+        conn.execute(sa.text("INSERT INTO mailtrack_utm_tags (tenant_id, contact_id, utm_key, date_added) "
+                             "VALUES ('', 'c1', :k, '2026-03-05 00:00:00')"), {"k": key})
+    downgrade(engine, "0003_mailtrack_stats_cells")
+    upgrade(engine)
+    assert schema_diff(engine) == []

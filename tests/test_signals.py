@@ -192,3 +192,140 @@ def test_a_subscriber_changing_event_details_changes_no_other_event(app, client)
     from crm_mailtrack.devices import event_details
 
     assert "vandal" not in (event_details(ua["User-Agent"]) or {})  # the shared cache is intact
+
+
+# -- people and machines: is_machine, machine_reason, events_reclassified ----------------------
+
+SCANNER_UA = "Barracuda Sentinel (EE)"
+BROWSER_UA = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 Chrome/124.0 Safari/537.36"
+
+
+@pytest.fixture
+def live(make_app):
+    """An app (burst window 30 s, so a loaded machine cannot miss it) on a real threaded
+    werkzeug server (port 0, reported by the server) and ``get(path, user_agent)``."""
+    import http.client
+    import threading
+
+    from werkzeug.serving import make_server
+
+    app = make_app(MAILTRACK_BOT_BURST_SECONDS=30)
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+
+    def get(path: str, user_agent: str = BROWSER_UA) -> int:
+        conn = http.client.HTTPConnection("127.0.0.1", server.server_port, timeout=30)
+        try:
+            conn.request("GET", path, headers={"User-Agent": user_agent})
+            resp = conn.getresponse()
+            resp.read()
+            return resp.status
+        finally:
+            conn.close()
+
+    yield app, get
+    server.shutdown()
+    thread.join(10)
+    server.server_close()
+
+
+def _two_link_message(app: Any) -> dict[str, Any]:
+    import re
+
+    from conftest import path_of
+
+    mt = app.extensions["mailtrack"].extension
+    with app.app_context():
+        msg = mt.track_message(contact_id="c1", email="c1@example.com", subject="s", campaign_id="camp",
+                               html='<body><a href="https://dest.test/a">a</a> <a href="https://dest.test/b">b</a>'
+                                    '</body>')
+        links = [path_of(u) for u in re.findall(r'href="([^"]+)"', msg.html)]
+        return {"id": msg.id, "a": next(u for u in links if "/t/c/" in u),
+                "b": [u for u in links if "/t/c/" in u][1], "honeypot": next(u for u in links if "/t/h/" in u),
+                "open": path_of(re.search(r'src="([^"]+/t/o/[^"]+)"', msg.html).group(1))}
+
+
+def test_scanner_click_and_open_carry_the_machine_verdict(live, recorded_signals):
+    app, get = live
+    p = _two_link_message(app)
+    assert get(p["a"], SCANNER_UA) == 302
+    assert get(p["open"], BROWSER_UA) == 200
+    (click,) = recorded_signals.of("link_clicked")
+    assert (click["is_machine"], click["machine_reason"]) == (True, "scanner-ua")
+    assert click["event"].is_machine is True and click["event"].machine_reason == "scanner-ua"
+    (opened,) = recorded_signals.of("email_opened")
+    assert (opened["is_machine"], opened["machine_reason"]) == (False, None)
+    recorded = {kw["event"].type: kw for kw in recorded_signals.of("event_recorded")}
+    assert (recorded["click"]["is_machine"], recorded["click"]["machine_reason"]) == (True, "scanner-ua")
+    assert (recorded["open"]["is_machine"], recorded["open"]["machine_reason"]) == (False, None)
+
+
+@pytest.mark.parametrize("trigger", ["burst", "honeypot"])
+def test_a_verdict_changed_later_is_announced(live, recorded_signals, trigger):
+    """A human click, then a click on another link within the burst window (or a honeypot
+    hit): the first click is re-marked and ``events_reclassified`` names it."""
+    app, get = live
+    p = _two_link_message(app)
+    assert get(p["a"]) == 302
+    (first,) = recorded_signals.of("link_clicked")
+    assert (first["is_machine"], first["machine_reason"]) == (False, None)
+    if trigger == "burst":
+        assert get(p["b"]) == 302
+        second = recorded_signals.of("link_clicked")[1]
+        assert (second["is_machine"], second["machine_reason"]) == (True, "burst")
+    else:
+        assert get(p["honeypot"]) == 200
+    (changed,) = recorded_signals.of("events_reclassified")
+    assert changed == {"event_ids": [first["event"].id], "message_id": p["id"], "contact_id": "c1",
+                       "machine_reason": trigger, "is_machine": True}
+    sender = next(s for name, s, _ in recorded_signals.calls if name == "events_reclassified")
+    assert sender is app
+    with app.app_context(), app.extensions["mailtrack"].engine.connect() as conn:
+        stored = conn.execute(sa.select(events.c.is_machine, events.c.machine_reason)
+                              .where(events.c.id == first["event"].id)).one()
+    assert tuple(stored) == (True, trigger)
+
+
+def test_a_raising_reclassified_subscriber_breaks_no_redirect(live):
+    app, get = live
+    p = _two_link_message(app)
+
+    def boom(sender: Any, **kw: Any) -> None:
+        raise RuntimeError("subscriber bug")
+
+    with signals.events_reclassified.connected_to(boom, sender=app):
+        assert get(p["a"]) == 302
+        assert get(p["b"]) == 302
+    with app.app_context(), app.extensions["mailtrack"].engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(events)
+                            .where(events.c.is_machine.is_(True))).scalar() == 2
+
+
+def test_readme_lead_scoring_example(live):
+    """The README's scoring subscriber, run as written: it ignores machine clicks and takes
+    back the points of a click re-marked later."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    (code,) = re.findall(r"<!-- lead-scoring example -->\s*```python\n(.*?)```", readme, re.S)
+    app, get = live
+    namespace: dict[str, Any] = {"app": app}
+    exec(compile(code, "README.md", "exec"), namespace)
+    try:
+        scores = namespace["scores"]
+        p = _two_link_message(app)
+        assert get(p["a"], SCANNER_UA) == 302
+        assert scores["c1"] == 0
+        assert get(p["a"]) == 302
+        assert scores["c1"] == 5
+        assert get(p["b"]) == 302  # a burst: this click and the one before are a machine's
+        assert scores["c1"] == 0
+        other = tracked_paths(app, "https://dest.test/c", contact_id="c2")
+        assert get(other["click"]) == 302
+        assert scores["c2"] == 5
+    finally:
+        for name in ("score_click", "take_back"):
+            for sig in (signals.link_clicked, signals.events_reclassified):
+                sig.disconnect(namespace[name])

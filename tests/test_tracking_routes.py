@@ -231,3 +231,105 @@ def test_one_click_unsubscribe_passes_a_hosts_csrf_protection(database_url, tmp_
         with app.app_context():
             db.session.remove()
             db.engine.dispose()
+
+
+# -- methods a real client sends: HEAD, OPTIONS ----------------------------------------
+
+
+@pytest.fixture
+def live(host):
+    """``host`` on a real threaded werkzeug server (port 0, the server reports its port) and a
+    function sending one request over HTTP: ``(status, headers, body)``."""
+    import http.client
+    import threading
+
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, host, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+
+    def send(method: str, path: str, **headers: str) -> tuple[int, dict[str, str], bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", server.server_port, timeout=30)
+        try:
+            conn.request(method, path, headers={"User-Agent": "Mozilla/5.0 Live", **headers})
+            resp = conn.getresponse()
+            return resp.status, dict(resp.getheaders()), resp.read()
+        finally:
+            conn.close()
+
+    yield send
+    server.shutdown()
+    thread.join(10)
+    server.server_close()
+
+
+def _honeypot_path(app: Any) -> str:
+    from conftest import path_of
+
+    mt = app.extensions["mailtrack"].extension
+    with app.app_context():
+        msg = mt.track_message(contact_id="c9", email="c9@example.com", subject="s",
+                               html='<body><a href="https://shop.test/">x</a></body>')
+        return path_of(re.search(r'href="([^"]+/t/h/[^"]+)"', msg.html).group(1))
+
+
+def test_head_on_unsubscribe_changes_nothing(host, live):
+    """Flask answers HEAD on GET routes: a HEAD of the unsubscribe link (a scanner checking
+    the link) must not unsubscribe anybody; it is answered like the GET page."""
+    p = tracked(host)
+    status, headers, body = live("HEAD", p["unsub"])
+    assert status == 200 and headers["Content-Type"].startswith("text/html") and body == b""
+    assert rows(host) == [] and rows(host, dnc) == []
+    with host.app_context():
+        assert host.extensions["mailtrack"].extension.can_contact("c1") is True
+    status, _, _ = live("POST", p["unsub"])  # only a POST does
+    assert status == 200 and len(rows(host, dnc)) == 1
+
+
+def test_options_on_tracking_routes_changes_nothing(host, live):
+    p = tracked(host)
+    honeypot = _honeypot_path(host)
+    for path in (p["click"], p["open"], p["unsub"], honeypot):
+        status, headers, _ = live("OPTIONS", path)
+        assert status == 200 and "Allow" in headers, path
+        assert "POST" not in headers["Allow"] or path == p["unsub"]
+    assert rows(host) == [] and rows(host, dnc) == []
+
+
+def test_head_on_the_pixel_is_a_machine_open(host, live):
+    """A HEAD of the pixel fetches no image: it is stored as a machine open
+    (``head-request``), never a person's."""
+    p = tracked(host)
+    status, headers, body = live("HEAD", p["open"])
+    assert status == 200 and headers["Content-Type"] == "image/gif" and "no-store" in headers["Cache-Control"]
+    assert body == b""
+    (ev,) = rows(host)
+    assert (ev.type, ev.is_machine, ev.machine_reason) == ("open", True, "head-request")
+
+
+def test_head_on_click_and_honeypot_are_machine_clicks(host, live):
+    p = tracked(host)
+    status, headers, _ = live("HEAD", p["click"])
+    assert status == 302 and headers["Location"] == DEST
+    status, _, _ = live("HEAD", _honeypot_path(host))
+    assert status == 200
+    assert [(ev.type, ev.is_machine) for ev in rows(host)] == [("click", True), ("click", True)]
+
+
+def test_unsubscribe_links_outlive_link_max_age(make_app, monkeypatch):
+    """``MAILTRACK_LINK_MAX_AGE`` expires click and open links, never the opt-out: an
+    unsubscribe link of an old message still shows its page and still unsubscribes."""
+    from itsdangerous import TimestampSigner
+    import time
+
+    app = make_app(MAILTRACK_LINK_MAX_AGE=3600)
+    monkeypatch.setattr(TimestampSigner, "get_timestamp", lambda self: int(time.time()) - 400 * 86400)
+    old = tracked(app)
+    monkeypatch.undo()
+    client = app.test_client()
+    assert client.get(old["click"]).status_code == 404
+    page = client.get(old["unsub"])
+    assert page.status_code == 200 and "<form" in page.get_data(as_text=True)
+    assert client.post(old["unsub"], data={"List-Unsubscribe": "One-Click"}).status_code == 200
+    assert len(rows(app, dnc)) == 1

@@ -332,8 +332,11 @@ class UTMItemSchema(ma.Schema):
     referer = fields.String(allow_none=True)
     query = fields.Dict(allow_none=True)
     remotehost = fields.String(allow_none=True)
-    lastActive = Timestamp(attribute="last_active", allow_none=True)
+    lastActive = Timestamp(attribute="last_active", allow_none=True, metadata={
+        "description": "When the combination was last seen (a click, an add)."})
     dateAdded = Timestamp(attribute="date_added")
+    hits = fields.Integer(metadata={
+        "description": "How many times this combination of utm_* values was seen for the contact (one tag each)."})
 
 
 class UTMListSchema(ma.Schema):

@@ -64,20 +64,36 @@ def emit(event_type: str, *, safe: bool = False, **kwargs: Any) -> None:
     """Send the type's signal and ``event_recorded``, sender = the current app.
 
     With ``safe`` (the public tracking routes) each subscriber runs isolated: one that
-    raises is logged and neither stops the others nor reaches the recipient.
+    raises is logged and neither stops the others nor reaches the recipient. Opens and
+    clicks always carry ``is_machine`` and ``machine_reason`` (taken from ``event`` when
+    the caller does not give them).
     """
-    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    if event_type in _VERDICT_TYPES and "is_machine" not in kwargs:
+        event = kwargs.get("event")
+        kwargs["is_machine"] = bool(getattr(event, "is_machine", False))
+        kwargs["machine_reason"] = getattr(event, "machine_reason", None)
     for signal in (SIGNAL_FOR_TYPE.get(event_type), event_recorded):
-        if signal is None or not signal.receivers:
-            continue
-        if not safe:
-            signal.send(app, **kwargs)
-            continue
-        for receiver in signal.receivers_for(app):
-            try:
-                receiver(app, **kwargs)
-            except Exception:  # noqa: BLE001 - a subscriber's bug must not break tracking
-                log.exception("mailtrack: subscriber %r of %s raised", receiver, signal.name)
+        if signal is not None:
+            send(signal, safe=safe, **kwargs)
+
+
+#: Event types whose signals carry the machine verdict.
+_VERDICT_TYPES = frozenset({"open", "click"})
+
+
+def send(signal: Any, *, safe: bool = False, **kwargs: Any) -> None:
+    """Send one signal with the current app as sender (see :func:`emit` for ``safe``)."""
+    if not signal.receivers:
+        return
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    if not safe:
+        signal.send(app, **kwargs)
+        return
+    for receiver in signal.receivers_for(app):
+        try:
+            receiver(app, **kwargs)
+        except Exception:  # noqa: BLE001 - a subscriber's bug must not break tracking
+            log.exception("mailtrack: subscriber %r of %s raised", receiver, signal.name)
 
 
 def has_receivers(event_type: str) -> bool:

@@ -22,8 +22,10 @@ from ..models import (
     utcnow,
 )
 from ..state import MailTrackState
-from . import rawexec
-from .common import UNSET, check_lengths, dialect_insert, emit, has_receivers, log, tenant_key
+from ..signals import events_reclassified
+from . import rawexec, stats
+from . import utm as utm_service
+from .common import UNSET, check_lengths, dialect_insert, emit, has_receivers, log, send, tenant_key
 
 #: Columns the tracking insert fills from the message row (the rest come from the request).
 _FROM_MESSAGE = ("tenant_id", "contact_id", "email", "campaign_id")
@@ -175,30 +177,56 @@ def _statement_params(rules: bots.BotPolicy, params: Mapping[str, Any]) -> dict[
     return out
 
 
-def _retro_mark(conn: sa.Connection, rules: bots.BotPolicy, params: Mapping[str, Any],
-                row: sa.Row[Any]) -> None:
+@lru_cache(maxsize=1)
+def _retro_update() -> sa.Update:
+    """The after-the-fact marking of a message's human clicks in a window (built once)."""
+    return (
+        sa.update(events)
+        .where(events.c.message_id == sa.bindparam("retro_message", type_=sa.String()),
+               events.c.type == "click", events.c.is_machine == sa.false(),
+               events.c.occurred_at.between(sa.bindparam("retro_from", type_=UTCDateTime()),
+                                            sa.bindparam("retro_to", type_=UTCDateTime())))
+        .values(is_machine=True, machine_reason=sa.bindparam("retro_reason", type_=sa.String()))
+        .returning(events.c.id, events.c.contact_id)
+    )
+
+
+class Reclassified:
+    """Clicks of one message re-marked as a machine's after the fact (``events_reclassified``)."""
+
+    def __init__(self, message_id: str, rows: list[Any], reason: str) -> None:
+        self.message_id = message_id
+        self.event_ids = sorted(row.id for row in rows)
+        self.contact_id = rows[0].contact_id
+        self.reason = reason
+
+    def notify(self, *, safe: bool) -> None:
+        send(events_reclassified, safe=safe, event_ids=self.event_ids, message_id=self.message_id,
+             contact_id=self.contact_id, machine_reason=self.reason, is_machine=True)
+
+
+def _retro_mark(conn: Any, rules: bots.BotPolicy, params: Mapping[str, Any],
+                row: Any) -> Reclassified | None:
     """When a click reveals a machine after the fact (a honeypot hit, a burst), mark the
-    message's human clicks in the window around it: one UPDATE, only when triggered."""
+    message's human clicks in the window around it: one UPDATE, only when triggered.
+    Returns what changed (``None``: nothing)."""
     if params["type"] != "click":
-        return
+        return None
     at: dt.datetime = params["occurred_at"]
     if params.get("machine_reason") == bots.HONEYPOT and params.get("link_id") is None:
         reason, window = bots.HONEYPOT, rules.honeypot_window_seconds
     elif row.machine_reason == bots.BURST:
         reason, window = bots.BURST, rules.burst_seconds
     else:
-        return
+        return None
     delta = dt.timedelta(seconds=window)
-    conn.execute(
-        sa.update(events)
-        .where(events.c.message_id == params["message_id"], events.c.type == "click",
-               events.c.is_machine == sa.false(),
-               events.c.occurred_at.between(at - delta, at + delta))
-        .values(is_machine=True, machine_reason=reason)
-    )
+    changed = conn.execute(_retro_update(), {
+        "retro_message": params["message_id"], "retro_from": at - delta, "retro_to": at + delta,
+        "retro_reason": reason}).all()
+    return Reclassified(params["message_id"], changed, reason) if changed else None
 
 
-def _notify_tracking(params: Mapping[str, Any], row: sa.Row[Any], *, safe: bool) -> None:
+def _notify_tracking(params: Mapping[str, Any], row: Any, *, safe: bool) -> None:
     event_type = params["type"]
     if not has_receivers(event_type):
         return
@@ -212,33 +240,61 @@ def _notify_tracking(params: Mapping[str, Any], row: sa.Row[Any], *, safe: bool)
         message_id=params["message_id"],
         campaign_id=row.campaign_id,
         url=params["url"],
+        is_machine=bool(row.is_machine),
+        machine_reason=row.machine_reason,
     )
 
 
+class _Followups:
+    """What a tracking event's own transaction wrote besides the event: the earlier clicks
+    it re-marked and the UTM tag of a click. Their signals go out after the commit."""
+
+    __slots__ = ("reclassified", "tag")
+
+    def __init__(self) -> None:
+        self.reclassified: Reclassified | None = None
+        self.tag: utm_service.TagWrite | None = None
+
+    def write(self, conn: Any, dialect: str, rules: bots.BotPolicy, params: Mapping[str, Any], row: Any,
+              utm: Mapping[str, str] | None) -> None:
+        self.reclassified = _retro_mark(conn, rules, params, row)
+        self.tag = utm_service.click_tag(conn, dialect, row, params, utm)
+
+    def notify(self) -> None:
+        if self.reclassified is not None:
+            self.reclassified.notify(safe=True)
+        if self.tag is not None:
+            self.tag.notify(safe=True)
+
+
 def record_tracking_event(state: MailTrackState, event_type: str, message_id: str, *,
-                          want_row: bool = True, **fields: Any) -> Any:
+                          want_row: bool = True, utm: Mapping[str, str] | None = None, **fields: Any) -> Any:
     """Store an open or click from a public route; never raises.
 
     Returns the stored row (``tenant_id``, ``contact_id``, ``campaign_id``, ``is_machine``,
     ``machine_reason``: the final verdict), or ``None`` when nothing was stored: the message
-    no longer exists, or the database failed and the event went to the journal. Signals go
-    out after the commit, each subscriber isolated. A caller that does not use the result
-    (the open pixel; a click without ``utm_`` parameters) passes ``want_row=False``: unless
-    signals have receivers, the insert then returns only what a click's follow-up needs
-    (an open: nothing) and the result is ``None``.
+    no longer exists, or the database failed and the event went to the journal. In the
+    same transaction, a click re-marks the message's earlier clicks when it reveals a
+    machine (burst, honeypot), and a human click whose destination carries ``utm``
+    parameters tags the contact (see :mod:`.utm`). Signals go out after the commit, each
+    subscriber isolated. A caller that does not use the result passes ``want_row=False``:
+    unless something needs the row (signal receivers, a UTM tag), the insert then returns
+    only what a click's follow-up needs (an open: nothing) and the result is ``None``.
     """
     params = _tracking_params(event_type, message_id, **fields)
+    followups = _Followups()
     try:
         engine = state.engine
+        dialect = engine.dialect.name
         rules = bots.policy(state)
         is_click = event_type == "click"
-        full = want_row or has_receivers(event_type)
+        full = want_row or has_receivers(event_type) or bool(utm)
         returning = _RETURNING if full else (_RETURNING_VERDICT if is_click else ())
-        stmt = _tracking_insert(engine.dialect.name, False, is_click and rules.history, returning)
+        stmt = _tracking_insert(dialect, False, is_click and rules.history, returning)
         # one transaction on the DBAPI connection (see rawexec): the insert, then for a click
-        # the after-the-fact marking of the message's earlier clicks
-        retro = (lambda conn, row: _retro_mark(conn, rules, params, row)) if is_click else None
-        row = rawexec.first_committed(engine, stmt, _statement_params(rules, params), after=retro)
+        # the after-the-fact marking of the message's earlier clicks and its UTM tag
+        after = (lambda conn, row: followups.write(conn, dialect, rules, params, row, utm)) if is_click else None
+        row = rawexec.first_committed(engine, stmt, _statement_params(rules, params), after=after)
     except Exception:  # noqa: BLE001 - the recipient's redirect/pixel must not fail
         log.warning("mailtrack: database unavailable, %s event journaled", event_type, exc_info=True)
         try:
@@ -246,45 +302,53 @@ def record_tracking_event(state: MailTrackState, event_type: str, message_id: st
         except Exception:  # noqa: BLE001
             log.exception("mailtrack: journal write failed; %s event lost", event_type)
         return None
-    if not full:
+    if row is None:
         return None
-    if row is not None:
+    if full:
         _notify_tracking(params, row, safe=True)
-    return row
+    followups.notify()
+    return row if full else None
 
 
 def replay_journal(state: MailTrackState, progress: Any = None) -> tuple[int, int]:
     """Write journaled events to the database, each exactly once.
 
     Returns ``(inserted, skipped)``; skipped are entries already stored (an earlier replay)
-    or whose message no longer exists. A file is removed only after all of its entries are
-    committed, so an interrupted replay is simply run again.
+    or whose message no longer exists. Each event goes through what the tracking route
+    does in its transaction: a click's after-the-fact marking and its UTM tag. A file is
+    removed only after all of its entries are committed, so an interrupted replay is
+    simply run again.
     """
     journal: Journal = state.journal
     inserted = skipped = 0
     engine = state.engine
+    dialect = engine.dialect.name
     rules = bots.policy(state)
     for path in journal.claim():
-        stored: list[tuple[dict[str, Any], sa.Row[Any]]] = []
+        stored: list[tuple[dict[str, Any], Any, _Followups]] = []
         with engine.begin() as conn:
             for entry in journal.read(path):
                 entry["occurred_at"] = _parse_time(entry.get("occurred_at"))
                 entry.setdefault("details", None)
                 is_click = entry.get("type") == "click"
-                stmt = _tracking_insert(engine.dialect.name, True, is_click and rules.history)
+                stmt = _tracking_insert(dialect, True, is_click and rules.history)
                 row = conn.execute(stmt, _statement_params(rules, entry)).first()
                 if row is None:
                     skipped += 1
                 else:
                     inserted += 1
-                    stored.append((entry, row))
+                    followups = _Followups()
                     if is_click:
-                        _retro_mark(conn, rules, entry, row)
+                        url = entry.get("url")
+                        utm = utm_service.utm_params(url) if isinstance(url, str) and "utm_" in url else None
+                        followups.write(conn, dialect, rules, entry, row, utm)
+                    stored.append((entry, row, followups))
                 if progress is not None:
                     progress(1)
         os.remove(path)
-        for entry, row in stored:
+        for entry, row, followups in stored:
             _notify_tracking(entry, row, safe=True)
+            followups.notify()
     return inserted, skipped
 
 

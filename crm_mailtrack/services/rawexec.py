@@ -107,6 +107,10 @@ class CompiledStatement:
                 cursor.close()
         if raw is None:
             return None
+        return self.row(raw)
+
+    def row(self, raw: Any) -> Any:
+        """A row the driver returned, through the result processors, as a named tuple."""
         return self.row_type(*(p(v) if p is not None else v for p, v in zip(self.result_processors, raw)))
 
 
@@ -125,12 +129,19 @@ def _shared_processor(slow: Any, dialect: sa.Dialect) -> Any:
     PostgreSQL, 4 µs on SQLite). The memo holds each value, so an id it knows is that
     value's; it is emptied when full (the honeypot route's one-off dicts)."""
     memo: dict[int, tuple[Any, Any]] = {}
+    # Only psycopg's wrappers are pre-dumped, so only its dialect looks at psycopg at all, and
+    # here, once per compiled statement: the dialect has imported the driver completely
+    # already. Importing it lazily per request raced under threads (a partially initialized
+    # module) and journaled clicks, on SQLite too, where psycopg has nothing to do.
+    predump = _predumper(dialect) if dialect.driver == "psycopg" else None
 
     def process(value: Any) -> Any:
         hit = memo.get(id(value))
         if hit is not None:
             return hit[1]
-        out = _predumped(slow(value) if slow is not None else value, dialect)
+        out = slow(value) if slow is not None else value
+        if predump is not None:
+            out = predump(out)
         if len(memo) >= _SHARED_MAX:
             memo.clear()
         memo[id(value)] = (value, out)
@@ -139,23 +150,25 @@ def _shared_processor(slow: Any, dialect: sa.Dialect) -> Any:
     return process
 
 
-def _predumped(value: Any, dialect: sa.Dialect) -> Any:
-    """psycopg's ``Json``/``Jsonb`` wrapper (what SQLAlchemy's JSON processor gives there)
-    with its text already made by the dumper the dialect's connections use (the engine's
-    ``json_serializer`` or psycopg's), so the driver does not serialize it again."""
-    try:
-        from psycopg.adapt import PyFormat
-        from psycopg.types.json import Json, Jsonb
-    except ImportError:
-        return value
-    if value.__class__ not in (Json, Jsonb) or value.dumps is not None:
-        return value
+def _predumper(dialect: sa.Dialect) -> Any:
+    """A function giving psycopg's ``Json``/``Jsonb`` wrapper (what SQLAlchemy's JSON
+    processor gives there) with its text already made by the dumper the dialect's
+    connections use (the engine's ``json_serializer`` or psycopg's), so the driver does not
+    serialize it again. Other values pass unchanged."""
     import psycopg
+    from psycopg.adapt import PyFormat
+    from psycopg.types.json import Json, Jsonb
 
     adapters = getattr(dialect, "_psycopg_adapters_map", None) or psycopg.adapters
-    cls = value.__class__
-    text = bytes(adapters.get_dumper(cls, PyFormat.TEXT)(cls).dump(value))
-    return cls(value.obj, dumps=lambda _obj: text)
+
+    def predump(value: Any) -> Any:
+        if value.__class__ not in (Json, Jsonb) or value.dumps is not None:
+            return value
+        cls = value.__class__
+        text = bytes(adapters.get_dumper(cls, PyFormat.TEXT)(cls).dump(value))
+        return cls(value.obj, dumps=lambda _obj: text)
+
+    return predump
 
 
 def _fast_processor(type_: Any, dialect: sa.Dialect, slow: Any) -> Any:
@@ -211,21 +224,38 @@ def _row_type(names: tuple[str, ...]) -> type:
     return Row
 
 
+class RawResult:
+    """The rows a statement run by :class:`RawConnection` returned (``first()``, ``all()``)."""
+
+    def __init__(self, rows: list[Any]) -> None:
+        self._rows = rows
+
+    def first(self) -> Any:
+        return self._rows[0] if self._rows else None
+
+    def all(self) -> list[Any]:
+        return list(self._rows)
+
+
 class RawConnection:
-    """What an ``after`` hook of :func:`first_committed` gets: ``execute(stmt)`` of a Core
-    statement (compiled for the occasion) in the same transaction, on the DBAPI connection."""
+    """What an ``after`` hook of :func:`first_committed` gets: ``execute(stmt, params)`` of a
+    Core statement in the same transaction, on the DBAPI connection, like a SQLAlchemy
+    ``Connection`` (``.first()``/``.all()`` of the result). Statements are compiled once and
+    cached by identity: pass statements built once, with bind parameters."""
 
     def __init__(self, dbapi_conn: Any, dialect: sa.Dialect) -> None:
         self.dbapi_connection = dbapi_conn
         self.dialect = dialect
 
-    def execute(self, stmt: sa.Executable, params: dict[str, Any] | None = None) -> None:
-        one_off = CompiledStatement(stmt, self.dialect)
+    def execute(self, stmt: sa.Executable, params: dict[str, Any] | None = None) -> RawResult:
+        prepared = compiled(stmt, self.dialect)
         cursor = self.dbapi_connection.cursor()
         try:
-            cursor.execute(one_off.sql, one_off.parameters(dict(params or {})))
+            cursor.execute(prepared.sql, prepared.parameters(dict(params or {})))
+            rows = [prepared.row(raw) for raw in cursor.fetchall()] if prepared.row_type is not None else []
         finally:
             cursor.close()
+        return RawResult(rows)
 
 
 def first_committed(engine: sa.Engine, stmt: sa.Executable, params: dict[str, Any],
@@ -242,9 +272,7 @@ def first_committed(engine: sa.Engine, stmt: sa.Executable, params: dict[str, An
         try:
             cursor.execute(compiled_stmt.sql, values)
             fetched = cursor.fetchone() if compiled_stmt.row_type is not None else None
-            row = None if fetched is None else compiled_stmt.row_type(
-                *(p(v) if p is not None else v for p, v in zip(compiled_stmt.result_processors, fetched))
-            )
+            row = None if fetched is None else compiled_stmt.row(fetched)
             if row is not None and after is not None:
                 after(RawConnection(dbapi_conn, engine.dialect), row)
         except engine.dialect.loaded_dbapi.Error as exc:

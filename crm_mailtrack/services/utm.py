@@ -1,12 +1,27 @@
-"""UTM tags of a contact."""
+"""UTM tags of a contact: one per contact and combination of ``utm_*`` values.
+
+A tag is written by :func:`upsert_tag` only, in the caller's transaction: the click path
+(services/events.py, in the click's own transaction, and its journal replay) and
+:func:`add_utm` (Python API and JSON API). A combination seen again is counted (``hits``)
+and its ``last_active`` moved forward; only a new tag makes a ``utm_added`` event and a
+``utm_tag_added`` signal. Concurrent first sightings meet in the dialect's
+``INSERT ... ON CONFLICT DO UPDATE`` on the unique key, so they make one tag and never fail.
+"""
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Mapping
+from functools import lru_cache
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 
 from ..errors import DatabaseUnavailable, NotFound, ValidationError
-from ..models import ContactEvent, EventType, UtmTag, utcnow
+from ..models import ContactEvent, EventType, UtmTag, events, utcnow, utm_tags
+from ..requestinfo import anonymize_ip
 from ..state import MailTrackState
 from .common import UNSET, check_lengths, emit, tenant_key
 
@@ -14,34 +29,121 @@ UTM_FIELDS = (
     "utm_campaign", "utm_source", "utm_medium", "utm_content", "utm_term", "useragent", "url",
     "referer", "query", "remotehost", "last_active",
 )
+#: The five values that identify a tag.
+UTM_KEYS = UTM_FIELDS[:5]
+_UTM_ADDED = EventType.UTM_ADDED.value
+#: Columns :func:`upsert_tag` binds (``hits`` starts at 1).
+_TAG_COLUMNS = ("tenant_id", "contact_id", "utm_key", *UTM_FIELDS, "date_added")
+
+
+def combination_key(values: Mapping[str, Any]) -> str:
+    """The identity of a combination: SHA-256 of the five ``utm_*`` values as a JSON list
+    (missing and empty alike). The 0004 migration computes the same for existing rows."""
+    canon = json.dumps([values.get(k) or None for k in UTM_KEYS], separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canon.encode("utf-8")).hexdigest()
+
+
+@lru_cache(maxsize=4)
+def _upsert(dialect: str) -> sa.Insert:
+    """``INSERT ... ON CONFLICT (tenant_id, contact_id, utm_key) DO UPDATE`` counting the
+    sighting and keeping the latest ``last_active``; RETURNING the tag (``hits == 1``: new)."""
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = insert(utm_tags).values(
+        {**{name: sa.bindparam(name, type_=utm_tags.c[name].type) for name in _TAG_COLUMNS}, "hits": 1})
+    seen, latest = utm_tags.c.last_active, stmt.excluded.last_active
+    return stmt.on_conflict_do_update(
+        index_elements=[utm_tags.c.tenant_id, utm_tags.c.contact_id, utm_tags.c.utm_key],
+        set_={"hits": utm_tags.c.hits + 1,
+              "last_active": sa.case((seen.is_(None) | (latest > seen), latest), else_=seen)},
+    ).returning(*utm_tags.c)
+
+
+@lru_cache(maxsize=1)
+def _added_event() -> sa.Insert:
+    return sa.insert(events).values(
+        tenant_id=sa.bindparam("tenant_id", type_=events.c.tenant_id.type), type=_UTM_ADDED,
+        contact_id=sa.bindparam("contact_id", type_=events.c.contact_id.type),
+        occurred_at=sa.bindparam("occurred_at", type_=events.c.occurred_at.type),
+        url=sa.bindparam("url", type_=events.c.url.type), is_machine=False,
+        details=sa.bindparam("details", type_=events.c.details.type),
+    ).returning(events.c.id)
+
+
+class TagWrite:
+    """What :func:`upsert_tag` wrote: the tag as stored, and the ``utm_added`` event when
+    the tag is new (``None`` when an existing one was counted again)."""
+
+    def __init__(self, tag: UtmTag, event: ContactEvent | None) -> None:
+        self.tag = tag
+        self.event = event
+
+    @property
+    def created(self) -> bool:
+        return self.event is not None
+
+    def notify(self, *, safe: bool) -> None:
+        """``utm_tag_added`` (and ``event_recorded``) for a new tag; call after the commit."""
+        if self.event is not None:
+            emit(_UTM_ADDED, safe=safe, event=self.event, contact_id=self.tag.contact_id, message_id=None,
+                 campaign_id=None, url=self.tag.url, utm=self.tag)
+
+
+def upsert_tag(conn: Any, dialect: str, values: Mapping[str, Any]) -> TagWrite:
+    """Store one sighting of a combination on ``conn`` (a SQLAlchemy ``Connection`` or the
+    click path's raw connection: anything whose ``execute(stmt, params)`` has ``first()``),
+    in its transaction. ``values``: ``tenant_id``, ``contact_id`` and the fields of
+    :data:`UTM_FIELDS` (missing ones are ``None``)."""
+    params = {name: values.get(name) for name in _TAG_COLUMNS}
+    params["utm_key"] = combination_key(values)
+    params["date_added"] = params["date_added"] or utcnow()
+    row = conn.execute(_upsert(dialect), params).first()
+    tag = UtmTag(**row._mapping)
+    if row.hits != 1:
+        return TagWrite(tag, None)
+    details = {"utmId": row.id, **{k: params[k] for k in UTM_KEYS if params[k]}}
+    event_values = {"tenant_id": row.tenant_id, "contact_id": row.contact_id, "occurred_at": row.date_added,
+                    "url": row.url, "details": details}
+    event_id = conn.execute(_added_event(), event_values).first().id
+    event = ContactEvent(id=event_id, type=_UTM_ADDED, is_machine=False, **event_values)
+    return TagWrite(tag, event)
 
 
 def add_utm(state: MailTrackState, contact_id: str, *, tenant_id: Any = UNSET, safe_signals: bool = False,
             **fields: Any) -> UtmTag:
+    """Add a tag (or count its combination again): see :func:`add_utm_tag`."""
+    return add_utm_tag(state, contact_id, tenant_id=tenant_id, safe_signals=safe_signals, **fields).tag
+
+
+def add_utm_tag(state: MailTrackState, contact_id: str, *, tenant_id: Any = UNSET, safe_signals: bool = False,
+                **fields: Any) -> TagWrite:
+    """Add a tag by hand (Python or JSON API). ``remotehost`` must be an IP address; it is
+    stored anonymized (IPv4 /24, IPv6 /48) like the tracking routes' IPs unless
+    ``MAILTRACK_ANONYMIZE_IP`` is off. A combination the contact already has is counted
+    again (``hits``, ``last_active``) and keeps its first details; nothing else is added."""
     unknown = sorted(set(fields) - set(UTM_FIELDS))
     if unknown:
         raise ValidationError({name: ["Unknown field."] for name in unknown})
-    check_lengths(UtmTag.__table__, contact_id=str(contact_id),
-                  **{k: v for k, v in fields.items() if isinstance(v, str)})
-    tenant = tenant_key(state, tenant_id)
-    tag = UtmTag(tenant_id=tenant, contact_id=str(contact_id), date_added=utcnow(), **fields)
+    host = fields.get("remotehost")
+    if host not in (None, ""):
+        stored = anonymize_ip(host, state.anonymize_ip) if isinstance(host, str) else None
+        if stored is None:
+            raise ValidationError({"remotehost": ["Not a valid IP address."]})
+        fields["remotehost"] = stored
+    check_lengths(utm_tags, contact_id=str(contact_id), **{k: v for k, v in fields.items() if isinstance(v, str)})
+    last_active = fields.get("last_active")
+    if isinstance(last_active, dt.datetime) and last_active.tzinfo is None:
+        fields["last_active"] = last_active.replace(tzinfo=dt.timezone.utc)
     session = state.session
     try:
-        session.add(tag)
-        session.flush()
-        event = ContactEvent(
-            tenant_id=tenant, type=EventType.UTM_ADDED.value, contact_id=str(contact_id),
-            occurred_at=tag.date_added, url=tag.url,
-            details={"utmId": tag.id, **{k: v for k, v in fields.items() if k.startswith("utm_") and v}},
-        )
-        session.add(event)
+        written = upsert_tag(session.connection(), state.engine.dialect.name,
+                             {**fields, "tenant_id": tenant_key(state, tenant_id), "contact_id": str(contact_id)})
         session.commit()
     except sa.exc.SQLAlchemyError as exc:
         session.rollback()
         raise DatabaseUnavailable() from exc
-    emit(event.type, safe=safe_signals, event=event, contact_id=str(contact_id), message_id=None,
-         campaign_id=None, url=tag.url, utm=tag)
-    return tag
+    written.tag = session.get(UtmTag, written.tag.id) or written.tag  # the session's own instance
+    written.notify(safe=safe_signals)
+    return written
 
 
 def remove_utm(state: MailTrackState, contact_id: str, utm_id: int, *, tenant_id: Any = UNSET) -> None:
@@ -87,30 +189,19 @@ def utm_params(url: str) -> dict[str, str]:
         pairs = parse_qsl(urlsplit(url).query, keep_blank_values=False)
     except ValueError:
         return {}
-    known = UTM_FIELDS[:5]
-    return {k: v[:255] for k, v in pairs if k in known}
+    return {k: v[:255] for k, v in pairs if k in UTM_KEYS}
 
 
-def record_click_utm(state: MailTrackState, click: Any, url: str, *, ip: str | None = None,
-                     user_agent: str | None = None) -> UtmTag | None:
-    """After a human click whose destination carries ``utm_*`` parameters, store them as a
-    UTM tag of the clicking contact, in the message's tenant.
-
-    ``click`` is the stored click row the tracking insert returned (``contact_id``,
-    ``tenant_id``, final ``is_machine`` verdict), so no lookup is needed; machine clicks
-    never tag. Never raises: a UTM tag is never worth a failed redirect.
-    """
-    from .common import log
-
-    if click.is_machine:
+def click_tag(conn: Any, dialect: str, click: Any, params: Mapping[str, Any],
+              utm: Mapping[str, str] | None) -> TagWrite | None:
+    """The tag of a human click whose destination carries ``utm_*`` parameters, written on
+    the click's own connection and transaction (``click``: the stored row, with the final
+    verdict; ``params``: the click's values). Machine clicks never tag."""
+    if not utm or click.is_machine:
         return None
-    params = utm_params(url)
-    if not params:
-        return None
-    try:
-        return add_utm(state, click.contact_id, tenant_id=click.tenant_id, safe_signals=True, url=url,
-                       useragent=user_agent, remotehost=ip, last_active=utcnow(), **params)
-    except Exception:  # noqa: BLE001 - a UTM tag is never worth a failed redirect
-        state.session.rollback()
-        log.warning("mailtrack: UTM tag of a click not stored", exc_info=True)
-        return None
+    at = params["occurred_at"]
+    return upsert_tag(conn, dialect, {
+        **utm, "tenant_id": click.tenant_id, "contact_id": click.contact_id, "url": params["url"],
+        "useragent": params.get("user_agent"), "remotehost": params.get("ip"), "last_active": at,
+        "date_added": at,
+    })

@@ -15,7 +15,7 @@ from alembic import op
 
 # revision identifiers, used by Alembic.
 revision: str = '0005_mailtrack_suppressions'
-down_revision: str | Sequence[str] | None = '0003_mailtrack_stats_cells'
+down_revision: str | Sequence[str] | None = '0004_mailtrack_utm_tag_identity'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
