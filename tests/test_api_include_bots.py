@@ -78,6 +78,8 @@ COUNTING: list[tuple[str, Callable[[Any, str], int]]] = [
     ("contacts/c1/events/clicks", lambda r, mid: len(r.json["events"])),
     ("contacts/c1/activity?filters[includeEvents][]=click", lambda r, mid: r.json["total"]),
     ("activity?filters[includeEvents][]=click&filters[search]=c1", lambda r, mid: r.json["total"]),
+    ("odata/ContactClicks('c1')", lambda r, mid: r.json["ClickCount"]),
+    ("odata/ContactClicks", lambda r, mid: next(c["ClickCount"] for c in r.json["value"] if c["ID"] == "c1")),
 ]
 
 
@@ -130,6 +132,7 @@ def test_the_document_lists_include_bots_on_every_counting_route(clicked):
                  "/communications/by-entity", "/communications/page", "/communications/dynamic-search",
                  "/communications/csv-export", "/communications/analytics", "/campaigns/{campaign_id}/links",
                  "/campaigns/{campaign_id}/tracking/{kind}", "/contacts/{contact_id}/events/{kind}",
-                 "/contacts/{contact_id}/activity", "/activity", "/contacts"):
+                 "/contacts/{contact_id}/activity", "/activity", "/contacts", "/odata/ContactClicks",
+                 "/odata/ContactClicks({key})"):
         names = {p["name"] for p in doc["paths"][path]["get"].get("parameters", [])}
         assert "include_bots" in names, path
