@@ -324,7 +324,7 @@ class CommunicationSchema(ma.Schema):
 
 
 class SentCommunicationSchema(CommunicationSchema):
-    """The answer to send, schedule and send-template: 002's record of the first recipient's
+    """The answer to send, schedule and send-template: the record of the first recipient's
     copy, plus the ids of every copy the request created."""
 
     copyIds = f.List(f.String(), metadata=_d(

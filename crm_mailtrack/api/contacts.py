@@ -1,4 +1,4 @@
-"""Contact routes: lookup by address and events by kind (003), activity (004), external
+"""Contact routes: lookup by address, activity (004), events by kind (003), external
 events, DNC and UTM (004).
 
 Every route is scoped to the request's tenant. A contact id the host's ``contact_loader``
@@ -85,7 +85,7 @@ def event_dict(row: Any) -> dict[str, Any]:
     return data
 
 
-# -- lookup by address (003 step 1) ----------------------------------------------------------------
+# -- lookup by address -------------------------------------------------------------------------
 
 class ContactLookupQuerySchema(BotsQuerySchema):
     email = fields.Email(required=True, validate=validate.Length(max=320), metadata={
@@ -106,7 +106,7 @@ class ContactLookupSchema(ma.Schema):
 _lookup = ContactLookupSchema()
 
 
-@route("/contacts", summary="Find contacts by email address (003)", tags=_TAGS,
+@route("/contacts", summary="Find contacts by email address", tags=_TAGS,
        query=ContactLookupQuerySchema, response=ContactLookupSchema, errors=(400, 401, 406, 422))
 def contacts_by_email(query: dict[str, Any]) -> Response:
     """The tenant's contacts that mail was sent or scheduled to at ``email`` (compared

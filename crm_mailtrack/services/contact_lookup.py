@@ -1,4 +1,4 @@
-"""Finding contacts by email address (003's step 1: the contact id to ask for events).
+"""Finding contacts by email address: the contact id a client then asks for events with.
 
 An address belongs to the contacts the tenant's messages were addressed to: the message
 table is where the extension learns which contact an address stands for (tracked events

@@ -179,7 +179,7 @@ def _tracked(state: MailTrackState, message_id: str, url: str | None) -> str | N
 
 
 def summary(state: MailTrackState, rows: Sequence[Message], *, include_bots: bool = False) -> list[dict[str, Any]]:
-    """002's short ``by-entity`` shape (``opened``: by a person, or by anyone with ``include_bots``)."""
+    """The short ``by-entity`` shape (``opened``: by a person, or by anyone with ``include_bots``)."""
     opens, clicks = engagement(state, [m.id for m in rows], include_bots=include_bots)
     return [{
         "id": m.id, "subject": m.subject, "status": m.status, "direction": "OUTBOUND",
