@@ -37,6 +37,7 @@ class MailTrack:
         self._tenant_loader: Callable[[], str | None] | None = None
         self._api_authorizer: Callable[[], bool] | None = None
         self._template_loader: Callable[[str, dict[str, Any]], tuple[str, str, str] | None] | None = None
+        self._contact_resolver: Callable[[str], str | None] | None = None
         if app is not None:
             self.init_app(app, db=db)
 
@@ -150,6 +151,13 @@ class MailTrack:
     def template_loader(self, fn: F) -> F:
         """``fn(template_id, variables) -> (subject, html, text) | None``."""
         self._template_loader = fn
+        return fn
+
+    def contact_resolver(self, fn: F) -> F:
+        """``fn(email) -> contact_id | None``: the host's contact for an address, used by the
+        communications API when a body names recipients but no ``contactId``. Without it (or
+        when it answers ``None``) the contact id is the lower-cased address."""
+        self._contact_resolver = fn
         return fn
 
     # -- database ------------------------------------------------------------------------

@@ -188,6 +188,8 @@ class Message(Base):
         sa.Index("ix_mailtrack_messages_tenant_campaign", "tenant_id", "campaign_id"),
         sa.Index("ix_mailtrack_messages_status_scheduled", "status", "scheduled_at"),
         sa.Index("ix_mailtrack_messages_related", "tenant_id", "related_entity_type", "related_entity_id"),
+        # Contact lookup by address, case-insensitive (GET /api/contacts?email=).
+        sa.Index("ix_mailtrack_messages_tenant_email", "tenant_id", sa.text("lower(email)")),
     )
 
     def __repr__(self) -> str:

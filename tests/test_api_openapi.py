@@ -9,6 +9,7 @@ from apihelpers import API, CONTACTS, hdrs, setup_hooks, track
 
 #: (path, method) of every route of issue 3 as the document spells it.
 OPERATIONS = [
+    ("/contacts", "get"),
     ("/contacts/{contact_id}/activity", "get"),
     ("/activity", "get"),
     ("/contacts/{contact_id}/events/{kind}", "get"),

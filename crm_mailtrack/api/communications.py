@@ -16,9 +16,11 @@ from ..state import get_state
 from .communications_schemas import (
     CommAnalyticsQuery,
     CommAnalyticsSchema,
+    CommBotsQuery,
     CommentBody,
     CommEntityQuery,
     CommFiltersSchema,
+    CommFindIdsQuery,
     CommIdsQuery,
     CommPageQuery,
     CommSearchBody,
@@ -30,6 +32,7 @@ from .communications_schemas import (
     RecordEventSchema,
     ScheduleBody,
     SendBody,
+    SentCommunicationSchema,
     TemplateSendBody,
 )
 from .core import current_tenant, json_body, jsonify_data, route
@@ -39,6 +42,7 @@ TAGS = ["communications"]
 _ID = {"message_id": "The communication (message) id."}
 _record = CommunicationSchema()
 _records = CommunicationSchema(many=True)
+_sent = SentCommunicationSchema()
 _page = CommunicationPageSchema()
 _FILTER_NAMES = tuple(CommFiltersSchema().fields)
 
@@ -53,9 +57,9 @@ _MESSAGE_FIELDS = {
 }
 
 
-def _one(msg: Any, status: int = 200) -> Response:
+def _one(msg: Any, status: int = 200, include_bots: bool = False) -> Response:
     state = get_state()
-    return jsonify_data(_record.dump(comms.records(state, [msg])[0]), status)
+    return jsonify_data(_record.dump(comms.records(state, [msg], include_bots=include_bots)[0]), status)
 
 
 def _many(rows: list[Any], include_bots: bool = False) -> Response:
@@ -73,33 +77,49 @@ def _deliver(msg: Any) -> Any:
     return msg
 
 
+def _sent_copies(copies: list[Any]) -> Response:
+    """Send the stored copies now (unless scheduled: they are all ``SCHEDULED`` or all
+    ``PENDING``) over one SMTP connection, then answer 201 with the first copy's record and
+    ``copyIds``. Each copy's outcome is its own (``SENT``, ``FAILED``, ``SUPPRESSED``)."""
+    state = get_state()
+    if copies[0].status == "PENDING":
+        with sending.mailer_for(state) as mailer:
+            copies = [sending.send(state, msg, mailer=mailer) for msg in copies]
+    record = comms.records(state, copies[:1])[0]
+    record["copyIds"] = [msg.id for msg in copies]
+    return jsonify_data(_sent.dump(record), 201)
+
+
 @route(f"{P}/send", methods=["POST"], summary="Send an ad-hoc email", tags=TAGS, body=SendBody,
-       body_size="message", response=CommunicationSchema, status=201)
+       body_size="message", response=SentCommunicationSchema, status=201)
 def communications_send(body: dict[str, Any]) -> Response:
-    """Store the message (links and pixel instrumented) and send it now. The answer is the
-    record: ``SENT``, ``FAILED`` (with ``errorMessage``) or ``SUPPRESSED`` (Do-Not-Contact)."""
-    msg = comms.compose(get_state(), current_tenant(), contact_id=body["contactId"],
-                        recipients=body.get("recipients"), subject=body["subject"], html=body["body"],
-                        text=body["bodyText"], **_fields(body))
-    return _one(_deliver(msg), 201)
+    """Store one message per recipient (links and pixel instrumented per copy) and send them
+    now. The answer is the first recipient's record, ``SENT``, ``FAILED`` (with
+    ``errorMessage``) or ``SUPPRESSED`` (Do-Not-Contact), and ``copyIds`` lists every copy."""
+    copies = comms.compose(get_state(), current_tenant(), contact_id=body["contactId"],
+                           recipients=body["recipients"], subject=body["subject"], html=body["body"],
+                           text=body["bodyText"], **_fields(body))
+    return _sent_copies(copies)
 
 
 @route(f"{P}/schedule", methods=["POST"], summary="Schedule an email for later delivery", tags=TAGS,
-       body=ScheduleBody, body_size="message", response=CommunicationSchema, status=201)
+       body=ScheduleBody, body_size="message", response=SentCommunicationSchema, status=201)
 def communications_schedule(body: dict[str, Any]) -> Response:
-    """Store a ``SCHEDULED`` message; ``send_due`` (``flask mailtrack send-due``) sends it."""
-    msg = comms.compose(get_state(), current_tenant(), contact_id=body["contactId"],
-                        recipients=body.get("recipients"), subject=body["subject"], html=body["body"],
-                        text=body["bodyText"], scheduled_at=body["scheduledAt"], **_fields(body))
-    return _one(msg, 201)
+    """Store one ``SCHEDULED`` message per recipient; ``send_due`` (``flask mailtrack
+    send-due``) sends them. The answer is the first recipient's record with ``copyIds``."""
+    copies = comms.compose(get_state(), current_tenant(), contact_id=body["contactId"],
+                           recipients=body["recipients"], subject=body["subject"], html=body["body"],
+                           text=body["bodyText"], scheduled_at=body["scheduledAt"], **_fields(body))
+    return _sent_copies(copies)
 
 
 @route(f"{P}/send-template/<template_id>", methods=["POST"], summary="Send email using a template",
-       tags=TAGS, body=TemplateSendBody, body_size="message", response=CommunicationSchema, status=201,
+       tags=TAGS, body=TemplateSendBody, body_size="message", response=SentCommunicationSchema, status=201,
        path_params={"template_id": "The host's template id."})
 def communications_send_template(template_id: str, body: dict[str, Any]) -> Response:
-    """Render through the host's ``template_loader(template_id, variables)``; an unknown
-    template (or no loader) is 404. With ``scheduledAt`` the message is scheduled."""
+    """Render through the host's ``template_loader(template_id, variables)`` (once: every
+    recipient's copy has the same content); an unknown template (or no loader) is 404. With
+    ``scheduledAt`` the copies are scheduled."""
     state = get_state()
     loader = state.extension._template_loader
     rendered = loader(template_id, dict(body.get("variables") or {})) if loader is not None else None
@@ -108,9 +128,9 @@ def communications_send_template(template_id: str, body: dict[str, Any]) -> Resp
     subject, html, text = rendered
     fields = _fields(body)
     fields["template_id"] = template_id
-    msg = comms.compose(state, current_tenant(), contact_id=body["contactId"], recipients=body.get("recipients"),
-                        subject=subject, html=html, text=text, scheduled_at=body.get("scheduledAt"), **fields)
-    return _one(_deliver(msg), 201)
+    copies = comms.compose(state, current_tenant(), contact_id=body["contactId"], recipients=body["recipients"],
+                           subject=subject, html=html, text=text, scheduled_at=body.get("scheduledAt"), **fields)
+    return _sent_copies(copies)
 
 
 @route(f"{P}/<message_id>/resend", methods=["POST"], summary="Resend a failed or sent email", tags=TAGS,
@@ -128,37 +148,39 @@ def communications_cancel(message_id: str) -> Response:
     return _one(comms.cancel(get_state(), current_tenant(), message_id))
 
 
-@route(f"{P}/scheduled", summary="Get all scheduled emails", tags=TAGS, response=CommunicationSchema(many=True),
-       errors=(401, 406))
-def communications_scheduled() -> Response:
-    return _many(comms.scheduled(get_state(), current_tenant()))
+@route(f"{P}/scheduled", summary="Get all scheduled emails", tags=TAGS, query=CommBotsQuery,
+       response=CommunicationSchema(many=True), errors=(401, 406, 422))
+def communications_scheduled(query: dict[str, Any]) -> Response:
+    return _many(comms.scheduled(get_state(), current_tenant()), query["include_bots"])
 
 
-@route(f"{P}/find/<message_id>", summary="Find by id in current tenant", tags=TAGS,
-       response=CommunicationSchema, errors=(401, 404, 406), path_params=_ID)
-def communications_find(message_id: str) -> Response:
-    return _one(comms.get(get_state(), current_tenant(), message_id))
+@route(f"{P}/find/<message_id>", summary="Find by id in current tenant", tags=TAGS, query=CommBotsQuery,
+       response=CommunicationSchema, errors=(401, 404, 406, 422), path_params=_ID)
+def communications_find(message_id: str, query: dict[str, Any]) -> Response:
+    """``openCount``, ``opened``, ``openedAt`` and ``clickedLinks`` count people unless
+    ``include_bots=true``."""
+    return _one(comms.get(get_state(), current_tenant(), message_id), include_bots=query["include_bots"])
 
 
-@route(f"{P}/find", summary="Find by list of ids in current tenant", tags=TAGS, query=CommIdsQuery,
+@route(f"{P}/find", summary="Find by list of ids in current tenant", tags=TAGS, query=CommFindIdsQuery,
        response=CommunicationSchema(many=True))
 def communications_find_ids(query: dict[str, Any]) -> Response:
     """Unknown ids (and other tenants' ids) are left out."""
-    return _many(comms.find_list(get_state(), current_tenant(), query["ids"]))
+    return _many(comms.find_list(get_state(), current_tenant(), query["ids"]), query["include_bots"])
 
 
-@route(f"{P}/find-list", summary="Find a list of entities by their IDs", tags=TAGS, query=CommIdsQuery,
+@route(f"{P}/find-list", summary="Find a list of entities by their IDs", tags=TAGS, query=CommFindIdsQuery,
        response=CommunicationSchema(many=True))
 def communications_find_list(query: dict[str, Any]) -> Response:
     """Unknown ids (and other tenants' ids) are left out."""
-    return _many(comms.find_list(get_state(), current_tenant(), query["ids"]))
+    return _many(comms.find_list(get_state(), current_tenant(), query["ids"]), query["include_bots"])
 
 
-@route(f"{P}/find-all", summary="Find all for current tenant", tags=TAGS, response=CommunicationSchema(many=True),
-       errors=(401, 406))
-def communications_find_all() -> Response:
+@route(f"{P}/find-all", summary="Find all for current tenant", tags=TAGS, query=CommBotsQuery,
+       response=CommunicationSchema(many=True), errors=(401, 406, 422))
+def communications_find_all(query: dict[str, Any]) -> Response:
     """Every record of the tenant, newest first (use ``page`` for large sets)."""
-    return _many(comms.find_all(get_state(), current_tenant()))
+    return _many(comms.find_all(get_state(), current_tenant()), query["include_bots"])
 
 
 @route(f"{P}/page", summary="Get page by page number and size with optional sorting", tags=TAGS,
@@ -209,16 +231,18 @@ def communications_search_post(body: dict[str, Any]) -> Response:
 def communications_by_entity(query: dict[str, Any]) -> Response:
     state = get_state()
     rows = comms.by_entity(state, current_tenant(), query["entityType"], query["entityId"])
-    return jsonify_data(CommSummarySchema(many=True).dump(comms.summary(state, rows)))
+    return jsonify_data(CommSummarySchema(many=True).dump(
+        comms.summary(state, rows, include_bots=query["include_bots"])))
 
 
 @route(f"{P}/<message_id>/thread", summary="Get conversation thread for a communication", tags=TAGS,
-       response=CommThreadSchema, errors=(401, 404, 406), path_params=_ID)
-def communications_thread(message_id: str) -> Response:
+       query=CommBotsQuery, response=CommThreadSchema, errors=(401, 404, 406, 422), path_params=_ID)
+def communications_thread(message_id: str, query: dict[str, Any]) -> Response:
     """Every outbound message sharing the conversation id, oldest first."""
     state = get_state()
     rows = comms.thread(state, current_tenant(), message_id)
-    return jsonify_data(CommThreadSchema().dump({"inbound": [], "outbound": comms.records(state, rows)}))
+    outbound = comms.records(state, rows, include_bots=query["include_bots"])
+    return jsonify_data(CommThreadSchema().dump({"inbound": [], "outbound": outbound}))
 
 
 @route(f"{P}/delete-list", methods=["DELETE"], summary="Delete a list of entities by their IDs", tags=TAGS,

@@ -10,7 +10,7 @@ import marshmallow as ma
 from marshmallow import fields as f
 from marshmallow import validate as v
 
-from ..services.communications import SORT_FIELDS
+from ..services.communications import MAX_RECIPIENTS, SORT_FIELDS
 from .core import iso
 from .schemas import JsonObject as Obj
 from .schemas import no_nul
@@ -158,6 +158,13 @@ class CommSearchBody(PagingMixin, IncludeBotsMixin):
     sort = f.List(f.Nested(CommSortItem), load_default=list, metadata=_d("Sort order."))
 
 
+class CommBotsQuery(IncludeBotsMixin):
+    """Read routes whose records count opens and clicks."""
+
+    class Meta:
+        unknown = ma.EXCLUDE
+
+
 class CommIdsQuery(ma.Schema):
     class Meta:
         unknown = ma.EXCLUDE
@@ -173,7 +180,14 @@ class CommIdsQuery(ma.Schema):
         return data
 
 
-class CommEntityQuery(ma.Schema):
+class CommFindIdsQuery(CommIdsQuery, IncludeBotsMixin):
+    """find and find-list: ids, and whether machine opens and clicks count."""
+
+    class Meta:
+        unknown = ma.EXCLUDE
+
+
+class CommEntityQuery(IncludeBotsMixin):
     class Meta:
         unknown = ma.EXCLUDE
 
@@ -197,9 +211,15 @@ class _Outbound(ma.Schema):
     class Meta:
         unknown = ma.RAISE
 
-    contactId = Str(required=True, max_length=64, validate=v.Length(min=1), metadata=_d("The host's contact id."))
-    recipients = f.List(f.Email(), validate=v.Length(max=1),
-                        metadata=_d("The contact's address (one); omit to use the contact_loader's email."))
+    contactId = Str(load_default=None, max_length=64, validate=v.Length(min=1), metadata=_d(
+        "The host's contact id. With it, at most one recipient (default: the contact_loader's email). "
+        "Without it, each recipient is its own contact: the host's contact_resolver(email), else the "
+        "lower-cased address."))
+    recipients = f.List(f.Email(validate=v.Length(max=254)), load_default=None,
+                        validate=v.Length(max=MAX_RECIPIENTS, error="At most {max} recipients per request."), metadata=_d(
+        f"Addresses (1-{MAX_RECIPIENTS}, each once). Every recipient gets a copy of its own: its own "
+        "message id and tracking links. The answer is the first recipient's record; copyIds lists "
+        "every copy. Required without contactId."))
     cc = f.List(f.Email(), load_default=None, metadata=_d("Cc addresses."))
     bcc = f.List(f.Email(), load_default=None, metadata=_d("Bcc addresses."))
     type = Str(load_default=None, max_length=64, metadata=_d("Message type (e.g. OFFERTE)."))
@@ -301,6 +321,15 @@ class CommunicationSchema(ma.Schema):
     openedAt = Moment(allow_none=True, metadata=_d("First open (or first click)."))
     clickedLinks = f.List(f.Nested(ClickedLinkSchema))
     events = f.List(f.Nested(RecordEventSchema))
+
+
+class SentCommunicationSchema(CommunicationSchema):
+    """The answer to send, schedule and send-template: the record of the first recipient's
+    copy, plus the ids of every copy the request created."""
+
+    copyIds = f.List(f.String(), metadata=_d(
+        "Ids of every copy this request created, one per recipient in the order given (this "
+        "record's id first); read them with find-list?ids=..."))
 
 
 class _SortInfo(ma.Schema):

@@ -9,9 +9,12 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+import marshmallow as ma
 from flask import Response
+from marshmallow import fields, validate
 
 from ..errors import NotFound, ValidationError
+from ..services import contact_lookup
 from ..services import dnc as dnc_service
 from ..services import external_events, reports
 from ..services import utm as utm_service
@@ -24,6 +27,7 @@ from .schemas import (
     ActivityItemSchema,
     ActivityPageSchema,
     ActivityQuerySchema,
+    BotsQuerySchema,
     ContactEventSchema,
     ContactEventsPageSchema,
     ContactEventsQuerySchema,
@@ -31,6 +35,7 @@ from .schemas import (
     DNCListSchema,
     DNCRemoveBodySchema,
     EventBodySchema,
+    Timestamp,
     UTMAddBodySchema,
     UTMAddResultSchema,
     UTMItemSchema,
@@ -79,7 +84,44 @@ def event_dict(row: Any) -> dict[str, Any]:
     return data
 
 
-# -- activity ------------------------------------------------------------------------------------
+# -- lookup by address -------------------------------------------------------------------------
+
+class ContactLookupQuerySchema(BotsQuerySchema):
+    email = fields.Email(required=True, validate=validate.Length(max=320), metadata={
+        "description": "The address to look up (case-insensitive)."})
+
+
+class ContactFoundSchema(ma.Schema):
+    contactId = fields.String(attribute="contact_id", metadata={"description": "The host's contact id."})
+    email = fields.String(metadata={"description": "The address as last used for this contact."})
+    lastActivity = Timestamp(attribute="last_activity", allow_none=True, metadata={
+        "description": "The contact's latest event (a person's unless include_bots=true); null without one."})
+
+
+class ContactLookupSchema(ma.Schema):
+    contacts = fields.List(fields.Nested(ContactFoundSchema))
+
+
+_lookup = ContactLookupSchema()
+
+
+@route("/contacts", summary="Find contacts by email address", tags=_TAGS,
+       query=ContactLookupQuerySchema, response=ContactLookupSchema, errors=(400, 401, 406, 422))
+def contacts_by_email(query: dict[str, Any]) -> Response:
+    """The tenant's contacts that mail was sent or scheduled to at ``email`` (compared
+    case-insensitively), the most recently addressed first, at most 100; an address never
+    used is an empty list. With a ``contact_loader``, contacts it does not know are left
+    out."""
+    state = get_state()
+    found = contact_lookup.contacts_by_email(state, current_tenant(), query["email"],
+                                             include_bots=query["include_bots"])
+    loader = state.extension._contact_loader
+    if loader is not None:
+        found = [c for c in found if loader(c["contact_id"]) is not None]
+    return jsonify_data(_lookup.dump({"contacts": found}))
+
+
+# -- activity ------------------------------------------------------------------------------
 
 def _activity(contact_id: str | None, query: dict[str, Any]) -> Response:
     column, direction = query["order"]

@@ -21,6 +21,7 @@ from .contacts import contact_email, require_contact
 from .core import current_tenant, jsonify_data, route
 from .schemas import (
     CONTACT_PROPERTIES,
+    BotsQuerySchema,
     ContactClickListSchema,
     ContactClickPostSchema,
     ContactClickPutSchema,
@@ -73,9 +74,10 @@ def _load(contact_id: str) -> Mapping[str, Any] | None:
 @route("/odata/ContactClicks", summary="Click totals of every contact with clicks", tags=_TAGS,
        query=ODataQuerySchema, response=ContactClickListSchema, errors=(400, 401, 406, 422))
 def contact_clicks_list(query: dict[str, Any]) -> Response:
-    """``$top`` / ``$skip`` / ``$orderby`` (``ID`` or ``ClickCount``, ``asc``/``desc``)."""
+    """``$top`` / ``$skip`` / ``$orderby`` (``ID`` or ``ClickCount``, ``asc``/``desc``);
+    ``ClickCount`` counts people's clicks (and imports) unless ``include_bots=true``."""
     rows = service.list_totals(get_state(), current_tenant(), top=query["top"], skip=query["skip"],
-                               orderby=query["orderby"])
+                               orderby=query["orderby"], include_bots=query["include_bots"])
     schema = ContactClickSchema()
     return jsonify_data({"value": [
         schema.dump(_entity(r.contact_id, int(r.click_count), _load(r.contact_id))) for r in rows
@@ -100,13 +102,13 @@ def contact_clicks_create(body: dict[str, Any]) -> Response:
 
 
 @route("/odata/ContactClicks(<key>)", summary="One contact's click total", tags=_TAGS,
-       response=ContactClickSchema, path_params=_KEY, errors=(401, 404, 406))
-def contact_clicks_get(key: str) -> Response:
+       query=BotsQuerySchema, response=ContactClickSchema, path_params=_KEY, errors=(401, 404, 406, 422))
+def contact_clicks_get(key: str, query: dict[str, Any]) -> Response:
     """A contact without clicks has ``ClickCount`` 0; an unknown contact (per the host's
-    contact_loader) is a 404."""
+    contact_loader) is a 404. Machine clicks count only with ``include_bots=true``."""
     contact_id = parse_key(key)
     contact = require_contact(contact_id)
-    clicks, _ = service.click_total(get_state(), current_tenant(), contact_id)
+    clicks, _ = service.click_total(get_state(), current_tenant(), contact_id, include_bots=query["include_bots"])
     return jsonify_data(ContactClickSchema().dump(_entity(contact_id, clicks, contact)))
 
 

@@ -422,6 +422,7 @@ class ODataQuerySchema(QuerySchema):
         "description": "Page size, 1-1000 (default 100)."})
     skip = fields.Integer(data_key="$skip", load_default=0, validate=validate.Range(0, 10**9))
     orderby = fields.String(data_key="$orderby", load_default="ID", validate=validate.OneOf(ODATA_ORDER))
+    include_bots = _bots()
 
 
 #: The OData contact properties, filled from the host's contact_loader mapping.

@@ -214,31 +214,84 @@ def _chunks(ids: list[str]) -> Iterable[list[str]]:
 
 # -- changing --------------------------------------------------------------------------------
 
-def compose(state: MailTrackState, tenant: str, *, contact_id: str, recipients: Sequence[str] | None,
-            subject: str, html: str | None, text: str | None, scheduled_at: dt.datetime | None = None,
-            **fields: Any) -> Message:
-    """Store a new message for a contact: the email comes from ``recipients`` (one address)
-    or from the host's ``contact_loader``; an unknown contact is ``NotFound``."""
-    loader = state.extension._contact_loader
-    contact: Mapping[str, Any] | None = None
-    if loader is not None:
-        contact = loader(str(contact_id))
-        if contact is None:
-            raise NotFound(f"No contact {contact_id!r}.")
+#: Most recipients one send, schedule or template send may name (each gets its own message,
+#: sent within the request; larger audiences belong to campaigns sent with ``send_due``).
+MAX_RECIPIENTS = 50
+_MAX_CONTACT_ID = 64
+
+
+def recipient_contacts(state: MailTrackState, contact_id: str | None,
+                       recipients: Sequence[str] | None) -> list[tuple[str, str]]:
+    """``[(contact_id, email), ...]``, one per copy to store.
+
+    With ``contact_id``: one copy to ``recipients[0]`` or the ``contact_loader``'s email (an
+    unknown contact is ``NotFound``); several recipients are refused, since each copy's
+    opens and clicks would be credited to that one contact. Without it, every recipient is
+    its own contact: the host's ``contact_resolver(email)``, else the lower-cased address.
+    """
     recipients = list(recipients or [])
-    if len(recipients) > 1:
-        raise ValidationError({"recipients": ["One recipient per message (the contact); use cc or bcc."]})
-    email = recipients[0] if recipients else (contact or {}).get("email")
-    if not email:
-        raise ValidationError({"recipients": ["No address: give one, or let the contact_loader provide it."]})
+    if contact_id is not None:
+        if len(recipients) > 1:
+            raise ValidationError({"recipients": [
+                "With contactId give at most one recipient (the contact's address); omit contactId "
+                "to send each recipient a copy under its own contact."]})
+        loader = state.extension._contact_loader
+        contact: Mapping[str, Any] | None = None
+        if loader is not None:
+            contact = loader(str(contact_id))
+            if contact is None:
+                raise NotFound(f"No contact {contact_id!r}.")
+        email = recipients[0] if recipients else (contact or {}).get("email")
+        if not email:
+            raise ValidationError({"recipients": ["No address: give one, or let the contact_loader provide it."]})
+        return [(str(contact_id), email)]
+    if not recipients:
+        raise ValidationError({"recipients": ["Give contactId, or at least one recipient address."]})
+    if len(recipients) > MAX_RECIPIENTS:
+        raise ValidationError({"recipients": [f"At most {MAX_RECIPIENTS} recipients per request."]})
+    seen: set[str] = set()
+    resolver = state.extension._contact_resolver
+    out = []
+    for email in recipients:
+        if email.lower() in seen:
+            raise ValidationError({"recipients": [f"{email} is listed twice."]})
+        seen.add(email.lower())
+        found = resolver(email) if resolver is not None else None
+        contact = email.lower() if found is None else str(found)
+        if not contact or len(contact) > _MAX_CONTACT_ID or "\x00" in contact:
+            why = ("the contact_resolver's id for it is not" if found is not None else
+                   "no contact_resolver knows it, and the address is too long to serve as")
+            raise ValidationError({"recipients": [
+                f"{email}: {why} a contact id (1 to {_MAX_CONTACT_ID} characters, no NUL)."]})
+        out.append((contact, email))
+    return out
+
+
+def compose(state: MailTrackState, tenant: str, *, contact_id: str | None, recipients: Sequence[str] | None,
+            subject: str, html: str | None, text: str | None, scheduled_at: dt.datetime | None = None,
+            **fields: Any) -> list[Message]:
+    """Store one message per recipient (see :func:`recipient_contacts`), each with its own
+    tracking links, in one transaction: every copy is stored, or none. ``cc`` and ``bcc``
+    travel with the first copy only, so those addresses receive the mail once."""
+    pairs = recipient_contacts(state, contact_id, recipients)
     if html is None and text is None:
         raise ValidationError({"body": ["Give a body (HTML) or bodyText."]})
+    session = state.session
+    stored: list[Message] = []
     try:
-        return track_message(state, contact_id=str(contact_id), email=email, subject=subject, html=html,
-                             text=text, scheduled_at=scheduled_at, tenant_id=tenant, **fields)
+        for contact, email in pairs:
+            copy_fields = fields if not stored else {k: v for k, v in fields.items() if k not in ("cc", "bcc")}
+            stored.append(track_message(state, contact_id=contact, email=email, subject=subject, html=html,
+                                        text=text, scheduled_at=scheduled_at, tenant_id=tenant, commit=False,
+                                        **copy_fields))
     except InvalidDestination as exc:
-        state.session.rollback()
+        session.rollback()
         raise ValidationError({"body": [f"A link cannot be tracked: {exc}"]}) from None
+    except BaseException:
+        session.rollback()
+        raise
+    commit_or_503(session)
+    return stored
 
 
 def cancel(state: MailTrackState, tenant: str, message_id: str) -> Message:
@@ -317,5 +370,5 @@ def comment(state: MailTrackState, tenant: str, message_id: str, text: str,
 
 
 __all__ = ["get", "find_all", "find_list", "scheduled", "by_entity", "thread", "page", "records",
-           "summary", "event_item", "compose", "cancel", "resend", "delete", "comment", "conditions",
+           "summary", "event_item", "compose", "recipient_contacts", "MAX_RECIPIENTS", "cancel", "resend", "delete", "comment", "conditions",
            "order_by", "envelope", "SORT_FIELDS", "EQUALITY_FILTERS"]

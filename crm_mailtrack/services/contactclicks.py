@@ -1,7 +1,7 @@
 """Per-contact click totals (the OData ContactClicks entity set), derived from the event log.
 
-A contact's ``ClickCount`` = its human ``click`` events + the clicks imported from another
-system. An import (or a correction) is itself an event, so the total stays derivable from
+A contact's ``ClickCount`` = its human ``click`` events (every tracked click with
+``include_bots``) + the clicks imported from another system. An import (or a correction) is itself an event, so the total stays derivable from
 the log: a ``click`` row with ``is_machine = true``, ``machine_reason = "import"`` and
 ``details = {"imported": N}`` (N may be negative for a downward correction). Being flagged
 as non-human keeps imports out of every human count and report; having no message or
@@ -24,20 +24,30 @@ IMPORT_REASON = "import"
 
 _is_import = sa.and_(events.c.is_machine.is_(True), events.c.machine_reason == IMPORT_REASON)
 _imported = sa.func.coalesce(events.c.details["imported"].as_integer(), 0)
-#: Clicks a row contributes to the total.
+#: Clicks a row contributes to the total: people's clicks and imports, or with bots every
+#: tracked click too.
 CLICK_WEIGHT = sa.case((events.c.is_machine.is_(False), 1), (_is_import, _imported), else_=0)
-CLICK_COUNT = sa.func.coalesce(sa.func.sum(CLICK_WEIGHT), 0)
+CLICK_WEIGHT_BOTS = sa.case((_is_import, _imported), else_=1)
 
 
-def _conds(tenant: str) -> list[Any]:
-    return [events.c.tenant_id == tenant, events.c.type == EventType.CLICK.value,
-            sa.or_(events.c.is_machine.is_(False), events.c.machine_reason == IMPORT_REASON)]
+def _count(include_bots: bool) -> sa.ColumnElement[Any]:
+    return sa.func.coalesce(sa.func.sum(CLICK_WEIGHT_BOTS if include_bots else CLICK_WEIGHT), 0)
 
 
-def click_total(state: MailTrackState, tenant: str, contact_id: str) -> tuple[int, bool]:
+
+def _conds(tenant: str, include_bots: bool = False) -> list[Any]:
+    where = [events.c.tenant_id == tenant, events.c.type == EventType.CLICK.value]
+    if not include_bots:
+        where.append(sa.or_(events.c.is_machine.is_(False), events.c.machine_reason == IMPORT_REASON))
+    return where
+
+
+def click_total(state: MailTrackState, tenant: str, contact_id: str, *,
+                include_bots: bool = False) -> tuple[int, bool]:
     """``(ClickCount, has_click_data)`` of one contact."""
     row = state.session.execute(
-        sa.select(CLICK_COUNT, sa.func.count()).where(*_conds(tenant), events.c.contact_id == contact_id)
+        sa.select(_count(include_bots), sa.func.count())
+        .where(*_conds(tenant, include_bots), events.c.contact_id == contact_id)
     ).one()
     return int(row[0]), bool(row[1])
 
@@ -50,16 +60,16 @@ _ORDER = {
 
 
 def list_totals(state: MailTrackState, tenant: str, *, top: int, skip: int,
-                orderby: str = "ID") -> list[sa.Row[Any]]:
+                orderby: str = "ID", include_bots: bool = False) -> list[sa.Row[Any]]:
     """``(contact_id, click_count)`` of the contacts with click data, one page."""
     column, desc = _ORDER[orderby]
-    count = CLICK_COUNT.label("click_count")
+    count = _count(include_bots).label("click_count")
     key = count if column == "click_count" else events.c.contact_id
     order = [key.desc() if desc else key.asc()]
     if column == "click_count":
         order.append(events.c.contact_id.asc())
     return list(state.session.execute(
-        sa.select(events.c.contact_id, count).where(*_conds(tenant)).group_by(events.c.contact_id)
+        sa.select(events.c.contact_id, count).where(*_conds(tenant, include_bots)).group_by(events.c.contact_id)
         .order_by(*order).limit(top).offset(skip)
     ).all())
 

@@ -178,9 +178,9 @@ def _tracked(state: MailTrackState, message_id: str, url: str | None) -> str | N
         return None
 
 
-def summary(state: MailTrackState, rows: Sequence[Message]) -> list[dict[str, Any]]:
-    """The short ``by-entity`` shape."""
-    opens, clicks = engagement(state, [m.id for m in rows])
+def summary(state: MailTrackState, rows: Sequence[Message], *, include_bots: bool = False) -> list[dict[str, Any]]:
+    """The short ``by-entity`` shape (``opened``: by a person, or by anyone with ``include_bots``)."""
+    opens, clicks = engagement(state, [m.id for m in rows], include_bots=include_bots)
     return [{
         "id": m.id, "subject": m.subject, "status": m.status, "direction": "OUTBOUND",
         "date": m.sent_at or m.created_at, "fromEmail": m.sender_email or state.default_sender,
