@@ -34,6 +34,7 @@ from .communications_schemas import (
     TemplateSendBody,
 )
 from .core import current_tenant, jsonify_data, route
+from .schemas import no_nul
 
 P = "/communications"
 TAGS = ["communications"]
@@ -239,7 +240,8 @@ def communications_delete(message_id: str) -> Response:
 
 
 @route(f"{P}/<message_id>/comment", methods=["POST"], summary="Add a comment to a communication", tags=TAGS,
-       response=RecordEventSchema, status=201, path_params=_ID)
+       response=RecordEventSchema, status=201, path_params=_ID, body_doc={"anyOf": [
+           {"type": "string", "minLength": 1, "maxLength": 10_000, "pattern": no_nul.regex.pattern}, CommentBody]})
 def communications_comment(message_id: str) -> Response:
     """Body: a JSON string (as in 002) or ``{"comment": "...", "authorId": "..."}``; stored
     as a ``comment`` event of the message's contact."""
