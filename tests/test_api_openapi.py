@@ -84,7 +84,7 @@ def test_parameters_and_shapes_are_spelled_as_the_contract(document):
 
 #: Examples per operation and generation mode (data that fits the document, data that does not).
 #: Small enough that the run over the whole document takes some seconds per database.
-FUZZ_EXAMPLES = int(os.environ.get("MAILTRACK_FUZZ_EXAMPLES", "6"))
+FUZZ_EXAMPLES = int(os.environ.get("MAILTRACK_FUZZ_EXAMPLES", "5"))
 
 
 def _conformance_fuzz(app) -> dict[str, Any]:
