@@ -82,8 +82,9 @@ def pct(value: float) -> str:
 
 
 def srcdoc(html: str, *, target: str, preview: bool) -> str:
-    """The message HTML for a sandboxed ``<iframe srcdoc>``: a ``<base>`` so links leave the
-    frame, and (in previews) the open pixel swapped for a blank image."""
+    """The message HTML for a sandboxed ``<iframe>`` (served by a ``.../body`` route with its
+    own policy, as a srcdoc frame would inherit the page's strict one): a ``<base>`` so links
+    leave the frame, and (in previews) the open pixel swapped for a blank image."""
     if preview:
         html = re.sub(r'src="https?://[^"]*/t/o/[^"]*"', f'src="{BLANK_GIF}"', html)
     head = (f'<base target="{target}"><meta name="color-scheme" content="light">'
@@ -92,9 +93,58 @@ def srcdoc(html: str, *, target: str, preview: bool) -> str:
     return head + html
 
 
+_WEB_URL = re.compile(r"^https?://[^\x00-\x20\x7f]+$", re.IGNORECASE)
+
+
+def is_web_url(value: Any) -> bool:
+    """Only absolute http(s) URLs become links (``{% if url is web_url %}``): a stored URL
+    comes from outside (an API client, an import), and ``javascript:`` or ``data:`` in an
+    ``href`` would run in the CRM's origin. Anything else is shown as text."""
+    return isinstance(value, str) and _WEB_URL.match(value) is not None
+
+
 def register_filters(app: Flask) -> None:
     app.jinja_env.filters.update(dt=fmt_datetime, iso=iso, pct=pct, short_url=short_url)
     app.jinja_env.globals.update(csrf_token=csrf_token, DNC_LABELS=DNC_LABELS)
+    app.jinja_env.tests["web_url"] = is_web_url
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+#: The pages' policy: no inline script or style at all (the pages have none: styles are in
+#: static/style.css, charts are SVG with classes), nothing from other origins, no plugins, no
+#: <base>, not framed. Forms post to the CRM and to the extension's unsubscribe URL.
+PAGE_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; frame-src 'self'; "
+            "object-src 'none'; base-uri 'none'; form-action 'self' {tracking}; frame-ancestors 'none'")
+#: A mail's HTML (its own document in a sandboxed frame): never any script, its own inline
+#: styles, images from anywhere (the open pixel of a received mail among them).
+MAIL_CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src http: https: data:; form-action 'none'; "
+            "base-uri 'none'; frame-ancestors 'self'; "
+            "sandbox allow-popups allow-popups-to-escape-sandbox allow-top-navigation-by-user-activation")
+
+
+@blueprint.after_app_request
+def _security_headers(response: Any) -> Any:
+    """Content-Security-Policy on every CRM page, its error pages included; the extension's
+    own routes (API, tracking, unsubscribe page) are left as the extension answers them."""
+    if request.path.startswith(current_app.extensions["mailtrack"].url_prefix + "/"):
+        return response
+    if "Content-Security-Policy" not in response.headers:
+        tracking = _origin(current_app.config["MAILTRACK_BASE_URL"])
+        response.headers["Content-Security-Policy"] = PAGE_CSP.format(tracking=tracking)
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "same-origin")
+    return response
+
+
+def mail_document(html: str) -> Any:
+    """A mail's HTML as its own document, with :data:`MAIL_CSP`."""
+    response = current_app.response_class(html, mimetype="text/html")
+    response.headers["Content-Security-Policy"] = MAIL_CSP
+    return response
 
 
 @blueprint.app_context_processor
@@ -199,8 +249,16 @@ def message(message_id: str) -> str:
         abort(404)
     person = db.session.get(Contact, int(msg.contact_id)) if msg.contact_id.isdigit() else None
     links = metrics.message_links(msg.id, contact_id=msg.contact_id)
-    return render_template("message.html", msg=msg, person=person, links=links,
-                           srcdoc=srcdoc(msg.html or "", target="_blank", preview=True))
+    return render_template("message.html", msg=msg, person=person, links=links)
+
+
+@blueprint.route("/messages/<message_id>/body")
+def message_body(message_id: str) -> Any:
+    """The tracked HTML of a message for the preview frame (the open pixel blanked)."""
+    msg = db.session.get(Message, message_id)
+    if msg is None or msg.tenant_id != "":
+        abort(404)
+    return mail_document(srcdoc(msg.html or "", target="_blank", preview=True))
 
 
 @blueprint.route("/compose", methods=["GET", "POST"])
@@ -252,8 +310,16 @@ def inbox_mail(mail_id: int) -> str:
     if mail.list_unsubscribe:
         match = re.search(r"<(https?://[^>]+)>", mail.list_unsubscribe)
         unsubscribe = match.group(1) if match else None
-    return render_template("inbox_mail.html", mail=mail, unsubscribe=unsubscribe,
-                           srcdoc=srcdoc(mail.html or "", target="_top", preview=False) if mail.html else None)
+    return render_template("inbox_mail.html", mail=mail, unsubscribe=unsubscribe)
+
+
+@blueprint.route("/inbox/<int:mail_id>/body")
+def inbox_mail_body(mail_id: int) -> Any:
+    """A received mail's HTML, as the recipient's mail client shows it (its pixel loads)."""
+    mail = db.get_or_404(InboxMail, mail_id)
+    if not mail.html:
+        abort(404)
+    return mail_document(srcdoc(mail.html, target="_top", preview=False))
 
 
 @blueprint.route("/go/<page>")

@@ -261,4 +261,4 @@ def test_openapi_documents_machine_reason(client):
     schemas = _get(client, "/openapi.json")["components"]["schemas"]
     for name, field in (("ActivityItem", "machineReason"), ("ContactEvent", "machine_reason")):
         prop = schemas[name]["properties"][field]
-        assert prop["type"] == "string" and prop.get("nullable") is True and prop["description"]
+        assert prop["type"] == ["string", "null"] and prop["description"]  # OpenAPI 3.1: nullable

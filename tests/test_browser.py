@@ -11,6 +11,7 @@ unsubscribe through the mail's button, and keyboard-navigate. Screenshots go to
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -61,17 +62,16 @@ class Live:
         self.api_headers = {"Authorization": f"Bearer {API_TOKEN}", "Accept": "application/json"}
 
 
-@pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
-    path = tmp_path_factory.mktemp("browser") / "crm.db"
-    shutil.copy(build_demo_db(tmp_path_factory), path)
+@contextlib.contextmanager
+def _serve(path: Path, **config: Any) -> Iterator[Live]:
+    """The example CRM on ``path``, served on 127.0.0.1 with its local SMTP server."""
     listener = socket.socket()  # bound first and handed to the server: no port race
     listener.bind(("127.0.0.1", 0))
     listener.listen(64)
     port = listener.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
     smtp = LocalSMTPServer().start()
-    app = create_app(_config(path, TESTING=False, MAILTRACK_BASE_URL=url, MAILTRACK_SMTP_URL=smtp.url))
+    app = create_app(_config(path, TESTING=False, MAILTRACK_BASE_URL=url, MAILTRACK_SMTP_URL=smtp.url, **config))
     smtp.app = app
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no access log lines
     server = make_server("127.0.0.1", port, app, threaded=True, fd=listener.fileno())
@@ -85,6 +85,14 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         smtp.stop()
         listener.close()
         _close(app)
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    path = tmp_path_factory.mktemp("browser") / "crm.db"
+    shutil.copy(build_demo_db(tmp_path_factory), path)
+    with _serve(path) as served:
+        yield served
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +111,7 @@ def page(browser: Any) -> Iterator[Any]:
     context = browser.new_context(viewport=DESKTOP, user_agent=PERSON_UA)
     pg = context.new_page()
     problems: list[str] = []
+    _report_csp_violations(context, lambda text: problems.append(f"CSP violation: {text}"))
     pg.on("console", lambda msg: problems.append(f"console {msg.type}: {msg.text}") if msg.type == "error" else None)
     pg.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
     pg.on("response", lambda resp: problems.append(f"HTTP {resp.status}: {resp.url}") if resp.status >= 400 else None)
@@ -112,6 +121,14 @@ def page(browser: Any) -> Iterator[Any]:
     yield pg
     context.close()
     assert problems == []
+
+
+def _report_csp_violations(context: Any, report: Any) -> None:
+    """Every Content-Security-Policy violation in any page of ``context`` is passed to
+    ``report`` (the browser's ``securitypolicyviolation`` event, from every document)."""
+    context.expose_function("__mtCspViolation", report)
+    context.add_init_script("document.addEventListener('securitypolicyviolation', e => "
+                            "window.__mtCspViolation(`${e.effectiveDirective} blocked ${e.blockedURI}`))")
 
 
 def _shot(pg: Any, name: str) -> None:
@@ -249,3 +266,140 @@ def test_keyboard_navigation(live: Live, page: Any) -> None:
     emails = page.locator("table.contacts tbody th small").all_inner_texts()
     assert emails and all(e.endswith("@contoso.example") for e in emails)
     _shot(page, "contacts-search")
+
+
+# -- hostile data ------------------------------------------------------------------------------
+
+#: Each payload sets ``window.__xss`` (or opens a dialog) if it ever runs.
+SCRIPT = "<script>window.__xss='script';alert(1)</script>"
+IMG = "<img src=x onerror=\"window.__xss='img';alert(2)\">"
+ATTR = "\" onmouseover=\"window.__xss='attr';alert(3)\" x=\""
+JS_URL = "javascript:window.__xss='href';alert(4)"
+HOSTILE_CAMPAIGN = "\"><svg onload=window.__xss='svg'>"
+#: An http URL is a link, so its hostile characters must stay inside the attribute.
+HOSTILE_HTTP = "https://shop.example/\"><script>window.__xss='http'</script>?q='onmouseover='alert(5)"
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """A CRM holding hostile values everywhere a page shows stored text: written through the
+    JSON API where it takes them, and where the API refuses them now (``javascript:`` event
+    URLs) through the Python API and the CRM's own tables, as older rows or imports may hold."""
+    from example_app import mailtrack
+    from example_app.models import Campaign, InboxMail
+
+    path = tmp_path_factory.mktemp("hostile") / "crm.db"
+    with _serve(path, EXAMPLE_SEED_DEMO=False) as served:
+        app = served.app
+        with app.app_context():
+            person = Contact(first_name=SCRIPT, last_name=IMG, email=f"x{ATTR}@example.com", company=ATTR, title=SCRIPT)
+            db.session.add(person)
+            db.session.add(Campaign(slug="hostile", name=SCRIPT + IMG, subject=ATTR, html=SCRIPT,
+                                    sent_at=dt.datetime.now(dt.timezone.utc)))
+            db.session.commit()
+            cid = str(person.id)
+            address = "reader@example.com"  # the mail itself needs a deliverable address
+            msg = mailtrack.track_message(contact_id=cid, email=address, subject=SCRIPT + ATTR,
+                                          campaign_id="hostile",
+                                          html=f'<p>{SCRIPT}</p><a href="{JS_URL}">js</a><a href="https://shop.example/a">a</a>')
+            mail = InboxMail(mail_from=SCRIPT, rcpt_to=ATTR, subject=IMG + SCRIPT, html=f"{SCRIPT}{IMG}<p>hi</p>",
+                             list_unsubscribe=f"<{JS_URL}>")
+            db.session.add(mail)
+            db.session.commit()
+            # The API refuses a javascript: URL now ...
+            client = app.test_client()
+            api = "/mailtrack/api/contacts/" + cid
+            refused = client.post(f"{api}/events", json={"type": "click", "url": JS_URL}, headers=served.api_headers)
+            assert refused.status_code == 422 and "url" in refused.get_json()["errors"]
+            # ... so it is recorded as an older row or an import would hold it.
+            mailtrack.record_event(cid, "click", url=JS_URL, campaign_id="hostile", message_id=msg.id, email=address)
+            for body in ({"type": "click", "url": HOSTILE_HTTP, "campaign_id": "hostile", "message_id": msg.id},
+                         {"type": "open", "campaign_id": HOSTILE_CAMPAIGN, "email": address},
+                         {"type": "bounce", "campaign_id": "hostile", "details": {"reason": SCRIPT + ATTR,
+                                                                                  "device": {"client": IMG}}}):
+                resp = client.post(f"{api}/events", json=body, headers=served.api_headers)
+                assert resp.status_code == 201, resp.get_data(as_text=True)
+            resp = client.post(f"{api}/utm/add", headers=served.api_headers, json={
+                "utm_campaign": SCRIPT, "utm_source": ATTR, "utm_medium": IMG, "url": JS_URL, "referer": JS_URL})
+            assert resp.status_code == 201, resp.get_data(as_text=True)
+            resp = client.post(f"{api}/dnc/email/add", json={"comments": SCRIPT + ATTR}, headers=served.api_headers)
+            assert resp.status_code == 200, resp.get_data(as_text=True)
+            yield {"live": served, "contact": person.id, "message": msg.id, "mail": mail.id}
+
+
+def test_hostile_values_never_run(hostile: dict[str, Any], browser: Any) -> None:
+    """Every page that shows the hostile values: no script runs (no ``window.__xss``, no
+    dialog), no link has a ``javascript:`` (or other non-web) URL, hovering and clicking
+    the links runs nothing, and no CSP violation happens either: the values arrive as text,
+    so the policy never has anything to block."""
+    live = hostile["live"]
+    context = browser.new_context(viewport=DESKTOP, user_agent=PERSON_UA)
+    pg = context.new_page()
+    events: list[str] = []
+    _report_csp_violations(context, lambda text: events.append(f"CSP violation: {text}"))
+    pg.on("dialog", lambda dialog: (events.append(f"dialog: {dialog.message}"), dialog.dismiss()))
+    sandboxed: list[str] = []  # scripts of the mails themselves, refused by their frames' sandbox
+
+    def on_console(msg: Any) -> None:
+        if msg.type != "error":
+            return
+        if re.fullmatch(r"Blocked script execution in '[^']+/body' because the document's frame is sandboxed "
+                        r"and the 'allow-scripts' permission is not set\.", msg.text):
+            sandboxed.append(msg.text)
+        else:
+            events.append(f"console {msg.type}: {msg.text}")
+
+    pg.on("console", on_console)
+    pg.on("pageerror", lambda exc: events.append(f"page error: {exc}"))
+    pg.set_default_timeout(10_000)
+    pages = ["/", "/contacts", f"/contacts?q={SCRIPT}", f"/contacts/{hostile['contact']}", "/campaigns",
+             "/campaigns/hostile", f"/messages/{hostile['message']}", "/inbox", f"/inbox/{hostile['mail']}",
+             f"/go/pricing?utm_campaign={SCRIPT}&utm_source={ATTR}"]
+    try:
+        for path in pages:
+            resp = pg.goto(live.url + path)
+            assert resp.status == 200, path
+            assert "javascript:" not in (pg.get_attribute("body", "onload") or "")
+            protocols = pg.eval_on_selector_all("a[href]", "links => links.map(a => a.protocol)")
+            assert set(protocols) <= {"http:", "https:", "mailto:"}, (path, protocols)
+            for link in pg.locator("main a[href], main [title]").all():
+                link.hover()
+            for link in pg.locator("a[href^='javascript' i]").all():  # none, after the check above
+                link.click()
+            for frame in pg.frames:  # the mail frames: sandboxed, no script
+                assert frame.evaluate("window.__xss") is None, (path, frame.url)
+            assert pg.evaluate("window.__xss") is None, path
+            assert events == [], (path, events)
+        assert sandboxed  # the mails' <script> reached their frames, which did not run it
+        # The top links show the javascript: URL as text, the hostile http URL as a link.
+        pg.goto(live.url + "/")
+        assert pg.get_by_text(JS_URL).count() == 1
+        assert pg.locator("table.links a").evaluate_all("links => links.map(a => a.href)") == [
+            pg.evaluate("u => new URL(u).href", HOSTILE_HTTP)]
+    finally:
+        _shot(pg, "hostile-last-page")
+        context.close()
+
+
+def test_the_pages_policy_blocks_injected_inline_script(live: Live, browser: Any) -> None:
+    """Defence in depth: were markup ever injected into a CRM page, the Content-Security-Policy
+    would block its inline script and handlers (and report the violation)."""
+    context = browser.new_context(viewport=DESKTOP, user_agent=PERSON_UA)
+    pg = context.new_page()
+    violations: list[str] = []
+    _report_csp_violations(context, lambda text: violations.append(text))
+    try:
+        resp = pg.goto(live.url + "/contacts")
+        policy = resp.headers["content-security-policy"]
+        assert "script-src 'self'" in policy and "'unsafe-inline'" not in policy
+        pg.evaluate("""() => {
+            const s = document.createElement('script'); s.textContent = "window.__xss = 'inline'";
+            document.body.append(s);
+            const d = document.createElement('div'); d.innerHTML = '<img src=x onerror="window.__xss=1">';
+            document.body.append(d);
+        }""")
+        pg.wait_for_timeout(300)  # the image error event, were the handler allowed
+        assert pg.evaluate("window.__xss") is None
+        assert any(v.startswith("script-src") for v in violations), violations
+    finally:
+        context.close()

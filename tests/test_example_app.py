@@ -293,7 +293,11 @@ def test_compose_and_send_delivers_to_the_local_smtp_server(example: Flask) -> N
     inbox = client.get("/inbox").get_data(as_text=True)
     assert inbox.count("/inbox/") == 34
     page = client.get(f"/inbox/{mail.id}").get_data(as_text=True)
-    assert "srcdoc=" in page and 'sandbox="' in page
+    assert f'src="/inbox/{mail.id}/body"' in page and 'sandbox="' in page
+    body = client.get(f"/inbox/{mail.id}/body")
+    assert body.status_code == 200 and "/mailtrack/t/o/" in body.get_data(as_text=True)
+    assert "script-src" not in body.headers["Content-Security-Policy"]  # default-src 'none': no script
+    assert "sandbox allow-popups" in body.headers["Content-Security-Policy"]
 
 
 def test_clicking_a_link_in_a_received_mail_counts(example: Flask) -> None:
@@ -440,3 +444,31 @@ def test_example_app_trusts_forwarded_addresses_only_when_told_it_is_behind_a_pr
         assert ip == stored
     finally:
         _close(app)
+
+
+def test_pages_send_a_strict_content_security_policy(example: Flask) -> None:
+    client = example.test_client()
+    for path in ["/", "/contacts", "/campaigns/spring-webinar", "/compose", "/inbox", "/nope"]:
+        policy = client.get(path).headers["Content-Security-Policy"]
+        directives = dict(d.strip().split(" ", 1) for d in policy.split(";"))
+        assert directives["script-src"] == "'self'" and directives["style-src"] == "'self'", path
+        assert directives["object-src"] == "'none'" and directives["frame-ancestors"] == "'none'", path
+        html = client.get(path).get_data(as_text=True)
+        # Nothing inline for the policy to block: no <script>/<style> elements, no handlers, no style="".
+        assert not re.search(r"<script|<style|\son[a-z]+=|\sstyle=", html), path
+    # The extension's own routes answer as the extension does.
+    assert "Content-Security-Policy" not in client.get("/mailtrack/api/openapi.json").headers
+
+
+def test_only_web_urls_become_links(example: Flask) -> None:
+    """A click on a ``javascript:`` URL (recorded through the Python API; the JSON API refuses
+    it) is listed among the top links as text, never as an ``href``."""
+    hostile = "javascript:alert(document.domain)"
+    mailtrack = example.extensions["mailtrack"].extension
+    with example.app_context():
+        contact = db.session.execute(sa.select(Contact.id).limit(1)).scalar()
+        for _ in range(50):  # enough people's clicks to make it the top link
+            mailtrack.record_event(str(contact), "click", url=hostile)
+    html = example.test_client().get("/").get_data(as_text=True)
+    assert hostile in html
+    assert not re.search(r'href="\s*javascript:', html, re.IGNORECASE)

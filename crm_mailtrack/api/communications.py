@@ -36,6 +36,7 @@ from .communications_schemas import (
     TemplateSendBody,
 )
 from .core import current_tenant, json_body, jsonify_data, route
+from .schemas import no_nul
 
 P = "/communications"
 TAGS = ["communications"]
@@ -262,7 +263,8 @@ def communications_delete(message_id: str) -> Response:
 
 
 @route(f"{P}/<message_id>/comment", methods=["POST"], summary="Add a comment to a communication", tags=TAGS,
-       response=RecordEventSchema, status=201, path_params=_ID, body_size="small")
+       response=RecordEventSchema, status=201, path_params=_ID, body_size="small", body_doc={"anyOf": [
+           {"type": "string", "minLength": 1, "maxLength": 10_000, "pattern": no_nul.regex.pattern}, CommentBody]})
 def communications_comment(message_id: str) -> Response:
     """Body: a JSON string (as the communications API defines it) or ``{"comment": "...", "authorId": "..."}``; stored
     as a ``comment`` event of the message's contact."""

@@ -13,7 +13,7 @@ from marshmallow import validate as v
 from ..services.communications import MAX_RECIPIENTS, SORT_FIELDS
 from .core import iso
 from .schemas import JsonObject as Obj
-from .schemas import no_nul
+from .schemas import Pattern, Text, no_nul, single_line
 
 UTC = dt.timezone.utc
 _DATE_ONLY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -21,22 +21,21 @@ MAX_SIZE = 500
 MAX_IDS = 1000
 
 
+#: A GET sort parameter: an allow-listed field, then optionally ``,asc`` or ``,desc``.
+SORT_PARAM = Pattern(r"^ *(" + "|".join(SORT_FIELDS) + r") *(,( *([Aa][Ss][Cc]|[Dd][Ee][Ss][Cc]) *)?)?$",
+                     error="Must be one of " + ", ".join(SORT_FIELDS) + ", optionally followed by ,asc or ,desc.")
+
+
 def _d(text: str) -> dict[str, str]:
     return {"description": text}
-
-
-def _one_line(value: Any) -> None:
-    if isinstance(value, str) and ("\r" in value or "\n" in value):
-        raise ma.ValidationError("Must be a single line (it becomes a mail header).")
 
 
 class Str(f.String):
     """A string the databases can store (no NUL); ``header`` strings also have no CR/LF."""
 
     def __init__(self, *, max_length: int | None = None, header: bool = False, **kwargs: Any) -> None:
-        validators: list[Any] = [no_nul]
-        if header:
-            validators.append(_one_line)
+        # One pattern validator, so the document shows the rule (apispec copies its regex).
+        validators: list[Any] = [single_line if header else no_nul]
         if max_length is not None:
             validators.append(v.Length(max=max_length))
         extra = kwargs.pop("validate", None)
@@ -79,6 +78,9 @@ class StrOrList(f.List):
     """One string or a list of strings (a filter matching any of them)."""
 
     def __init__(self, **kwargs: Any) -> None:
+        # Documented as what it accepts: a list, or one string or integer (the string rules apply).
+        kwargs["metadata"] = {"type": ["array", "string", "integer"], "maxLength": 320,
+                              "pattern": no_nul.regex.pattern, **kwargs.get("metadata", {})}
         super().__init__(Str(max_length=320), validate=v.Length(max=MAX_IDS), **kwargs)
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> list[str]:
@@ -136,7 +138,8 @@ class CommSearchQuery(CommFiltersSchema, PagingMixin, IncludeBotsMixin):
 
     search = f.List(Str(max_length=200), load_default=list,
                     metadata=_d("Free-text terms; each must appear in subject, recipient, template, contact or sender."))
-    sort = f.List(Str(max_length=100), load_default=list, metadata=_d("'field,asc' or 'field,desc' (repeatable)."))
+    sort = f.List(Text(max_length=100, pattern=SORT_PARAM), load_default=list,
+                  metadata=_d("'field', 'field,asc' or 'field,desc' (repeatable)."))
 
 
 class CommSortItem(ma.Schema):

@@ -38,6 +38,7 @@ class RouteDoc:
     query: type[ma.Schema] | ma.Schema | None = None
     body: type[ma.Schema] | ma.Schema | None = None
     response: type[ma.Schema] | ma.Schema | None = None
+    body_doc: dict[str, Any] | None = None
     status: int = 200
     content_type: str = "application/json"
     errors: tuple[int, ...] = (400, 401, 404, 406, 422)
@@ -62,13 +63,15 @@ def route(
     errors: tuple[int, ...] = (400, 401, 404, 406, 422),
     path_params: dict[str, str] | None = None,
     body_size: str | None = None,
+    body_doc: dict[str, Any] | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register an API view. With ``query``/``body`` schemas the view receives the loaded
     data as ``query=`` / ``body=`` keyword arguments; bad input becomes 400 or 422.
 
     ``body_size`` is the kind of body the route reads (``"small"``, the default with a
     ``body`` schema, or ``"message"`` for bodies carrying a message's HTML; see
-    :func:`body_limit`); a route that reads a body documents 413."""
+    :func:`body_limit`); a route that reads a body documents 413. ``body_doc`` documents a
+    body the view parses itself (an OpenAPI schema whose parts may be marshmallow schemas)."""
     methods = methods or ["GET"]
     if body is not None and body_size is None:
         body_size = "small"
@@ -89,12 +92,14 @@ def route(
 
         view.__name__ = endpoint
         view.__doc__ = fn.__doc__
-        blueprint.add_url_rule(rule, endpoint, view, methods=methods)
+        # OPTIONS is answered by the catch-all below, with the methods this path really
+        # serves (Flask's automatic answer would list the catch-all's methods too).
+        blueprint.add_url_rule(rule, endpoint, view, methods=methods, provide_automatic_options=False)
         ROUTES.append(RouteDoc(
             rule=rule, methods=methods, endpoint=endpoint, summary=summary,
             description=description or (fn.__doc__ or "").strip(), tags=tags or [],
             query=query, body=body, response=response, status=status,
-            content_type=content_type, errors=errors, path_params=path_params or {},
+            content_type=content_type, errors=errors, path_params=path_params or {}, body_doc=body_doc,
         ))
         return fn
 
@@ -318,25 +323,37 @@ def _check_csrf() -> None:
 _ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
-@blueprint.route("/<path:_unmatched>", methods=_ALL_METHODS)
-def _unmatched(_unmatched: str) -> Response:
-    """Unknown API paths (and known ones with a wrong method) answer in problem+json too:
-    routing errors never reach a blueprint's handlers, and the host's own 404 handler must
-    stay the host's."""
-    from werkzeug.exceptions import MethodNotAllowed, NotFound
-
-    adapter = current_app.url_map.bind("localhost")
+def allowed_methods(path: str) -> list[str]:
+    """The methods the API's routes serve at ``path`` (HEAD with GET, and OPTIONS, which
+    every API path answers); empty when no route has the path."""
+    adapter = current_app.create_url_adapter(request)
+    assert adapter is not None  # inside a request
     allowed = []
-    for method in ("GET", "POST", "PUT", "PATCH", "DELETE"):
+    for method in _ALL_METHODS[:-1]:
         try:
-            endpoint, _ = adapter.match(request.path, method=method)
+            endpoint, _ = adapter.match(path, method=method)
         except HTTPException:
             continue
         if endpoint != "mailtrack_api._unmatched":
             allowed.append(method)
-    if allowed:
-        raise MethodNotAllowed(valid_methods=allowed)
-    raise NotFound("No such API resource.")
+    return [*allowed, "OPTIONS"] if allowed else []
+
+
+@blueprint.route("/<path:_unmatched>", methods=_ALL_METHODS)
+def _unmatched(_unmatched: str) -> Response:
+    """Unknown API paths, OPTIONS, and known paths with a wrong method: routing errors never
+    reach a blueprint's handlers, and the host's own 404 handler must stay the host's.
+
+    OPTIONS answers 204 with ``Allow``; a wrong method is a 405 problem+json with the same
+    ``Allow``; an unknown path is a 404."""
+    from werkzeug.exceptions import MethodNotAllowed, NotFound
+
+    allowed = allowed_methods(request.path)
+    if not allowed:
+        raise NotFound("No such API resource.")
+    if request.method == "OPTIONS":
+        return current_app.response_class(status=204, headers={"Allow": ", ".join(allowed)})
+    raise MethodNotAllowed(valid_methods=allowed)
 
 
 # -- errors ----------------------------------------------------------------------------------
@@ -358,6 +375,23 @@ def problem(status: int, title: str, detail: str, errors: dict[str, Any] | None 
     return resp
 
 
+def flat_errors(messages: Any, prefix: str = "") -> dict[str, list[str]]:
+    """marshmallow's nested messages as the documented flat ``{field: [messages]}``: a nested
+    field's key is its path joined with dots (``recipients.0.email``, ``ids.3``)."""
+    out: dict[str, list[str]] = {}
+    if isinstance(messages, dict):
+        for key, value in messages.items():
+            for name, texts in flat_errors(value, f"{prefix}.{key}" if prefix else str(key)).items():
+                out.setdefault(name, []).extend(texts)
+    elif isinstance(messages, (list, tuple)):
+        for item in messages:
+            for name, texts in flat_errors(item, prefix).items():
+                out.setdefault(name, []).extend(texts)
+    else:
+        out[prefix or "_schema"] = [str(messages)]
+    return out
+
+
 @blueprint.errorhandler(HTTPException)
 def _http_error(exc: HTTPException) -> Response:
     status = exc.code or 500
@@ -365,9 +399,7 @@ def _http_error(exc: HTTPException) -> Response:
         advice = _schema_problem(get_state())
         if advice is not None:
             return problem(500, "Internal Server Error", f"The tracking database is not set up: {advice}.")
-    errors = getattr(exc, "errors", None) if status == 422 else None
-    if status == 422 and errors is None:
-        errors = {}
+    errors = flat_errors(getattr(exc, "errors", None) or {}) if status == 422 else None
     headers = {}
     if status == 401 and get_state().extension._api_authorizer is None:
         # With a host authorizer the scheme is the host's (often a session cookie): no

@@ -45,17 +45,38 @@ _DATE_ONLY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 # -- fields ------------------------------------------------------------------------------------
 
-def no_nul(value: Any) -> None:
-    if isinstance(value, str) and "\x00" in value:
-        raise ma.ValidationError("Must not contain NUL characters.")
+class Pattern(validate.Regexp):
+    """A regular expression the whole string must match (not only its start, and ``$`` does
+    not accept a trailing newline), written so that it means the same as an OpenAPI
+    ``pattern`` (ECMA 262): apispec copies it into the document. Non-strings pass (the field
+    type rejects them)."""
+
+    def __call__(self, value: Any) -> Any:
+        if isinstance(value, str) and self.regex.fullmatch(value) is None:
+            raise ma.ValidationError(self._format_error(value))
+        return value
+
+
+#: Every text field: no NUL character (PostgreSQL cannot store one).
+no_nul = Pattern(r"^[^\x00]*$", error="Must not contain NUL characters.")
+
+#: A text that becomes a mail header: no NUL, no CR or LF.
+single_line = Pattern(r"^[^\x00\r\n]*$", error="Must be a single line without NUL characters (it becomes a mail header).")
+
+#: An absolute http(s) URL: scheme, ``://``, a non-empty authority, then an optional path,
+#: query or fragment; no space or control character anywhere. Anything else (``javascript:``,
+#: ``data:``, relative or scheme-relative URLs) is refused: hosts render these URLs as links.
+http_url = Pattern(r"^[Hh][Tt][Tt][Pp][Ss]?://[^\x00-\x20\x7f/?#]+([/?#][^\x00-\x20\x7f]*)?$",
+                   error="Must be an absolute http:// or https:// URL.")
 
 
 class Text(fields.String):
-    """A string without NUL characters and with an optional maximum length."""
+    """A string without NUL characters and with an optional maximum length. ``pattern``
+    replaces the NUL rule with a stricter :class:`Pattern` (the document shows one pattern)."""
 
-    def __init__(self, *, max_length: int | None = None, **kwargs: Any) -> None:
+    def __init__(self, *, max_length: int | None = None, pattern: Pattern | None = None, **kwargs: Any) -> None:
         validators = list(kwargs.pop("validate", None) or [])
-        validators.insert(0, no_nul)
+        validators.insert(0, pattern or no_nul)
         if max_length is not None:
             validators.append(validate.Length(max=max_length))
         super().__init__(validate=validators, **kwargs)
@@ -95,16 +116,21 @@ class Timestamp(fields.DateTime):
             raise ma.ValidationError("Not a valid ISO 8601 date-time.") from None
 
 
+#: Numbers in free-form JSON stay within the signed 64-bit range (integers or not).
+JSON_INT_RANGE = 2**63 - 1
+
+
 def check_json(value: Any, depth: int = 0) -> None:
-    """Refuse what a JSON column cannot store: NUL in strings, NaN/Infinity, deep nesting."""
+    """Refuse what a JSON column cannot store: NUL in strings and keys, NaN/Infinity, numbers
+    beyond the 64-bit range, nesting deeper than 20 levels (the document's ``JsonValue``)."""
     if depth > 20:
         raise ma.ValidationError("Nested too deeply.")
     if isinstance(value, str):
         no_nul(value)
     elif isinstance(value, float) and not math.isfinite(value):
         raise ma.ValidationError("NaN and Infinity are not valid JSON numbers.")
-    elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2**63 - 1:
-        raise ma.ValidationError("Integer out of range.")
+    elif isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) > JSON_INT_RANGE:
+        raise ma.ValidationError("Number out of range.")
     elif isinstance(value, dict):
         for key, item in value.items():
             no_nul(key)
@@ -283,7 +309,8 @@ class EventBodySchema(BodySchema):
         "description": "Defaults to the message's (or the contact loader's) email."})
     message_id = Text(max_length=32, allow_none=True, metadata={"description": "A message of this tenant."})
     campaign_id = Text(max_length=64, allow_none=True, metadata={"description": "Defaults to the message's."})
-    url = Text(max_length=4096, allow_none=True)
+    url = Text(max_length=4096, allow_none=True, pattern=http_url, metadata={
+        "description": "The link's destination: an absolute http:// or https:// URL (anything else is a 422)."})
     occurred_at = Timestamp(allow_none=True, metadata={"description": "Default: now. Naive = UTC."})
     details = JsonObject(allow_none=True, metadata={
         "description": "Free-form; a bounce with bounceType 'hard' (or 'permanent') also adds DNC reason 2."})
@@ -348,6 +375,14 @@ class UTMAddResultSchema(UTMListSchema):
 
 
 class UTMAddBodySchema(BodySchema):
+    #: "At least one field": one of them is a non-empty string, an object with a key, or a date-time.
+    openapi_extra = {"anyOf": [
+        *({"required": [name], "properties": {name: {"type": "string", "minLength": 1}}}
+          for name in (*_UTM_TEXT, "useragent", "url", "referer", "remotehost")),
+        {"required": ["query"], "properties": {"query": {"type": "object", "minProperties": 1}}},
+        {"required": ["lastActive"], "properties": {"lastActive": {"type": "string"}}},
+    ]}
+
     utm_campaign = Text(max_length=255, allow_none=True)
     utm_source = Text(max_length=255, allow_none=True)
     utm_medium = Text(max_length=255, allow_none=True)
@@ -356,7 +391,10 @@ class UTMAddBodySchema(BodySchema):
     useragent = Text(max_length=4096, allow_none=True)
     url = Text(max_length=4096, allow_none=True)
     referer = Text(max_length=4096, allow_none=True)
-    query = QueryField(allow_none=True, metadata={"description": "An object, or a query string such as 'a=1&b=2'."})
+    query = QueryField(allow_none=True, metadata={
+        "type": ["object", "string", "null"], "maxLength": 8192, "pattern": r"^(?:[^\x00%]|%(?!00))*$",
+        "description": "An object, or a query string such as 'a=1&b=2' (at most 8192 characters; no NUL, "
+                       "also not as %00)."})
     remotehost = Text(max_length=255, allow_none=True)
     lastActive = Timestamp(strict=True, allow_none=True, attribute="last_active", metadata={
         "description": "ISO 8601 date-time, e.g. 2017-01-17T00:30:08+00:00 (naive = UTC)."})
@@ -457,7 +495,8 @@ class ContactClickListSchema(ma.Schema):
 def _contact_click_body_fields(*, id_required: bool) -> dict[str, fields.Field]:
     out: dict[str, fields.Field] = {
         "ID": fields.Raw(required=id_required, metadata={
-            "description": "The contact id (integer or string)."}),
+            "type": ["integer", "string"], "minLength": 1, "maxLength": 64,
+            "description": "The contact id (an integer, or a string of 1 to 64 characters)."}),
         "ClickCount": fields.Integer(required=True, strict=False, validate=validate.Range(0, MAX_INT32),
                                      metadata={"description": "Clicks to import (POST) or the corrected total (PUT)."}),
     }
