@@ -77,7 +77,7 @@ COUNTING: list[tuple[str, Callable[[Any, str], int]]] = [
     ("campaigns/camp/tracking/clicks", lambda r, mid: len(r.json["results"])),
     ("contacts/c1/events/clicks", lambda r, mid: len(r.json["events"])),
     ("contacts/c1/activity?filters[includeEvents][]=click", lambda r, mid: r.json["total"]),
-    ("activity?filters[includeEvents][]=click&filters[search]=c1", lambda r, mid: r.json["total"]),
+    ("activity?filters[includeEvents][]=click&filters[search]=ann@example.com", lambda r, mid: r.json["total"]),
     ("odata/ContactClicks('c1')", lambda r, mid: r.json["ClickCount"]),
     ("odata/ContactClicks", lambda r, mid: next(c["ClickCount"] for c in r.json["value"] if c["ID"] == "c1")),
 ]

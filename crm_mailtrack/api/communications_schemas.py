@@ -208,11 +208,23 @@ class CommAnalyticsQuery(IncludeBotsMixin):
                      metadata=_d("Only the messages of this campaign."))
 
 
+_RECIPIENT_RULE = [
+    {"required": ["contactId"], "properties": {
+        "contactId": {"type": "string"}, "recipients": {"type": ["array", "null"], "maxItems": 1}}},
+    {"required": ["recipients"], "properties": {
+        "contactId": {"type": "null"}, "recipients": {"type": "array", "minItems": 1}}},
+]
+
+
 class _Outbound(ma.Schema):
     """Fields shared by every body that creates a message."""
 
     class Meta:
         unknown = ma.RAISE
+
+    #: The rule across fields, as the OpenAPI document states it: a contact id with at most
+    #: one recipient, or no contact id and one or more recipients.
+    openapi_extra: dict = {"anyOf": _RECIPIENT_RULE}
 
     contactId = Str(load_default=None, max_length=64, validate=v.Length(min=1), metadata=_d(
         "The host's contact id. With it, at most one recipient (default: the contact_loader's email). "
@@ -240,6 +252,10 @@ class _Outbound(ma.Schema):
 
 
 class SendBody(_Outbound):
+    #: And an HTML body or a text body (either may be empty).
+    openapi_extra = {"allOf": [{"anyOf": _RECIPIENT_RULE}, {"anyOf": [
+        {"required": ["body"], "properties": {"body": {"type": "string"}}},
+        {"required": ["bodyText"], "properties": {"bodyText": {"type": "string"}}}]}]}
     subject = Str(required=True, max_length=998, header=True, metadata=_d("Subject line."))
     body = Str(load_default=None, metadata=_d("HTML body (links and pixel are instrumented)."))
     bodyText = Str(load_default=None, metadata=_d("Plain-text body (default: derived from the HTML)."))
