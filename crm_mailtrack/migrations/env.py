@@ -18,7 +18,13 @@ from typing import Any
 import sqlalchemy as sa
 from alembic import context
 
-from crm_mailtrack.migrate import VERSION_TABLE, compare_server_default, only_mailtrack_name, only_mailtrack_object
+from crm_mailtrack.migrate import (
+    VERSION_TABLE,
+    compare_server_default,
+    only_mailtrack_name,
+    only_mailtrack_object,
+    quiet_expression_index_warnings,
+)
 from crm_mailtrack.models import metadata
 
 config = context.config
@@ -56,7 +62,7 @@ def run_offline() -> None:
 
 def run_on(connection: sa.Connection) -> None:
     context.configure(connection=connection, **OPTIONS)
-    with context.begin_transaction():
+    with context.begin_transaction(), quiet_expression_index_warnings():
         context.run_migrations()
 
 
