@@ -3,6 +3,8 @@
 The rewriter finds ``<a href>`` start tags with :class:`html.parser.HTMLParser` (so
 comments, scripts and attribute values are understood, not guessed by a regex) and splices
 new ``href`` values into the original text: every other byte of the HTML is left as it was.
+When the text part is to be derived too, the same parse writes it
+(:func:`rewrite_links_and_text`): a message's HTML is read once.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 from werkzeug.urls import iri_to_uri
 
 from .errors import InvalidDestination
+from .textpart import _TextExtractor
 
 _ATTR = re.compile(r"""\s*([^\s/>"'=]+)(?:\s*=\s*("[^"]*"|'[^']*'|[^\s"'>]+))?""")
 _TAG_NAME = re.compile(r"<[a-zA-Z][^\s/>]*")
@@ -178,133 +181,97 @@ def apply_utm(url: str, defaults: Mapping[str, str]) -> str:
     return f"{path}?{query}{hash_}{fragment}"
 
 
-class _AnchorFinder(HTMLParser):
-    """Collects the offset and raw text of every ``<a>`` start tag, through html.parser's
-    documented interface only (the reference for :class:`_FastAnchorFinder`)."""
+class _Splicer:
+    """The new ``href`` values of one document, found while an :class:`html.parser.HTMLParser`
+    subclass reads it, and the document with them spliced in.
 
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self._found: list[tuple[int, int, str]] = []  # (line, column, raw tag)
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag == "a":
-            raw = self.get_starttag_text()
-            if raw is not None:
-                line, col = self.getpos()
-                self._found.append((line, col, raw))
-
-    handle_startendtag = handle_starttag
-
-    def anchors(self, source: str) -> list[tuple[int, str]]:
-        lines = _line_offsets(source)
-        return [(lines[line - 1] + col, raw) for line, col, raw in self._found]
-
-
-#: html.parser's tag name (``tagfind_tolerant``) and a plain end tag (``endtagfind`` without spaces).
-_TAG_NAME_AT = re.compile(r"[a-zA-Z][^\t\n\r\f />\x00]*")
-_PLAIN_END_TAG = re.compile(r"</[a-zA-Z][-.a-zA-Z0-9:_]*>")
-#: Start tags whose attributes cannot matter here: never ``<a>``, never an element that changes
-#: how the parser reads what follows (``script``, ``style``; ``title``, ``textarea`` and others
-#: in newer Pythons). Should a parser end tag names sooner than :data:`_TAG_NAME_AT`, it would
-#: see a prefix of one of these names, and no prefix of them is ``a`` or such an element.
-_PLAIN_TAGS = frozenset({
-    "html", "head", "body", "meta", "link", "table", "tbody", "thead", "tfoot", "tr", "td", "th",
-    "col", "colgroup", "caption", "div", "span", "p", "br", "hr", "img", "b", "i", "u", "em",
-    "strong", "font", "center", "small", "big", "sup", "sub", "h1", "h2", "h3", "h4", "h5", "h6",
-    "ul", "ol", "li", "blockquote", "pre", "code", "section", "header", "footer", "main", "nav",
-    "figure", "picture", "source", "label", "button", "input",
-})
-
-
-class _FastAnchorFinder(HTMLParser):
-    """:class:`_AnchorFinder`'s result with less of html.parser's per-tag work.
-
-    Parsing is most of the time of instrumenting a message, yet only ``<a>`` start tags
-    matter: for other common start tags the attributes are not parsed (only the tag's end is
-    found, by the parser's own method, so parsing goes on from the same place); simple end
-    tags outside ``<script>``/``<style>`` are stepped over; and line/column bookkeeping is
-    skipped, since a tag's offset is known directly. This leans on html.parser internals
-    (``parse_starttag``, ``check_for_whole_start_tag``, ``parse_endtag``, ``updatepos``,
-    ``cdata_elem``), so it is used only while it finds exactly what :class:`_AnchorFinder`
-    finds on a sample of awkward HTML (:func:`_fast_finder_agrees`), and
-    tests/test_instrument.py compares the two on many documents.
+    Only the parser's documented interface is used: at an ``<a>`` start tag, ``getpos()``
+    gives the tag's line and column (turned into an offset with the document's line starts,
+    computed once) and ``get_starttag_text()`` the tag as written, whose href value token is
+    what gets replaced.
     """
 
-    def __init__(self, source: str) -> None:
+    __slots__ = ("source", "rewrite", "destinations", "_edits", "_lines")
+
+    def __init__(self, source: str, rewrite: Callable[[str], str]) -> None:
+        self.source = source
+        self.rewrite = rewrite
+        self.destinations: list[str] = []
+        self._edits: list[tuple[int, int, str]] = []  # (start, end, new value token)
+        self._lines: list[int] | None = None
+
+    def anchor(self, parser: HTMLParser) -> str | None:
+        """Rewrite the ``<a>`` start tag ``parser`` is at; return its new href, or ``None``
+        when it keeps its own (no href, not http(s), opted out)."""
+        raw = parser.get_starttag_text()
+        span = None if raw is None else _href_span(raw)
+        if span is None:
+            return None
+        vstart, vend, value = span
+        dest = browser_form(value)
+        if not is_trackable(dest):
+            return None
+        new = self.rewrite(dest)
+        self.destinations.append(dest)
+        if self._lines is None:
+            self._lines = _line_starts(self.source)
+        line, column = parser.getpos()
+        start = self._lines[line - 1] + column
+        if not self.source.startswith(raw, start):  # type: ignore[arg-type]
+            raise RuntimeError(f"html.parser reported <a> at line {line}, column {column}, "
+                               "where the document holds no such tag")
+        # Always write a double-quoted, escaped value: the original quoting may not hold it.
+        self._edits.append((start + vstart, start + vend, '"' + html.escape(new, quote=True) + '"'))
+        return new
+
+    def result(self) -> str:
+        if not self._edits:
+            return self.source
+        source, out, cursor = self.source, [], 0
+        for start, end, token in self._edits:
+            out.append(source[cursor:start])
+            out.append(token)
+            cursor = end
+        out.append(source[cursor:])
+        return "".join(out)
+
+
+class _LinkFinder(HTMLParser):
+    """Rewrites ``<a href>`` through a :class:`_Splicer`, and nothing else."""
+
+    def __init__(self, splicer: _Splicer) -> None:
         super().__init__(convert_charrefs=True)
-        self._size = len(source)
-        self._at = 0
-        self._found: list[tuple[int, str]] = []
-
-    def updatepos(self, i: int, j: int) -> int:
-        return j
-
-    def parse_starttag(self, i: int) -> int:
-        m = _TAG_NAME_AT.match(self.rawdata, i + 1)
-        if m is not None and m.group().lower() in _PLAIN_TAGS:
-            return self.check_for_whole_start_tag(i)  # type: ignore[attr-defined, no-any-return]
-        self._at = i
-        return super().parse_starttag(i)  # type: ignore[misc, no-any-return]
-
-    def parse_endtag(self, i: int) -> int:
-        if self.cdata_elem is None:  # type: ignore[attr-defined]
-            m = _PLAIN_END_TAG.match(self.rawdata, i)
-            if m is not None:
-                return m.end()
-        return super().parse_endtag(i)  # type: ignore[misc, no-any-return]
+        self._splicer = splicer
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag == "a":
-            raw = self.get_starttag_text()
-            if raw is not None:
-                # rawdata is what is left of the source: close() parses only the rest
-                self._found.append((self._size - len(self.rawdata) + self._at, raw))
-
-    handle_startendtag = handle_starttag
-
-    def anchors(self, source: str) -> list[tuple[int, str]]:
-        return self._found
+            self._splicer.anchor(self)
 
 
-#: HTML that tests the fast finder's shortcuts: comments, raw-text elements, CDATA, upper
-#: case, ``>`` inside values, odd end tags, a tag cut off at the end.
-_FINDER_SAMPLE = (
-    "<!DOCTYPE html><HTML><head><title><a href='t'></title><style>p{}</style><script>"
-    'var s = "<a href=x></td>";</script></head>\n<BODY><!-- <a href="c"> --><table><tr>'
-    '<td title="a>b" class=x><A HREF="https://e.test/1?a=1&amp;b=2">x</A></td ></TD>\n'
-    "<td/><a href=https://e.test/2 />< a href=z><p<a href='https://e.test/3'></ p></p >"
-    "<![CDATA[<a href=cd>]]><textarea><a href=ta></textarea><img src=x alt='<a href=i>'>"
-    "<div\n class='<'><a\nhref=\"https://e.test/4\"\n>y</a></div><span><a href=q"
-)
-_fast_finder_ok: bool | None = None
+class _LinksAndText(_TextExtractor):
+    """Rewrites ``<a href>`` through a :class:`_Splicer` and writes the text part in the same
+    pass: a rewritten link's text shows what ``link`` gives for its new href, as if the text
+    were made from the rewritten HTML."""
+
+    def __init__(self, splicer: _Splicer, link: Callable[[str], str | None]) -> None:
+        super().__init__(link)
+        self._splicer = splicer
+
+    def link_href(self, attrs: list[tuple[str, str | None]]) -> str | None:
+        new = self._splicer.anchor(self)
+        return super().link_href(attrs) if new is None else new
 
 
-def _fast_finder_agrees() -> bool:
-    global _fast_finder_ok
-    if _fast_finder_ok is None:
-        try:
-            _fast_finder_ok = _find_anchors(_FINDER_SAMPLE, fast=True) == _find_anchors(_FINDER_SAMPLE, fast=False)
-        except Exception:  # noqa: BLE001 - an html.parser this was not written for
-            _fast_finder_ok = False
-    return _fast_finder_ok
-
-
-def _find_anchors(source: str, *, fast: bool) -> list[tuple[int, str]]:
-    """(offset, raw start tag) of every ``<a>`` start tag of ``source``."""
-    finder: _AnchorFinder | _FastAnchorFinder = _FastAnchorFinder(source) if fast else _AnchorFinder()
-    finder.feed(source)
-    finder.close()
-    return finder.anchors(source)
-
-
-def _line_offsets(text: str) -> list[int]:
-    offsets = [0]
+def _line_starts(text: str) -> list[int]:
+    """The offset at which each line of ``text`` starts (lines end at ``\\n``, as
+    ``getpos()`` counts them)."""
+    starts = [0]
     find = text.find
     pos = find("\n")
     while pos != -1:
-        offsets.append(pos + 1)
+        starts.append(pos + 1)
         pos = find("\n", pos + 1)
-    return offsets
+    return starts
 
 
 def _href_span(raw: str) -> tuple[int, int, str] | None:
@@ -339,29 +306,24 @@ def rewrite_links(source: str, rewrite: Callable[[str], str]) -> tuple[str, list
     http(s) (``mailto:``, ``tel:``, ``#top``, ``javascript:``, relative) are left alone;
     an http(s) href that is unsafe to sign raises :class:`InvalidDestination`.
     """
-    anchors = _find_anchors(source, fast=_fast_finder_agrees())
-    if not anchors:
-        return source, []
-    out: list[str] = []
-    destinations: list[str] = []
-    cursor = 0
-    for start, raw in anchors:
-        span = _href_span(raw)
-        if span is None:
-            continue
-        vstart, vend, value = span
-        dest = browser_form(value)
-        if not is_trackable(dest):
-            continue
-        new = rewrite(dest)
-        destinations.append(dest)
-        # Always write a double-quoted, escaped value: the original quoting may not hold it.
-        quoted = '"' + html.escape(new, quote=True) + '"'
-        out.append(source[cursor : start + vstart])
-        out.append(quoted)
-        cursor = start + vend
-    out.append(source[cursor:])
-    return "".join(out), destinations
+    splicer = _Splicer(source, rewrite)
+    parser = _LinkFinder(splicer)
+    parser.feed(source)
+    parser.close()
+    return splicer.result(), splicer.destinations
+
+
+def rewrite_links_and_text(
+    source: str, rewrite: Callable[[str], str], *, link: Callable[[str], str | None] | None = None
+) -> tuple[str, list[str], str]:
+    """:func:`rewrite_links` and the text part in one parse of ``source``: the new HTML,
+    the destinations and what :func:`~crm_mailtrack.textpart.html_to_text` gives for the
+    new HTML with the same ``link`` (which sees each rewritten link's new href)."""
+    splicer = _Splicer(source, rewrite)
+    parser = _LinksAndText(splicer, link or (lambda href: href))
+    parser.feed(source)
+    parser.close()
+    return splicer.result(), splicer.destinations, parser.text()
 
 
 def pixel_tag(src: str) -> str:

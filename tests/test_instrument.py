@@ -3,6 +3,7 @@ become signed click links, what every other byte of the HTML looks like afterwar
 defaults, the pixel, the List-Unsubscribe headers and what the tokens carry."""
 from __future__ import annotations
 
+import html
 import json
 import random
 import re
@@ -17,6 +18,7 @@ from itsdangerous.timed import TimestampSigner
 from crm_mailtrack import InvalidDestination, Message
 from crm_mailtrack import instrument as instrument_module
 from crm_mailtrack.models import links, messages
+from crm_mailtrack.textpart import html_to_text
 
 from conftest import BASE_URL, SECRET, path_of
 
@@ -256,18 +258,21 @@ def test_links_are_remembered_by_stable_id(mailtrack, db):
     assert rows == ["https://a.test/x"]
 
 
-# -- the fast paths of instrumenting agree with the plain ones -------------------------------
+# -- awkward HTML; the fast path of URL validation agrees with the plain one -------------------------------
 
 
 class _Hrefs(HTMLParser):
-    """An independent reference: the http(s) hrefs of ``<a>`` start tags, as html.parser sees them."""
+    """An independent reference: the http(s) hrefs of ``<a>`` start tags (the first of each), as
+    html.parser sees them."""
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
         self.hrefs: list[str] = []
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        href = dict(attrs).get("href") if tag == "a" else None
+        href = next((v for k, v in attrs if k == "href"), None) if tag == "a" else None
+        if (dict(attrs).get("data-mailtrack") or "").lower() == "off":  # opted out
+            return
         if href and href.strip().startswith(("http://", "https://")):
             self.hrefs.append(href.strip())
 
@@ -294,27 +299,69 @@ def test_links_are_found_where_html_parser_finds_them(mailtrack, client):
                                "https://e.test/5#top"]
 
 
+#: Pieces of awkward HTML. Every http(s) href value is written double-quoted with nothing to
+#: escape, so the input can be rebuilt from the output exactly (see the test below).
 _FRAGMENTS = [
-    "<a href='https://x.test/1'>", "<A HREF=https://y.test>", "</a>", "<td>", "</td>", "</td >", "</ td>",
+    "<a href=\"https://x.test/1\">", "<A HREF=\"https://y.test/\">", "</a>", "<td>", "</td>", "</td >", "</ td>",
     "<td class='a>b'>", "<script>", "</script>", "<style>", "</style>", "<!--", "-->", "<![CDATA[", "]]>",
     "<title>", "</title>", "<textarea>", "</textarea>", "<p", ">", "<", "/>", "&amp;", "&", "\n", "text ",
     "<br/>", "<img src=x>", "<div\nid=1>", "</div>", "<!DOCTYPE html>", "<?php ?>", "<tr", " a='", "'", '"',
-    "</", "<b>", "</b >", "<a", " href=", "https://z.test/?q=1", "<span/>", "</span\n>", "<table<a href=q>",
-    "</>", "<! x>", "<a data-mailtrack=off href=https://o.test/>",
+    "</", "<b>", "</b >", "<a", " href=", '"https://z.test/?q=1"', "<span/>", "</span\n>", "<table<a href=q>",
+    "</>", "<! x>", "<a data-mailtrack=off href=\"https://o.test/\">", "<li>", "<ul>", "<h1>", "</p>",
+    "<a style='display:none' href=\"https://h.test/\">", "<a href=mailto:m@x.test>", "https://x.test/1",
+    "<a href=\"https://x.test/1\" />", "\r\n", "  \t", "<head>", "</head>", "&#10;", "\u00e9",
 ]
+_UTM_ADDED = re.compile(r'(?:\?|&amp;)utm_source=t"')
 
 
-def test_fast_anchor_finder_agrees_with_the_reference_finder():
-    """The finder that skips html.parser work (attributes of other tags, plain end tags,
-    line counting) finds exactly the ``<a>`` tags, at the same offsets, as one using only
-    html.parser's documented interface, on thousands of awkward documents."""
-    assert instrument_module._fast_finder_agrees()
+def test_instrumenting_changes_only_link_values_on_awkward_html(make_app):
+    """On thousands of awkward documents, one parse gives the links html.parser finds and
+    the text part: without click tracking, UTM defaults show each link's new href in the
+    HTML itself, so taking them out again must give back the input byte for byte, and the
+    text part must be what :func:`html_to_text` makes of the resulting HTML."""
+    app = make_app(MAILTRACK_UTM_DEFAULTS={"utm_source": "t"}, **NO_HONEYPOT)
+    mt = app.extensions["mailtrack"].extension
     rng = random.Random(20240501)
-    for _ in range(3000):
-        doc = "".join(rng.choice(_FRAGMENTS) for _ in range(rng.randint(1, 30)))
-        fast = instrument_module._find_anchors(doc, fast=True)
-        assert fast == instrument_module._find_anchors(doc, fast=False), doc
-        assert all(doc[offset:offset + len(raw)] == raw for offset, raw in fast)
+    rewritten = 0
+    with app.app_context():
+        for i in range(1500):
+            doc = "".join(rng.choice(_FRAGMENTS) for _ in range(rng.randint(1, 30)))
+            reference = _Hrefs()
+            reference.feed(doc)
+            reference.close()
+            msg = track(mt, doc, track_opens=False, track_clicks=False, contact_id=f"c{i}")
+            found = [m.group(1) for m in re.finditer(r'"([^"]*)(?:\?|&amp;)utm_source=t"', msg.html)]
+            assert [html.unescape(u) for u in found] == reference.hrefs, doc
+            assert _UTM_ADDED.sub('"', msg.html) == doc
+            assert msg.text == html_to_text(msg.html), doc
+            rewritten += bool(found)
+    assert rewritten > 500  # the documents do hold links
+
+
+def test_the_text_part_shows_where_each_tracked_link_goes(make_app):
+    """With click tracking, the text part made in the same pass shows each link's
+    destination (UTM included), never its click link; hidden links, scripts, comments
+    and opted-out links' tracking play no part."""
+    app = make_app(MAILTRACK_UTM_DEFAULTS={"utm_source": "crm"})
+    mt = app.extensions["mailtrack"].extension
+    with app.app_context():
+        text = track(mt, AWKWARD_HTML).text
+    assert "/t/" not in text
+    assert text == (
+        "x (https://e.test/1?a=1&b=2&utm_source=crm) https://e.test/2?utm_source=crm< a href=https://not.test/>\n\n"
+        "y (https://e.test/4?utm_source=crm)\n{{name}}z (https://e.test/5?utm_source=crm#top)\n"
+    )
+
+
+def test_a_link_with_two_hrefs_shows_the_one_it_leads_to(mailtrack, client):
+    """A browser follows the first ``href`` of a tag: so does the click link, and so does
+    the text part."""
+    msg = track(mailtrack, '<p><a href="https://first.test/" href="https://second.test/">Go</a></p>')
+    [url] = click_urls(msg.html)
+    assert destination(client, url) == "https://first.test/"
+    assert msg.text == "Go (https://first.test/)\n"
+    assert html_to_text('<a href="https://first.test/" href="https://second.test/">Go</a>') == \
+        "Go (https://first.test/)\n"
 
 
 def _validation(url: str, validate: Any) -> str:

@@ -17,6 +17,7 @@ from ..instrument import (
     honeypot_tag,
     link_id,
     rewrite_links,
+    rewrite_links_and_text,
     validate_destination,
 )
 from ..models import Message, MessageStatus, campaign_links, links, messages, utcnow
@@ -90,10 +91,13 @@ def instrument(
         return url
 
     if html is not None:
-        if track_clicks or utm:
+        if (track_clicks or utm) and text is None:
+            # one parse gives both: the text sees each link's new href, mapped back by `shown`
+            html, _, text = rewrite_links_and_text(html, rewrite, link=lambda href: shown.get(href, href))
+        elif track_clicks or utm:
             html, _ = rewrite_links(html, rewrite)
-        if text is None:
-            text = html_to_text(html, link=lambda href: shown.get(href, href))
+        elif text is None:
+            text = html_to_text(html)
         if tracked and bot_policy(state).honeypot:
             html = append_pixel(html, "", tag=honeypot_tag(honeypot_url(state, message_id, root=root)))
         if track_opens:
