@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "cpu_us_per_request": cpu_us,
                 "click_ours_over_min_cpu": ratio(cpu_us["ours_click"], cpu_us["min_click"]),
                 "open_ours_over_min_cpu": ratio(cpu_us["ours_open"], cpu_us["min_open"]),
+                "click_utm_ours_over_min_cpu": ratio(cpu_us["ours_click_utm"], cpu_us["min_click_utm"]),
             }
     emit(result)
     return result

@@ -1,11 +1,15 @@
-"""Is a tracking hit a person's or a machine's? The per-request part of the verdict.
+"""Is a tracking hit a person's or a machine's? The whole verdict, in one module.
 
 Every open and click gets ``is_machine`` and a ``machine_reason`` (see
-``docs/metrics-bots.md``). This module decides what one request shows by itself: its
-method and prefetch headers (:mod:`.requestinfo`), its user agent and its network. The
-signals that need the message's history (``too-fast-after-send``, ``burst``, ``honeypot``)
-are decided in SQL by the tracking insert itself (:mod:`.services.events`), so they cost no
-extra round trip.
+``docs/metrics-bots.md``); every reason string is defined here. The verdict is decided
+from, in this order:
+
+1. the request itself (:func:`request_reason`): its method and prefetch/preview headers;
+2. its user agent (:func:`classify_user_agent`) and its network (:meth:`BotPolicy.network_reason`);
+3. the message's recent history (:func:`history_verdict`): a honeypot hit, a burst of
+   clicks, the time since sending. These need the message's rows, so this module gives
+   them as a SQL expression that the tracking insert evaluates (no extra round trip), and
+   decides which earlier clicks a click re-marks after the fact (:func:`reclassification`).
 
 User agents are judged by maintained libraries, not by a list kept here: ``crawlerdetect``
 (the JayBizzle Crawler-Detect patterns: crawlers, HTTP libraries, headless browsers, link
@@ -26,13 +30,16 @@ from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from typing import TYPE_CHECKING, Any
 
+import sqlalchemy as sa
 from crawlerdetect import CrawlerDetect
 
 from . import config as cfg
 from .devices import MAIL_CLIENTS, parse
 from .errors import ConfigurationError
+from .models import UTCDateTime, events, messages
 
 if TYPE_CHECKING:
+    from .requestinfo import RequestFacts
     from .state import MailTrackState
 
 # -- reasons (stored in mailtrack_events.machine_reason; defined in docs/metrics-bots.md) --
@@ -52,6 +59,12 @@ REASONS: tuple[str, ...] = (
     HEAD_REQUEST, PREFETCH, NO_USER_AGENT, IMAGE_PROXY, APPLE_MPP, SCANNER_UA, SCANNER_NETWORK,
     KNOWN_BOT_UA, TOO_FAST, BURST, HONEYPOT,
 )
+
+#: Headers with which browsers and mail clients announce a prefetch / preview fetch, and
+#: the value that marks one (what :func:`request_reason` calls ``prefetch``).
+ANNOUNCING_HEADERS: dict[str, str] = {
+    "Purpose": "prefetch", "Sec-Purpose": "prefetch", "X-Moz": "prefetch", "X-Purpose": "preview",
+}
 
 #: Microsoft Exchange Online Protection, whose Defender Safe Links fetches every link of a
 #: message on delivery (Microsoft 365 endpoint list, "Exchange Online" IPs; 40.94.0.0/16 is
@@ -224,25 +237,105 @@ def policy(state: MailTrackState) -> BotPolicy:
         return built
 
 
-def classify(
-    state: MailTrackState,
-    event_type: str,
-    *,
-    user_agent: str | None,
-    ip: str | None,
-    request_reason: str | None = None,
-) -> str | None:
+def request_reason(facts: RequestFacts) -> str | None:
+    """``head-request`` / ``prefetch`` when the request itself shows a machine, else ``None``."""
+    if facts.method == "HEAD":
+        return HEAD_REQUEST
+    for name, value in facts.announced:
+        token = ANNOUNCING_HEADERS.get(name)
+        if token is not None and token in value.lower():
+            return PREFETCH
+    return None
+
+
+def classify(rules: BotPolicy, event_type: str, facts: RequestFacts) -> str | None:
     """The machine reason one request shows by itself (method/headers, user agent,
-    network), or ``None``. History-based reasons are added by the tracking insert."""
-    if request_reason is not None:
-        return request_reason
-    reason = classify_user_agent(user_agent, event_type)
-    if reason is not None or not ip:
+    network), or ``None``. The history reasons are added by the insert
+    (:func:`history_verdict`)."""
+    reason = request_reason(facts)
+    if reason is not None:
         return reason
-    return policy(state).network_reason(ip, event_type)
+    reason = classify_user_agent(facts.user_agent, event_type)
+    if reason is not None or not facts.ip:
+        return reason
+    return rules.network_reason(facts.ip, event_type)
+
+
+# -- the message's history, decided by the tracking insert ----------------------------------
+
+#: The bind parameters :func:`history_verdict` compares with (see :func:`history_bounds`).
+HISTORY_BOUNDS = ("fast_after", "burst_after", "honeypot_after")
+
+
+def _literal(reason: str) -> sa.ColumnElement[Any]:
+    """A reason as an SQL string literal: part of the statement's text, not a parameter,
+    and what the partial index ``ix_mailtrack_events_honeypot`` matches."""
+    return sa.literal_column(f"'{reason}'", sa.String())
+
+
+def history_verdict(link_id: sa.ColumnElement[Any], *, clicks: bool) -> sa.ColumnElement[Any]:
+    """The reason the message's history gives a new event, as SQL evaluated in the
+    ``SELECT ... FROM mailtrack_messages`` of the tracking insert (``NULL``: none).
+
+    For clicks (``clicks``): ``honeypot`` when the message's honeypot link was hit within
+    the honeypot window (an index seek on ``ix_mailtrack_events_honeypot``), else ``burst``
+    when the message's latest click within the burst window is on another link or itself
+    part of a burst (one backward seek of ``ix_mailtrack_events_message``, however many
+    clicks the message has). For clicks and opens: ``too-fast-after-send`` when the
+    message was sent within the after-send window. A window whose bound is ``NULL``
+    (:func:`history_bounds` of a rule turned off) never fires.
+    """
+    whens: list[Any] = []
+    if clicks:
+        hit = events.alias("honeypot_hit")
+        honeypot = sa.exists().where(
+            hit.c.message_id == messages.c.id,
+            hit.c.machine_reason == _literal(HONEYPOT),
+            hit.c.link_id.is_(None),
+            hit.c.occurred_at >= sa.bindparam("honeypot_after", type_=UTCDateTime()),
+        )
+        prior = events.alias("prior")
+        latest = (
+            sa.select(sa.case(((prior.c.link_id != link_id) | (prior.c.machine_reason == _literal(BURST)),
+                               sa.literal_column("1")), else_=sa.literal_column("0")))
+            .where(prior.c.message_id == messages.c.id, prior.c.type == _literal("click"),
+                   prior.c.occurred_at >= sa.bindparam("burst_after", type_=UTCDateTime()))
+            .order_by(prior.c.occurred_at.desc())
+            .limit(sa.literal_column("1")).offset(sa.literal_column("0"))  # text, not parameters
+            .scalar_subquery()
+        )
+        whens += [(honeypot, _literal(HONEYPOT)), (latest == sa.literal_column("1"), _literal(BURST))]
+    whens.append((messages.c.sent_at > sa.bindparam("fast_after", type_=UTCDateTime()), _literal(TOO_FAST)))
+    return sa.case(*whens)
+
+
+def history_bounds(rules: BotPolicy, at: dt.datetime) -> dict[str, dt.datetime | None]:
+    """The values of :data:`HISTORY_BOUNDS` for an event at ``at`` (``None``: rule off)."""
+    fast, burst, honeypot = rules.windows
+    return {
+        "fast_after": at - fast if fast is not None else None,
+        "burst_after": at - burst if burst is not None else None,
+        "honeypot_after": at - honeypot if honeypot is not None else None,
+    }
+
+
+def reclassification(rules: BotPolicy, event_type: str, link_id: str | None,
+                     stored_reason: str | None) -> tuple[str, float] | None:
+    """When a stored event reveals a machine after the fact: the reason to give the
+    message's human clicks around it and the window (seconds either side), else ``None``.
+    A honeypot hit (a click without a link) marks them ``honeypot``; a click the insert
+    judged ``burst`` marks them ``burst``."""
+    if event_type != "click":
+        return None
+    if stored_reason == HONEYPOT and link_id is None:
+        return HONEYPOT, rules.honeypot_window_seconds
+    if stored_reason == BURST:
+        return BURST, rules.burst_seconds
+    return None
 
 
 __all__ = [
-    "REASONS", "BotPolicy", "policy", "classify", "classify_user_agent",
+    "REASONS", "BotPolicy", "policy", "classify", "classify_user_agent", "request_reason",
+    "history_verdict", "history_bounds", "reclassification", "ANNOUNCING_HEADERS",
     "DEFAULT_SCANNER_NETWORKS", "DEFAULT_APPLE_PROXY_NETWORKS",
 ]

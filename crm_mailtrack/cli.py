@@ -76,7 +76,7 @@ def _has_our_tables(conn: Any) -> bool:
 def replay_journal() -> None:
     """Write events journaled while the database was unavailable (each exactly once).
     Lines that are not journaled events are set aside in <journal>.rejected and counted."""
-    from .services.events import replay_journal as replay
+    from .services.tracking import replay_journal as replay
 
     state = get_state()
     journal = state.journal

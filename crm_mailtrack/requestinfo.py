@@ -1,23 +1,37 @@
-"""What the tracking routes learn from a request: anonymized IP, user agent, and whether
-the hit was made by a machine (HEAD request, link prefetch)."""
+"""What the tracking routes learn from a request: its facts, not a verdict.
+
+:func:`request_facts` gives the method, the IP (anonymized unless configured otherwise),
+the user agent and the headers with which a client announces a prefetch or preview;
+:mod:`.bots` decides from them whether a machine made the hit.
+"""
 from __future__ import annotations
 
 import ipaddress
 from functools import lru_cache
+from typing import NamedTuple
 
 from flask import Request
 
 MAX_USER_AGENT = 512
 
-#: Headers with which browsers and mail clients announce a prefetch / preview fetch, as
-#: WSGI environ keys (what ``request.headers.get`` looks up, without its per-call key
-#: building: these are read on every open and click).
-_PREFETCH_HEADERS = (
-    ("HTTP_PURPOSE", "prefetch"),  # Purpose
-    ("HTTP_SEC_PURPOSE", "prefetch"),  # Sec-Purpose
-    ("HTTP_X_MOZ", "prefetch"),  # X-Moz
-    ("HTTP_X_PURPOSE", "preview"),  # X-Purpose
+#: Headers a client announces a prefetch / preview fetch with (:mod:`.bots` reads their
+#: values), as WSGI environ keys: read on every open and click.
+_ANNOUNCING = (
+    ("Purpose", "HTTP_PURPOSE"),
+    ("Sec-Purpose", "HTTP_SEC_PURPOSE"),
+    ("X-Moz", "HTTP_X_MOZ"),
+    ("X-Purpose", "HTTP_X_PURPOSE"),
 )
+
+
+class RequestFacts(NamedTuple):
+    """The facts of one tracking request that the verdict and the stored event use."""
+
+    method: str
+    ip: str | None
+    user_agent: str | None
+    #: ``(header name, value)`` of the prefetch/preview headers present (usually none)
+    announced: tuple[tuple[str, str], ...] = ()
 
 
 @lru_cache(maxsize=4096)
@@ -38,16 +52,11 @@ def anonymize_ip(addr: str | None, enabled: bool = True) -> str | None:
     return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False).network_address)
 
 
-def machine_reason(req: Request) -> str | None:
-    """A reason when the request itself shows it was made by a machine, else ``None``."""
-    if req.method == "HEAD":
-        return "head-request"
+def request_facts(req: Request, anonymize: bool = True) -> RequestFacts:
+    """The :class:`RequestFacts` of ``req``; the IP anonymized when ``anonymize``."""
     environ = req.environ
-    for key, token in _PREFETCH_HEADERS:
-        value = environ.get(key)
-        if value and token in value.lower():
-            return "prefetch"
-    return None
+    announced = tuple((name, value) for name, key in _ANNOUNCING if (value := environ.get(key)))
+    return RequestFacts(req.method, anonymize_ip(req.remote_addr, anonymize), user_agent(req), announced)
 
 
 def user_agent(req: Request) -> str | None:

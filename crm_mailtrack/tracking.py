@@ -1,21 +1,18 @@
 """Public tracking routes: click redirect, open pixel, one-click unsubscribe.
 
 They need no login: the signed token is their only authority. They stay thin: verify the
-token, hand the request's facts to a service, answer.
+token, hand the request's facts to :mod:`.services.tracking` (one call), answer.
 """
 from __future__ import annotations
 
 from flask import Blueprint, Response, abort, render_template, request
 
-from . import bots
-from .devices import event_details
 from .errors import DatabaseUnavailable
-from .instrument import HONEYPOT_TARGET, link_id
+from .instrument import HONEYPOT_TARGET
 from .models import ContactEvent, DNCReason, EventType, Message, utcnow
-from .requestinfo import anonymize_ip, machine_reason, user_agent
+from .requestinfo import anonymize_ip, request_facts, user_agent
 from .services import dnc as dnc_service
-from .services import events as event_service
-from .services import utm as utm_service
+from .services import tracking as tracking_service
 from .state import get_state
 from .tokens import Purpose
 
@@ -27,27 +24,6 @@ PIXEL = (
     b",\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;"
 )
 NO_STORE = "no-store, no-cache, must-revalidate, private"
-#: Event type values, read on every hit (an enum's ``.value`` is a property call).
-_CLICK = EventType.CLICK.value
-_OPEN = EventType.OPEN.value
-
-
-@blueprint.record_once
-def _check_bot_config(setup) -> None:
-    """Bad MAILTRACK_BOT_* / network settings fail at init_app, naming the key."""
-    bots.policy(get_state(setup.app))
-
-
-def _facts(state, event_type: str | None = None) -> dict:
-    """IP (anonymized unless configured otherwise), user agent and, for opens and clicks,
-    the machine reason the request shows by itself (see :mod:`.bots`)."""
-    req = request._get_current_object()  # type: ignore[attr-defined] # one proxy lookup, not three
-    ip = anonymize_ip(req.remote_addr, state.anonymize_ip)
-    ua = user_agent(req)
-    reason = machine_reason(req)
-    if event_type is not None:
-        reason = bots.classify(state, event_type, user_agent=ua, ip=ip, request_reason=reason)
-    return {"ip": ip, "user_agent": ua, "machine_reason": reason}
 
 
 @blueprint.route("/t/c/<token>", methods=["GET", "HEAD"])
@@ -61,16 +37,9 @@ def click(token: str) -> Response:
     message_id, url = payload
     if "\r" in url or "\n" in url or not url.startswith(("http://", "https://")):
         abort(404)  # never produced by us; refuse rather than redirect anywhere odd
-    facts = _facts(state, _CLICK)
-    # a human click on a destination with utm_* parameters also tags the contact, in the
-    # click's own transaction
-    utm = utm_service.utm_params(url) if "utm_" in url else None
-    event_service.record_tracking_event(
-        state, _CLICK, message_id, want_row=False, utm=utm, url=url, link_id=link_id(url),
-        details=event_details(facts["user_agent"]), **facts
-    )
+    tracking_service.record_click(state, message_id, url, request_facts(request, state.anonymize_ip))
     resp = Response(status=302)
-    headers = resp.headers  # add() each: half the cost of Response(headers={...})
+    headers = resp.headers
     headers.add("Location", url)
     headers.add("Cache-Control", NO_STORE)
     headers.add("Referrer-Policy", "no-referrer")
@@ -84,11 +53,7 @@ def open_pixel(token: str) -> Response:
     state = get_state()
     message_id = state.signer.loads(Purpose.OPEN, token)
     if isinstance(message_id, str):
-        facts = _facts(state, _OPEN)
-        event_service.record_tracking_event(
-            state, _OPEN, message_id, want_row=False, url=None, link_id=None,
-            details=event_details(facts["user_agent"]), **facts
-        )
+        tracking_service.record_open(state, message_id, request_facts(request, state.anonymize_ip))
     resp = Response(PIXEL, mimetype="image/gif")
     resp.headers.add("Cache-Control", NO_STORE)
     return resp
@@ -104,11 +69,7 @@ def honeypot(token: str) -> Response:
     if not (isinstance(payload, list) and len(payload) == 2 and payload[1] == HONEYPOT_TARGET
             and isinstance(payload[0], str)):
         abort(404)
-    facts = {**_facts(state), "machine_reason": bots.HONEYPOT}
-    details = {**(event_details(facts["user_agent"]) or {}), "honeypot": True}
-    event_service.record_tracking_event(
-        state, EventType.CLICK.value, payload[0], url=None, link_id=None, details=details, **facts
-    )
+    tracking_service.record_honeypot(state, payload[0], request_facts(request, state.anonymize_ip))
     return Response(b"", mimetype="text/plain",
                     headers={"Cache-Control": NO_STORE, "X-Robots-Tag": "noindex"})
 
@@ -142,11 +103,10 @@ def unsubscribe(token: str) -> Response | str:
         return _page("mailtrack/unsubscribe.html", message=message, done=not subscribed,
                      action=request.path)
     now = utcnow()
-    facts = _facts(state)
     unsubscribe_event = ContactEvent(
         tenant_id=message.tenant_id, type=EventType.UNSUBSCRIBE.value, contact_id=message.contact_id,
         email=message.email, message_id=message.id, campaign_id=message.campaign_id, occurred_at=now,
-        ip=facts["ip"], user_agent=facts["user_agent"], is_machine=False,
+        ip=anonymize_ip(request.remote_addr, state.anonymize_ip), user_agent=user_agent(request), is_machine=False,
         details={"method": "one-click" if _is_one_click() else "form"},
     )
     dnc_service.add_dnc(

@@ -194,7 +194,7 @@ def test_utm_tag_failure_never_breaks_the_redirect(client, mailtrack, monkeypatc
     state = client.application.extensions["mailtrack"]
     assert state.journal.count() == 1
     monkeypatch.undo()
-    from crm_mailtrack.services.events import replay_journal
+    from crm_mailtrack.services.tracking import replay_journal
 
     assert replay_journal(state) == (1, 0)
     (tag,) = _utm(client)
@@ -304,7 +304,7 @@ def test_simultaneous_first_clicks_make_one_tag(make_app, database_url):
 def test_replayed_click_tags_like_a_live_one(make_app, outage_app, recorded_signals):
     """A click journaled while the database was down gets its UTM tag when replayed (once,
     however often the replay runs)."""
-    from crm_mailtrack.services.events import replay_journal
+    from crm_mailtrack.services.tracking import replay_journal
 
     healthy = make_app(setup=setup_hooks)
     url = "https://shop.example/p?utm_source=news&utm_campaign=spring"

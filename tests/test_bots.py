@@ -135,7 +135,7 @@ def test_corpus_share_classified_right(make_app: Any, capsys: pytest.CaptureFixt
 def clock(monkeypatch: pytest.MonkeyPatch) -> list[dt.datetime]:
     """The tracking service's clock, set by the test: ``clock[0] = moment``."""
     now = [T0]
-    monkeypatch.setattr("crm_mailtrack.services.events.utcnow", lambda: now[0])
+    monkeypatch.setattr("crm_mailtrack.services.tracking.utcnow", lambda: now[0])
     return now
 
 
@@ -287,11 +287,17 @@ def test_bad_bot_config_fails_at_init_naming_the_key(make_app, config):
         make_app(**config)
 
 
-def test_user_agent_verdicts_are_cached():
-    from crm_mailtrack.bots import classify_user_agent
-
-    classify_user_agent.cache_clear()
-    for _ in range(3):
-        assert classify_user_agent("curl/8.4.0", "click") == "known-bot-ua"
-    info = classify_user_agent.cache_info()
-    assert (info.hits, info.misses) == (2, 1)
+def test_a_user_agent_keeps_its_verdict_per_event_type_on_repeated_hits(mailtrack, db, client):
+    """A mail program's own user agent is the reader on an open and a preview on a click,
+    however often and in whichever order it comes (the verdicts are remembered per user
+    agent and event type: a memory keyed by the user agent alone would mix them up)."""
+    thunderbird = "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:115.0) Gecko/20100101 Thunderbird/115.5.1"
+    msg, clicks, _ = _sent_message(mailtrack, db, links=1, sent_at=None)
+    pixel = path_of(mailtrack.open_url(msg.id))
+    for path in (pixel, clicks[0], pixel, clicks[0], pixel):
+        client.get(path, headers={"User-Agent": thunderbird})
+    rows = db.session.execute(sa.select(events.c.type, events.c.is_machine, events.c.machine_reason)
+                              .where(events.c.type.in_(["open", "click"])).order_by(events.c.id)).all()
+    assert [tuple(r) for r in rows] == [
+        ("open", False, None), ("click", True, "known-bot-ua"), ("open", False, None),
+        ("click", True, "known-bot-ua"), ("open", False, None)]

@@ -3,15 +3,19 @@ wrong purpose, expired, signed with a retired key) is a 404 with nothing stored 
 redirect; the pixel stays a 200 GIF but records nothing."""
 from __future__ import annotations
 
+import json
 import re
 import time
+from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import pytest
 import sqlalchemy as sa
 from itsdangerous.timed import TimestampSigner
 
-from crm_mailtrack.models import events
+from crm_mailtrack.models import events, messages
+from crm_mailtrack.tokens import Purpose
 
 from conftest import path_of
 
@@ -163,3 +167,67 @@ def test_mailtrack_secret_key_wins_over_secret_key(make_app):
     p = tracked(a)
     assert make_app(SECRET_KEY=KEY_A).test_client().get(p["click"]).status_code == 302
     assert_refused(make_app(MAILTRACK_SECRET_KEY=KEY_B), p["click"])
+
+
+# -- tokens already in sent mail ----------------------------------------------------------------
+
+LEGACY = json.loads((Path(__file__).parent / "data" / "legacy_tokens.json").read_text("utf-8"))
+
+
+def _legacy_app(make_app: Any, **config: Any) -> Any:
+    """An app on the fixture's keys (current + retired) holding the fixture's messages."""
+    old, current = LEGACY["keys"]
+    app = make_app(SECRET_KEY=current, MAILTRACK_SECRET_KEY_FALLBACKS=[old], **config)
+    paths = tracked(app)
+    template = paths["id"]
+    app.config["TEST_PREFIX"] = paths["click"].split("/t/c/", 1)[0]
+    ids = {t["payload"] if t["purpose"] in ("open", "unsubscribe") else t["payload"][0]
+           for t in LEGACY["tokens"] if t["purpose"] != "cursor"}
+    with app.app_context(), app.extensions["mailtrack"].engine.begin() as conn:
+        row = dict(conn.execute(sa.select(messages).where(messages.c.id == template)).one()._mapping)
+        for message_id in ids:
+            conn.execute(sa.insert(messages).values({**row, "id": message_id}))
+    return app
+
+
+def _legacy(purpose: str) -> list[dict[str, Any]]:
+    return [t for t in LEGACY["tokens"] if t["purpose"] == purpose]
+
+
+def test_tokens_signed_by_earlier_releases_still_work(make_app):
+    """Tokens the earlier release signed (tests/data/legacy_tokens.json: short and
+    zlib-compressed payloads, the current and a retired key, issued in 2023) keep working
+    through every route: mail already sent must keep its links."""
+    app = _legacy_app(make_app)
+    pre = app.config["TEST_PREFIX"]
+    client = app.test_client()
+    clicks = [t for t in _legacy("click") if t["payload"][1] != "honeypot"]
+    assert any(t["token"].startswith(".") for t in clicks)  # a compressed one among them
+    for t in clicks:
+        resp = client.get(f"{pre}/t/c/{t['token']}", headers={"User-Agent": "Mozilla/5.0 (X11; Linux) Firefox/128.0"})
+        assert resp.status_code == 302 and unquote(resp.headers["Location"]) == t["payload"][1]
+    (honeypot,) = [t for t in _legacy("click") if t["payload"][1] == "honeypot"]
+    assert client.get(f"{pre}/t/h/{honeypot['token']}").status_code == 200
+    (open_token,) = _legacy("open")
+    assert client.get(f"{pre}/t/o/{open_token['token']}").status_code == 200
+    with app.app_context(), app.extensions["mailtrack"].engine.connect() as conn:
+        stored = conn.execute(sa.select(events.c.type, events.c.message_id, events.c.url)
+                              .where(events.c.type.in_(["click", "open"]))).all()
+    assert sorted(stored, key=repr) == sorted(
+        [("click", t["payload"][0], t["payload"][1]) for t in clicks]
+        + [("click", honeypot["payload"][0], None), ("open", open_token["payload"], None)], key=repr)
+    (unsub,) = _legacy("unsubscribe")
+    assert client.get(f"{pre}/t/u/{unsub['token']}").status_code == 200
+    assert client.post(f"{pre}/t/u/{unsub['token']}", data={"List-Unsubscribe": "One-Click"}).status_code == 200
+    (cursor,) = _legacy("cursor")
+    with app.app_context():
+        assert app.extensions["mailtrack"].signer.loads(Purpose.CURSOR, cursor["token"]) == cursor["payload"]
+
+
+def test_old_tokens_expire_by_link_max_age_except_unsubscribe(make_app):
+    app = _legacy_app(make_app, MAILTRACK_LINK_MAX_AGE=3600)
+    pre = app.config["TEST_PREFIX"]
+    (first, *_) = _legacy("click")
+    assert_refused(app, f"{pre}/t/c/{first['token']}")
+    assert_pixel_records_nothing(app, f"{pre}/t/o/{_legacy('open')[0]['token']}")
+    assert app.test_client().get(f"{pre}/t/u/{_legacy('unsubscribe')[0]['token']}").status_code == 200

@@ -1,7 +1,7 @@
 """UTM tags of a contact: one per contact and combination of ``utm_*`` values.
 
 A tag is written by :func:`upsert_tag` only, in the caller's transaction: the click path
-(services/events.py, in the click's own transaction, and its journal replay) and
+(:mod:`.tracking`, in the click's own transaction, and its journal replay) and
 :func:`add_utm` (Python API and JSON API). A combination seen again is counted (``hits``)
 and its ``last_active`` moved forward; only a new tag makes a ``utm_added`` event and a
 ``utm_tag_added`` signal. Concurrent first sightings meet in the dialect's
@@ -24,6 +24,7 @@ from ..models import ContactEvent, EventType, UtmTag, events, utcnow, utm_tags
 from ..requestinfo import anonymize_ip
 from ..state import MailTrackState
 from .common import UNSET, check_lengths, emit, tenant_key
+from .prepared import Prepared
 
 UTM_FIELDS = (
     "utm_campaign", "utm_source", "utm_medium", "utm_content", "utm_term", "useragent", "url",
@@ -43,19 +44,25 @@ def combination_key(values: Mapping[str, Any]) -> str:
     return hashlib.sha256(canon.encode("utf-8")).hexdigest()
 
 
-@lru_cache(maxsize=4)
-def _upsert(dialect: str) -> sa.Insert:
+_TAG_BINDS = {name: utm_tags.c[name].type for name in _TAG_COLUMNS}
+
+
+@lru_cache(maxsize=8)
+def _upsert(dialect: sa.Dialect) -> Prepared:
     """``INSERT ... ON CONFLICT (tenant_id, contact_id, utm_key) DO UPDATE`` counting the
-    sighting and keeping the latest ``last_active``; RETURNING the tag (``hits == 1``: new)."""
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    sighting and keeping the latest ``last_active``; RETURNING ``id`` and ``hits`` (1: a
+    new tag). Compiled once per dialect: a person's click on a tagged link runs it."""
+    insert = postgresql.insert if dialect.name == "postgresql" else sqlite.insert
     stmt = insert(utm_tags).values(
-        {**{name: sa.bindparam(name, type_=utm_tags.c[name].type) for name in _TAG_COLUMNS}, "hits": 1})
+        {**{name: sa.bindparam(name, type_=utm_tags.c[name].type) for name in _TAG_COLUMNS},
+         "hits": sa.literal_column("1")})
     seen, latest = utm_tags.c.last_active, stmt.excluded.last_active
-    return stmt.on_conflict_do_update(
+    stmt = stmt.on_conflict_do_update(
         index_elements=[utm_tags.c.tenant_id, utm_tags.c.contact_id, utm_tags.c.utm_key],
-        set_={"hits": utm_tags.c.hits + 1,
+        set_={"hits": utm_tags.c.hits + sa.literal_column("1"),
               "last_active": sa.case((seen.is_(None) | (latest > seen), latest), else_=seen)},
-    ).returning(*utm_tags.c)
+    ).returning(utm_tags.c.id, utm_tags.c.hits)
+    return Prepared(stmt, dialect, _TAG_BINDS)
 
 
 @lru_cache(maxsize=1)
@@ -88,21 +95,21 @@ class TagWrite:
                  campaign_id=None, url=self.tag.url, utm=self.tag)
 
 
-def upsert_tag(conn: Any, dialect: str, values: Mapping[str, Any]) -> TagWrite:
-    """Store one sighting of a combination on ``conn`` (a SQLAlchemy ``Connection`` or the
-    click path's raw connection: anything whose ``execute(stmt, params)`` has ``first()``),
-    in its transaction. ``values``: ``tenant_id``, ``contact_id`` and the fields of
-    :data:`UTM_FIELDS` (missing ones are ``None``)."""
+def upsert_tag(conn: sa.Connection, values: Mapping[str, Any]) -> TagWrite:
+    """Store one sighting of a combination on ``conn``, in its transaction. ``values``:
+    ``tenant_id``, ``contact_id`` and the fields of :data:`UTM_FIELDS` (missing ones are
+    ``None``). The returned tag is the stored one when new; for a combination seen before
+    only its ``id`` and ``hits`` are read back (the rest are this sighting's values)."""
     params = {name: values.get(name) for name in _TAG_COLUMNS}
     params["utm_key"] = combination_key(values)
     params["date_added"] = params["date_added"] or utcnow()
-    row = conn.execute(_upsert(dialect), params).first()
-    tag = UtmTag(**row._mapping)
+    row = _upsert(conn.dialect).execute(conn, params).first()
+    tag = UtmTag(id=row.id, hits=row.hits, **params)
     if row.hits != 1:
         return TagWrite(tag, None)
     details = {"utmId": row.id, **{k: params[k] for k in UTM_KEYS if params[k]}}
-    event_values = {"tenant_id": row.tenant_id, "contact_id": row.contact_id, "occurred_at": row.date_added,
-                    "url": row.url, "details": details}
+    event_values = {"tenant_id": tag.tenant_id, "contact_id": tag.contact_id, "occurred_at": tag.date_added,
+                    "url": tag.url, "details": details}
     event_id = conn.execute(_added_event(), event_values).first().id
     event = ContactEvent(id=event_id, type=_UTM_ADDED, is_machine=False, **event_values)
     return TagWrite(tag, event)
@@ -135,7 +142,7 @@ def add_utm_tag(state: MailTrackState, contact_id: str, *, tenant_id: Any = UNSE
         fields["last_active"] = last_active.replace(tzinfo=dt.timezone.utc)
     session = state.session
     try:
-        written = upsert_tag(session.connection(), state.engine.dialect.name,
+        written = upsert_tag(session.connection(),
                              {**fields, "tenant_id": tenant_key(state, tenant_id), "contact_id": str(contact_id)})
         session.commit()
     except sa.exc.SQLAlchemyError as exc:
@@ -192,16 +199,13 @@ def utm_params(url: str) -> dict[str, str]:
     return {k: v[:255] for k, v in pairs if k in UTM_KEYS}
 
 
-def click_tag(conn: Any, dialect: str, click: Any, params: Mapping[str, Any],
-              utm: Mapping[str, str] | None) -> TagWrite | None:
-    """The tag of a human click whose destination carries ``utm_*`` parameters, written on
-    the click's own connection and transaction (``click``: the stored row, with the final
-    verdict; ``params``: the click's values). Machine clicks never tag."""
-    if not utm or click.is_machine:
-        return None
-    at = params["occurred_at"]
-    return upsert_tag(conn, dialect, {
-        **utm, "tenant_id": click.tenant_id, "contact_id": click.contact_id, "url": params["url"],
-        "useragent": params.get("user_agent"), "remotehost": params.get("ip"), "last_active": at,
+def click_tag(conn: sa.Connection, click: Any, entry: Mapping[str, Any], utm: Mapping[str, str]) -> TagWrite:
+    """The tag of a person's click on a destination with ``utm_*`` parameters, written on
+    the click's own connection and transaction (``click``: the stored row, with its
+    ``tenant_id`` and ``contact_id``; ``entry``: the click's values)."""
+    at = entry["occurred_at"]
+    return upsert_tag(conn, {
+        **utm, "tenant_id": click.tenant_id, "contact_id": click.contact_id, "url": entry["url"],
+        "useragent": entry.get("user_agent"), "remotehost": entry.get("ip"), "last_active": at,
         "date_added": at,
     })
