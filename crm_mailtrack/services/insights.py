@@ -258,6 +258,7 @@ def top_links(session: Session, tenant: str, *, limit: int = 20) -> list[sa.Row[
         sa.func.count().label("all_clicks"),
         sa.func.count(sa.distinct(sa.case((human, events.c.contact_id)))).label("unique_clicks"),
         sa.func.count(sa.distinct(events.c.contact_id)).label("all_unique_clicks"),
+        sa.func.max(events.c.url).label("url"),
     ).where(events.c.tenant_id == tenant, events.c.type == "click", events.c.link_id.is_not(None)) \
         .group_by(events.c.link_id)
     rolled = sa.select(
@@ -265,6 +266,7 @@ def top_links(session: Session, tenant: str, *, limit: int = 20) -> list[sa.Row[
         sa.func.sum(sa.case((event_rollups.c.is_machine.is_(False), event_rollups.c.count), else_=0)).label("clicks"),
         sa.func.sum(event_rollups.c.count).label("all_clicks"),
         sa.literal(0).label("unique_clicks"), sa.literal(0).label("all_unique_clicks"),
+        sa.null().label("url"),
     ).where(event_rollups.c.tenant_id == tenant, event_rollups.c.type == "click", event_rollups.c.link_id != "") \
         .group_by(event_rollups.c.link_id)
     both = sa.union_all(raw, rolled).subquery()
@@ -273,16 +275,20 @@ def top_links(session: Session, tenant: str, *, limit: int = 20) -> list[sa.Row[
         sa.func.sum(both.c.clicks).label("clicks"), sa.func.sum(both.c.all_clicks).label("all_clicks"),
         sa.func.sum(both.c.unique_clicks).label("unique_clicks"),
         sa.func.sum(both.c.all_unique_clicks).label("all_unique_clicks"),
+        sa.func.max(both.c.url).label("url"),
     ).group_by(both.c.link_id).subquery()
 
     carried = (sa.select(sa.func.count()).where(campaign_links.c.tenant_id == tenant,
                                                 campaign_links.c.link_id == agg.c.link_id)
                .scalar_subquery())
+    # A click recorded from outside (record_event, the events API) has a link id but no
+    # tracked link: its URL is the event's own.
+    url = sa.func.coalesce(links.c.url, agg.c.url)
     return list(session.execute(
-        sa.select(agg.c.link_id, links.c.url, agg.c.clicks, agg.c.unique_clicks, agg.c.all_clicks,
+        sa.select(agg.c.link_id, url.label("url"), agg.c.clicks, agg.c.unique_clicks, agg.c.all_clicks,
                   agg.c.all_unique_clicks, carried.label("campaigns"))
-        .select_from(agg.join(links, links.c.id == agg.c.link_id))
-        .order_by(agg.c.clicks.desc(), agg.c.all_clicks.desc(), links.c.url, agg.c.link_id)
+        .select_from(agg.outerjoin(links, links.c.id == agg.c.link_id))
+        .order_by(agg.c.clicks.desc(), agg.c.all_clicks.desc(), url, agg.c.link_id)
         .limit(limit)
     ).all())
 
