@@ -69,8 +69,7 @@ def run_kind(kind: str, args: argparse.Namespace) -> dict[str, Any]:
         return {
             "generated": gen, "contacts_in_page": PAGE, "their_events": own_events, "ms": ms,
             "engagement_over_count_star": r,
-            "sql_only_over_count_star": ratio(ms["engagement_sql_only"], ms["count_star"]), "target": f"<= {TARGET}x count(*) of the same contacts' events",
-            "status": verdict(r is not None and r <= TARGET),
+            "sql_only_over_count_star": ratio(ms["engagement_sql_only"], ms["count_star"]), "status": "reported",
         }
 
 
