@@ -31,6 +31,7 @@ FULL: list[tuple[str, list[str]]] = [
     ("concurrency", ["bench_concurrency.py", "--clicks", "1000"]),
     ("reports", ["bench_reports.py", "--events", "1000000", "--messages", "50000", "--repeat", "5"]),
     ("csv_export", ["bench_csv.py", "--rows", "1000000"]),
+    ("insights", ["bench_insights.py", "--events", "1000000", "--messages", "50000"]),
     ("reports_pagination_sqlite", ["bench_reports_pagination.py", "--db", "sqlite"]),
     ("reports_pagination_postgresql", ["bench_reports_pagination.py", "--db", "postgresql"]),
 ]
@@ -40,6 +41,7 @@ QUICK: list[tuple[str, list[str]]] = [
     ("concurrency", ["bench_concurrency.py", "--clicks", "300"]),
     ("reports", ["bench_reports.py", "--events", "50000", "--messages", "10000", "--page", "100", "--repeat", "3"]),
     ("csv_export", ["bench_csv.py", "--rows", "20000"]),
+    ("insights", ["bench_insights.py", "--events", "50000", "--messages", "10000", "--repeat", "3"]),
     ("reports_pagination_sqlite", ["bench_reports_pagination.py", "--db", "sqlite", "--events", "5000"]),
     ("reports_pagination_postgresql", ["bench_reports_pagination.py", "--db", "postgresql", "--events", "5000"]),
 ]

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 from flask import Flask
@@ -11,6 +11,7 @@ from . import config as cfg
 from .errors import ConfigurationError
 from .journal import Journal
 from .models import ContactEvent, DNCReason, Message, UtmTag, metadata
+from .services import bulk
 from .services import dnc as dnc_service
 from .services import events as event_service
 from .services import external_events
@@ -182,6 +183,36 @@ class MailTrack:
         ``SCHEDULED`` for :meth:`send_due`), ``track_opens`` / ``track_clicks`` (override
         the config for this message) and ``tenant_id``."""
         return message_service.track_message(get_state(), **kwargs)
+
+    def track_messages(
+        self,
+        recipients: Iterable[Mapping[str, Any]],
+        *,
+        subject: str,
+        html: str | None = None,
+        text: str | None = None,
+        scheduled_at: dt.datetime | None = None,
+        track_opens: bool | None = None,
+        track_clicks: bool | None = None,
+        tenant_id: Any = UNSET,
+        **common: Any,
+    ) -> list[str]:
+        """Store one tracked message per recipient of a campaign, in one transaction, and
+        return their ids in recipient order.
+
+        Each recipient is a mapping with ``contact_id`` and ``email`` and optionally its own
+        ``subject``, ``html``, ``text``, ``related_entity_type``, ``related_entity_id``,
+        ``variables``, ``conversation_id``, ``cc``, ``bcc``. ``common`` takes the shared
+        keywords of :meth:`track_message` (``campaign_id``, ``template_id``,
+        ``template_name``, ``type``, ...). The messages equal what :meth:`track_message`
+        would store, but the template is instrumented once and only the tokens are signed
+        per recipient, so a large campaign is prepared many times faster. All or nothing:
+        an invalid recipient raises :class:`~crm_mailtrack.ValidationError` and nothing is
+        stored. Send them with :meth:`send` (or :meth:`send_due` with ``scheduled_at``)."""
+        return bulk.track_messages(
+            get_state(), recipients, subject=subject, html=html, text=text, scheduled_at=scheduled_at,
+            track_opens=track_opens, track_clicks=track_clicks, tenant_id=tenant_id, **common,
+        )
 
     def send(self, message: Message) -> Message:
         """Deliver ``message`` through ``MAILTRACK_SMTP_URL``."""

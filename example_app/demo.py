@@ -1,12 +1,17 @@
 """Deterministic demo data: contacts, four campaigns over six weeks, and their engagement.
 
-Everything goes through crm_mailtrack the way production traffic would: messages are
-stored with ``track_message`` (signed links, pixel, List-Unsubscribe), opens and clicks are
-real requests to the public tracking routes (a browser's user agent for people; HEAD and
-prefetch requests for mail scanners and image proxies, which the extension flags as
-machine events), the unsubscribe is a real RFC 8058 POST, and the bounce and forwards come
-in through ``record_event`` as an ESP webhook would deliver them. Only the clock is
-simulated: each event is moved back to its story time right after it is recorded.
+Everything goes through crm_mailtrack's public surface, the way production traffic would:
+messages are stored with ``track_message`` and delivered with ``send`` (to a private local
+SMTP server, so the demo mail also shows in the Inbox), opens and clicks are real requests
+to the public tracking routes (a browser's user agent for people; HEAD and prefetch
+requests for mail scanners and image proxies, which the extension flags as machine
+events), the unsubscribe is a real RFC 8058 POST, and the bounce and forwards come in
+through ``record_event`` as an ESP webhook would deliver them.
+
+Only the clock is simulated, for the whole process, with ``time-machine``: each step runs
+at its story time, so the extension stamps its rows (messages, events, Do-Not-Contact and
+UTM entries) with that time itself. Nothing is written to the extension's tables behind its
+back.
 
 The random generator has a fixed seed and every time is an offset from ``anchor`` (the
 first run's UTC midnight unless configured), so the same anchor gives the same data.
@@ -16,16 +21,16 @@ from __future__ import annotations
 import datetime as dt
 import random
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
 
 import sqlalchemy as sa
+import time_machine
 from flask import Flask
 
-from crm_mailtrack.models import MessageStatus, dnc, events, messages, utm_tags
-from crm_mailtrack.state import get_state
-from crm_mailtrack.tokens import Purpose
+from crm_mailtrack import Message
 
 from .models import Campaign, Contact, db
 
@@ -112,46 +117,53 @@ def make_contacts(rng: random.Random) -> list[Contact]:
     return people
 
 
-class _Clock:
-    """Moves the rows the tracking routes just wrote back to their story time.
-
-    Every story time lies before the generation started, and a route stamps its rows with
-    the real time, so "rows stamped since the start" are exactly the ones just written.
-    """
-
-    def __init__(self) -> None:
-        self.start = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=1)
-
-    def backdate(self, when: dt.datetime, contact_id: str | None = None) -> None:
-        assert when < self.start, "demo story times must lie in the past"
-        db.session.execute(events.update().where(events.c.tenant_id == "", events.c.occurred_at >= self.start)
-                           .values(occurred_at=when))
-        if contact_id is not None:
-            for table in (dnc, utm_tags):
-                db.session.execute(table.update().where(table.c.contact_id == contact_id,
-                                                        table.c.date_added >= self.start).values(date_added=when))
-        db.session.commit()
-
-
 def generate(app: Flask, anchor: dt.datetime | None = None) -> dict[str, int]:
-    """Fill an empty database with the demo story; returns counts of what was made."""
+    """Fill an empty database with the demo story; returns counts of what was made.
+
+    The story is told by a second instance of the CRM on the same database whose
+    ``MAILTRACK_SMTP_URL`` is a private local SMTP server (started here, stopped at the
+    end), so every demo message is really sent and lands in the Inbox."""
     anchor = anchor or default_anchor()
     if anchor.tzinfo is None:
         anchor = anchor.replace(tzinfo=dt.timezone.utc)
     if anchor > dt.datetime.now(dt.timezone.utc):
         raise ValueError("The demo anchor must not lie in the future.")
-    return _Story(app).tell(anchor)
+    from . import create_app
+    from .mailbox import LocalSMTPServer
+
+    smtp = LocalSMTPServer().start()
+    try:
+        keep = ("MAILTRACK_", "SQLALCHEMY_", "EXAMPLE_")
+        config = {k: v for k, v in app.config.items() if k.startswith(keep) or k in ("SECRET_KEY", "TESTING")}
+        teller = create_app({**config, "MAILTRACK_SMTP_URL": smtp.url, "EXAMPLE_SEED_DEMO": False})
+        smtp.app = teller
+        with teller.app_context():
+            try:
+                return _Story(teller).tell(anchor)
+            finally:
+                db.session.remove()
+                db.engine.dispose()
+    finally:
+        smtp.stop()
+
+
+@contextmanager
+def at(when: dt.datetime) -> Iterator[None]:
+    """Run the block with the process clock stopped at ``when`` (``time-machine``)."""
+    with time_machine.travel(when, tick=False):
+        yield
 
 
 class _Story:
-    """One run of the generator: its random source, simulated clock and HTTP client."""
+    """One run of the generator: its random source and HTTP client."""
 
     def __init__(self, app: Flask) -> None:
+        from . import mailtrack
+
         self.rng = random.Random(SEED)
-        self.mailtrack = app.extensions["mailtrack"].extension
+        self.mailtrack = mailtrack
         self.base = app.config["MAILTRACK_BASE_URL"].rstrip("/")
         self.client = app.test_client()
-        self.clock = _Clock()
         self.counts = {"contacts": 0, "campaigns": 0, "messages": 0, "requests": 0}
 
     def tell(self, anchor: dt.datetime) -> dict[str, int]:
@@ -178,55 +190,47 @@ class _Story:
             for contact in contacts:
                 cid = str(contact.id)
                 when = sent_at + dt.timedelta(seconds=rng.randint(0, 3600))
-                message = mailtrack.track_message(
-                    contact_id=cid, email=contact.email, subject=personalise(spec.subject, contact),
-                    html=personalise(html, contact), campaign_id=spec.slug, template_id=spec.slug,
-                    template_name=spec.name, type="CAMPAIGN",
-                )
+                with at(when):  # stored and sent at its story time; DNC contacts are SUPPRESSED
+                    message = mailtrack.send(mailtrack.track_message(
+                        contact_id=cid, email=contact.email, subject=personalise(spec.subject, contact),
+                        html=personalise(html, contact), campaign_id=spec.slug, template_id=spec.slug,
+                        template_name=spec.name, type="CAMPAIGN",
+                    ))
                 self.counts["messages"] += 1
-                deliverable = mailtrack.can_contact(cid)
-                db.session.execute(messages.update().where(messages.c.id == message.id).values(
-                    status=(MessageStatus.SENT if deliverable else MessageStatus.SUPPRESSED).value,
-                    sent_at=when if deliverable else None, created_at=when, updated_at=when,
-                    internet_message_id=f"<{message.id}@crm.example>" if deliverable else None,
-                ))
-                db.session.commit()
-                if not deliverable:
+                if str(message.status) != "SENT":
                     continue
-                mailtrack.record_event(cid, "send", email=contact.email, message_id=message.id,
-                                       campaign_id=spec.slug, occurred_at=when)
                 if contact.id == bouncer.id:
-                    self.bounce(contact, message.id, spec.slug, when + dt.timedelta(minutes=2))
+                    self.bounce(contact, message, spec.slug, when + dt.timedelta(minutes=2))
                     continue
                 self.engage(contact, message, spec, when, habit[contact.id],
                             unsubscribe=contact.id == unsubscriber.id and spec.slug == "spring-webinar",
                             forward=contact.id in forwarders and spec.slug == "q2-product-update")
         return self.counts
 
-    def hit(self, method: str, url: str, ua: str, when: dt.datetime, contact_id: str | None = None,
-            ip: str | None = None, **headers: str) -> None:
-        """A real request to a tracking route, then its rows moved to ``when`` (with
-        ``contact_id``, also the DNC/UTM rows it may have added for that contact)."""
+    def hit(self, method: str, url: str, ua: str, when: dt.datetime, ip: str | None = None, **headers: str) -> None:
+        """A real request to a tracking route, at ``when``."""
         data = {"List-Unsubscribe": "One-Click"} if method == "POST" else None
-        resp = self.client.open(url[len(self.base):], method=method, headers={"User-Agent": ua, **headers},
-                                data=data, environ_base={"REMOTE_ADDR": ip or f"198.51.100.{self.rng.randint(2, 250)}"})
+        address = ip or f"198.51.100.{self.rng.randint(2, 250)}"
+        with at(when):
+            resp = self.client.open(url[len(self.base):], method=method, headers={"User-Agent": ua, **headers},
+                                    data=data, environ_base={"REMOTE_ADDR": address})
         assert resp.status_code in (200, 302), (method, url, resp.status_code)
-        self.clock.backdate(when, contact_id)
         self.counts["requests"] += 1
 
-    def bounce(self, contact: Contact, message_id: str, campaign: str, when: dt.datetime) -> None:
+    def bounce(self, contact: Contact, message: Message, campaign: str, when: dt.datetime) -> None:
         """A hard bounce as an ESP webhook reports it: ``record_event`` also puts the contact
         on Do-Not-Contact (reason BOUNCED, the message as channel id, the reason as comment)."""
-        cid = str(contact.id)
-        self.mailtrack.record_event(cid, "bounce", email=contact.email, message_id=message_id, campaign_id=campaign,
-                                    occurred_at=when,
-                                    details={"bounceType": "hard", "reason": "550 5.1.1 mailbox unavailable"})
-        self.clock.backdate(when, cid)
+        with at(when):
+            self.mailtrack.record_event(str(contact.id), "bounce", email=contact.email, message_id=message.id,
+                                        campaign_id=campaign, occurred_at=when,
+                                        details={"bounceType": "hard", "reason": "550 5.1.1 mailbox unavailable"})
 
-    def engage(self, contact: Contact, message: Any, spec: CampaignSpec, sent: dt.datetime, habit: float, *,
+    def engage(self, contact: Contact, message: Message, spec: CampaignSpec, sent: dt.datetime, habit: float, *,
                unsubscribe: bool, forward: bool) -> None:
-        """Opens, clicks, scanner hits, a forward or an unsubscribe for one delivered message."""
-        rng, cid = self.rng, str(contact.id)
+        """Opens, clicks, scanner hits, a forward or an unsubscribe for one delivered message.
+        A person's click on a link with ``utm_*`` parameters also tags the contact (the
+        extension does that on the click)."""
+        rng = self.rng
         links = _tracked_links(message.html or "")
         pixel = _pixel(message.html or "")
         if contact.email.endswith("@contoso.example"):
@@ -246,32 +250,19 @@ class _Story:
         if rng.random() < 0.25:  # read it again later
             self.hit("GET", pixel, ua, opened + dt.timedelta(hours=rng.randint(2, 30)))
         if unsubscribe:
-            self.hit("POST", message.headers["List-Unsubscribe"].strip("<>"), ua, opened + dt.timedelta(minutes=3), cid)
+            self.hit("POST", message.headers["List-Unsubscribe"].strip("<>"), ua, opened + dt.timedelta(minutes=3))
             return
         for url in links:
             if rng.random() < spec.appeal * (1.4 if habit > 0.6 else 0.8):
                 when = opened + dt.timedelta(minutes=rng.randint(1, 20))
                 browser = BROWSERS[0] if ua.startswith("Microsoft Outlook") else ua  # links open in a browser
-                self.hit("GET", url, browser, when, cid)
-                self.utm_for_click(cid, url, browser, when)
+                self.hit("GET", url, browser, when)
         if forward:
-            self.mailtrack.record_event(cid, "forward", email=contact.email, message_id=message.id,
-                                        campaign_id=spec.slug, occurred_at=opened + dt.timedelta(hours=1),
-                                        details={"to_domain": contact.email.split("@")[1]})
-
-    def utm_for_click(self, cid: str, tracked: str, ua: str, when: dt.datetime) -> None:
-        """The landing page's UTM capture: one tag per contact and campaign (unless the
-        extension already stored one for the click)."""
-        dest = get_state().signer.loads(Purpose.CLICK, tracked.rsplit("/", 1)[1])[1]
-        query = dict(parse_qsl(urlsplit(dest).query))
-        same = sa.and_(utm_tags.c.contact_id == cid, utm_tags.c.utm_campaign == query.get("utm_campaign"))
-        if db.session.execute(sa.select(utm_tags.c.id).where(same)).first() is None:
-            self.mailtrack.add_utm(cid, utm_campaign=query.get("utm_campaign"), utm_source=query.get("utm_source"),
-                                   utm_medium=query.get("utm_medium"), url=dest, useragent=ua,
-                                   remotehost="198.51.100.0", last_active=when)
-            self.clock.backdate(when, cid)
-        db.session.execute(utm_tags.update().where(same).values(last_active=when))
-        db.session.commit()
+            when = opened + dt.timedelta(hours=1)
+            with at(when):
+                self.mailtrack.record_event(str(contact.id), "forward", email=contact.email, message_id=message.id,
+                                            campaign_id=spec.slug, occurred_at=when,
+                                            details={"to_domain": contact.email.split("@")[1]})
 
 
 def _tracked_links(html: str) -> list[str]:

@@ -1,7 +1,8 @@
 """Compose-and-send: a campaign to the CRM's contacts, through crm_mailtrack.
 
-Each recipient gets a message stored with ``mailtrack.track_message`` (signed links, open
-pixel, List-Unsubscribe headers) and delivered with ``mailtrack.send`` through
+The campaign's messages are stored in one call to ``mailtrack.track_messages`` (signed
+links, open pixel, List-Unsubscribe headers; each recipient's personalised subject and HTML)
+and each is delivered with ``mailtrack.send`` through
 ``MAILTRACK_SMTP_URL``, which in the demo is the local aiosmtpd server of ``mailbox.py``.
 """
 from __future__ import annotations
@@ -10,8 +11,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from flask import current_app
 from markupsafe import escape
+
+from crm_mailtrack import Message
 
 from .models import Campaign, Contact, db, utcnow
 
@@ -51,20 +53,21 @@ def personalise(template: str, contact: Contact) -> str:
 
 def send_campaign(name: str, subject: str, html: str, contacts: list[Contact]) -> SendResult:
     """Create a campaign and send it to ``contacts``; suppressed and failed ones are counted."""
-    mailtrack = current_app.extensions["mailtrack"].extension
+    from . import mailtrack
+
     campaign = Campaign(slug=slugify(name), name=name, subject=subject, html=html, sent_at=utcnow())
     db.session.add(campaign)
     db.session.commit()
     result = SendResult(campaign)
     html = html.replace("{campaign}", campaign.slug)
-    for contact in contacts:
-        message = mailtrack.track_message(
-            contact_id=str(contact.id), email=contact.email,
-            subject=personalise(subject, contact), html=personalise(html, contact),
-            text=None, campaign_id=campaign.slug, template_id=campaign.slug,
-            template_name=campaign.name, type="CAMPAIGN",
-        )
-        message = deliver(message)
+    ids = mailtrack.track_messages(
+        [{"contact_id": str(c.id), "email": c.email, "subject": personalise(subject, c), "html": personalise(html, c)}
+         for c in contacts],
+        subject=subject, campaign_id=campaign.slug, template_id=campaign.slug, template_name=campaign.name,
+        type="CAMPAIGN",
+    )
+    for message_id in ids:
+        message = deliver(db.session.get(Message, message_id))
         status = str(message.status)
         if status == "SENT":
             result.sent += 1
@@ -79,4 +82,6 @@ def send_campaign(name: str, subject: str, html: str, contacts: list[Contact]) -
 
 def deliver(message: Any) -> Any:
     """``mailtrack.send(message)``: SMTP delivery, DNC suppression, ``send``/``failed`` events."""
-    return current_app.extensions["mailtrack"].extension.send(message)
+    from . import mailtrack
+
+    return mailtrack.send(message)

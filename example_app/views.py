@@ -1,5 +1,5 @@
-"""The CRM's pages. Views only parse the request and render: numbers come from
-``metrics`` (the extension's API or its tables), actions from crm_mailtrack's Python API."""
+"""The CRM's pages. Views only parse the request and render: numbers and message records
+come from ``metrics`` (the extension's JSON API), actions from ``MailTrack``'s public methods."""
 from __future__ import annotations
 
 import datetime as dt
@@ -11,9 +11,9 @@ from urllib.parse import urlsplit
 from flask import (Blueprint, Flask, abort, current_app, flash, g, redirect, render_template, request,
                    session, url_for)
 
-from crm_mailtrack.models import DNCReason, Message
+from crm_mailtrack import DNCReason
 
-from . import charts, metrics
+from . import charts, mailtrack, metrics
 from .models import Campaign, Contact, InboxMail, db
 
 blueprint = Blueprint("crm", __name__)
@@ -126,11 +126,16 @@ MAIL_CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src http: https:
             "sandbox allow-popups allow-popups-to-escape-sandbox allow-top-navigation-by-user-activation")
 
 
+def _extension_route() -> bool:
+    """Whether the request is for one of the extension's own routes (API, tracking)."""
+    return request.path.startswith(current_app.config["MAILTRACK_URL_PREFIX"].rstrip("/") + "/")
+
+
 @blueprint.after_app_request
 def _security_headers(response: Any) -> Any:
     """Content-Security-Policy on every CRM page, its error pages included; the extension's
     own routes (API, tracking, unsubscribe page) are left as the extension answers them."""
-    if request.path.startswith(current_app.extensions["mailtrack"].url_prefix + "/"):
+    if _extension_route():
         return response
     if "Content-Security-Policy" not in response.headers:
         tracking = _origin(current_app.config["MAILTRACK_BASE_URL"])
@@ -200,14 +205,13 @@ def contact(contact_id: int) -> str:
     for event in events:
         event["when"] = as_datetime(event["timestamp"])
     return render_template("contact.html", person=person, events=events, dnc=metrics.contact_dnc(cid),
-                           utm=metrics.contact_utm(cid))
+                           utm=metrics.contact_utm(cid), engagement=metrics.engagement(cid))
 
 
 @blueprint.route("/contacts/<int:contact_id>/dnc", methods=["POST"])
 def contact_dnc(contact_id: int) -> Any:
     check_csrf()
     person = db.get_or_404(Contact, contact_id)
-    mailtrack = current_app.extensions["mailtrack"].extension
     if request.form.get("action") == "remove":
         mailtrack.remove_dnc(str(person.id), "email")
         flash(f"{person.display_name} may be emailed again.")
@@ -242,23 +246,32 @@ def campaign_funnel_json(slug: str) -> Any:
     return {"campaign_id": slug, "steps": metrics.funnel(slug).steps()}
 
 
+def _message_or_404(message_id: str) -> dict[str, Any]:
+    """The message record from the communications API, in the template's terms."""
+    rec = metrics.message(message_id)
+    if rec is None:
+        abort(404)
+    return {"id": rec["id"], "email": (rec.get("recipients") or [""])[0], "subject": rec.get("subject") or "",
+            "status": rec.get("status") or "", "error_message": rec.get("errorMessage"),
+            "sent_at": rec.get("sentAt"), "campaign_id": rec.get("campaignId"), "contact_id": rec.get("contactId") or "",
+            "html": rec.get("body") or "",
+            # the headers the extension adds, from its public URL helper
+            "headers": {"List-Unsubscribe": f"<{mailtrack.unsubscribe_url(rec['id'])}>",
+                        "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}}
+
+
 @blueprint.route("/messages/<message_id>")
 def message(message_id: str) -> str:
-    msg = db.session.get(Message, message_id)
-    if msg is None or msg.tenant_id != "":
-        abort(404)
-    person = db.session.get(Contact, int(msg.contact_id)) if msg.contact_id.isdigit() else None
-    links = metrics.message_links(msg.id, contact_id=msg.contact_id)
+    msg = _message_or_404(message_id)
+    person = db.session.get(Contact, int(msg["contact_id"])) if msg["contact_id"].isdigit() else None
+    links = metrics.message_links(msg["id"], contact_id=msg["contact_id"])
     return render_template("message.html", msg=msg, person=person, links=links)
 
 
 @blueprint.route("/messages/<message_id>/body")
 def message_body(message_id: str) -> Any:
     """The tracked HTML of a message for the preview frame (the open pixel blanked)."""
-    msg = db.session.get(Message, message_id)
-    if msg is None or msg.tenant_id != "":
-        abort(404)
-    return mail_document(srcdoc(msg.html or "", target="_blank", preview=True))
+    return mail_document(srcdoc(_message_or_404(message_id)["html"], target="_blank", preview=True))
 
 
 @blueprint.route("/compose", methods=["GET", "POST"])
@@ -340,7 +353,7 @@ def favicon() -> Any:
 
 @blueprint.app_errorhandler(404)
 def not_found(exc: Exception) -> Any:
-    if request.path.startswith(current_app.extensions["mailtrack"].url_prefix + "/"):
+    if _extension_route():
         return exc  # the extension's own routes answer for themselves
     return render_template("error.html", code=404, title="Not found",
                            detail="There is no such page in Northwind CRM."), 404

@@ -92,21 +92,24 @@ def test_totals_humans_by_default(data_app):
     got = analytics(data_app.extensions["mailtrack"], "")
     # SENT: m1 m2 m3 m4 m6 m9 = 6; opened (open or click, humans): m1 m2 m6 = 3; clicked: m1 m2 = 2
     assert (got["totalSent"], got["totalOpened"], got["totalClicked"]) == (6, 3, 2)
-    assert got["openRate"] == 0.5 and got["clickRate"] == 0.3333
+    # rates over delivered (m4 bounced: 5), click-to-open over opened
+    assert (got["openRate"], got["clickRate"], got["clickToOpenRate"]) == (0.6, 0.4, 0.6667)
     assert got["failureRate"] == 0.1429  # 1 FAILED / (6 SENT + 1 FAILED)
     assert got["byTemplate"] == [
         {"templateId": "T1", "templateName": "Template T1", "totalSent": 4, "totalOpened": 2, "totalClicked": 2,
-         "openRate": 0.5, "clickRate": 0.5},
+         "openRate": 0.5, "clickRate": 0.5, "clickToOpenRate": 1.0},
         {"templateId": "T2", "templateName": "Template T2", "totalSent": 1, "totalOpened": 0, "totalClicked": 0,
-         "openRate": 0.0, "clickRate": 0.0},
+         "openRate": 0.0, "clickRate": 0.0, "clickToOpenRate": 0.0},
         {"templateId": None, "templateName": None, "totalSent": 1, "totalOpened": 1, "totalClicked": 0,
-         "openRate": 1.0, "clickRate": 0.0},
+         "openRate": 1.0, "clickRate": 0.0, "clickToOpenRate": 0.0},
     ]
     assert got["byType"] == [
-        {"type": "INVOICE", "totalSent": 2, "totalOpened": 0, "totalClicked": 0, "openRate": 0.0, "clickRate": 0.0},
+        {"type": "INVOICE", "totalSent": 2, "totalOpened": 0, "totalClicked": 0, "openRate": 0.0, "clickRate": 0.0,
+         "clickToOpenRate": 0.0},
         {"type": "OFFERTE", "totalSent": 3, "totalOpened": 2, "totalClicked": 2, "openRate": 0.6667,
-         "clickRate": 0.6667},
-        {"type": None, "totalSent": 1, "totalOpened": 1, "totalClicked": 0, "openRate": 1.0, "clickRate": 0.0},
+         "clickRate": 0.6667, "clickToOpenRate": 1.0},
+        {"type": None, "totalSent": 1, "totalOpened": 1, "totalClicked": 0, "openRate": 1.0, "clickRate": 0.0,
+         "clickToOpenRate": 0.0},
     ]
     assert got["sendVolumeByDay"] == [
         {"date": "2026-02-27", "count": 1}, {"date": "2026-03-01", "count": 2},
@@ -117,7 +120,7 @@ def test_totals_humans_by_default(data_app):
 def test_include_bots_counts_machine_events(data_app):
     got = analytics(data_app.extensions["mailtrack"], "", include_bots=True)
     assert (got["totalSent"], got["totalOpened"], got["totalClicked"]) == (6, 4, 3)
-    assert got["openRate"] == 0.6667 and got["clickRate"] == 0.5
+    assert got["openRate"] == 0.8 and got["clickRate"] == 0.6  # over 5 delivered
 
 
 def test_date_range_through_the_api(data_app):
@@ -127,7 +130,7 @@ def test_date_range_through_the_api(data_app):
     got = resp.json
     # in range [03-01, 03-03): m1 m2 m3 m4 SENT, m5 FAILED (created 03-02)
     assert (got["totalSent"], got["totalOpened"], got["totalClicked"]) == (4, 2, 2)
-    assert got["failureRate"] == 0.2 and got["openRate"] == 0.5
+    assert got["failureRate"] == 0.2 and got["openRate"] == 0.6667  # 2 of 3 delivered (m4 bounced)
     assert got["sendVolumeByDay"] == [{"date": "2026-03-01", "count": 2}, {"date": "2026-03-02", "count": 2}]
     exact = client.get(f"{API}?dateFrom=2026-03-01T23:00:00Z&dateTo=2026-03-02T08:00:00Z", headers=HDRS).json
     assert exact["totalSent"] == 1 and exact["totalOpened"] == 1  # only m2: dateTo is exclusive
@@ -137,7 +140,7 @@ def test_date_range_through_the_api(data_app):
 def test_empty_range_has_zero_rates(data_app):
     got = data_app.test_client().get(f"{API}?dateFrom=2030-01-01", headers=HDRS).json
     assert got == {"totalSent": 0, "totalOpened": 0, "totalClicked": 0, "openRate": 0.0, "clickRate": 0.0,
-                   "failureRate": 0.0, "byTemplate": [], "byType": [], "sendVolumeByDay": [],
+                   "clickToOpenRate": 0.0, "failureRate": 0.0, "byTemplate": [], "byType": [], "sendVolumeByDay": [],
                    "totalFailed": 0, "totalBounced": 0, "totalDelivered": 0, "totalUnsubscribed": 0,
                    "engagementByDay": []}
 
@@ -151,7 +154,7 @@ def test_cli_stats(data_app):
     runner = data_app.test_cli_runner()
     result = runner.invoke(args=["mailtrack", "stats", "--from", "2026-03-01", "--to", "2026-03-02"])
     assert result.exit_code == 0, result.output
-    assert "sent 4  opened 2 (50.0%)  clicked 2 (50.0%)  failure rate 20.0%" in result.output
+    assert "sent 4  opened 2 (66.7%)  clicked 2 (66.7%)  failure rate 20.0%" in result.output
     assert "T1: sent 3" in result.output and "2026-03-02  2" in result.output
     as_json = runner.invoke(args=["mailtrack", "stats", "--include-bots", "--json"])
     assert json.loads(as_json.output)["totalOpened"] == 4

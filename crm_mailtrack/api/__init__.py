@@ -13,5 +13,6 @@ from .core import blueprint
 from . import openapi  # noqa: E402,F401  (isort: skip)
 from . import contacts, campaigns, odata  # noqa: E402,F401  (isort: skip)
 from . import communications  # noqa: E402,F401  (isort: skip)
+from . import insights  # noqa: E402,F401  (isort: skip)
 
 __all__ = ["blueprint"]

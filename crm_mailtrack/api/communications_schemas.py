@@ -407,8 +407,9 @@ class _Rates(ma.Schema):
     totalSent = f.Integer()
     totalOpened = f.Integer()
     totalClicked = f.Integer()
-    openRate = f.Float()
-    clickRate = f.Float()
+    openRate = f.Float(metadata=_d("totalOpened / delivered (sent minus bounced); 0.0 when none was delivered."))
+    clickRate = f.Float(metadata=_d("totalClicked / delivered (sent minus bounced)."))
+    clickToOpenRate = f.Float(metadata=_d("totalClicked / totalOpened (click-to-open rate)."))
 
 
 class _ByTemplate(_Rates):

@@ -4,7 +4,8 @@ Definitions (docs/metrics.md states each once): a message is *in range* when its
 time (``sent_at``, else ``created_at`` for messages never sent) falls in
 ``[dateFrom, dateTo)``; ``totalSent`` counts SENT messages; a message is *opened* when it
 has an open or a click event (a click implies an open); *clicked* when it has a click
-event; each message counts at most once. Rates are over SENT messages, except
+event; each message counts at most once. ``openRate`` and ``clickRate`` are over
+delivered messages (SENT minus bounced), ``clickToOpenRate`` = clicked / opened,
 ``failureRate`` = FAILED / (SENT + FAILED). Human events only unless ``include_bots``.
 A SENT message is *bounced* / *unsubscribed* when it has a bounce / unsubscribe event
 (whoever caused it: these are facts about delivery and consent, not engagement);
@@ -128,9 +129,13 @@ def _sent_with(m: sa.Subquery, flag: str) -> Any:
 
 
 def _group(g: dict[str, Any]) -> dict[str, Any]:
+    """Totals and rates of a group; open and click rates are over *delivered* messages
+    (sent minus bounced), click-to-open over opened ones."""
     sent, opened, clicked = g["sent"], g["opened"], g["clicked"]
+    delivered = sent - g["bounced"]
     return {"totalSent": sent, "totalOpened": opened, "totalClicked": clicked,
-            "openRate": rate(opened, sent), "clickRate": rate(clicked, sent)}
+            "openRate": rate(opened, delivered), "clickRate": rate(clicked, delivered),
+            "clickToOpenRate": rate(clicked, opened)}
 
 
 def _day(conn: Any, col: Any) -> Any:

@@ -207,13 +207,16 @@ def send(state: MailTrackState, message: Message | str, *, mailer: Mailer | None
         if row is None:
             raise NotFound(f"No message {message_id!r}.")
         raise Conflict(f"Message {message_id} is {row.status}; only PENDING or SCHEDULED messages are sent.")
-    if mailer is not None:
-        return _send_claimed(state, message_id, mailer, claimed_at)
-    own = Mailer(settings)
+    own = Mailer(settings) if mailer is None else None
     try:
-        return _send_claimed(state, message_id, own, claimed_at)
+        msg = _send_claimed(state, message_id, mailer or own, claimed_at)  # type: ignore[arg-type]
     finally:
-        own.close()
+        if own is not None:
+            own.close()
+    # The outcome was written with an UPDATE: reload it for hosts whose session keeps loaded
+    # objects across commits (``expire_on_commit=False``), or they would see SENDING.
+    state.session.refresh(msg)
+    return msg
 
 
 def _on_dnc(state: MailTrackState, message: Message) -> bool:
