@@ -20,20 +20,16 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import re
-import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from crawlerdetect import CrawlerDetect
 
 from . import config as cfg
 from .devices import MAIL_CLIENTS, parse
 from .errors import ConfigurationError
-
-if TYPE_CHECKING:
-    from .state import MailTrackState
 
 # -- reasons (stored in mailtrack_events.machine_reason; defined in docs/metrics-bots.md) --
 HEAD_REQUEST = "head-request"
@@ -191,6 +187,7 @@ class BotPolicy:
 
     @classmethod
     def from_config(cls, conf: Any) -> BotPolicy:
+        """The policy of an app's config; built once, by ``Settings`` at ``init_app``."""
         def seconds(key: str) -> float:
             value = conf.get(key, cfg.DEFAULTS[key])
             value = 0 if value is None else value
@@ -212,20 +209,8 @@ class BotPolicy:
         )
 
 
-_POLICIES: weakref.WeakKeyDictionary[Any, BotPolicy] = weakref.WeakKeyDictionary()
-
-
-def policy(state: MailTrackState) -> BotPolicy:
-    """The app's :class:`BotPolicy`, built from its config once."""
-    try:
-        return _POLICIES[state]
-    except KeyError:
-        built = _POLICIES[state] = BotPolicy.from_config(state.app.config)
-        return built
-
-
 def classify(
-    state: MailTrackState,
+    rules: BotPolicy,
     event_type: str,
     *,
     user_agent: str | None,
@@ -239,10 +224,10 @@ def classify(
     reason = classify_user_agent(user_agent, event_type)
     if reason is not None or not ip:
         return reason
-    return policy(state).network_reason(ip, event_type)
+    return rules.network_reason(ip, event_type)
 
 
 __all__ = [
-    "REASONS", "BotPolicy", "policy", "classify", "classify_user_agent",
+    "REASONS", "BotPolicy", "classify", "classify_user_agent",
     "DEFAULT_SCANNER_NETWORKS", "DEFAULT_APPLE_PROXY_NETWORKS",
 ]

@@ -32,12 +32,6 @@ _CLICK = EventType.CLICK.value
 _OPEN = EventType.OPEN.value
 
 
-@blueprint.record_once
-def _check_bot_config(setup) -> None:
-    """Bad MAILTRACK_BOT_* / network settings fail at init_app, naming the key."""
-    bots.policy(get_state(setup.app))
-
-
 def _facts(state, event_type: str | None = None) -> dict:
     """IP (anonymized unless configured otherwise), user agent and, for opens and clicks,
     the machine reason the request shows by itself (see :mod:`.bots`)."""
@@ -46,7 +40,7 @@ def _facts(state, event_type: str | None = None) -> dict:
     ua = user_agent(req)
     reason = machine_reason(req)
     if event_type is not None:
-        reason = bots.classify(state, event_type, user_agent=ua, ip=ip, request_reason=reason)
+        reason = bots.classify(state.settings.bot_policy, event_type, user_agent=ua, ip=ip, request_reason=reason)
     return {"ip": ip, "user_agent": ua, "machine_reason": reason}
 
 

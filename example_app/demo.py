@@ -148,7 +148,9 @@ class _Story:
 
     def __init__(self, app: Flask) -> None:
         self.rng = random.Random(SEED)
-        self.mailtrack = app.extensions["mailtrack"].extension
+        from . import mailtrack
+
+        self.mailtrack = mailtrack
         self.base = app.config["MAILTRACK_BASE_URL"].rstrip("/")
         self.client = app.test_client()
         self.clock = _Clock()

@@ -10,7 +10,6 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from flask import current_app
 from markupsafe import escape
 
 from .models import Campaign, Contact, db, utcnow
@@ -51,7 +50,8 @@ def personalise(template: str, contact: Contact) -> str:
 
 def send_campaign(name: str, subject: str, html: str, contacts: list[Contact]) -> SendResult:
     """Create a campaign and send it to ``contacts``; suppressed and failed ones are counted."""
-    mailtrack = current_app.extensions["mailtrack"].extension
+    from . import mailtrack
+
     campaign = Campaign(slug=slugify(name), name=name, subject=subject, html=html, sent_at=utcnow())
     db.session.add(campaign)
     db.session.commit()
@@ -79,4 +79,6 @@ def send_campaign(name: str, subject: str, html: str, contacts: list[Contact]) -
 
 def deliver(message: Any) -> Any:
     """``mailtrack.send(message)``: SMTP delivery, DNC suppression, ``send``/``failed`` events."""
-    return current_app.extensions["mailtrack"].extension.send(message)
+    from . import mailtrack
+
+    return mailtrack.send(message)

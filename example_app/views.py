@@ -207,7 +207,8 @@ def contact(contact_id: int) -> str:
 def contact_dnc(contact_id: int) -> Any:
     check_csrf()
     person = db.get_or_404(Contact, contact_id)
-    mailtrack = current_app.extensions["mailtrack"].extension
+    from . import mailtrack
+
     if request.form.get("action") == "remove":
         mailtrack.remove_dnc(str(person.id), "email")
         flash(f"{person.display_name} may be emailed again.")

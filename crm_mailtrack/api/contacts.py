@@ -57,7 +57,7 @@ def require_contact(contact_id: str) -> Mapping[str, Any] | None:
     """The host's contact mapping (``None`` without a loader); 404 for an unknown id."""
     if not contact_id or len(contact_id) > _MAX_CONTACT_ID or "\x00" in contact_id:
         raise NotFound("No such contact.")
-    loader = get_state().extension._contact_loader
+    loader = get_state().hooks.contact_loader
     if loader is None:
         return None
     contact = loader(contact_id)
@@ -115,7 +115,7 @@ def contacts_by_email(query: dict[str, Any]) -> Response:
     state = get_state()
     found = contact_lookup.contacts_by_email(state, current_tenant(), query["email"],
                                              include_bots=query["include_bots"])
-    loader = state.extension._contact_loader
+    loader = state.hooks.contact_loader
     if loader is not None:
         found = [c for c in found if loader(c["contact_id"]) is not None]
     return jsonify_data(_lookup.dump({"contacts": found}))

@@ -28,7 +28,7 @@ def tenant_key(state: MailTrackState, tenant_id: Any = UNSET) -> str:
     """The stored tenant key: the explicit ``tenant_id``, else ``tenant_loader()``, with
     ``None`` (no tenant) stored as ``""``."""
     if tenant_id is UNSET:
-        loader = state.extension._tenant_loader
+        loader = state.hooks.tenant_loader
         tenant_id = loader() if loader is not None else None
     return "" if tenant_id is None else str(tenant_id)
 

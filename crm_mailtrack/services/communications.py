@@ -235,7 +235,7 @@ def recipient_contacts(state: MailTrackState, contact_id: str | None,
             raise ValidationError({"recipients": [
                 "With contactId give at most one recipient (the contact's address); omit contactId "
                 "to send each recipient a copy under its own contact."]})
-        loader = state.extension._contact_loader
+        loader = state.hooks.contact_loader
         contact: Mapping[str, Any] | None = None
         if loader is not None:
             contact = loader(str(contact_id))
@@ -250,7 +250,7 @@ def recipient_contacts(state: MailTrackState, contact_id: str | None,
     if len(recipients) > MAX_RECIPIENTS:
         raise ValidationError({"recipients": [f"At most {MAX_RECIPIENTS} recipients per request."]})
     seen: set[str] = set()
-    resolver = state.extension._contact_resolver
+    resolver = state.hooks.contact_resolver
     out = []
     for email in recipients:
         if email.lower() in seen:

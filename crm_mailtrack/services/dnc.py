@@ -24,7 +24,6 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from .. import config as cfg
 from ..errors import DatabaseUnavailable, ValidationError
 from ..models import ContactEvent, DNCReason, DoNotContact, EventType, dnc, suppressions, utcnow
 from ..state import MailTrackState
@@ -160,7 +159,7 @@ def can_contact(state: MailTrackState, contact_id: str, channel: str = "email", 
     if found is not None:
         return False
     if email is None:
-        loader = state.extension._contact_loader
+        loader = state.hooks.contact_loader
         contact = loader(str(contact_id)) if loader is not None else None
         email = (contact or {}).get("email") if contact is not None else None
     return not (isinstance(email, str) and is_suppressed(state, tenant, channel, email))
@@ -168,7 +167,8 @@ def can_contact(state: MailTrackState, contact_id: str, channel: str = "email", 
 
 def _suppression_keys(state: MailTrackState) -> list[bytes]:
     """The current suppression key first, then those of the fallback secret keys."""
-    secrets = [state.config[cfg.SECRET_KEY], *reversed(state.config[cfg.SECRET_KEY_FALLBACKS])]
+    settings = state.settings
+    secrets = [settings.secret_key, *reversed(settings.secret_key_fallbacks)]
     return [hmac.new(key if isinstance(key, bytes) else str(key).encode(), b"mailtrack.suppression",
                      hashlib.sha256).digest() for key in secrets]
 

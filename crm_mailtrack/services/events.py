@@ -286,7 +286,7 @@ def record_tracking_event(state: MailTrackState, event_type: str, message_id: st
     try:
         engine = state.engine
         dialect = engine.dialect.name
-        rules = bots.policy(state)
+        rules = state.settings.bot_policy
         is_click = event_type == "click"
         full = want_row or has_receivers(event_type) or bool(utm)
         returning = _RETURNING if full else (_RETURNING_VERDICT if is_click else ())
@@ -323,7 +323,7 @@ def replay_journal(state: MailTrackState, progress: Any = None) -> tuple[int, in
     inserted = skipped = 0
     engine = state.engine
     dialect = engine.dialect.name
-    rules = bots.policy(state)
+    rules = state.settings.bot_policy
     for path in journal.claim():
         stored: list[tuple[dict[str, Any], Any, _Followups]] = []
         with engine.begin() as conn:

@@ -9,7 +9,6 @@ from typing import Any
 import sqlalchemy as sa
 
 from ..errors import DatabaseUnavailable, NotFound, ValidationError
-from ..bots import policy as bot_policy
 from ..instrument import (
     HONEYPOT_TARGET,
     append_pixel,
@@ -94,7 +93,7 @@ def instrument(
             html, _ = rewrite_links(html, rewrite)
         if text is None:
             text = html_to_text(html, link=lambda href: shown.get(href, href))
-        if tracked and bot_policy(state).honeypot:
+        if tracked and state.settings.bot_policy.honeypot:
             html = append_pixel(html, "", tag=honeypot_tag(honeypot_url(state, message_id, root=root)))
         if track_opens:
             html = append_pixel(html, open_url(state, message_id, root=root))

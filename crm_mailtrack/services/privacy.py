@@ -90,7 +90,7 @@ def erase_contact(state: MailTrackState, contact_id: str, *, tenant_id: Any = UN
             sa.select(events.c.email).where(mine, events.c.email.is_not(None)).distinct()).scalars())
         clicked = set(session.execute(
             sa.select(events.c.link_id).where(mine, events.c.link_id.is_not(None)).distinct()).scalars())
-        loader = state.extension._contact_loader
+        loader = state.hooks.contact_loader
         contact = loader(contact_id) if loader is not None else None
         if contact is not None and isinstance(contact.get("email"), str):
             addresses.add(contact["email"])
@@ -167,7 +167,7 @@ def check_details(state: MailTrackState, details: Mapping[str, Any] | None) -> N
     webhook or import should store a summary, not a whole payload."""
     if not details:
         return
-    limit = state.config[cfg.MAX_DETAILS_BYTES]
+    limit = state.settings.max_details_bytes
     try:
         size = len(json.dumps(details, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8"))
     except RecursionError:

@@ -16,156 +16,39 @@ The final update is conditional too (``WHERE status = 'SENDING'`` and the claim'
 
 What goes over the wire is built in :mod:`.mime`: bare addresses in the envelope, header
 values as RFC 5322 writes them (``List-Unsubscribe: <https://...>`` as it is, never RFC 2047
-encoded words for ASCII text).
-
-The SMTP URL: ``smtp://host:25`` (plain), ``smtps://host:465`` (implicit TLS) or
-``smtp+starttls://user:pass@host:587``; user and password are percent-decoded. Query
-parameters: ``timeout`` (seconds, default 30) and ``cafile`` (a CA bundle to verify the
-server's certificate with, for a private CA).
+encoded words for ASCII text). The SMTP URL and the connection are :mod:`.smtp`'s.
 """
 from __future__ import annotations
 
 import datetime as dt
 import smtplib
-import ssl
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
-from email.message import EmailMessage
+from collections.abc import Callable
 from email.utils import make_msgid
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
 
 import sqlalchemy as sa
 
-from .. import config as cfg
-from ..errors import ConfigurationError, Conflict, DatabaseUnavailable, NotFound
+from ..errors import Conflict, DatabaseUnavailable, NotFound
 from ..models import ContactEvent, EventType, Message, MessageStatus, UTCDateTime, messages, utcnow
 from ..state import MailTrackState
 from ..textpart import html_to_text
 from .common import emit, log
 from .messages import message_id_of
 from .mime import build_email, envelope, parse_mailbox
+from .smtp import Mailer, parse_smtp_url
 
 #: Statuses a message may be claimed from.
 CLAIMABLE = (MessageStatus.PENDING.value, MessageStatus.SCHEDULED.value)
-_DEFAULT_PORTS = {"smtp": 25, "smtps": 465, "smtp+starttls": 587}
 #: The ``error_message`` of a message whose sender died between the claim and the outcome.
 INTERRUPTED = ("Interrupted while sending: the process sending it stopped before recording the "
                "outcome. Not retried, to avoid a duplicate (the server may have accepted it); "
                "resend it to send a copy.")
 
 
-# -- the SMTP URL --------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class SMTPSettings:
-    """``MAILTRACK_SMTP_URL`` taken apart."""
-
-    scheme: str
-    host: str
-    port: int
-    username: str | None
-    password: str | None
-    timeout: float
-    cafile: str | None
-
-    def ssl_context(self) -> ssl.SSLContext:
-        return ssl.create_default_context(cafile=self.cafile)
-
-
-def parse_smtp_url(url: str) -> SMTPSettings:
-    """Parse an ``smtp://``, ``smtps://`` or ``smtp+starttls://`` URL (ConfigurationError if bad)."""
-    try:
-        parts = urlsplit(url)
-        scheme = parts.scheme.lower()
-        if scheme not in _DEFAULT_PORTS or not parts.hostname:
-            raise ValueError
-        port = parts.port or _DEFAULT_PORTS[scheme]
-        query = parse_qs(parts.query)
-        timeout = float(query.get("timeout", ["30"])[-1])
-    except ValueError:
-        raise ConfigurationError(
-            "MAILTRACK_SMTP_URL must look like smtp://host:25, smtps://host:465 or "
-            "smtp+starttls://user:pass@host:587"
-        ) from None
-    return SMTPSettings(
-        scheme=scheme,
-        host=parts.hostname,
-        port=port,
-        username=None if parts.username is None else unquote(parts.username),
-        password=None if parts.password is None else unquote(parts.password),
-        timeout=timeout,
-        cafile=query.get("cafile", [None])[-1],
-    )
-
-
-class Mailer:
-    """One SMTP connection, opened on first use and reused for a batch (``send_due``).
-
-    Before each further message the connection is checked with ``NOOP`` and reopened if the
-    server dropped it; a failure *during* a transaction is final for that message (it may
-    have been accepted), never retried.
-    """
-
-    def __init__(self, settings: SMTPSettings) -> None:
-        self.settings = settings
-        self._conn: smtplib.SMTP | None = None
-
-    def _connect(self) -> smtplib.SMTP:
-        s = self.settings
-        conn: smtplib.SMTP
-        if s.scheme == "smtps":
-            conn = smtplib.SMTP_SSL(s.host, s.port, timeout=s.timeout, context=s.ssl_context())
-        else:
-            conn = smtplib.SMTP(s.host, s.port, timeout=s.timeout)
-        try:
-            if s.scheme == "smtp+starttls":
-                conn.starttls(context=s.ssl_context())
-            if s.username is not None:
-                conn.login(s.username, s.password or "")
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
-    def connection(self) -> smtplib.SMTP:
-        if self._conn is not None:
-            try:
-                if self._conn.noop()[0] == 250:
-                    return self._conn
-            except (smtplib.SMTPException, OSError):
-                pass
-            self.close()
-        self._conn = self._connect()
-        return self._conn
-
-    def deliver(self, mail: EmailMessage, sender: str, recipients: list[str]) -> dict[str, Any]:
-        """Send one message; returns the refused recipients (as ``smtplib.sendmail``)."""
-        conn = self.connection()
-        try:
-            return conn.send_message(mail, from_addr=sender, to_addrs=recipients)
-        except smtplib.SMTPServerDisconnected:
-            self._conn = None
-            raise
-
-    def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is None:
-            return
-        try:
-            conn.quit()
-        except (smtplib.SMTPException, OSError):
-            conn.close()
-
-
-@contextmanager
-def mailer_for(state: MailTrackState) -> Iterator[Mailer]:
-    mailer = Mailer(parse_smtp_url(state.smtp_url))
-    try:
-        yield mailer
-    finally:
-        mailer.close()
+def mailer_for(state: MailTrackState) -> Mailer:
+    """A :class:`~.smtp.Mailer` on the app's SMTP server; use it as a context manager, which
+    closes the connection."""
+    return Mailer(state.settings.smtp)
 
 
 # -- sending ---------------------------------------------------------------------------------
@@ -200,7 +83,6 @@ def send(state: MailTrackState, message: Message | str, *, mailer: Mailer | None
     sent, is being sent by another process, or was cancelled).
     """
     message_id = message_id_of(message)
-    settings = parse_smtp_url(state.smtp_url)  # a bad URL fails before anything is claimed
     claimed_at = _claim(state, message_id)
     if claimed_at is None:
         row = state.session.get(Message, message_id, populate_existing=True)
@@ -209,11 +91,8 @@ def send(state: MailTrackState, message: Message | str, *, mailer: Mailer | None
         raise Conflict(f"Message {message_id} is {row.status}; only PENDING or SCHEDULED messages are sent.")
     if mailer is not None:
         return _send_claimed(state, message_id, mailer, claimed_at)
-    own = Mailer(settings)
-    try:
+    with mailer_for(state) as own:
         return _send_claimed(state, message_id, own, claimed_at)
-    finally:
-        own.close()
 
 
 def _on_dnc(state: MailTrackState, message: Message) -> bool:
@@ -383,8 +262,7 @@ def count_due(state: MailTrackState, now: dt.datetime | None = None) -> int:
 
 def sending_timeout(state: MailTrackState) -> dt.timedelta:
     """``MAILTRACK_SENDING_TIMEOUT_SECONDS`` as validated by ``init_app``."""
-    key = cfg.SENDING_TIMEOUT_SECONDS
-    return dt.timedelta(seconds=state.config.get(key, cfg.DEFAULTS[key]))
+    return state.settings.sending_timeout
 
 
 def fail_interrupted(state: MailTrackState, *, batch_size: int = 500) -> int:
