@@ -24,10 +24,11 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from ..errors import DatabaseUnavailable, ValidationError
+from ..db import dialect_name, insert, transaction
+from ..errors import ValidationError
 from ..models import ContactEvent, DNCReason, DoNotContact, EventType, dnc, suppressions, utcnow
 from ..state import MailTrackState
-from .common import UNSET, check_lengths, dialect_insert, emit, tenant_key
+from .common import UNSET, check_lengths, emit, tenant_key
 
 _CHANNEL = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
@@ -82,13 +83,12 @@ def add_dnc(
     contact_id = str(contact_id)
     channel_id = None if channel_id is None else str(channel_id)
     check_lengths(dnc, contact_id=contact_id, channel_id=channel_id)
-    session = state.session
     values = {
         "tenant_id": tenant, "contact_id": contact_id, "channel": channel,
         "reason": int(reason), "channel_id": channel_id, "comments": comments, "date_added": utcnow(),
     }
-    try:
-        stmt = dialect_insert(state, dnc).values(**values).on_conflict_do_nothing(
+    with transaction(state) as session:
+        stmt = insert(dialect_name(state), dnc).values(**values).on_conflict_do_nothing(
             index_elements=["tenant_id", "contact_id", "channel"]
         ).returning(dnc.c.id)
         created = session.execute(stmt).first() is not None
@@ -106,10 +106,6 @@ def add_dnc(
                 details={"channel": channel, "reason": int(reason), "channelId": channel_id, "comments": comments},
             )]
             session.add_all(added_events)
-        session.commit()
-    except sa.exc.SQLAlchemyError as exc:
-        session.rollback()
-        raise DatabaseUnavailable() from exc
     row = get_dnc(state, contact_id, channel, tenant)
     assert row is not None
     for ev in added_events:
@@ -123,8 +119,7 @@ def remove_dnc(state: MailTrackState, contact_id: str, channel: str = "email", *
     channel = check_channel(channel)
     tenant = tenant_key(state, tenant_id)
     contact_id = str(contact_id)
-    session = state.session
-    try:
+    with transaction(state) as session:
         result = session.execute(
             sa.delete(dnc).where(dnc.c.tenant_id == tenant, dnc.c.contact_id == contact_id, dnc.c.channel == channel)
         )
@@ -134,10 +129,6 @@ def remove_dnc(state: MailTrackState, contact_id: str, channel: str = "email", *
             event = ContactEvent(tenant_id=tenant, type=EventType.DNC_REMOVED.value, contact_id=contact_id,
                                  occurred_at=utcnow(), details={"channel": channel})
             session.add(event)
-        session.commit()
-    except sa.exc.SQLAlchemyError as exc:
-        session.rollback()
-        raise DatabaseUnavailable() from exc
     if event is not None:
         emit(event.type, event=event, contact_id=contact_id, message_id=None, campaign_id=None,
              url=None, channel=channel)
@@ -190,9 +181,10 @@ def is_suppressed(state: MailTrackState, tenant: str, channel: str, address: str
     return found is not None
 
 
-def suppress(state: MailTrackState, session: Any, tenant: str, contact_id: str, addresses: Iterable[str]) -> int:
+def suppress(state: MailTrackState, tenant: str, contact_id: str, addresses: Iterable[str]) -> int:
     """Record a suppression for each DNC channel of the contact and each of ``addresses``,
     in the caller's transaction (an erasure); return how many were new."""
+    session = state.session
     rows = session.execute(
         sa.select(dnc.c.channel, dnc.c.reason).where(dnc.c.tenant_id == tenant, dnc.c.contact_id == str(contact_id))
     ).all()
@@ -204,7 +196,7 @@ def suppress(state: MailTrackState, session: Any, tenant: str, contact_id: str, 
     ]
     if not values:
         return 0
-    stmt = dialect_insert(state, suppressions).on_conflict_do_nothing(
+    stmt = insert(dialect_name(state), suppressions).on_conflict_do_nothing(
         index_elements=["tenant_id", "channel", "address_hash"])
     return max(session.execute(stmt, values).rowcount or 0, 0)  # -1: the driver did not count
 

@@ -10,7 +10,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from .. import bots
-from ..errors import DatabaseUnavailable, ValidationError
+from ..db import transaction
+from ..errors import ValidationError
 from ..journal import Journal
 from ..models import (
     EVENT_TYPES,
@@ -25,7 +26,7 @@ from ..state import MailTrackState
 from ..signals import events_reclassified
 from . import rawexec, stats
 from . import utm as utm_service
-from .common import UNSET, check_lengths, dialect_insert, emit, has_receivers, log, send, tenant_key
+from .common import UNSET, check_lengths, emit, has_receivers, log, send, tenant_key
 
 #: Columns the tracking insert fills from the message row (the rest come from the request).
 _FROM_MESSAGE = ("tenant_id", "contact_id", "email", "campaign_id")
@@ -402,25 +403,12 @@ def record_event(
         is_machine=False,
         details=dict(details) if details else None,
     )
-    session = state.session
-    session.add(event)
+    with transaction(state, commit=commit) as session:
+        session.add(event)
     if commit:
-        commit_or_503(session)
         emit(str(type), event=event, contact_id=event.contact_id, message_id=message_id,
              campaign_id=campaign_id, url=url)
     return event
-
-
-def commit_or_503(session: Any) -> None:
-    """Commit, turning a database failure into :class:`DatabaseUnavailable` (after rollback)."""
-    try:
-        session.commit()
-    except sa.exc.IntegrityError:
-        session.rollback()
-        raise
-    except sa.exc.SQLAlchemyError as exc:
-        session.rollback()
-        raise DatabaseUnavailable() from exc
 
 
 def erase_contact(state: MailTrackState, contact_id: str, *, tenant_id: Any = UNSET) -> int:

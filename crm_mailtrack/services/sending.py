@@ -28,6 +28,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from ..db import chunks, transaction
 from ..errors import Conflict, DatabaseUnavailable, NotFound
 from ..models import ContactEvent, EventType, Message, MessageStatus, UTCDateTime, messages, utcnow
 from ..state import MailTrackState
@@ -61,18 +62,13 @@ def claim(state: MailTrackState, message_id: str) -> bool:
 def _claim(state: MailTrackState, message_id: str) -> dt.datetime | None:
     """:func:`claim`, returning the claim's stamp (the row's ``updated_at`` while it is
     ``SENDING``) for the winner: the outcome is written only while the row still has it."""
-    session = state.session
     stamp = utcnow()
-    try:
+    with transaction(state) as session:
         result = session.execute(
             sa.update(messages)
             .where(messages.c.id == message_id, messages.c.status.in_(CLAIMABLE))
             .values(status=MessageStatus.SENDING.value, updated_at=stamp)
         )
-        session.commit()
-    except sa.exc.SQLAlchemyError as exc:
-        session.rollback()
-        raise DatabaseUnavailable() from exc
     return stamp if result.rowcount == 1 else None
 
 
@@ -108,9 +104,8 @@ def _send_claimed(state: MailTrackState, message_id: str, mailer: Mailer, claime
     msg = session.get(Message, message_id, populate_existing=True)
     assert msg is not None
     if _on_dnc(state, msg):
-        if _finish(state, msg, claimed_at, status=MessageStatus.SUPPRESSED.value,
-                   error_message="Recipient is on the email Do-Not-Contact list."):
-            _commit(session)
+        _finish(state, msg, claimed_at, None, status=MessageStatus.SUPPRESSED.value,
+                error_message="Recipient is on the email Do-Not-Contact list.")
         return msg
     error: str | None = None
     refused: dict[str, Any] = {}
@@ -139,41 +134,39 @@ def _send_claimed(state: MailTrackState, message_id: str, mailer: Mailer, claime
         details: dict[str, Any] = {"internetMessageId": header_id}
         if refused:
             details["refused"] = {r: _reply(c, t) for r, (c, t) in refused.items()}
-        if _finish(state, msg, claimed_at, status=MessageStatus.SENT.value, sent_at=now,
-                   internet_message_id=header_id, error_message=None):
-            event = _outcome_event(msg, EventType.SEND.value, details, now)
-        else:
+        event = _outcome_event(msg, EventType.SEND.value, details, now)
+        if not _finish(state, msg, claimed_at, event, status=MessageStatus.SENT.value, sent_at=now,
+                       internet_message_id=header_id, error_message=None):
             _late_outcome(state, msg, f"delivered after all, as {header_id}", internet_message_id=header_id)
             return msg
-    elif _finish(state, msg, claimed_at, status=MessageStatus.FAILED.value, error_message=error):
-        event = _failure_event(msg, error, now)
     else:
-        _late_outcome(state, msg, f"failed: {error}")
-        return msg
-    session.add(event)
-    _commit(session)
+        event = _failure_event(msg, error, now)
+        if not _finish(state, msg, claimed_at, event, status=MessageStatus.FAILED.value, error_message=error):
+            _late_outcome(state, msg, f"failed: {error}")
+            return msg
     _announce(msg, event, error)
     return msg
 
 
-def _finish(state: MailTrackState, msg: Message, claimed_at: dt.datetime, **values: Any) -> bool:
-    """Write a send's outcome (uncommitted: the caller commits it with its event), only while
-    the row is still ``SENDING`` under this claim. ``False``, with nothing written, when
+def _finish(state: MailTrackState, msg: Message, claimed_at: dt.datetime, event: ContactEvent | None,
+            **values: Any) -> bool:
+    """Write a send's outcome and its ``event`` in one transaction, only while the row is
+    still ``SENDING`` under this claim. ``False``, with nothing written, when
     :func:`fail_interrupted` has taken the row meanwhile."""
-    session = state.session
     try:
-        changed = session.execute(
-            sa.update(messages)
-            .where(messages.c.id == msg.id, messages.c.status == MessageStatus.SENDING.value,
-                   messages.c.updated_at == claimed_at)
-            .values(updated_at=utcnow(), **values)
-        ).rowcount == 1
-    except sa.exc.SQLAlchemyError as exc:
-        session.rollback()
-        log.error("mailtrack: could not store the outcome of a send; message left SENDING", exc_info=exc)
-        raise DatabaseUnavailable() from exc
-    if not changed:
-        session.rollback()
+        with transaction(state) as session:
+            changed = session.execute(
+                sa.update(messages)
+                .where(messages.c.id == msg.id, messages.c.status == MessageStatus.SENDING.value,
+                       messages.c.updated_at == claimed_at)
+                .values(updated_at=utcnow(), **values)
+            ).rowcount == 1
+            if changed and event is not None:
+                session.add(event)
+    except DatabaseUnavailable:
+        log.error("mailtrack: could not store the outcome of a send; message %s left SENDING", msg.id,
+                  exc_info=True)
+        raise
     return changed
 
 
@@ -183,20 +176,15 @@ def _late_outcome(state: MailTrackState, msg: Message, outcome: str, **values: A
     signals). The row stays FAILED and nothing more is recorded or announced; its
     ``error_message`` gains what really happened, so that no one resends a delivered
     message unawares (with the Message-ID, which replies and bounces refer to)."""
-    session = state.session
     log.warning("mailtrack: message %s finished after it was marked FAILED as interrupted: %s; it stays FAILED",
                 msg.id, outcome)
-    try:
+    with transaction(state) as session:
         session.execute(
             sa.update(messages)
             .where(messages.c.id == msg.id, messages.c.status == MessageStatus.FAILED.value,
                    messages.c.error_message == INTERRUPTED)
             .values(error_message=f"{INTERRUPTED} The sender finished later: {outcome}.", **values)
         )
-        session.commit()
-    except sa.exc.SQLAlchemyError as exc:
-        session.rollback()
-        raise DatabaseUnavailable() from exc
 
 
 # -- the outcome: one home for what SENT and FAILED record and announce --------------------
@@ -221,15 +209,6 @@ def _announce(msg: Message, event: ContactEvent, error: str | None) -> None:
     extra = {"error": error} if error is not None else {}
     emit(event.type, message=msg, event=event, contact_id=msg.contact_id, message_id=msg.id,
          campaign_id=msg.campaign_id, url=None, **extra)
-
-
-def _commit(session: Any) -> None:
-    try:
-        session.commit()
-    except sa.exc.SQLAlchemyError as exc:
-        session.rollback()
-        log.error("mailtrack: could not store the outcome of a send; message left SENDING", exc_info=exc)
-        raise DatabaseUnavailable() from exc
 
 
 def _reply(code: int, text: bytes | str) -> str:
@@ -284,10 +263,9 @@ def fail_interrupted(state: MailTrackState, *, batch_size: int = 500) -> int:
     sends no signal (this message's ``failed`` went out already); it appends what really
     happened to ``error_message`` (for a delivery, with the Message-ID) and logs a warning.
     """
-    session = state.session
     now = utcnow()
     cutoff = now - sending_timeout(state)
-    try:
+    with transaction(state) as session:
         ids = list(session.execute(
             sa.update(messages)
             .where(messages.c.status == MessageStatus.SENDING.value, messages.c.updated_at < cutoff)
@@ -295,17 +273,13 @@ def fail_interrupted(state: MailTrackState, *, batch_size: int = 500) -> int:
             .returning(messages.c.id)
         ).scalars())
         failed: list[tuple[Message, ContactEvent]] = []
-        for start in range(0, len(ids), batch_size):
+        for chunk in chunks(ids, batch_size):
             rows = session.execute(
-                sa.select(Message).where(Message.id.in_(ids[start:start + batch_size]))
+                sa.select(Message).where(Message.id.in_(chunk))
                 .execution_options(populate_existing=True)
             ).scalars()
             failed.extend((msg, _failure_event(msg, INTERRUPTED, now)) for msg in rows)
         session.add_all(event for _, event in failed)
-        session.commit()
-    except sa.exc.SQLAlchemyError as exc:
-        session.rollback()
-        raise DatabaseUnavailable() from exc
     for msg, event in failed:
         log.warning("mailtrack: message %s was interrupted while sending (SENDING for over %s); "
                     "marked FAILED, not retried", msg.id, now - cutoff)
