@@ -182,7 +182,7 @@ def stats(date_from: str | None, date_to: str | None, include_bots: bool, tenant
 
         t0 = time.perf_counter()
         try:
-            stats_service.rebuild_now(state.engine)
+            stats_service.rebuild_now(state)
         except Exception as exc:  # noqa: BLE001
             _fail(str(exc))
         click.echo(f"Analytics cells rebuilt in {time.perf_counter() - t0:.1f}s", err=True)

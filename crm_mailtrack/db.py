@@ -26,9 +26,13 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 #: Failures that say "the database cannot serve us now" (down, restarting, locked, the pool
-#: exhausted), not "this statement is wrong": they are retried later or answered with 503.
+#: exhausted, our tables missing), not "this row is wrong": they are answered with 503 (the
+#: API adds "run init-db" when the tables are missing) or journaled on the tracking routes.
+#: A missing table is an OperationalError on SQLite but a ProgrammingError on PostgreSQL,
+#: so both count. Constraint violations (IntegrityError) and bad values (DataError) do not.
 UNAVAILABLE: tuple[type[Exception], ...] = (
-    sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError, sa.exc.DisconnectionError,
+    sa.exc.OperationalError, sa.exc.ProgrammingError, sa.exc.InterfaceError, sa.exc.InternalError,
+    sa.exc.TimeoutError, sa.exc.DisconnectionError,
 )
 
 

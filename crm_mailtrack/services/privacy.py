@@ -209,7 +209,7 @@ def purge_days(state: MailTrackState, older_than_days: int, *, now: dt.datetime 
         raise ValidationError({"older_than": ["Must be a whole number of days >= 0."]})
     cutoff = (now or utcnow()) - dt.timedelta(days=older_than_days)
     with unavailable_as_503():
-        stats.fold(state.engine)  # only folded events are purgeable (see _PURGEABLE)
+        stats.fold(state)  # only folded events are purgeable (see _PURGEABLE)
         with state.engine.connect() as conn:
             oldest = conn.execute(
                 sa.select(sa.func.min(events.c.occurred_at)).where(events.c.occurred_at < cutoff, _PURGEABLE)
