@@ -36,7 +36,7 @@ from .communications_schemas import (
     TemplateSendBody,
 )
 from .core import current_tenant, json_body, jsonify_data, route
-from .schemas import no_nul
+from .fields import no_nul
 
 P = "/communications"
 TAGS = ["communications"]
