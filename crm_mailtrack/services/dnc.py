@@ -150,9 +150,8 @@ def can_contact(state: MailTrackState, contact_id: str, channel: str = "email", 
     if found is not None:
         return False
     if email is None:
-        loader = state.hooks.contact_loader
-        contact = loader(str(contact_id)) if loader is not None else None
-        email = (contact or {}).get("email") if contact is not None else None
+        contact = state.hooks.load_contact(str(contact_id))
+        email = contact.get("email") if contact is not None else None
     return not (isinstance(email, str) and is_suppressed(state, tenant, channel, email))
 
 
