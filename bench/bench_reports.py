@@ -169,7 +169,8 @@ def run_kind(kind: str, args: argparse.Namespace) -> dict[str, Any]:
         from crm_mailtrack.services import stats
 
         t0 = time.perf_counter()
-        built = stats.fold(engine)
+        with app.app_context():
+            built = stats.fold(get_state())
         build_seconds = round(time.perf_counter() - t0, 2)
         fresh_conn = raw_connect(url)
         fresh_round = [0]

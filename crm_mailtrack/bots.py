@@ -24,7 +24,6 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import re
-import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
@@ -40,7 +39,6 @@ from .models import UTCDateTime, events, messages
 
 if TYPE_CHECKING:
     from .requestinfo import RequestFacts
-    from .state import MailTrackState
 
 # -- reasons (stored in mailtrack_events.machine_reason; defined in docs/metrics-bots.md) --
 HEAD_REQUEST = "head-request"
@@ -204,6 +202,7 @@ class BotPolicy:
 
     @classmethod
     def from_config(cls, conf: Any) -> BotPolicy:
+        """The policy of an app's config; built once, by ``Settings`` at ``init_app``."""
         def seconds(key: str) -> float:
             value = conf.get(key, cfg.DEFAULTS[key])
             value = 0 if value is None else value
@@ -223,18 +222,6 @@ class BotPolicy:
             apple_proxy_networks=parse_networks(
                 DEFAULT_APPLE_PROXY_NETWORKS if apple is None else apple, cfg.APPLE_PROXY_NETWORKS),
         )
-
-
-_POLICIES: weakref.WeakKeyDictionary[Any, BotPolicy] = weakref.WeakKeyDictionary()
-
-
-def policy(state: MailTrackState) -> BotPolicy:
-    """The app's :class:`BotPolicy`, built from its config once."""
-    try:
-        return _POLICIES[state]
-    except KeyError:
-        built = _POLICIES[state] = BotPolicy.from_config(state.app.config)
-        return built
 
 
 def request_reason(facts: RequestFacts) -> str | None:
@@ -335,7 +322,7 @@ def reclassification(rules: BotPolicy, event_type: str, link_id: str | None,
 
 
 __all__ = [
-    "REASONS", "BotPolicy", "policy", "classify", "classify_user_agent", "request_reason",
+    "REASONS", "BotPolicy", "classify", "classify_user_agent", "request_reason",
     "history_verdict", "history_bounds", "reclassification", "ANNOUNCING_HEADERS",
     "DEFAULT_SCANNER_NETWORKS", "DEFAULT_APPLE_PROXY_NETWORKS",
 ]

@@ -104,9 +104,11 @@ def replay_journal() -> None:
 @click.confirmation_option(prompt="Delete every tracked row of this contact?")
 def erase_contact(contact_id: str, tenant: str | None) -> None:
     """Delete every tracked row of a contact (right to erasure)."""
+    from .services import privacy
+
     state = get_state()
     try:
-        deleted = state.extension.erase_contact(contact_id, tenant_id=tenant)
+        deleted = privacy.erase_contact(state, contact_id, tenant_id=tenant)
     except Exception as exc:  # noqa: BLE001
         _fail_on(exc, "erase-contact stopped")
     click.echo(f"mailtrack: erased {deleted} rows of contact {contact_id}")
@@ -180,7 +182,7 @@ def stats(date_from: str | None, date_to: str | None, include_bots: bool, tenant
 
         t0 = time.perf_counter()
         try:
-            stats_service.rebuild_now(state.engine)
+            stats_service.rebuild_now(state)
         except Exception as exc:  # noqa: BLE001
             _fail(str(exc))
         click.echo(f"Analytics cells rebuilt in {time.perf_counter() - t0:.1f}s", err=True)

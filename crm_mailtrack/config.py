@@ -1,15 +1,12 @@
 """Configuration keys of crm_mailtrack, each named once with its default.
 
 Every key is read from ``app.config`` at :meth:`MailTrack.init_app` time (after
-``app.config.setdefault``), so a host sets them before calling ``init_app``.
+``app.config.setdefault``), so a host sets them before calling ``init_app``; they are
+checked and resolved there, once, into a :class:`~crm_mailtrack.settings.Settings`.
 """
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
-from email.utils import parseaddr
-from typing import Any, NoReturn
-from urllib.parse import urlsplit
+from typing import Any
 
 #: Where the extension's blueprint is mounted.
 URL_PREFIX = "MAILTRACK_URL_PREFIX"
@@ -106,92 +103,3 @@ MIN_SECRET_KEY_LENGTH = 16
 #: most, and a bound keeps the cutoff arithmetic finite.
 MAX_SENDING_TIMEOUT_SECONDS = 30 * 24 * 3600
 
-
-def read_size_limits(conf: Any) -> dict[str, int]:
-    """The validated size limits (``MAX_*_BYTES``) of ``conf``; a bad value raises
-    :class:`~crm_mailtrack.errors.ConfigurationError` naming the key."""
-    from .errors import ConfigurationError
-
-    limits = {}
-    for key in (MAX_BODY_BYTES, MAX_MESSAGE_BODY_BYTES, MAX_DETAILS_BYTES):
-        value = conf[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ConfigurationError(f"{key} must be a positive whole number of bytes, not {value!r}.")
-        limits[key] = value
-    return limits
-
-
-def validate(conf: Mapping[str, Any]) -> None:
-    """Check the type and shape of every ``MAILTRACK_*`` key (after the defaults are
-    applied); a bad value is a :class:`~crm_mailtrack.errors.ConfigurationError` naming the
-    key and saying what is expected. The secret key, the link age, the SMTP URL, the sending
-    timeout and the bot settings are checked where they are resolved, in ``init_app``."""
-    from .errors import ConfigurationError
-
-    def fail(key: str, expected: str) -> NoReturn:
-        raise ConfigurationError(f"{key} must be {expected}, not {conf[key]!r}.")
-
-    prefix = conf[URL_PREFIX]
-    if prefix is not None and (not isinstance(prefix, str) or any(c in prefix for c in "?#:\\ \t\r\n")):
-        fail(URL_PREFIX, "a URL path such as '/mailtrack' (no scheme, query or fragment)")
-
-    base = conf[BASE_URL]
-    if base is not None:
-        parts = urlsplit(base) if isinstance(base, str) else None
-        if (parts is None or parts.scheme not in ("http", "https") or not parts.hostname
-                or parts.query or parts.fragment or parts.username or parts.password
-                or any(c.isspace() for c in base)):
-            fail(BASE_URL, "the external origin of the app as an absolute http(s) URL, "
-                           "such as 'https://crm.example.com' (a path is allowed; no query or fragment)")
-
-    for key in (SECRET_KEY,):
-        if conf[key] is not None and not isinstance(conf[key], (str, bytes)):
-            fail(key, "a string")
-    fallbacks = conf[SECRET_KEY_FALLBACKS]
-    if fallbacks is not None and not isinstance(fallbacks, (str, bytes)) and not (
-            isinstance(fallbacks, (list, tuple)) and all(isinstance(k, (str, bytes)) and k for k in fallbacks)):
-        fail(SECRET_KEY_FALLBACKS, "a key (string) or a list of keys")
-
-    tokens = conf[API_TOKENS]
-    token_list = [tokens] if isinstance(tokens, str) else tokens
-    if token_list is None:
-        token_list = []
-    if not isinstance(token_list, (list, tuple, set, frozenset)) or not all(
-            isinstance(t, str) and t.strip() == t and t for t in token_list):
-        fail(API_TOKENS, "a token (a non-empty string without surrounding spaces) or a list of them")
-
-    for key in (TRACK_OPENS, TRACK_CLICKS, ANONYMIZE_IP, HONEYPOT):
-        if not isinstance(conf[key], bool):
-            fail(key, "True or False")
-
-    utm = conf[UTM_DEFAULTS]
-    if utm is not None and not (isinstance(utm, Mapping) and all(
-            isinstance(k, str) and k.startswith("utm_") and isinstance(v, str) and v for k, v in utm.items())):
-        fail(UTM_DEFAULTS, "a mapping of 'utm_*' names to non-empty strings, such as {'utm_source': 'crm'}")
-
-    if not isinstance(conf[SMTP_URL], str):
-        fail(SMTP_URL, "a URL string such as 'smtp://localhost:25'")
-
-    sender = conf[DEFAULT_SENDER]
-    if sender is not None and (not isinstance(sender, str) or "@" not in parseaddr(sender)[1]
-                               or "\r" in sender or "\n" in sender):
-        fail(DEFAULT_SENDER, "an address, optionally with a name: 'CRM <crm@example.com>'")
-
-    journal = conf[JOURNAL_PATH]
-    if journal is not None and not isinstance(journal, (str, os.PathLike)):
-        fail(JOURNAL_PATH, "a file path")
-
-    uri = conf[DATABASE_URI]
-    if uri is not None:
-        import sqlalchemy as sa
-
-        try:
-            sa.engine.make_url(uri)
-        except (sa.exc.ArgumentError, TypeError, ValueError):
-            fail(DATABASE_URI, "an SQLAlchemy database URL such as 'sqlite:////path/to/mailtrack.db'")
-
-    for key in (SCANNER_NETWORKS, APPLE_PROXY_NETWORKS):
-        nets = conf[key]
-        if nets is not None and not isinstance(nets, str) and not (
-                isinstance(nets, (list, tuple, set, frozenset)) and all(isinstance(n, str) for n in nets)):
-            fail(key, "a list of networks in CIDR notation, such as ['192.0.2.0/24']")

@@ -8,7 +8,6 @@ from typing import Any, TypeVar
 from flask import Flask
 
 from . import config as cfg
-from .errors import ConfigurationError
 from .journal import Journal
 from .models import ContactEvent, DNCReason, Message, UtmTag, metadata
 from .services import bulk
@@ -18,7 +17,8 @@ from .services import external_events
 from .services import messages as message_service
 from .services import utm as utm_service
 from .services.common import UNSET
-from .state import MailTrackState, default_journal_path, get_state
+from .settings import Settings
+from .state import Hooks, MailTrackState, get_state
 from .tokens import TokenSigner
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -34,11 +34,9 @@ class MailTrack:
 
     def __init__(self, app: Flask | None = None, *, db: Any = None) -> None:
         self._db = db
-        self._contact_loader: Callable[[str], Mapping[str, Any] | None] | None = None
-        self._tenant_loader: Callable[[], str | None] | None = None
-        self._api_authorizer: Callable[[], bool] | None = None
-        self._template_loader: Callable[[str, dict[str, Any]], tuple[str, str, str] | None] | None = None
-        self._contact_resolver: Callable[[str], str | None] | None = None
+        #: The host's callbacks, shared by every app this object serves (so a hook
+        #: registered after ``init_app`` counts too); written by the decorators below.
+        self.hooks = Hooks()
         if app is not None:
             self.init_app(app, db=db)
 
@@ -50,76 +48,21 @@ class MailTrack:
             raise RuntimeError("crm_mailtrack is already registered on this app.")
         for key, default in cfg.DEFAULTS.items():
             app.config.setdefault(key, default)
-        conf = app.config
-        cfg.validate(conf)
-
-        secret = conf[cfg.SECRET_KEY] or conf.get("SECRET_KEY")
-        if not secret or len(secret) < cfg.MIN_SECRET_KEY_LENGTH:
-            raise ConfigurationError(
-                f"{cfg.SECRET_KEY} (or SECRET_KEY) must be set to a random string of at least "
-                f"{cfg.MIN_SECRET_KEY_LENGTH} characters: it signs every tracking link."
-            )
-        fallbacks = conf[cfg.SECRET_KEY_FALLBACKS]
-        if fallbacks is None:
-            fallbacks = conf.get("SECRET_KEY_FALLBACKS") or []
-        if isinstance(fallbacks, (str, bytes)):
-            fallbacks = [fallbacks]
-        max_age = conf[cfg.LINK_MAX_AGE]
-        if max_age is not None and (isinstance(max_age, bool) or not isinstance(max_age, int)
-                                    or max_age <= 0):
-            raise ConfigurationError(f"{cfg.LINK_MAX_AGE} must be a positive number of seconds or None.")
-        prefix = "/" + (conf[cfg.URL_PREFIX] or "").strip("/")
-        prefix = "" if prefix == "/" else prefix
-        tokens = conf[cfg.API_TOKENS] or []
-        if isinstance(tokens, str):
-            tokens = [tokens]
-        utm = dict(conf[cfg.UTM_DEFAULTS] or {})
-        bad_utm = [k for k in utm if not str(k).startswith("utm_")]
-        if bad_utm:
-            raise ConfigurationError(f"{cfg.UTM_DEFAULTS} keys must start with 'utm_': {bad_utm}")
-        from .services.mime import check_default_sender
-        from .services.sending import parse_smtp_url
-
-        smtp = parse_smtp_url(conf[cfg.SMTP_URL])  # a bad URL fails here, naming the key, not at send time
-        check_default_sender(conf[cfg.DEFAULT_SENDER])
-        if not 0 < smtp.timeout < float("inf"):
-            raise ConfigurationError(f"{cfg.SMTP_URL}: timeout must be a positive number of seconds, "
-                                     f"not {smtp.timeout!r}.")
-        sending_timeout = conf[cfg.SENDING_TIMEOUT_SECONDS]
-        if (isinstance(sending_timeout, bool) or not isinstance(sending_timeout, (int, float))
-                or not smtp.timeout < sending_timeout <= cfg.MAX_SENDING_TIMEOUT_SECONDS):
-            # shorter than one SMTP wait, a send that is merely slow would be declared interrupted
-            raise ConfigurationError(
-                f"{cfg.SENDING_TIMEOUT_SECONDS} must be a number of seconds greater than the SMTP "
-                f"timeout ({smtp.timeout:g}) and at most {cfg.MAX_SENDING_TIMEOUT_SECONDS}, "
-                f"not {sending_timeout!r}."
-            )
-        size_limits = cfg.read_size_limits(conf)
+        settings = Settings.from_config(app.config, instance_path=app.instance_path)
 
         db = db if db is not None else self._db
         if db is None:
             db = app.extensions.get("sqlalchemy")
         state = MailTrackState(
-            extension=self,
             app=app,
-            signer=TokenSigner([*fallbacks, secret], max_age=max_age),
-            journal=Journal(conf[cfg.JOURNAL_PATH] or default_journal_path(app)),
-            url_prefix=prefix,
-            base_url=conf[cfg.BASE_URL],
-            api_tokens=frozenset(str(t) for t in tokens),
-            track_opens=bool(conf[cfg.TRACK_OPENS]),
-            track_clicks=bool(conf[cfg.TRACK_CLICKS]),
-            utm_defaults={str(k): str(v) for k, v in utm.items()},
-            anonymize_ip=bool(conf[cfg.ANONYMIZE_IP]),
-            smtp_url=conf[cfg.SMTP_URL],
-            default_sender=conf[cfg.DEFAULT_SENDER],
+            settings=settings,
+            hooks=self.hooks,
+            signer=TokenSigner([*settings.secret_key_fallbacks, settings.secret_key],
+                               max_age=settings.link_max_age),
+            journal=Journal(settings.journal_path),
+            extension=self,
             db=db,
-            config={cfg.SENDING_TIMEOUT_SECONDS: float(sending_timeout), **size_limits,
-                    cfg.SECRET_KEY: secret, cfg.SECRET_KEY_FALLBACKS: list(fallbacks)},
         )
-        from . import bots
-
-        bots.policy(state)  # MAILTRACK_BOT_* and the networks: refused here, naming the key
         if db is None:
             _own_database(app, state)
         app.extensions["mailtrack"] = state
@@ -127,8 +70,8 @@ class MailTrack:
         from .cli import cli
         from .tracking import blueprint
 
-        app.register_blueprint(blueprint, url_prefix=prefix or None)
-        _register_api(app, prefix)
+        app.register_blueprint(blueprint, url_prefix=settings.url_prefix or None)
+        _register_api(app, settings.url_prefix)
         app.cli.add_command(cli)
         _integrate_with_host(app)
 
@@ -136,29 +79,29 @@ class MailTrack:
 
     def contact_loader(self, fn: F) -> F:
         """``fn(contact_id) -> Mapping | None``: the host's contact, ``None`` if unknown."""
-        self._contact_loader = fn
+        self.hooks.contact_loader = fn
         return fn
 
     def tenant_loader(self, fn: F) -> F:
         """``fn() -> str | None``: the tenant of the current request."""
-        self._tenant_loader = fn
+        self.hooks.tenant_loader = fn
         return fn
 
     def api_authorizer(self, fn: F) -> F:
         """``fn() -> bool``: may the current API request proceed?"""
-        self._api_authorizer = fn
+        self.hooks.api_authorizer = fn
         return fn
 
     def template_loader(self, fn: F) -> F:
         """``fn(template_id, variables) -> (subject, html, text) | None``."""
-        self._template_loader = fn
+        self.hooks.template_loader = fn
         return fn
 
     def contact_resolver(self, fn: F) -> F:
         """``fn(email) -> contact_id | None``: the host's contact for an address, used by the
         communications API when a body names recipients but no ``contactId``. Without it (or
         when it answers ``None``) the contact id is the lower-cased address."""
-        self._contact_resolver = fn
+        self.hooks.contact_resolver = fn
         return fn
 
     # -- database ------------------------------------------------------------------------
@@ -313,7 +256,7 @@ def _own_database(app: Flask, state: MailTrackState) -> None:
     from flask import g
     from sqlalchemy.orm import scoped_session, sessionmaker
 
-    uri = app.config[cfg.DATABASE_URI]
+    uri = state.settings.database_uri
     if not uri:
         os.makedirs(app.instance_path, exist_ok=True)
         uri = "sqlite:///" + os.path.join(app.instance_path, "mailtrack.db")

@@ -1,49 +1,104 @@
-"""Per-app state: resolved config, token signer, database handles, journal.
+"""Per-app state: settings, host hooks, token signer, journal, database handles.
 
 One :class:`~crm_mailtrack.MailTrack` object may serve several apps; everything that
 belongs to one app lives in a :class:`MailTrackState` at ``app.extensions["mailtrack"]``.
+Nothing here knows the extension class: the layers below it read the resolved
+:class:`~.settings.Settings` and the host's :class:`Hooks` from the state.
 """
 from __future__ import annotations
 
-import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from flask import Flask, current_app, has_request_context, request
 
 from .journal import Journal
+from .settings import Settings
 from .tokens import TokenSigner
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
     from sqlalchemy.orm import Session, scoped_session
 
-    from .extension import MailTrack
+
+@dataclass(eq=False)
+class Hooks:
+    """The host's callbacks, as registered with the ``MailTrack`` decorators (``None``: not
+    registered). One object per ``MailTrack``, shared by every app it serves, so that a
+    hook registered after ``init_app`` is seen by all of them."""
+
+    #: ``fn(contact_id) -> Mapping | None``: the host's contact, ``None`` if unknown.
+    contact_loader: Callable[[str], Mapping[str, Any] | None] | None = None
+    #: ``fn(email) -> contact_id | None``: the host's contact for an address.
+    contact_resolver: Callable[[str], Any] | None = None
+    #: ``fn() -> str | None``: the tenant of the current request.
+    tenant_loader: Callable[[], Any] | None = None
+    #: ``fn() -> bool``: may the current API request proceed?
+    api_authorizer: Callable[[], bool] | None = None
+    #: ``fn(template_id, variables) -> (subject, html, text) | None``.
+    template_loader: Callable[[str, dict[str, Any]], tuple[str, str, str] | None] | None = None
+
+    def load_contact(self, contact_id: str) -> Mapping[str, Any] | None:
+        """The host's contact through ``contact_loader`` (``None`` without one)."""
+        return None if self.contact_loader is None else self.contact_loader(str(contact_id))
 
 
 @dataclass(eq=False)
 class MailTrackState:
     """What ``init_app`` resolved for one app. Read it with :func:`get_state`."""
 
-    extension: MailTrack
     app: Flask
+    settings: Settings
+    hooks: Hooks
     signer: TokenSigner
     journal: Journal
-    url_prefix: str
-    base_url: str | None
-    api_tokens: frozenset[str]
-    track_opens: bool
-    track_clicks: bool
-    utm_defaults: dict[str, str]
-    anonymize_ip: bool
-    smtp_url: str
-    default_sender: str | None
+    #: The ``MailTrack`` object registered on the app, for hosts and tests that hold only
+    #: the app; the package itself reads ``settings`` and ``hooks``.
+    extension: Any = None
     db: Any = None  # the host's flask_sqlalchemy.SQLAlchemy, if any
     own_engine: Engine | None = None
     own_session: scoped_session[Session] | None = None
-    config: dict[str, Any] = field(default_factory=dict)
     #: Operator warnings already logged for this app (each is logged once, not per request).
     logged: set[str] = field(default_factory=set)
+
+    # -- the settings most call sites read, by their old names ---------------------------
+
+    @property
+    def url_prefix(self) -> str:
+        return self.settings.url_prefix
+
+    @property
+    def base_url(self) -> str | None:
+        return self.settings.base_url
+
+    @property
+    def api_tokens(self) -> frozenset[str]:
+        return self.settings.api_tokens
+
+    @property
+    def track_opens(self) -> bool:
+        return self.settings.track_opens
+
+    @property
+    def track_clicks(self) -> bool:
+        return self.settings.track_clicks
+
+    @property
+    def utm_defaults(self) -> Mapping[str, str]:
+        return self.settings.utm_defaults
+
+    @property
+    def anonymize_ip(self) -> bool:
+        return self.settings.anonymize_ip
+
+    @property
+    def smtp_url(self) -> str:
+        return self.settings.smtp_url
+
+    @property
+    def default_sender(self) -> str | None:
+        return self.settings.default_sender
 
     @property
     def engine(self) -> Engine:
@@ -95,6 +150,3 @@ def get_state(app: Flask | None = None) -> MailTrackState:
             "init_app? (mailtrack.init_app(app))"
         ) from None
 
-
-def default_journal_path(app: Flask) -> str:
-    return os.path.join(app.instance_path, "mailtrack-journal.jsonl")

@@ -147,20 +147,25 @@ def test_unknown_kind_and_method_answer_problem_json(client, mailtrack):
     assert "GET" in resp.headers["Allow"]
 
 
-def test_database_failure_is_503_and_no_partial_write(client, mailtrack, monkeypatch):
+def test_database_failure_is_503_and_no_partial_write(client, mailtrack):
     """A hard bounce writes the event and the DNC entry together: if the DNC insert fails,
     neither is stored."""
     import sqlalchemy as sa
 
-    from crm_mailtrack.services import dnc as dnc_service
+    from crm_mailtrack.state import get_state
 
-    def broken(*args, **kwargs):
-        raise sa.exc.OperationalError("INSERT", {}, Exception("disk full"))
+    def broken(conn, cursor, statement, *args):
+        if statement.lstrip().upper().startswith("INSERT INTO MAILTRACK_DNC"):
+            raise sa.exc.OperationalError(statement, {}, Exception("disk full"))
 
-    monkeypatch.setattr(dnc_service, "dialect_insert", broken)
-    resp = client.post(API + "/contacts/c1/events", json={"type": "bounce", "details": {"bounceType": "hard"}},
-                       headers=hdrs())
+    with client.application.app_context():
+        engine = get_state().engine
+    sa.event.listen(engine, "before_cursor_execute", broken)
+    try:
+        resp = client.post(API + "/contacts/c1/events", json={"type": "bounce", "details": {"bounceType": "hard"}},
+                           headers=hdrs())
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", broken)
     assert_problem(resp, 503)
-    monkeypatch.undo()
     assert client.get(API + "/contacts/c1/activity?include_bots=1", headers=hdrs()).get_json()["total"] == 0
     assert client.get(API + "/contacts/c1/dnc", headers=hdrs()).get_json() == {"doNotContact": []}

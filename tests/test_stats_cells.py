@@ -147,7 +147,7 @@ class History:
         privacy.purge(self.state, 0, now=dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=1))
 
     def fold(self) -> None:
-        stats.fold(self.state.engine, batch=3)  # small batches: many transactions
+        stats.fold(self.state, batch=3)  # small batches: many transactions
 
     # -- the property ------------------------------------------------------------------------
     def check(self) -> None:

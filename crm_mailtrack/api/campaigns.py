@@ -26,7 +26,7 @@ _MAX_LINK_ID = 16
 
 def _require_campaign(campaign_id: str, tenant: str) -> None:
     if (not campaign_id or len(campaign_id) > _MAX_CAMPAIGN_ID or "\x00" in campaign_id
-            or not reports.campaign_known(get_state().session, tenant, campaign_id)):
+            or not reports.campaign_known(get_state(), tenant, campaign_id)):
         raise NotFound("campaign ID not found.")
 
 
@@ -50,9 +50,9 @@ def _report(campaign_id: str, kind: str, link_id: str | None, query: dict[str, A
         raise NotFound(f"No report {kind!r}: use one of {', '.join(KIND_TO_TYPE)}.")
     tenant = current_tenant()
     _require_campaign(campaign_id, tenant)
-    session = get_state().session
+    state = get_state()
     if link_id is not None and (
-        len(link_id) > _MAX_LINK_ID or not reports.link_in_campaign(session, tenant, campaign_id, link_id)
+        len(link_id) > _MAX_LINK_ID or not reports.link_in_campaign(state, tenant, campaign_id, link_id)
     ):
         raise NotFound("No such link in this campaign.")
     scope = {"r": "campaign", "t": tenant, "c": campaign_id, "k": kind, "ln": link_id}
@@ -66,7 +66,7 @@ def _report(campaign_id: str, kind: str, link_id: str | None, query: dict[str, A
             raise ValidationError({"next": ["Invalid cursor."]})
         since = None if since_raw is None else pagination.parse_position_time(since_raw)
         after = (pagination.parse_position_time(position[0]), pagination.parse_position_int(position[1]))
-    rows = reports.campaign_report(session, tenant, campaign_id, event_type, link_id=link_id,
+    rows = reports.campaign_report(state, tenant, campaign_id, event_type, link_id=link_id,
                                    created_since=since, include_bots=include_bots, after=after, limit=limit)
     page, more = rows[:limit], len(rows) > limit
     meta: dict[str, Any] = {}
@@ -103,7 +103,7 @@ def campaign_links(campaign_id: str, query: dict[str, Any]) -> Response:
     messages per link."""
     tenant = current_tenant()
     _require_campaign(campaign_id, tenant)
-    rows = reports.campaign_link_stats(get_state().session, tenant, campaign_id,
+    rows = reports.campaign_link_stats(get_state(), tenant, campaign_id,
                                        include_bots=query["include_bots"])
     return jsonify_data({"links": [
         {"link_id": r.link_id, "url": r.url, "total_clicks": int(r.total_clicks),

@@ -36,7 +36,7 @@ from .communications_schemas import (
     TemplateSendBody,
 )
 from .core import current_tenant, json_body, jsonify_data, route
-from .schemas import no_nul
+from .fields import no_nul
 
 P = "/communications"
 TAGS = ["communications"]
@@ -122,7 +122,7 @@ def communications_send_template(template_id: str, body: dict[str, Any]) -> Resp
     recipient's copy has the same content); an unknown template (or no loader) is 404. With
     ``scheduledAt`` the copies are scheduled."""
     state = get_state()
-    loader = state.extension._template_loader
+    loader = state.hooks.template_loader
     rendered = loader(template_id, dict(body.get("variables") or {})) if loader is not None else None
     if rendered is None:
         raise NotFound(f"No template {template_id!r}.")

@@ -12,8 +12,8 @@ from marshmallow import validate as v
 
 from ..services.communications import MAX_RECIPIENTS, SORT_FIELDS
 from .core import iso
-from .schemas import JsonObject as Obj
-from .schemas import Pattern, Text, no_nul, single_line
+from .fields import JsonObject as Obj
+from .fields import Pattern, Text, no_nul, single_line
 
 UTC = dt.timezone.utc
 _DATE_ONLY = re.compile(r"^\d{4}-\d{2}-\d{2}$")

@@ -57,7 +57,7 @@ def require_contact(contact_id: str) -> Mapping[str, Any] | None:
     """The host's contact mapping (``None`` without a loader); 404 for an unknown id."""
     if not contact_id or len(contact_id) > _MAX_CONTACT_ID or "\x00" in contact_id:
         raise NotFound("No such contact.")
-    loader = get_state().extension._contact_loader
+    loader = get_state().hooks.contact_loader
     if loader is None:
         return None
     contact = loader(contact_id)
@@ -115,7 +115,7 @@ def contacts_by_email(query: dict[str, Any]) -> Response:
     state = get_state()
     found = contact_lookup.contacts_by_email(state, current_tenant(), query["email"],
                                              include_bots=query["include_bots"])
-    loader = state.extension._contact_loader
+    loader = state.hooks.contact_loader
     if loader is not None:
         found = [c for c in found if loader(c["contact_id"]) is not None]
     return jsonify_data(_lookup.dump({"contacts": found}))
@@ -133,7 +133,7 @@ def _activity(contact_id: str | None, query: dict[str, Any]) -> Response:
         order_column=ORDER_COLUMNS[column], descending=direction == "desc",
         page=query["page"], limit=query["limit"], include_bots=query["include_bots"],
     )
-    rows, total = reports.activity(get_state().session, current_tenant(), contact_id, f)
+    rows, total = reports.activity(get_state(), current_tenant(), contact_id, f)
     return jsonify_data({
         "events": [_activity_item.dump(event_dict(r)) for r in rows],
         "total": total,
@@ -185,7 +185,7 @@ def contact_events(contact_id: str, kind: str, query: dict[str, Any]) -> Respons
         if not (isinstance(limit, int) and 1 <= limit <= 500 and isinstance(include_bots, bool)) or len(position) != 2:
             raise ValidationError({"next": ["Invalid cursor."]})
         after = (pagination.parse_position_time(position[0]), pagination.parse_position_int(position[1]))
-    rows = reports.contact_events(get_state().session, tenant, contact_id, event_type,
+    rows = reports.contact_events(get_state(), tenant, contact_id, event_type,
                                   include_bots=include_bots, after=after, limit=limit)
     page, more = rows[:limit], len(rows) > limit
     meta: dict[str, Any] = {}

@@ -148,10 +148,8 @@ def body_limit(kind: str) -> int:
     """The byte limit of a request body of ``kind``: ``"message"`` (bodies that carry a
     message's HTML: ``MAILTRACK_MAX_MESSAGE_BODY_BYTES``) or ``"small"`` (everything else:
     ``MAILTRACK_MAX_BODY_BYTES``)."""
-    from .. import config as cfg
-
-    key = cfg.MAX_MESSAGE_BODY_BYTES if kind == "message" else cfg.MAX_BODY_BYTES
-    return int(get_state().config[key])
+    settings = get_state().settings
+    return settings.max_message_body_bytes if kind == "message" else settings.max_body_bytes
 
 
 def read_body(limit: int) -> bytes:
@@ -278,7 +276,7 @@ _UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 @blueprint.before_request
 def _guard() -> None:
     state = get_state()
-    authorizer = state.extension._api_authorizer
+    authorizer = state.hooks.api_authorizer
     if authorizer is not None:
         if not authorizer():
             raise Unauthorized("This request is not authorised (the application's API authorizer refused it).")
@@ -401,7 +399,7 @@ def _http_error(exc: HTTPException) -> Response:
             return problem(500, "Internal Server Error", f"The tracking database is not set up: {advice}.")
     errors = flat_errors(getattr(exc, "errors", None) or {}) if status == 422 else None
     headers = {}
-    if status == 401 and get_state().extension._api_authorizer is None:
+    if status == 401 and get_state().hooks.api_authorizer is None:
         # With a host authorizer the scheme is the host's (often a session cookie): no
         # bearer challenge that would send clients the wrong way.
         headers["WWW-Authenticate"] = 'Bearer realm="mailtrack"'

@@ -67,8 +67,7 @@ def _entity(contact_id: str, clicks: int, contact: Mapping[str, Any] | None) -> 
 
 
 def _load(contact_id: str) -> Mapping[str, Any] | None:
-    loader = get_state().extension._contact_loader
-    return loader(contact_id) if loader is not None else None
+    return get_state().hooks.load_contact(contact_id)
 
 
 @route("/odata/ContactClicks", summary="Click totals of every contact with clicks", tags=_TAGS,

@@ -17,7 +17,7 @@ from flask import Response
 from marshmallow import fields
 
 from .core import ROUTES, jsonify_data, route
-from .schemas import JSON_INT_RANGE, JsonObject, QueryField, no_nul
+from .fields import JSON_INT_RANGE, JsonObject, QueryField, no_nul
 
 _PARAM = re.compile(r"<(?:(\w+):)?(\w+)>")
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from ..db import dialect_name, utc_day
 from ..models import (
     MessageStatus,
     event_rollups,
@@ -139,13 +140,8 @@ def _group(g: dict[str, Any]) -> dict[str, Any]:
 
 
 def _day(conn: Any, col: Any) -> Any:
-    """The UTC calendar day of a timestamp (or date) column, cheap to group by: a DATE on
-    PostgreSQL, the ``YYYY-MM-DD`` prefix of the stored text on SQLite (naive UTC)."""
-    if conn.dialect.name == "postgresql":
-        if isinstance(col.type, sa.Date):
-            return col
-        return sa.cast(sa.func.timezone("UTC", col), sa.Date)
-    return sa.func.substr(col, 1, 10)
+    """The UTC calendar day of a timestamp column (a date column is one already)."""
+    return col if isinstance(col.type, sa.Date) else utc_day(dialect_name(conn), col)
 
 
 def _day_text(conn: Any, day: Any) -> Any:
@@ -303,7 +299,7 @@ def analytics(state: MailTrackState, tenant: str, *, date_from: dt.datetime | No
     with engine.connect() as conn:
         if use_cells and not stats.up_to_date(conn):
             conn.rollback()  # the reads below start a new transaction: they see the fold
-            stats.fold(engine)
+            stats.fold(state)
         if scanned and engine.dialect.name == "postgresql":
             # Grouped, index-driven queries that cost more to JIT-compile than to run on
             # PostgreSQL's defaults (measured); LOCAL ends with the transaction.

@@ -24,12 +24,13 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from ..errors import DatabaseUnavailable, ValidationError
-from ..models import MessageStatus, campaign_links, links, messages, utcnow
+from ..db import chunks, transaction
+from ..errors import ValidationError
+from ..models import MessageStatus, messages, utcnow
 from ..state import MailTrackState
 from ..tokens import Purpose
-from .common import UNSET, check_lengths, dialect_insert, tenant_key
-from .messages import _EMAIL, _EXTRA_FIELDS, instrument, new_message_id
+from .common import UNSET, check_lengths, tenant_key
+from .messages import _EMAIL, _EXTRA_FIELDS, instrument, new_message_id, store_links
 
 #: Per-recipient keys besides ``contact_id`` and ``email``.
 RECIPIENT_FIELDS = frozenset({
@@ -232,22 +233,10 @@ def _validate(recipients: list[Mapping[str, Any]], common: Mapping[str, Any]) ->
 
 def _store(state: MailTrackState, tenant: str, campaign_id: str | None, rows: list[dict[str, Any]],
            tracked: dict[str, str], *, batch_size: int, commit: bool) -> None:
-    session = state.session
-    try:
-        for start in range(0, len(rows), batch_size):
-            session.execute(sa.insert(messages), rows[start : start + batch_size])
-        if tracked:
-            session.execute(dialect_insert(state, links).on_conflict_do_nothing(index_elements=["id"]),
-                            [{"id": lid, "url": url} for lid, url in tracked.items()])
-            if campaign_id is not None:
-                session.execute(dialect_insert(state, campaign_links).on_conflict_do_nothing(),
-                                [{"tenant_id": tenant, "campaign_id": campaign_id, "link_id": lid}
-                                 for lid in tracked])
-        if commit:
-            session.commit()
-    except sa.exc.SQLAlchemyError as exc:
-        session.rollback()
-        raise DatabaseUnavailable() from exc
+    with transaction(state, commit=commit) as session:
+        for chunk in chunks(rows, batch_size):
+            session.execute(sa.insert(messages), chunk)
+        store_links(state, tenant, campaign_id, tracked)
 
 
 __all__ = ["track_messages", "RECIPIENT_FIELDS"]

@@ -1,4 +1,4 @@
-"""Helpers shared by the services: tenant resolution, dialect-aware inserts, signals."""
+"""Helpers shared by the services: tenant resolution, column length checks, signals."""
 from __future__ import annotations
 
 import logging
@@ -6,7 +6,6 @@ from typing import Any
 
 import sqlalchemy as sa
 from flask import current_app
-from sqlalchemy.dialects import postgresql, sqlite
 
 from ..errors import ValidationError
 from ..signals import SIGNAL_FOR_TYPE, event_recorded
@@ -28,7 +27,7 @@ def tenant_key(state: MailTrackState, tenant_id: Any = UNSET) -> str:
     """The stored tenant key: the explicit ``tenant_id``, else ``tenant_loader()``, with
     ``None`` (no tenant) stored as ``""``."""
     if tenant_id is UNSET:
-        loader = state.extension._tenant_loader
+        loader = state.hooks.tenant_loader
         tenant_id = loader() if loader is not None else None
     return "" if tenant_id is None else str(tenant_id)
 
@@ -48,16 +47,6 @@ def check_lengths(table: sa.Table, **values: Any) -> None:
             errors[name] = [f"Longer than maximum length {length}."]
     if errors:
         raise ValidationError(errors)
-
-
-def dialect_insert(state: MailTrackState, table: sa.Table) -> Any:
-    """An INSERT that supports ``on_conflict_do_nothing`` on SQLite and PostgreSQL."""
-    name = state.engine.dialect.name
-    if name == "postgresql":
-        return postgresql.insert(table)
-    if name == "sqlite":
-        return sqlite.insert(table)
-    raise NotImplementedError(f"crm_mailtrack supports SQLite and PostgreSQL, not {name}")
 
 
 def emit(event_type: str, *, safe: bool = False, **kwargs: Any) -> None:

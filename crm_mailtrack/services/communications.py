@@ -5,17 +5,17 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
 
+from ..db import chunks, like_escape, transaction
 from ..errors import Conflict, InvalidDestination, NotFound, ValidationError
 from ..models import ContactEvent, EventType, Message, MessageStatus, event_rollups, events, messages, utcnow
 from ..state import MailTrackState
 from . import stats
 from .common import emit
-from .events import commit_or_503
 from .messages import track_message
 from .records import event_item, records, summary
 
@@ -55,14 +55,9 @@ EQUALITY_FILTERS: dict[str, sa.ColumnElement[Any]] = {
 SEARCH_COLUMNS = (messages.c.subject, messages.c.email, messages.c.template_name,
                   messages.c.contact_id, messages.c.sender_email, messages.c.sender_name)
 COMMENT = EventType.COMMENT.value
-_CHUNK = 500
 
 
 # -- selecting -------------------------------------------------------------------------------
-
-def _like_escape(term: str) -> str:
-    return term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-
 
 def conditions(tenant: str, filters: Mapping[str, Any] | None = None,
                search: Sequence[str] | None = None) -> list[sa.ColumnElement[bool]]:
@@ -85,7 +80,7 @@ def conditions(tenant: str, filters: Mapping[str, Any] | None = None,
         term = term.strip()
         if not term:
             continue
-        pattern = f"%{_like_escape(term.lower())}%"
+        pattern = f"%{like_escape(term.lower())}%"
         where.append(sa.or_(*(sa.func.lower(c).like(pattern, escape="\\") for c in SEARCH_COLUMNS)))
     return where
 
@@ -135,9 +130,8 @@ def find_list(state: MailTrackState, tenant: str, ids: Sequence[str]) -> list[Me
     """The tenant's messages among ``ids`` (unknown ids are left out), newest first."""
     found: list[Message] = []
     unique = list(dict.fromkeys(str(i) for i in ids))
-    for start in range(0, len(unique), _CHUNK):
-        found += _messages(state, sa.select(Message).where(
-            Message.tenant_id == tenant, Message.id.in_(unique[start:start + _CHUNK])))
+    for chunk in chunks(unique):
+        found += _messages(state, sa.select(Message).where(Message.tenant_id == tenant, Message.id.in_(chunk)))
     found.sort(key=lambda m: (m.created_at, m.id), reverse=True)
     return found
 
@@ -207,11 +201,6 @@ def envelope(content: list[dict[str, Any]], *, page: int, size: int, total: int,
     }
 
 
-def _chunks(ids: list[str]) -> Iterable[list[str]]:
-    for start in range(0, len(ids), _CHUNK):
-        yield ids[start:start + _CHUNK]
-
-
 # -- changing --------------------------------------------------------------------------------
 
 #: Most recipients one send, schedule or template send may name (each gets its own message,
@@ -235,7 +224,7 @@ def recipient_contacts(state: MailTrackState, contact_id: str | None,
             raise ValidationError({"recipients": [
                 "With contactId give at most one recipient (the contact's address); omit contactId "
                 "to send each recipient a copy under its own contact."]})
-        loader = state.extension._contact_loader
+        loader = state.hooks.contact_loader
         contact: Mapping[str, Any] | None = None
         if loader is not None:
             contact = loader(str(contact_id))
@@ -250,7 +239,7 @@ def recipient_contacts(state: MailTrackState, contact_id: str | None,
     if len(recipients) > MAX_RECIPIENTS:
         raise ValidationError({"recipients": [f"At most {MAX_RECIPIENTS} recipients per request."]})
     seen: set[str] = set()
-    resolver = state.extension._contact_resolver
+    resolver = state.hooks.contact_resolver
     out = []
     for email in recipients:
         if email.lower() in seen:
@@ -276,35 +265,29 @@ def compose(state: MailTrackState, tenant: str, *, contact_id: str | None, recip
     pairs = recipient_contacts(state, contact_id, recipients)
     if html is None and text is None:
         raise ValidationError({"body": ["Give a body (HTML) or bodyText."]})
-    session = state.session
     stored: list[Message] = []
     try:
-        for contact, email in pairs:
-            copy_fields = fields if not stored else {k: v for k, v in fields.items() if k not in ("cc", "bcc")}
-            stored.append(track_message(state, contact_id=contact, email=email, subject=subject, html=html,
-                                        text=text, scheduled_at=scheduled_at, tenant_id=tenant, commit=False,
-                                        **copy_fields))
+        with transaction(state):
+            for contact, email in pairs:
+                copy_fields = fields if not stored else {k: v for k, v in fields.items() if k not in ("cc", "bcc")}
+                stored.append(track_message(state, contact_id=contact, email=email, subject=subject, html=html,
+                                            text=text, scheduled_at=scheduled_at, tenant_id=tenant, commit=False,
+                                            **copy_fields))
     except InvalidDestination as exc:
-        session.rollback()
         raise ValidationError({"body": [f"A link cannot be tracked: {exc}"]}) from None
-    except BaseException:
-        session.rollback()
-        raise
-    commit_or_503(session)
     return stored
 
 
 def cancel(state: MailTrackState, tenant: str, message_id: str) -> Message:
     """SCHEDULED or PENDING -> CANCELLED, atomically (a message being sent cannot be cancelled)."""
     message_id = _check_id(message_id)
-    session = state.session
-    result = session.execute(
-        sa.update(messages)
-        .where(messages.c.id == str(message_id), messages.c.tenant_id == tenant,
-               messages.c.status.in_((MessageStatus.SCHEDULED.value, MessageStatus.PENDING.value)))
-        .values(status=MessageStatus.CANCELLED.value, updated_at=utcnow())
-    )
-    commit_or_503(session)
+    with transaction(state) as session:
+        result = session.execute(
+            sa.update(messages)
+            .where(messages.c.id == str(message_id), messages.c.tenant_id == tenant,
+                   messages.c.status.in_((MessageStatus.SCHEDULED.value, MessageStatus.PENDING.value)))
+            .values(status=MessageStatus.CANCELLED.value, updated_at=utcnow())
+        )
     msg = get(state, tenant, message_id)
     state.session.refresh(msg)
     if result.rowcount != 1:
@@ -334,20 +317,19 @@ def delete(state: MailTrackState, tenant: str, ids: Sequence[str], *, must_exist
     With ``must_exist`` an unknown id is ``NotFound`` and nothing is deleted."""
     unique = list(dict.fromkeys(_check_id(i) for i in ids)) if must_exist else [
         i for i in dict.fromkeys(str(i) for i in ids) if "\x00" not in i]
-    session = state.session
     deleted = 0
-    for chunk in _chunks(unique):
-        owned = sa.select(messages.c.id).where(messages.c.tenant_id == tenant, messages.c.id.in_(chunk))
-        stats.forget_messages(session.connection(), sa.and_(messages.c.tenant_id == tenant, messages.c.id.in_(chunk)))
-        session.execute(sa.delete(events).where(events.c.tenant_id == tenant, events.c.message_id.in_(owned)))
-        session.execute(sa.delete(event_rollups).where(event_rollups.c.tenant_id == tenant,
-                                                       event_rollups.c.message_id.in_(owned)))
-        deleted += session.execute(
-            sa.delete(messages).where(messages.c.tenant_id == tenant, messages.c.id.in_(chunk))).rowcount or 0
-    if must_exist and deleted != len(unique):
-        session.rollback()
-        raise NotFound("No such communication.")
-    commit_or_503(session)
+    with transaction(state) as session:
+        for chunk in chunks(unique):
+            owned = sa.select(messages.c.id).where(messages.c.tenant_id == tenant, messages.c.id.in_(chunk))
+            stats.forget_messages(session.connection(),
+                                  sa.and_(messages.c.tenant_id == tenant, messages.c.id.in_(chunk)))
+            session.execute(sa.delete(events).where(events.c.tenant_id == tenant, events.c.message_id.in_(owned)))
+            session.execute(sa.delete(event_rollups).where(event_rollups.c.tenant_id == tenant,
+                                                           event_rollups.c.message_id.in_(owned)))
+            deleted += session.execute(
+                sa.delete(messages).where(messages.c.tenant_id == tenant, messages.c.id.in_(chunk))).rowcount or 0
+        if must_exist and deleted != len(unique):
+            raise NotFound("No such communication.")
     return deleted
 
 
@@ -362,8 +344,8 @@ def comment(state: MailTrackState, tenant: str, message_id: str, text: str,
         campaign_id=msg.campaign_id, occurred_at=utcnow(), is_machine=False,
         details={"comment": text, "authorId": author_id},
     )
-    state.session.add(event)
-    commit_or_503(state.session)
+    with transaction(state) as session:
+        session.add(event)
     emit(COMMENT, event=event, contact_id=msg.contact_id, message_id=msg.id,
          campaign_id=msg.campaign_id, url=None)
     return event

@@ -14,7 +14,7 @@ from typing import Any
 import sqlalchemy as sa
 from flask import current_app
 
-from ..errors import DatabaseUnavailable
+from ..db import transaction
 from ..models import ContactEvent, EventType, events, utcnow
 from ..state import MailTrackState
 from ..signals import event_recorded
@@ -80,8 +80,7 @@ def import_clicks(state: MailTrackState, tenant: str, contact_id: str, clicks: i
 
     Returns the contact's new ``ClickCount``. Read and write share one transaction.
     """
-    session = state.session
-    try:
+    with transaction(state) as session:
         current, _ = click_total(state, tenant, contact_id)
         delta = clicks - current if set_total else clicks
         event = ContactEvent(
@@ -90,10 +89,6 @@ def import_clicks(state: MailTrackState, tenant: str, contact_id: str, clicks: i
             details={"imported": delta, **({"total": clicks} if set_total else {})},
         )
         session.add(event)
-        session.commit()
-    except sa.exc.SQLAlchemyError as exc:
-        session.rollback()
-        raise DatabaseUnavailable() from exc
     # Only ``event_recorded``: an import is not a click, so ``link_clicked`` stays silent.
     if event_recorded.receivers:
         event_recorded.send(current_app._get_current_object(), event=event,  # type: ignore[attr-defined]
@@ -103,14 +98,9 @@ def import_clicks(state: MailTrackState, tenant: str, contact_id: str, clicks: i
 
 def erase_clicks(state: MailTrackState, tenant: str, contact_id: str) -> int:
     """Delete every click event (tracked and imported) of a contact; rows deleted."""
-    session = state.session
     which = sa.and_(events.c.tenant_id == tenant, events.c.contact_id == contact_id,
                     events.c.type == EventType.CLICK.value)
-    try:
+    with transaction(state) as session:
         stats.forget_events(session.connection(), which)
         result = session.execute(sa.delete(events).where(which))
-        session.commit()
-    except sa.exc.SQLAlchemyError as exc:
-        session.rollback()
-        raise DatabaseUnavailable() from exc
     return int(result.rowcount or 0)

@@ -24,11 +24,11 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from .. import config as cfg
-from ..errors import DatabaseUnavailable, ValidationError
+from ..db import dialect_name, insert, transaction
+from ..errors import ValidationError
 from ..models import ContactEvent, DNCReason, DoNotContact, EventType, dnc, suppressions, utcnow
 from ..state import MailTrackState
-from .common import UNSET, check_lengths, dialect_insert, emit, tenant_key
+from .common import UNSET, check_lengths, emit, tenant_key
 
 _CHANNEL = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
@@ -83,13 +83,12 @@ def add_dnc(
     contact_id = str(contact_id)
     channel_id = None if channel_id is None else str(channel_id)
     check_lengths(dnc, contact_id=contact_id, channel_id=channel_id)
-    session = state.session
     values = {
         "tenant_id": tenant, "contact_id": contact_id, "channel": channel,
         "reason": int(reason), "channel_id": channel_id, "comments": comments, "date_added": utcnow(),
     }
-    try:
-        stmt = dialect_insert(state, dnc).values(**values).on_conflict_do_nothing(
+    with transaction(state) as session:
+        stmt = insert(dialect_name(state), dnc).values(**values).on_conflict_do_nothing(
             index_elements=["tenant_id", "contact_id", "channel"]
         ).returning(dnc.c.id)
         created = session.execute(stmt).first() is not None
@@ -107,10 +106,6 @@ def add_dnc(
                 details={"channel": channel, "reason": int(reason), "channelId": channel_id, "comments": comments},
             )]
             session.add_all(added_events)
-        session.commit()
-    except sa.exc.SQLAlchemyError as exc:
-        session.rollback()
-        raise DatabaseUnavailable() from exc
     row = get_dnc(state, contact_id, channel, tenant)
     assert row is not None
     for ev in added_events:
@@ -124,8 +119,7 @@ def remove_dnc(state: MailTrackState, contact_id: str, channel: str = "email", *
     channel = check_channel(channel)
     tenant = tenant_key(state, tenant_id)
     contact_id = str(contact_id)
-    session = state.session
-    try:
+    with transaction(state) as session:
         result = session.execute(
             sa.delete(dnc).where(dnc.c.tenant_id == tenant, dnc.c.contact_id == contact_id, dnc.c.channel == channel)
         )
@@ -135,10 +129,6 @@ def remove_dnc(state: MailTrackState, contact_id: str, channel: str = "email", *
             event = ContactEvent(tenant_id=tenant, type=EventType.DNC_REMOVED.value, contact_id=contact_id,
                                  occurred_at=utcnow(), details={"channel": channel})
             session.add(event)
-        session.commit()
-    except sa.exc.SQLAlchemyError as exc:
-        session.rollback()
-        raise DatabaseUnavailable() from exc
     if event is not None:
         emit(event.type, event=event, contact_id=contact_id, message_id=None, campaign_id=None,
              url=None, channel=channel)
@@ -160,15 +150,15 @@ def can_contact(state: MailTrackState, contact_id: str, channel: str = "email", 
     if found is not None:
         return False
     if email is None:
-        loader = state.extension._contact_loader
-        contact = loader(str(contact_id)) if loader is not None else None
-        email = (contact or {}).get("email") if contact is not None else None
+        contact = state.hooks.load_contact(str(contact_id))
+        email = contact.get("email") if contact is not None else None
     return not (isinstance(email, str) and is_suppressed(state, tenant, channel, email))
 
 
 def _suppression_keys(state: MailTrackState) -> list[bytes]:
     """The current suppression key first, then those of the fallback secret keys."""
-    secrets = [state.config[cfg.SECRET_KEY], *reversed(state.config[cfg.SECRET_KEY_FALLBACKS])]
+    settings = state.settings
+    secrets = [settings.secret_key, *reversed(settings.secret_key_fallbacks)]
     return [hmac.new(key if isinstance(key, bytes) else str(key).encode(), b"mailtrack.suppression",
                      hashlib.sha256).digest() for key in secrets]
 
@@ -190,9 +180,10 @@ def is_suppressed(state: MailTrackState, tenant: str, channel: str, address: str
     return found is not None
 
 
-def suppress(state: MailTrackState, session: Any, tenant: str, contact_id: str, addresses: Iterable[str]) -> int:
+def suppress(state: MailTrackState, tenant: str, contact_id: str, addresses: Iterable[str]) -> int:
     """Record a suppression for each DNC channel of the contact and each of ``addresses``,
     in the caller's transaction (an erasure); return how many were new."""
+    session = state.session
     rows = session.execute(
         sa.select(dnc.c.channel, dnc.c.reason).where(dnc.c.tenant_id == tenant, dnc.c.contact_id == str(contact_id))
     ).all()
@@ -204,7 +195,7 @@ def suppress(state: MailTrackState, session: Any, tenant: str, contact_id: str, 
     ]
     if not values:
         return 0
-    stmt = dialect_insert(state, suppressions).on_conflict_do_nothing(
+    stmt = insert(dialect_name(state), suppressions).on_conflict_do_nothing(
         index_elements=["tenant_id", "channel", "address_hash"])
     return max(session.execute(stmt, values).rowcount or 0, 0)  # -1: the driver did not count
 

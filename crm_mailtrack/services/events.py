@@ -7,9 +7,8 @@ import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
-import sqlalchemy as sa
-
-from ..errors import DatabaseUnavailable, ValidationError
+from ..db import transaction
+from ..errors import ValidationError
 from ..models import EVENT_TYPES, ContactEvent, events, utcnow
 from ..state import MailTrackState
 from .common import UNSET, check_lengths, emit, tenant_key
@@ -58,25 +57,12 @@ def record_event(
         is_machine=False,
         details=dict(details) if details else None,
     )
-    session = state.session
-    session.add(event)
+    with transaction(state, commit=commit) as session:
+        session.add(event)
     if commit:
-        commit_or_503(session)
         emit(str(type), event=event, contact_id=event.contact_id, message_id=message_id,
              campaign_id=campaign_id, url=url)
     return event
-
-
-def commit_or_503(session: Any) -> None:
-    """Commit, turning a database failure into :class:`DatabaseUnavailable` (after rollback)."""
-    try:
-        session.commit()
-    except sa.exc.IntegrityError:
-        session.rollback()
-        raise
-    except sa.exc.SQLAlchemyError as exc:
-        session.rollback()
-        raise DatabaseUnavailable() from exc
 
 
 def erase_contact(state: MailTrackState, contact_id: str, *, tenant_id: Any = UNSET) -> int:

@@ -11,6 +11,7 @@ import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
+from ..db import transaction
 from ..errors import ValidationError
 from ..models import ContactEvent, DNCReason, Message
 from ..state import MailTrackState
@@ -56,24 +57,18 @@ def record_with_implied_dnc(
     ``MAILTRACK_MAX_DETAILS_BYTES`` as JSON raise :class:`ValidationError`, storing nothing."""
     privacy.check_details(state, details)
     tenant = tenant_key(state, tenant_id)
-    session = state.session
-    event = event_service.record_event(
-        state, contact_id, event_type, email=email, message_id=message_id, campaign_id=campaign_id,
-        url=url, occurred_at=occurred_at, details=details, tenant_id=tenant, commit=False,
-    )
     reason = implied_dnc(event_type, details)
-    try:
+    with transaction(state):
+        event = event_service.record_event(
+            state, contact_id, event_type, email=email, message_id=message_id, campaign_id=campaign_id,
+            url=url, occurred_at=occurred_at, details=details, tenant_id=tenant, commit=False,
+        )
         if reason is not None:
             comment = (details or {}).get("reason")
-            # add_dnc commits the pending event with the entry (or rolls both back).
+            # add_dnc commits the pending event with the entry (or rolls both back)
             dnc_service.add_dnc(state, contact_id, "email", reason, message_id,
                                 comment if isinstance(comment, str) else None, tenant_id=tenant,
                                 update_existing=False)
-        else:
-            event_service.commit_or_503(session)
-    except BaseException:
-        session.rollback()  # whatever failed, the event must not stay pending in the session
-        raise
     emit(event.type, event=event, contact_id=event.contact_id, message_id=event.message_id,
          campaign_id=event.campaign_id, url=event.url)
     return event

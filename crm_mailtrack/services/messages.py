@@ -6,10 +6,9 @@ import re
 import secrets
 from typing import Any
 
-import sqlalchemy as sa
 
-from ..errors import DatabaseUnavailable, NotFound, ValidationError
-from ..bots import policy as bot_policy
+from ..db import dialect_name, insert, transaction
+from ..errors import NotFound, ValidationError
 from ..instrument import (
     HONEYPOT_TARGET,
     append_pixel,
@@ -24,7 +23,7 @@ from ..models import Message, MessageStatus, campaign_links, links, messages, ut
 from ..state import MailTrackState
 from ..textpart import html_to_text
 from ..tokens import Purpose
-from .common import UNSET, check_lengths, dialect_insert, tenant_key
+from .common import UNSET, check_lengths, tenant_key
 
 _EMAIL = re.compile(r"^[^@\s\x00-\x1f]+@[^@\s\x00-\x1f]+$")
 
@@ -98,7 +97,7 @@ def instrument(
             html, _ = rewrite_links(html, rewrite)
         elif text is None:
             text = html_to_text(html)
-        if tracked and bot_policy(state).honeypot:
+        if tracked and state.settings.bot_policy.honeypot:
             html = append_pixel(html, "", tag=honeypot_tag(honeypot_url(state, message_id, root=root)))
         if track_opens:
             html = append_pixel(html, open_url(state, message_id, root=root))
@@ -177,15 +176,9 @@ def track_message(
         updated_at=now,
         **extra,
     )
-    session = state.session
-    session.add(message)
-    store_links(state, tenant, message.campaign_id, tracked)
-    if commit:
-        try:
-            session.commit()
-        except sa.exc.SQLAlchemyError as exc:
-            session.rollback()
-            raise DatabaseUnavailable() from exc
+    with transaction(state, commit=commit) as session:
+        session.add(message)
+        store_links(state, tenant, message.campaign_id, tracked)
     return message
 
 
@@ -201,13 +194,14 @@ def store_links(state: MailTrackState, tenant: str, campaign_id: str | None, tra
     if not tracked:
         return
     session = state.session
+    dialect = dialect_name(state)
     session.execute(
-        dialect_insert(state, links).on_conflict_do_nothing(index_elements=["id"]),
+        insert(dialect, links).on_conflict_do_nothing(index_elements=["id"]),
         [{"id": lid, "url": url} for lid, url in tracked.items()],
     )
     if campaign_id is not None:
         session.execute(
-            dialect_insert(state, campaign_links).on_conflict_do_nothing(),
+            insert(dialect, campaign_links).on_conflict_do_nothing(),
             [{"tenant_id": tenant, "campaign_id": campaign_id, "link_id": lid} for lid in tracked],
         )
 

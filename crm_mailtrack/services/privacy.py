@@ -19,7 +19,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from .. import config as cfg
-from ..errors import DatabaseUnavailable, ValidationError
+from ..db import dialect_name, insert, transaction, unavailable_as_503, utc_day
+from ..errors import ValidationError
 from ..instrument import link_id as make_link_id
 from ..models import campaign_links, dnc, event_rollups, events, links, messages, utcnow, utm_tags
 from ..state import MailTrackState
@@ -72,9 +73,8 @@ def erase_contact(state: MailTrackState, contact_id: str, *, tenant_id: Any = UN
     """
     tenant = tenant_key(state, tenant_id)
     contact_id = str(contact_id)
-    session = state.session
     total = 0
-    try:
+    with transaction(state) as session:
         conn = session.connection()
         own = sa.and_(messages.c.tenant_id == tenant, messages.c.contact_id == contact_id)
         mine = sa.and_(events.c.tenant_id == tenant, events.c.contact_id == contact_id)
@@ -90,11 +90,10 @@ def erase_contact(state: MailTrackState, contact_id: str, *, tenant_id: Any = UN
             sa.select(events.c.email).where(mine, events.c.email.is_not(None)).distinct()).scalars())
         clicked = set(session.execute(
             sa.select(events.c.link_id).where(mine, events.c.link_id.is_not(None)).distinct()).scalars())
-        loader = state.extension._contact_loader
-        contact = loader(contact_id) if loader is not None else None
+        contact = state.hooks.load_contact(contact_id)
         if contact is not None and isinstance(contact.get("email"), str):
             addresses.add(contact["email"])
-        dnc_service.suppress(state, session, tenant, contact_id, addresses)
+        dnc_service.suppress(state, tenant, contact_id, addresses)
 
         # out of the analytics cells first: the contact's messages (with all their events),
         # then the contact's events on other messages (forwards, shared mail)
@@ -105,18 +104,11 @@ def erase_contact(state: MailTrackState, contact_id: str, *, tenant_id: Any = UN
             result = session.execute(
                 sa.delete(table).where(table.c.tenant_id == tenant, table.c.contact_id == contact_id))
             total += result.rowcount or 0
-        total += _drop_unshared_links(state, session, tenant, own_links, clicked, own_ids)
-        session.commit()
-    except sa.exc.SQLAlchemyError as exc:
-        session.rollback()
-        raise DatabaseUnavailable() from exc
-    except BaseException:
-        session.rollback()
-        raise
+        total += _drop_unshared_links(state, tenant, own_links, clicked, own_ids)
     return total
 
 
-def _drop_unshared_links(state: MailTrackState, session: Any, tenant: str, own_links: dict[str | None, set[str]],
+def _drop_unshared_links(state: MailTrackState, tenant: str, own_links: dict[str | None, set[str]],
                          clicked: Iterable[str], erased_ids: list[str]) -> int:
     """Delete the links (and campaign links) that no remaining message carries; called
     after the contact's messages and events are deleted. The remaining messages that may
@@ -125,6 +117,7 @@ def _drop_unshared_links(state: MailTrackState, session: Any, tenant: str, own_l
     candidates = set(clicked).union(*own_links.values()) if own_links else set(clicked)
     if not candidates:
         return 0
+    session = state.session
     seen_in_campaign: dict[tuple[str, str | None], set[str]] = {}
     seen_anywhere = set(session.execute(  # another contact's click proves another message carried it
         sa.select(events.c.link_id).where(events.c.link_id.in_(candidates)).distinct()).scalars())
@@ -167,7 +160,7 @@ def check_details(state: MailTrackState, details: Mapping[str, Any] | None) -> N
     webhook or import should store a summary, not a whole payload."""
     if not details:
         return
-    limit = state.config[cfg.MAX_DETAILS_BYTES]
+    limit = state.settings.max_details_bytes
     try:
         size = len(json.dumps(details, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8"))
     except RecursionError:
@@ -180,16 +173,9 @@ def check_details(state: MailTrackState, details: Mapping[str, Any] | None) -> N
             f"{cfg.MAX_DETAILS_BYTES})."]})
 
 
-def _day(dialect: str) -> sa.ColumnElement[Any]:
-    """The UTC calendar day of ``events.occurred_at`` (stored naive UTC on SQLite)."""
-    if dialect == "postgresql":
-        return sa.cast(sa.func.timezone("UTC", events.c.occurred_at), sa.Date)
-    return sa.func.date(events.c.occurred_at)
-
-
 def _rollup_insert(dialect: str, start: dt.datetime, end: dt.datetime) -> Any:
     """``INSERT INTO rollups SELECT ... GROUP BY ... ON CONFLICT DO UPDATE count += ...``."""
-    day = _day(dialect)
+    day = utc_day(dialect, events.c.occurred_at)
     blank = sa.literal("")
     src = (
         sa.select(
@@ -206,18 +192,10 @@ def _rollup_insert(dialect: str, start: dt.datetime, end: dt.datetime) -> Any:
         .group_by(events.c.tenant_id, day, events.c.type, events.c.is_machine,
                   events.c.campaign_id, events.c.message_id, events.c.link_id)
     )
-    stmt = dialect_insert_for(dialect).from_select([*_KEY, "count"], src)
+    stmt = insert(dialect, event_rollups).from_select([*_KEY, "count"], src)
     return stmt.on_conflict_do_update(
         index_elements=list(_KEY), set_={"count": event_rollups.c.count + stmt.excluded["count"]}
     )
-
-
-def dialect_insert_for(dialect: str) -> Any:
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    return insert(event_rollups)
 
 
 def _midnight(moment: dt.datetime) -> dt.datetime:
@@ -230,14 +208,12 @@ def purge_days(state: MailTrackState, older_than_days: int, *, now: dt.datetime 
     if isinstance(older_than_days, bool) or not isinstance(older_than_days, int) or older_than_days < 0:
         raise ValidationError({"older_than": ["Must be a whole number of days >= 0."]})
     cutoff = (now or utcnow()) - dt.timedelta(days=older_than_days)
-    try:
-        stats.fold(state.engine)  # only folded events are purgeable (see _PURGEABLE)
+    with unavailable_as_503():
+        stats.fold(state)  # only folded events are purgeable (see _PURGEABLE)
         with state.engine.connect() as conn:
             oldest = conn.execute(
                 sa.select(sa.func.min(events.c.occurred_at)).where(events.c.occurred_at < cutoff, _PURGEABLE)
             ).scalar()
-    except sa.exc.SQLAlchemyError as exc:
-        raise DatabaseUnavailable() from exc
     if oldest is None:
         return []
     if isinstance(oldest, str):  # SQLite aggregate: raw text
@@ -268,23 +244,20 @@ def purge(
     run again.
     """
     engine = state.engine
-    dialect = engine.dialect.name
+    dialect = dialect_name(engine)
     deleted = 0
     for start, end in purge_days(state, older_than_days, now=now):
-        try:
-            with engine.connect() as conn:
-                if dialect == "postgresql":
-                    conn = conn.execution_options(isolation_level="REPEATABLE READ")
-                with conn.begin():
-                    conn.execute(_rollup_insert(dialect, start, end))
-                    result = conn.execute(
-                        sa.delete(events).where(
-                            events.c.occurred_at >= start, events.c.occurred_at < end, _PURGEABLE
-                        )
+        with unavailable_as_503(), engine.connect() as conn:
+            if dialect == "postgresql":
+                conn = conn.execution_options(isolation_level="REPEATABLE READ")
+            with conn.begin():
+                conn.execute(_rollup_insert(dialect, start, end))
+                result = conn.execute(
+                    sa.delete(events).where(
+                        events.c.occurred_at >= start, events.c.occurred_at < end, _PURGEABLE
                     )
-                    deleted += result.rowcount or 0
-        except sa.exc.SQLAlchemyError as exc:
-            raise DatabaseUnavailable() from exc
+                )
+                deleted += result.rowcount or 0
         if progress is not None:
             progress(1)
     return deleted

@@ -5,11 +5,12 @@ Definitions of the numbers: docs/metrics.md."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
 
+from ..db import chunks
 from ..models import ContactEvent, Message, event_rollups, events, links
 from ..state import MailTrackState
 from .common import tenant_out
@@ -17,12 +18,6 @@ from .messages import click_url
 
 #: Event types summarised elsewhere in a record (``openCount``, ``clickedLinks``).
 _SUMMARISED = ("open", "click")
-_CHUNK = 500
-
-
-def _chunks(ids: list[str]) -> Iterable[list[str]]:
-    for start in range(0, len(ids), _CHUNK):
-        yield ids[start:start + _CHUNK]
 
 
 def engagement(state: MailTrackState, ids: list[str], *, include_bots: bool = False) -> tuple[
@@ -46,7 +41,7 @@ def engagement(state: MailTrackState, ids: list[str], *, include_bots: bool = Fa
     first = sa.func.min(events.c.occurred_at).label("first")
     r_first = sa.func.min(event_rollups.c.day).label("first")
     r_sum = sa.func.sum(event_rollups.c.count)
-    for chunk in _chunks(ids):
+    for chunk in chunks(ids):
         for mid, count, when in state.session.execute(
             sa.select(events.c.message_id, sa.func.count(), first)
             .where(events.c.message_id.in_(chunk), events.c.type == "open", *human)
@@ -91,7 +86,7 @@ def _midnight(day: Any) -> dt.datetime | None:
 
 def _lifecycle(state: MailTrackState, ids: list[str]) -> dict[str, list[ContactEvent]]:
     out: dict[str, list[ContactEvent]] = {}
-    for chunk in _chunks(ids):
+    for chunk in chunks(ids):
         for ev in state.session.execute(
             sa.select(ContactEvent).where(ContactEvent.message_id.in_(chunk),
                                           ContactEvent.type.not_in(_SUMMARISED))

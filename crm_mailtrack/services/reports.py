@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Session
 
+from ..db import like_escape
 from ..models import UTCDateTime, campaign_links, event_rollups, events, links, messages
+from ..state import MailTrackState
 
 #: Human names of the event types (the activity API's ``eventType`` and ``types``).
 EVENT_LABELS: dict[str, str] = {
@@ -61,11 +62,7 @@ class ActivityFilters:
     include_bots: bool = False
 
 
-def _like_escape(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-
-
-def activity(session: Session, tenant: str, contact_id: str | None,
+def activity(state: MailTrackState, tenant: str, contact_id: str | None,
              f: ActivityFilters) -> tuple[list[sa.Row[Any]], int]:
     """One page of events and the total matching count (one contact, or all)."""
     if f.order_column not in SORTABLE:
@@ -84,18 +81,18 @@ def activity(session: Session, tenant: str, contact_id: str | None,
     if f.date_to is not None:
         conds.append(events.c.occurred_at <= f.date_to)
     if f.search:
-        pattern = f"%{_like_escape(f.search)}%"
+        pattern = f"%{like_escape(f.search)}%"
         conds.append(sa.or_(*(
             col.ilike(pattern, escape="\\")
             for col in (events.c.email, events.c.url, events.c.contact_id, events.c.campaign_id,
                         events.c.message_id, events.c.type)
         )))
-    total = session.execute(sa.select(sa.func.count()).select_from(events).where(*conds)).scalar_one()
+    total = state.session.execute(sa.select(sa.func.count()).select_from(events).where(*conds)).scalar_one()
     column = events.c[f.order_column]
     order = [column.desc(), events.c.id.desc()] if f.descending else [column.asc(), events.c.id.asc()]
     if f.order_column == "id":
         order = order[:1]
-    rows = session.execute(
+    rows = state.session.execute(
         sa.select(*EVENT_COLUMNS).where(*conds).order_by(*order)
         .limit(f.limit).offset((f.page - 1) * f.limit)
     ).all()
@@ -111,7 +108,7 @@ def _before(position: tuple[dt.datetime, int] | None) -> list[Any]:
             < sa.tuple_(sa.literal(at, UTCDateTime()), sa.literal(last_id, sa.BigInteger()))]
 
 
-def contact_events(session: Session, tenant: str, contact_id: str, event_type: str, *,
+def contact_events(state: MailTrackState, tenant: str, contact_id: str, event_type: str, *,
                    include_bots: bool, after: tuple[dt.datetime, int] | None, limit: int) -> list[sa.Row[Any]]:
     """A contact's events of one type, newest first, ``limit + 1`` rows (the extra one
     tells the caller there is a next page)."""
@@ -119,21 +116,21 @@ def contact_events(session: Session, tenant: str, contact_id: str, event_type: s
              *_before(after)]
     if not include_bots:
         conds.append(events.c.is_machine.is_(False))
-    return list(session.execute(
+    return list(state.session.execute(
         sa.select(*EVENT_COLUMNS).where(*conds)
         .order_by(events.c.occurred_at.desc(), events.c.id.desc()).limit(limit + 1)
     ).all())
 
 
-def campaign_known(session: Session, tenant: str, campaign_id: str) -> bool:
+def campaign_known(state: MailTrackState, tenant: str, campaign_id: str) -> bool:
     """A campaign exists for a tenant when one of its messages does."""
-    return session.execute(
+    return state.session.execute(
         sa.select(messages.c.id).where(messages.c.tenant_id == tenant, messages.c.campaign_id == campaign_id).limit(1)
     ).first() is not None
 
 
-def link_in_campaign(session: Session, tenant: str, campaign_id: str, link_id: str) -> bool:
-    return session.execute(
+def link_in_campaign(state: MailTrackState, tenant: str, campaign_id: str, link_id: str) -> bool:
+    return state.session.execute(
         sa.select(campaign_links.c.link_id).where(
             campaign_links.c.tenant_id == tenant, campaign_links.c.campaign_id == campaign_id,
             campaign_links.c.link_id == link_id,
@@ -141,7 +138,7 @@ def link_in_campaign(session: Session, tenant: str, campaign_id: str, link_id: s
     ).first() is not None
 
 
-def campaign_report(session: Session, tenant: str, campaign_id: str, event_type: str, *,
+def campaign_report(state: MailTrackState, tenant: str, campaign_id: str, event_type: str, *,
                     link_id: str | None = None, created_since: dt.datetime | None = None,
                     include_bots: bool = False, after: tuple[dt.datetime, int] | None = None,
                     limit: int = 500) -> list[sa.Row[Any]]:
@@ -157,14 +154,14 @@ def campaign_report(session: Session, tenant: str, campaign_id: str, event_type:
         conds.append(events.c.occurred_at >= created_since)
     if not include_bots:
         conds.append(events.c.is_machine.is_(False))
-    return list(session.execute(
+    return list(state.session.execute(
         sa.select(events.c.id, events.c.contact_id, events.c.email, events.c.campaign_id, events.c.link_id,
                   events.c.occurred_at, events.c.is_machine)
         .where(*conds).order_by(events.c.occurred_at.desc(), events.c.id.desc()).limit(limit + 1)
     ).all())
 
 
-def campaign_link_stats(session: Session, tenant: str, campaign_id: str, *,
+def campaign_link_stats(state: MailTrackState, tenant: str, campaign_id: str, *,
                         include_bots: bool = False) -> list[sa.Row[Any]]:
     """Every link the campaign carries (clicked or not) with total and unique clicks.
 
@@ -192,7 +189,7 @@ def campaign_link_stats(session: Session, tenant: str, campaign_id: str, *,
         .group_by(both.c.link_id).subquery()
     )
     total = sa.func.coalesce(agg.c.total, 0)
-    return list(session.execute(
+    return list(state.session.execute(
         sa.select(campaign_links.c.link_id, links.c.url, total.label("total_clicks"),
                   sa.func.coalesce(agg.c.uniq, 0).label("unique_clicks"))
         .select_from(

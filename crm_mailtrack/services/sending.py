@@ -16,156 +16,40 @@ The final update is conditional too (``WHERE status = 'SENDING'`` and the claim'
 
 What goes over the wire is built in :mod:`.mime`: bare addresses in the envelope, header
 values as RFC 5322 writes them (``List-Unsubscribe: <https://...>`` as it is, never RFC 2047
-encoded words for ASCII text).
-
-The SMTP URL: ``smtp://host:25`` (plain), ``smtps://host:465`` (implicit TLS) or
-``smtp+starttls://user:pass@host:587``; user and password are percent-decoded. Query
-parameters: ``timeout`` (seconds, default 30) and ``cafile`` (a CA bundle to verify the
-server's certificate with, for a private CA).
+encoded words for ASCII text). The SMTP URL and the connection are :mod:`.smtp`'s.
 """
 from __future__ import annotations
 
 import datetime as dt
 import smtplib
-import ssl
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
-from email.message import EmailMessage
+from collections.abc import Callable
 from email.utils import make_msgid
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
 
 import sqlalchemy as sa
 
-from .. import config as cfg
-from ..errors import ConfigurationError, Conflict, DatabaseUnavailable, NotFound
+from ..db import chunks, transaction
+from ..errors import Conflict, DatabaseUnavailable, NotFound
 from ..models import ContactEvent, EventType, Message, MessageStatus, UTCDateTime, messages, utcnow
 from ..state import MailTrackState
 from ..textpart import html_to_text
 from .common import emit, log
 from .messages import message_id_of
 from .mime import build_email, envelope, parse_mailbox
+from .smtp import Mailer, parse_smtp_url
 
 #: Statuses a message may be claimed from.
 CLAIMABLE = (MessageStatus.PENDING.value, MessageStatus.SCHEDULED.value)
-_DEFAULT_PORTS = {"smtp": 25, "smtps": 465, "smtp+starttls": 587}
 #: The ``error_message`` of a message whose sender died between the claim and the outcome.
 INTERRUPTED = ("Interrupted while sending: the process sending it stopped before recording the "
                "outcome. Not retried, to avoid a duplicate (the server may have accepted it); "
                "resend it to send a copy.")
 
 
-# -- the SMTP URL --------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class SMTPSettings:
-    """``MAILTRACK_SMTP_URL`` taken apart."""
-
-    scheme: str
-    host: str
-    port: int
-    username: str | None
-    password: str | None
-    timeout: float
-    cafile: str | None
-
-    def ssl_context(self) -> ssl.SSLContext:
-        return ssl.create_default_context(cafile=self.cafile)
-
-
-def parse_smtp_url(url: str) -> SMTPSettings:
-    """Parse an ``smtp://``, ``smtps://`` or ``smtp+starttls://`` URL (ConfigurationError if bad)."""
-    try:
-        parts = urlsplit(url)
-        scheme = parts.scheme.lower()
-        if scheme not in _DEFAULT_PORTS or not parts.hostname:
-            raise ValueError
-        port = parts.port or _DEFAULT_PORTS[scheme]
-        query = parse_qs(parts.query)
-        timeout = float(query.get("timeout", ["30"])[-1])
-    except ValueError:
-        raise ConfigurationError(
-            "MAILTRACK_SMTP_URL must look like smtp://host:25, smtps://host:465 or "
-            "smtp+starttls://user:pass@host:587"
-        ) from None
-    return SMTPSettings(
-        scheme=scheme,
-        host=parts.hostname,
-        port=port,
-        username=None if parts.username is None else unquote(parts.username),
-        password=None if parts.password is None else unquote(parts.password),
-        timeout=timeout,
-        cafile=query.get("cafile", [None])[-1],
-    )
-
-
-class Mailer:
-    """One SMTP connection, opened on first use and reused for a batch (``send_due``).
-
-    Before each further message the connection is checked with ``NOOP`` and reopened if the
-    server dropped it; a failure *during* a transaction is final for that message (it may
-    have been accepted), never retried.
-    """
-
-    def __init__(self, settings: SMTPSettings) -> None:
-        self.settings = settings
-        self._conn: smtplib.SMTP | None = None
-
-    def _connect(self) -> smtplib.SMTP:
-        s = self.settings
-        conn: smtplib.SMTP
-        if s.scheme == "smtps":
-            conn = smtplib.SMTP_SSL(s.host, s.port, timeout=s.timeout, context=s.ssl_context())
-        else:
-            conn = smtplib.SMTP(s.host, s.port, timeout=s.timeout)
-        try:
-            if s.scheme == "smtp+starttls":
-                conn.starttls(context=s.ssl_context())
-            if s.username is not None:
-                conn.login(s.username, s.password or "")
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
-    def connection(self) -> smtplib.SMTP:
-        if self._conn is not None:
-            try:
-                if self._conn.noop()[0] == 250:
-                    return self._conn
-            except (smtplib.SMTPException, OSError):
-                pass
-            self.close()
-        self._conn = self._connect()
-        return self._conn
-
-    def deliver(self, mail: EmailMessage, sender: str, recipients: list[str]) -> dict[str, Any]:
-        """Send one message; returns the refused recipients (as ``smtplib.sendmail``)."""
-        conn = self.connection()
-        try:
-            return conn.send_message(mail, from_addr=sender, to_addrs=recipients)
-        except smtplib.SMTPServerDisconnected:
-            self._conn = None
-            raise
-
-    def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is None:
-            return
-        try:
-            conn.quit()
-        except (smtplib.SMTPException, OSError):
-            conn.close()
-
-
-@contextmanager
-def mailer_for(state: MailTrackState) -> Iterator[Mailer]:
-    mailer = Mailer(parse_smtp_url(state.smtp_url))
-    try:
-        yield mailer
-    finally:
-        mailer.close()
+def mailer_for(state: MailTrackState) -> Mailer:
+    """A :class:`~.smtp.Mailer` on the app's SMTP server; use it as a context manager, which
+    closes the connection."""
+    return Mailer(state.settings.smtp)
 
 
 # -- sending ---------------------------------------------------------------------------------
@@ -178,18 +62,13 @@ def claim(state: MailTrackState, message_id: str) -> bool:
 def _claim(state: MailTrackState, message_id: str) -> dt.datetime | None:
     """:func:`claim`, returning the claim's stamp (the row's ``updated_at`` while it is
     ``SENDING``) for the winner: the outcome is written only while the row still has it."""
-    session = state.session
     stamp = utcnow()
-    try:
+    with transaction(state) as session:
         result = session.execute(
             sa.update(messages)
             .where(messages.c.id == message_id, messages.c.status.in_(CLAIMABLE))
             .values(status=MessageStatus.SENDING.value, updated_at=stamp)
         )
-        session.commit()
-    except sa.exc.SQLAlchemyError as exc:
-        session.rollback()
-        raise DatabaseUnavailable() from exc
     return stamp if result.rowcount == 1 else None
 
 
@@ -200,19 +79,17 @@ def send(state: MailTrackState, message: Message | str, *, mailer: Mailer | None
     sent, is being sent by another process, or was cancelled).
     """
     message_id = message_id_of(message)
-    settings = parse_smtp_url(state.smtp_url)  # a bad URL fails before anything is claimed
     claimed_at = _claim(state, message_id)
     if claimed_at is None:
         row = state.session.get(Message, message_id, populate_existing=True)
         if row is None:
             raise NotFound(f"No message {message_id!r}.")
         raise Conflict(f"Message {message_id} is {row.status}; only PENDING or SCHEDULED messages are sent.")
-    own = Mailer(settings) if mailer is None else None
-    try:
-        msg = _send_claimed(state, message_id, mailer or own, claimed_at)  # type: ignore[arg-type]
-    finally:
-        if own is not None:
-            own.close()
+    if mailer is not None:
+        msg = _send_claimed(state, message_id, mailer, claimed_at)
+    else:
+        with mailer_for(state) as own:
+            msg = _send_claimed(state, message_id, own, claimed_at)
     # The outcome was written with an UPDATE: reload it for hosts whose session keeps loaded
     # objects across commits (``expire_on_commit=False``), or they would see SENDING.
     state.session.refresh(msg)
@@ -232,9 +109,8 @@ def _send_claimed(state: MailTrackState, message_id: str, mailer: Mailer, claime
     msg = session.get(Message, message_id, populate_existing=True)
     assert msg is not None
     if _on_dnc(state, msg):
-        if _finish(state, msg, claimed_at, status=MessageStatus.SUPPRESSED.value,
-                   error_message="Recipient is on the email Do-Not-Contact list."):
-            _commit(session)
+        _finish(state, msg, claimed_at, None, status=MessageStatus.SUPPRESSED.value,
+                error_message="Recipient is on the email Do-Not-Contact list.")
         return msg
     error: str | None = None
     refused: dict[str, Any] = {}
@@ -263,41 +139,39 @@ def _send_claimed(state: MailTrackState, message_id: str, mailer: Mailer, claime
         details: dict[str, Any] = {"internetMessageId": header_id}
         if refused:
             details["refused"] = {r: _reply(c, t) for r, (c, t) in refused.items()}
-        if _finish(state, msg, claimed_at, status=MessageStatus.SENT.value, sent_at=now,
-                   internet_message_id=header_id, error_message=None):
-            event = _outcome_event(msg, EventType.SEND.value, details, now)
-        else:
+        event = _outcome_event(msg, EventType.SEND.value, details, now)
+        if not _finish(state, msg, claimed_at, event, status=MessageStatus.SENT.value, sent_at=now,
+                       internet_message_id=header_id, error_message=None):
             _late_outcome(state, msg, f"delivered after all, as {header_id}", internet_message_id=header_id)
             return msg
-    elif _finish(state, msg, claimed_at, status=MessageStatus.FAILED.value, error_message=error):
-        event = _failure_event(msg, error, now)
     else:
-        _late_outcome(state, msg, f"failed: {error}")
-        return msg
-    session.add(event)
-    _commit(session)
+        event = _failure_event(msg, error, now)
+        if not _finish(state, msg, claimed_at, event, status=MessageStatus.FAILED.value, error_message=error):
+            _late_outcome(state, msg, f"failed: {error}")
+            return msg
     _announce(msg, event, error)
     return msg
 
 
-def _finish(state: MailTrackState, msg: Message, claimed_at: dt.datetime, **values: Any) -> bool:
-    """Write a send's outcome (uncommitted: the caller commits it with its event), only while
-    the row is still ``SENDING`` under this claim. ``False``, with nothing written, when
+def _finish(state: MailTrackState, msg: Message, claimed_at: dt.datetime, event: ContactEvent | None,
+            **values: Any) -> bool:
+    """Write a send's outcome and its ``event`` in one transaction, only while the row is
+    still ``SENDING`` under this claim. ``False``, with nothing written, when
     :func:`fail_interrupted` has taken the row meanwhile."""
-    session = state.session
     try:
-        changed = session.execute(
-            sa.update(messages)
-            .where(messages.c.id == msg.id, messages.c.status == MessageStatus.SENDING.value,
-                   messages.c.updated_at == claimed_at)
-            .values(updated_at=utcnow(), **values)
-        ).rowcount == 1
-    except sa.exc.SQLAlchemyError as exc:
-        session.rollback()
-        log.error("mailtrack: could not store the outcome of a send; message left SENDING", exc_info=exc)
-        raise DatabaseUnavailable() from exc
-    if not changed:
-        session.rollback()
+        with transaction(state) as session:
+            changed = session.execute(
+                sa.update(messages)
+                .where(messages.c.id == msg.id, messages.c.status == MessageStatus.SENDING.value,
+                       messages.c.updated_at == claimed_at)
+                .values(updated_at=utcnow(), **values)
+            ).rowcount == 1
+            if changed and event is not None:
+                session.add(event)
+    except DatabaseUnavailable:
+        log.error("mailtrack: could not store the outcome of a send; message %s left SENDING", msg.id,
+                  exc_info=True)
+        raise
     return changed
 
 
@@ -307,20 +181,15 @@ def _late_outcome(state: MailTrackState, msg: Message, outcome: str, **values: A
     signals). The row stays FAILED and nothing more is recorded or announced; its
     ``error_message`` gains what really happened, so that no one resends a delivered
     message unawares (with the Message-ID, which replies and bounces refer to)."""
-    session = state.session
     log.warning("mailtrack: message %s finished after it was marked FAILED as interrupted: %s; it stays FAILED",
                 msg.id, outcome)
-    try:
+    with transaction(state) as session:
         session.execute(
             sa.update(messages)
             .where(messages.c.id == msg.id, messages.c.status == MessageStatus.FAILED.value,
                    messages.c.error_message == INTERRUPTED)
             .values(error_message=f"{INTERRUPTED} The sender finished later: {outcome}.", **values)
         )
-        session.commit()
-    except sa.exc.SQLAlchemyError as exc:
-        session.rollback()
-        raise DatabaseUnavailable() from exc
 
 
 # -- the outcome: one home for what SENT and FAILED record and announce --------------------
@@ -345,15 +214,6 @@ def _announce(msg: Message, event: ContactEvent, error: str | None) -> None:
     extra = {"error": error} if error is not None else {}
     emit(event.type, message=msg, event=event, contact_id=msg.contact_id, message_id=msg.id,
          campaign_id=msg.campaign_id, url=None, **extra)
-
-
-def _commit(session: Any) -> None:
-    try:
-        session.commit()
-    except sa.exc.SQLAlchemyError as exc:
-        session.rollback()
-        log.error("mailtrack: could not store the outcome of a send; message left SENDING", exc_info=exc)
-        raise DatabaseUnavailable() from exc
 
 
 def _reply(code: int, text: bytes | str) -> str:
@@ -386,8 +246,7 @@ def count_due(state: MailTrackState, now: dt.datetime | None = None) -> int:
 
 def sending_timeout(state: MailTrackState) -> dt.timedelta:
     """``MAILTRACK_SENDING_TIMEOUT_SECONDS`` as validated by ``init_app``."""
-    key = cfg.SENDING_TIMEOUT_SECONDS
-    return dt.timedelta(seconds=state.config.get(key, cfg.DEFAULTS[key]))
+    return state.settings.sending_timeout
 
 
 def fail_interrupted(state: MailTrackState, *, batch_size: int = 500) -> int:
@@ -409,10 +268,9 @@ def fail_interrupted(state: MailTrackState, *, batch_size: int = 500) -> int:
     sends no signal (this message's ``failed`` went out already); it appends what really
     happened to ``error_message`` (for a delivery, with the Message-ID) and logs a warning.
     """
-    session = state.session
     now = utcnow()
     cutoff = now - sending_timeout(state)
-    try:
+    with transaction(state) as session:
         ids = list(session.execute(
             sa.update(messages)
             .where(messages.c.status == MessageStatus.SENDING.value, messages.c.updated_at < cutoff)
@@ -420,17 +278,13 @@ def fail_interrupted(state: MailTrackState, *, batch_size: int = 500) -> int:
             .returning(messages.c.id)
         ).scalars())
         failed: list[tuple[Message, ContactEvent]] = []
-        for start in range(0, len(ids), batch_size):
+        for chunk in chunks(ids, batch_size):
             rows = session.execute(
-                sa.select(Message).where(Message.id.in_(ids[start:start + batch_size]))
+                sa.select(Message).where(Message.id.in_(chunk))
                 .execution_options(populate_existing=True)
             ).scalars()
             failed.extend((msg, _failure_event(msg, INTERRUPTED, now)) for msg in rows)
         session.add_all(event for _, event in failed)
-        session.commit()
-    except sa.exc.SQLAlchemyError as exc:
-        session.rollback()
-        raise DatabaseUnavailable() from exc
     for msg, event in failed:
         log.warning("mailtrack: message %s was interrupted while sending (SENDING for over %s); "
                     "marked FAILED, not retried", msg.id, now - cutoff)

@@ -32,24 +32,23 @@ The click path pays nothing for this (a new event is unfolded by default). ``fol
 before analytics reads the cells (and before a purge); it takes a lock row, so folds, and
 the ``forget_*`` hooks that delete paths call, never interleave. A large backlog (after a
 bulk import or the migration) is rebuilt in a few set-based statements instead.
+
+What a cell is (keys, flag bits, the SQL that computes cell rows, adding deltas) lives in
+:mod:`.stats_cells`; this module decides when and what to fold.
 """
 from __future__ import annotations
 
 import collections
-import datetime as dt
-import functools
-from collections.abc import Iterable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
 
+from ..db import dialect_name, insert, utc_day
 from ..models import (
     EVENTS_UNFOLDED_PG,
     EVENTS_UNFOLDED_SQLITE,
     MESSAGES_STATS_DIRTY_PG,
     MESSAGES_STATS_DIRTY_SQLITE,
-    MessageStatus,
-    event_rollups,
     events,
     messages,
     stats_days,
@@ -59,190 +58,35 @@ from ..models import (
     stats_tenant_messages,
     utcnow,
 )
-
-SENT = MessageStatus.SENT.value
-FAILED = MessageStatus.FAILED.value
-COUNTED = (SENT, FAILED)
-FLAG_TYPES = ("open", "click", "bounce", "unsubscribe")
-ENGAGEMENT = ("open", "click")
-
-# stats_flags bits
-OPENED, CLICKED, OPENED_ANY, CLICKED_ANY, BOUNCED, UNSUBSCRIBED = 1, 2, 4, 8, 16, 32
-#: message-cell count columns, in order, and the flag bit each counts (messages: all)
-CELL_VALUES = ("messages", "opened", "clicked", "opened_any", "clicked_any", "bounced", "unsubscribed")
-_BITS = (None, OPENED, CLICKED, OPENED_ANY, CLICKED_ANY, BOUNCED, UNSUBSCRIBED)
-MESSAGE_KEY = ("tenant_id", "campaign_id", "template_id", "template_name", "type", "status", "day")
-DAY_KEY = ("tenant_id", "campaign_id", "send_day", "event_day", "type", "is_machine")
-TENANT_MESSAGE_KEY = tuple(k for k in MESSAGE_KEY if k != "campaign_id")
-TENANT_DAY_KEY = ("tenant_id", "event_day", "type", "is_machine")
+from ..state import MailTrackState
+from .stats_cells import (
+    BITS,
+    CELL_VALUES,
+    COUNTED,
+    DAY_KEY,
+    ENGAGEMENT,
+    FLAG_TYPES,
+    MESSAGE_KEY,
+    SENT,
+    TENANT_DAY_KEY,
+    TENANT_MESSAGE_KEY,
+    add_day_rows,
+    add_vector,
+    blank,
+    bump_days,
+    bump_messages,
+    engagement_by_day,
+    event_bits,
+    flags_query,
+    message_cell_key,
+    message_day,
+    norm_day,
+    unfolded,
+)
 
 _BUILT, _LOCK = 1, 0  # stats_state rows: 1 exists once built; 0 is the fold lock
 BATCH = 2000
 REBUILD_OVER = 20_000  # a backlog this large is rebuilt set-based, not folded row by row
-
-
-# -- SQL pieces -------------------------------------------------------------------------------
-
-def _pg(conn: sa.Connection) -> bool:
-    return conn.dialect.name == "postgresql"
-
-
-def day_of(conn: sa.Connection, col: Any) -> Any:
-    """The UTC calendar day of a timestamp column, typed as a Date."""
-    if _pg(conn):
-        return sa.cast(sa.func.timezone(sa.literal_column("'UTC'"), col), sa.Date)
-    return sa.type_coerce(sa.func.substr(col, 1, 10), sa.Date)  # stored as naive UTC text
-
-
-def _message_day(conn: sa.Connection, m: Any = messages) -> Any:
-    return day_of(conn, sa.func.coalesce(m.c.sent_at, m.c.created_at))
-
-
-def _unfolded(conn: sa.Connection) -> Any:
-    # literal text, so that both planners match the partial index's predicate
-    return sa.text(EVENTS_UNFOLDED_PG if _pg(conn) else EVENTS_UNFOLDED_SQLITE)
-
-
-def _blank(col: Any) -> Any:
-    # a literal, not a bind parameter: the same expression may appear in SELECT and GROUP BY
-    return sa.func.coalesce(col, sa.literal_column("''"))
-
-
-def _flag_bits(kind: Any, machine: Any) -> list[Any]:
-    """One 0/bit column per flag, for a source with ``type`` and ``is_machine``."""
-    human = machine.is_(False)
-    conds = [
-        kind.in_(ENGAGEMENT) & human, (kind == "click") & human,
-        kind.in_(ENGAGEMENT), kind == "click", kind == "bounce", kind == "unsubscribe",
-    ]
-    return [sa.func.max(sa.case((cond, bit), else_=0)).label(f"b{bit}")
-            for cond, bit in zip(conds, _BITS[1:])]
-
-
-def flags_query(message_filter: Any) -> sa.Select[Any]:
-    """``(mid, flags)`` for the messages ``message_filter`` (a WHERE clause on ``messages``)
-    selects, from their events (same tenant) and rollups; messages without any are absent."""
-    raw = (sa.select(events.c.message_id.label("mid"), *_flag_bits(events.c.type, events.c.is_machine))
-           .select_from(events.join(messages, sa.and_(messages.c.id == events.c.message_id,
-                                                      messages.c.tenant_id == events.c.tenant_id)))
-           .where(message_filter, events.c.type.in_(FLAG_TYPES))
-           .group_by(events.c.message_id))
-    rolled = (sa.select(event_rollups.c.message_id.label("mid"),
-                        *_flag_bits(event_rollups.c.type, event_rollups.c.is_machine))
-              .select_from(event_rollups.join(messages, sa.and_(
-                  messages.c.id == event_rollups.c.message_id, messages.c.tenant_id == event_rollups.c.tenant_id)))
-              .where(message_filter, event_rollups.c.type.in_(FLAG_TYPES), event_rollups.c.count > 0)
-              .group_by(event_rollups.c.message_id))
-    both = sa.union_all(raw, rolled).subquery("fl")
-    total = sum((sa.func.max(both.c[f"b{bit}"]) for bit in _BITS[1:]), sa.literal(0))
-    return sa.select(both.c.mid, total.label("flags")).group_by(both.c.mid)
-
-
-def _engagement_by_day(conn: sa.Connection, message_filter: Any, *, folded_only: bool) -> sa.Select[Any]:
-    """Day-cell rows ``(tenant, campaign, send_day, event_day, type, machine, n)`` of the
-    open/click events and rollups of the messages ``message_filter`` selects, keyed by the
-    message's ``stats_day`` (callers select SENT-counted messages)."""
-    n = sa.BigInteger()
-    machine = events.c.folded_as if folded_only else events.c.is_machine
-    raw = (sa.select(messages.c.tenant_id, _blank(messages.c.campaign_id).label("campaign_id"),
-                     messages.c.stats_day.label("send_day"), day_of(conn, events.c.occurred_at).label("event_day"),
-                     events.c.type, machine.label("is_machine"), sa.cast(sa.literal(1), n).label("n"))
-           .select_from(events.join(messages, sa.and_(messages.c.id == events.c.message_id,
-                                                      messages.c.tenant_id == events.c.tenant_id)))
-           .where(message_filter, events.c.type.in_(ENGAGEMENT)))
-    if folded_only:
-        raw = raw.where(events.c.folded_as.is_not(None))
-    rolled = (sa.select(messages.c.tenant_id, _blank(messages.c.campaign_id).label("campaign_id"),
-                        messages.c.stats_day.label("send_day"), event_rollups.c.day.label("event_day"),
-                        event_rollups.c.type, event_rollups.c.is_machine, sa.cast(event_rollups.c.count, n).label("n"))
-              .select_from(event_rollups.join(messages, sa.and_(
-                  messages.c.id == event_rollups.c.message_id, messages.c.tenant_id == event_rollups.c.tenant_id)))
-              .where(message_filter, event_rollups.c.type.in_(ENGAGEMENT), event_rollups.c.count > 0))
-    u = sa.union_all(raw, rolled).subquery("u")
-    key = [u.c[k] for k in DAY_KEY]
-    return sa.select(*key, sa.func.sum(u.c.n).label("n")).group_by(*key)
-
-
-# -- applying deltas --------------------------------------------------------------------------
-
-def _insert(conn: sa.Connection, table: sa.Table) -> Any:
-    if _pg(conn):
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    return insert(table)
-
-
-def _bump(conn: sa.Connection, table: sa.Table, key: Sequence[str], values: Sequence[str],
-          deltas: dict[tuple[Any, ...], list[int]]) -> None:
-    """Add ``deltas`` (key tuple -> list of increments) to ``table``'s counts: one upsert."""
-    rows = [{**dict(zip(key, k)), **dict(zip(values, v))} for k, v in deltas.items() if any(v)]
-    if not rows:
-        return
-    stmt = _insert(conn, table)
-    stmt = stmt.on_conflict_do_update(index_elements=list(key),
-                                      set_={v: table.c[v] + stmt.excluded[v] for v in values})
-    conn.execute(stmt, rows)
-
-
-def _coarse(deltas: dict[tuple[Any, ...], list[int]], drop: tuple[int, ...]) -> dict[tuple[Any, ...], list[int]]:
-    """``deltas`` summed over the key positions ``drop``."""
-    out: dict[tuple[Any, ...], list[int]] = {}
-    for key, values in deltas.items():
-        acc = out.setdefault(tuple(k for i, k in enumerate(key) if i not in drop), [0] * len(values))
-        for i, v in enumerate(values):
-            acc[i] += v
-    return out
-
-
-def _bump_messages(conn: sa.Connection, deltas: dict[tuple[Any, ...], list[int]]) -> None:
-    """Message-cell deltas, into the per-campaign cells and their tenant-wide sums."""
-    _bump(conn, stats_messages, MESSAGE_KEY, CELL_VALUES, deltas)
-    _bump(conn, stats_tenant_messages, TENANT_MESSAGE_KEY, CELL_VALUES, _coarse(deltas, (1,)))
-
-
-def _bump_days(conn: sa.Connection, deltas: dict[tuple[Any, ...], list[int]]) -> None:
-    """Day-cell deltas, into the per-campaign, per-send-day cells and their tenant-wide sums."""
-    _bump(conn, stats_days, DAY_KEY, ("count",), deltas)
-    _bump(conn, stats_tenant_days, TENANT_DAY_KEY, ("count",), _coarse(deltas, (1, 2)))
-
-
-@functools.lru_cache(maxsize=4096)
-def _day_from_text(value: str) -> dt.date:
-    return dt.date.fromisoformat(value[:10])
-
-
-def _norm_day(value: Any) -> dt.date | None:
-    if value is None or type(value) is dt.date:
-        return value
-    if isinstance(value, str):  # SQLite: 'YYYY-MM-DD...' text, a few distinct values per batch
-        return _day_from_text(value)
-    if isinstance(value, dt.datetime):
-        return value.date()
-    return dt.date.fromisoformat(str(value)[:10])
-
-
-def _message_cell_key(row: Any, status: str, day: dt.date) -> tuple[Any, ...]:
-    return (row.tenant_id, row.campaign_id or "", row.template_id or "", row.template_name or "",
-            row.type or "", status, day)
-
-
-def _add_vector(cells: dict[tuple[Any, ...], list[int]], key: tuple[Any, ...], flags: int, sign: int) -> None:
-    """Add one message with ``flags`` (``sign`` +1/-1) to the message-cell delta ``key``."""
-    acc = cells.get(key)
-    if acc is None:
-        acc = cells[key] = [0] * len(_BITS)
-    for i, bit in enumerate(_BITS):
-        if bit is None or flags & bit:
-            acc[i] += sign
-
-
-def _add_day_rows(deltas: dict[tuple[Any, ...], list[int]], rows: Iterable[Any], sign: int,
-                  send_day: dt.date | None = None) -> None:
-    for r in rows:
-        key = (r.tenant_id, r.campaign_id, send_day or _norm_day(r.send_day), _norm_day(r.event_day),
-               r.type, bool(r.is_machine))
-        deltas.setdefault(key, [0])[0] += sign * int(r.n)
 
 
 # -- locking and building ---------------------------------------------------------------------
@@ -250,7 +94,7 @@ def _add_day_rows(deltas: dict[tuple[Any, ...], list[int]], rows: Iterable[Any],
 def _lock(conn: sa.Connection) -> None:
     """Take the stats lock for this transaction: a write to the lock row, which serialises
     folds and forget hooks (a row lock on PostgreSQL, the write lock on SQLite)."""
-    stmt = _insert(conn, stats_state).values(id=_LOCK, built_at=utcnow(), folds=1)
+    stmt = insert(dialect_name(conn), stats_state).values(id=_LOCK, built_at=utcnow(), folds=1)
     conn.execute(stmt.on_conflict_do_update(index_elements=["id"], set_={"folds": stats_state.c.folds + 1}))
 
 
@@ -270,22 +114,22 @@ def rebuild(conn: sa.Connection) -> None:
     two statements (READ COMMITTED) are merely left stale for the next fold."""
     for table in (stats_messages, stats_days, stats_tenant_messages, stats_tenant_days):
         conn.execute(sa.delete(table))
-    conn.execute(sa.update(events).where(_unfolded(conn)).values(folded_as=events.c.is_machine))
+    conn.execute(sa.update(events).where(unfolded(conn)).values(folded_as=events.c.is_machine))
     conn.execute(sa.update(messages).values(
         stats_status=sa.case((messages.c.status.in_(COUNTED), messages.c.status), else_=sa.null()),
-        stats_day=_message_day(conn), stats_flags=0, stats_dirty=False, **_keep_updated_at()))
+        stats_day=message_day(conn), stats_flags=0, stats_dirty=False, **_keep_updated_at()))
     f = flags_query(sa.true()).subquery("f")
     conn.execute(sa.update(messages).where(messages.c.id == f.c.mid)
                  .values(stats_flags=f.c.flags, **_keep_updated_at()))
     counted = messages.c.stats_status.is_not(None)
-    key = [messages.c.tenant_id, _blank(messages.c.campaign_id), _blank(messages.c.template_id),
-           _blank(messages.c.template_name), _blank(messages.c.type), messages.c.stats_status, messages.c.stats_day]
+    key = [messages.c.tenant_id, blank(messages.c.campaign_id), blank(messages.c.template_id),
+           blank(messages.c.template_name), blank(messages.c.type), messages.c.stats_status, messages.c.stats_day]
     sums = [sa.func.count()] + [
-        sa.func.sum(sa.case((messages.c.stats_flags.op("&")(bit) != 0, 1), else_=0)) for bit in _BITS[1:]]
+        sa.func.sum(sa.case((messages.c.stats_flags.op("&")(bit) != 0, 1), else_=0)) for bit in BITS[1:]]
     conn.execute(stats_messages.insert().from_select(
         [*MESSAGE_KEY, *CELL_VALUES], sa.select(*key, *sums).where(counted).group_by(*key)))
     conn.execute(stats_days.insert().from_select(
-        [*DAY_KEY, "count"], _engagement_by_day(conn, messages.c.stats_status == SENT, folded_only=True)))
+        [*DAY_KEY, "count"], engagement_by_day(conn, messages.c.stats_status == SENT, folded_only=True)))
     # the tenant-wide sums, from the cells just written
     sm, sd = stats_messages, stats_days
     mkey = [sm.c[k] for k in TENANT_MESSAGE_KEY]
@@ -295,26 +139,18 @@ def rebuild(conn: sa.Connection) -> None:
     dkey = [sd.c[k] for k in TENANT_DAY_KEY]
     conn.execute(stats_tenant_days.insert().from_select(
         [*TENANT_DAY_KEY, "count"], sa.select(*dkey, sa.func.sum(sd.c.count)).group_by(*dkey)))
-    stmt = _insert(conn, stats_state).values(id=_BUILT, built_at=utcnow(), folds=0)
+    stmt = insert(dialect_name(conn), stats_state).values(id=_BUILT, built_at=utcnow(), folds=0)
     conn.execute(stmt.on_conflict_do_update(index_elements=["id"], set_={"built_at": stmt.excluded.built_at}))
 
 
-def rebuild_now(engine: sa.Engine) -> None:
+def rebuild_now(state: MailTrackState) -> None:
     """``rebuild`` in its own transaction under the lock (``flask mailtrack stats --rebuild``)."""
-    with engine.begin() as conn:
+    with state.engine.begin() as conn:
         _lock(conn)
         rebuild(conn)
 
 
 # -- folding ----------------------------------------------------------------------------------
-
-def _event_bits(kind: str, machine: bool) -> int:
-    """The flags one event gives its message (the same rules as ``_flag_bits``)."""
-    if kind in ENGAGEMENT:
-        bits = OPENED_ANY | (0 if machine else OPENED)
-        return bits | (CLICKED_ANY | (0 if machine else CLICKED) if kind == "click" else 0)
-    return BOUNCED if kind == "bounce" else UNSUBSCRIBED if kind == "unsubscribe" else 0
-
 
 class _Touched:
     """Messages a fold batch must refresh: flags gained from new events (OR-ed in: a new
@@ -332,7 +168,7 @@ class _Touched:
 def _fold_events(conn: sa.Connection, limit: int) -> tuple[int, _Touched]:
     """Fold up to ``limit`` unfolded events: day-cell deltas, ``folded_as`` set to the
     verdict counted. Returns (events folded, the messages to refresh)."""
-    day = "timezone('UTC', occurred_at)::date" if _pg(conn) else "substr(occurred_at, 1, 10)"
+    day = "timezone('UTC', occurred_at)::date" if dialect_name(conn) == "postgresql" else "substr(occurred_at, 1, 10)"
     batch = _partial(conn, f"SELECT id, tenant_id, message_id, type, folded_as, is_machine, {day} AS event_day "
                            "FROM mailtrack_events{events} WHERE {unfolded} ORDER BY id LIMIT :n", n=limit)
     touched = _Touched()
@@ -350,16 +186,16 @@ def _fold_events(conn: sa.Connection, limit: int) -> tuple[int, _Touched]:
         if m is None:
             continue
         if r.folded_as is None:
-            touched.gained[m.id] |= _event_bits(r.type, bool(r.is_machine))
+            touched.gained[m.id] |= event_bits(r.type, bool(r.is_machine))
         else:
             touched.recount.add(m.id)
         if m.stats_status != SENT or r.type not in ENGAGEMENT:
             continue
-        base = (m.tenant_id, m.campaign_id or "", _norm_day(m.stats_day), _norm_day(r.event_day), r.type)
+        base = (m.tenant_id, m.campaign_id or "", norm_day(m.stats_day), norm_day(r.event_day), r.type)
         if r.folded_as is not None:
             deltas.setdefault((*base, bool(r.folded_as)), [0])[0] -= 1
         deltas.setdefault((*base, bool(r.is_machine)), [0])[0] += 1
-    _bump_days(conn, deltas)
+    bump_days(conn, deltas)
     # the verdict we counted, not "= is_machine": a re-mark committed meanwhile stays unfolded
     for value, ids in ((True, as_true), (False, as_false)):
         if ids:
@@ -377,7 +213,7 @@ def _refresh_messages(conn: sa.Connection, touched: _Touched, stale: set[str]) -
     id_list = sorted(ids)
     rows = conn.execute(
         sa.select(messages.c.id, messages.c.tenant_id, messages.c.campaign_id, messages.c.template_id,
-                  messages.c.template_name, messages.c.type, messages.c.status, _message_day(conn).label("day"),
+                  messages.c.template_name, messages.c.type, messages.c.status, message_day(conn).label("day"),
                   messages.c.stats_status, messages.c.stats_day, messages.c.stats_flags, messages.c.stats_dirty)
         .where(messages.c.id.in_(id_list))
     ).all()
@@ -392,13 +228,13 @@ def _refresh_messages(conn: sa.Connection, touched: _Touched, stale: set[str]) -
     updates = []
     for r in rows:
         new_status = r.status if r.status in COUNTED else None
-        new_day = _norm_day(r.day)
+        new_day = norm_day(r.day)
         new_flags = int(flags[r.id])
-        old_day = _norm_day(r.stats_day)
+        old_day = norm_day(r.stats_day)
         if r.stats_status is not None:
-            _add_vector(cells, _message_cell_key(r, r.stats_status, old_day), r.stats_flags or 0, -1)
+            add_vector(cells, message_cell_key(r, r.stats_status, old_day), r.stats_flags or 0, -1)
         if new_status is not None:
-            _add_vector(cells, _message_cell_key(r, new_status, new_day), new_flags, 1)
+            add_vector(cells, message_cell_key(r, new_status, new_day), new_flags, 1)
         was_sent, is_sent = r.stats_status == SENT, new_status == SENT
         if (was_sent, was_sent and old_day) != (is_sent, is_sent and new_day):
             if was_sent:
@@ -406,10 +242,10 @@ def _refresh_messages(conn: sa.Connection, touched: _Touched, stale: set[str]) -
             if is_sent:
                 moved_in.append(r.id)
         updates.append({"mid": r.id, "s": new_status, "d": new_day, "f": new_flags})
-    _bump_messages(conn, cells)
+    bump_messages(conn, cells)
     days: dict[tuple[Any, ...], list[int]] = {}
     if moved_out:  # keyed by the stats_day still stored
-        _add_day_rows(days, conn.execute(_engagement_by_day(conn, messages.c.id.in_(moved_out), folded_only=True)), -1)
+        add_day_rows(days, conn.execute(engagement_by_day(conn, messages.c.id.in_(moved_out), folded_only=True)), -1)
     if updates:
         conn.execute(
             sa.update(messages).where(messages.c.id == sa.bindparam("mid"))
@@ -418,8 +254,8 @@ def _refresh_messages(conn: sa.Connection, touched: _Touched, stale: set[str]) -
             updates,
         )
     if moved_in:  # keyed by the new stats_day
-        _add_day_rows(days, conn.execute(_engagement_by_day(conn, messages.c.id.in_(moved_in), folded_only=True)), 1)
-    _bump_days(conn, days)
+        add_day_rows(days, conn.execute(engagement_by_day(conn, messages.c.id.in_(moved_in), folded_only=True)), 1)
+    bump_days(conn, days)
 
 
 def _stale_messages(conn: sa.Connection, limit: int) -> set[str]:
@@ -446,7 +282,7 @@ def _partial(conn: sa.Connection, sql: str, **params: Any) -> list[Any]:
     matches, so for a LIMIT it scans the table), and SQLite's statistics from a time the
     index was full say the same. ``INDEXED BY`` (SQLite) and ``enable_seqscan = off``
     for this one statement (PostgreSQL) make the plan the index's, always."""
-    pg = _pg(conn)
+    pg = dialect_name(conn) == "postgresql"
     text = sql.format(
         events="" if pg else " INDEXED BY ix_mailtrack_events_unfolded",
         messages="" if pg else " INDEXED BY ix_mailtrack_messages_stats_dirty",
@@ -470,12 +306,13 @@ def up_to_date(conn: sa.Connection) -> bool:
     return built and not backlog
 
 
-def fold(engine: sa.Engine, *, batch: int = BATCH, rebuild_over: int = REBUILD_OVER) -> dict[str, Any]:
+def fold(state: MailTrackState, *, batch: int = BATCH, rebuild_over: int = REBUILD_OVER) -> dict[str, Any]:
     """Bring the cells up to date with every committed change; returns what it did.
 
     Each batch is one short transaction under the lock (on SQLite it holds the write lock,
     so batches stay small to let clicks through). The first call builds the cells; a
     backlog of ``rebuild_over`` or more is rebuilt set-based instead of folded."""
+    engine = state.engine
     done = {"events": 0, "messages": 0, "rebuilt": False}
     with engine.connect() as conn:
         if up_to_date(conn):
@@ -515,12 +352,12 @@ def forget_messages(conn: sa.Connection, message_filter: Any) -> None:
     ).all()
     cells: dict[tuple[Any, ...], list[int]] = {}
     for r in rows:
-        _add_vector(cells, _message_cell_key(r, r.stats_status, _norm_day(r.stats_day)), r.stats_flags or 0, -1)
-    _bump_messages(conn, cells)
+        add_vector(cells, message_cell_key(r, r.stats_status, norm_day(r.stats_day)), r.stats_flags or 0, -1)
+    bump_messages(conn, cells)
     days: dict[tuple[Any, ...], list[int]] = {}
-    _add_day_rows(days, conn.execute(_engagement_by_day(
+    add_day_rows(days, conn.execute(engagement_by_day(
         conn, sa.and_(message_filter, messages.c.stats_status == SENT), folded_only=True)), -1)
-    _bump_days(conn, days)
+    bump_days(conn, days)
 
 
 def forget_events(conn: sa.Connection, event_filter: Any) -> None:
@@ -532,20 +369,20 @@ def forget_events(conn: sa.Connection, event_filter: Any) -> None:
         return
     e, m = events, messages
     joined = e.join(m, sa.and_(m.c.id == e.c.message_id, m.c.tenant_id == e.c.tenant_id))
-    event_day = day_of(conn, e.c.occurred_at)
+    event_day = utc_day(dialect_name(conn), e.c.occurred_at)
     rows = conn.execute(
-        sa.select(m.c.tenant_id, _blank(m.c.campaign_id).label("campaign_id"), m.c.stats_day.label("send_day"),
+        sa.select(m.c.tenant_id, blank(m.c.campaign_id).label("campaign_id"), m.c.stats_day.label("send_day"),
                   event_day.label("event_day"), e.c.type, e.c.folded_as.label("is_machine"),
                   sa.func.count().label("n"))
         .select_from(joined)
         .where(event_filter, m.c.stats_status == SENT, e.c.type.in_(ENGAGEMENT), e.c.folded_as.is_not(None))
-        .group_by(m.c.tenant_id, _blank(m.c.campaign_id), m.c.stats_day, event_day, e.c.type, e.c.folded_as)
+        .group_by(m.c.tenant_id, blank(m.c.campaign_id), m.c.stats_day, event_day, e.c.type, e.c.folded_as)
     ).all()
     days: dict[tuple[Any, ...], list[int]] = {}
-    _add_day_rows(days, rows, -1)
-    _bump_days(conn, days)
+    add_day_rows(days, rows, -1)
+    bump_days(conn, days)
     owners = sa.select(e.c.message_id).where(event_filter, e.c.message_id.is_not(None), e.c.type.in_(FLAG_TYPES))
     conn.execute(sa.update(m).where(m.c.id.in_(owners)).values(stats_dirty=True, **_keep_updated_at()))
 
 
-__all__ = ["day_of", "flags_query", "fold", "up_to_date", "forget_events", "forget_messages", "rebuild", "rebuild_now"]
+__all__ = ["CELL_VALUES", "FLAG_TYPES", "flags_query", "fold", "up_to_date", "forget_events", "forget_messages", "rebuild", "rebuild_now"]

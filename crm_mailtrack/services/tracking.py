@@ -224,7 +224,7 @@ class _Hit:
 
 def _record(state: MailTrackState, event_type: str, message_id: str, facts: RequestFacts, *,
             url: str | None = None, honeypot: bool = False) -> None:
-    rules = bots.policy(state)
+    rules = state.settings.bot_policy
     reason = bots.HONEYPOT if honeypot else bots.classify(rules, event_type, facts)
     details, details_json = _details(facts.user_agent, honeypot)
     entry = {
@@ -276,7 +276,7 @@ def replay_journal(state: MailTrackState, progress: Any = None) -> tuple[int, in
     """
     journal: Journal = state.journal
     inserted = skipped = 0
-    rules = bots.policy(state)
+    rules = state.settings.bot_policy
     for path in journal.claim():
         stored: list[_Hit] = []
         with state.engine.begin() as conn:

@@ -17,9 +17,9 @@ from functools import lru_cache
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 
-from ..errors import DatabaseUnavailable, NotFound, ValidationError
+from ..db import insert, transaction
+from ..errors import NotFound, ValidationError
 from ..models import ContactEvent, EventType, UtmTag, events, utcnow, utm_tags
 from ..requestinfo import anonymize_ip
 from ..state import MailTrackState
@@ -52,8 +52,7 @@ def _upsert(dialect: sa.Dialect) -> Prepared:
     """``INSERT ... ON CONFLICT (tenant_id, contact_id, utm_key) DO UPDATE`` counting the
     sighting and keeping the latest ``last_active``; RETURNING ``id`` and ``hits`` (1: a
     new tag). Compiled once per dialect: a person's click on a tagged link runs it."""
-    insert = postgresql.insert if dialect.name == "postgresql" else sqlite.insert
-    stmt = insert(utm_tags).values(
+    stmt = insert(dialect.name, utm_tags).values(
         {**{name: sa.bindparam(name, type_=utm_tags.c[name].type) for name in _TAG_COLUMNS},
          "hits": sa.literal_column("1")})
     seen, latest = utm_tags.c.last_active, stmt.excluded.last_active
@@ -140,14 +139,9 @@ def add_utm_tag(state: MailTrackState, contact_id: str, *, tenant_id: Any = UNSE
     last_active = fields.get("last_active")
     if isinstance(last_active, dt.datetime) and last_active.tzinfo is None:
         fields["last_active"] = last_active.replace(tzinfo=dt.timezone.utc)
-    session = state.session
-    try:
+    with transaction(state) as session:
         written = upsert_tag(session.connection(),
                              {**fields, "tenant_id": tenant_key(state, tenant_id), "contact_id": str(contact_id)})
-        session.commit()
-    except sa.exc.SQLAlchemyError as exc:
-        session.rollback()
-        raise DatabaseUnavailable() from exc
     written.tag = session.get(UtmTag, written.tag.id) or written.tag  # the session's own instance
     written.notify(safe=safe_signals)
     return written
@@ -156,27 +150,21 @@ def add_utm_tag(state: MailTrackState, contact_id: str, *, tenant_id: Any = UNSE
 def remove_utm(state: MailTrackState, contact_id: str, utm_id: int, *, tenant_id: Any = UNSET) -> None:
     """Remove one tag of the contact; :class:`NotFound` when the contact has no such tag."""
     tenant = tenant_key(state, tenant_id)
-    session = state.session
     try:
         utm_id = int(utm_id)
     except (TypeError, ValueError):
         raise NotFound(f"No UTM tag {utm_id!r} for this contact.") from None
-    try:
+    with transaction(state) as session:
         result = session.execute(
             sa.delete(UtmTag.__table__).where(
                 UtmTag.id == utm_id, UtmTag.tenant_id == tenant, UtmTag.contact_id == str(contact_id)
             )
         )
         if not result.rowcount:
-            session.rollback()
             raise NotFound(f"No UTM tag {utm_id} for this contact.")
         event = ContactEvent(tenant_id=tenant, type=EventType.UTM_REMOVED.value, contact_id=str(contact_id),
                              occurred_at=utcnow(), details={"utmId": utm_id})
         session.add(event)
-        session.commit()
-    except sa.exc.SQLAlchemyError as exc:
-        session.rollback()
-        raise DatabaseUnavailable() from exc
     emit(event.type, event=event, contact_id=str(contact_id), message_id=None, campaign_id=None,
          url=None, utm_id=utm_id)
 

@@ -1,0 +1,202 @@
+"""Every ``MAILTRACK_*`` key of one app, read and validated once, at ``init_app``.
+
+:meth:`Settings.from_config` is the only reader of the extension's keys in ``app.config``
+(after the defaults of :mod:`.config` are applied); every layer reads the resolved values
+from ``get_state().settings``. A bad value is a :class:`~.errors.ConfigurationError` that
+names the key and says what is expected, raised by ``init_app`` rather than at the first
+click or send.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from email.utils import parseaddr
+from typing import Any, NoReturn
+from urllib.parse import urlsplit
+
+from . import config as cfg
+from .bots import BotPolicy
+from .errors import ConfigurationError
+from .services.mime import check_default_sender
+from .services.smtp import SMTPSettings, parse_smtp_url
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The resolved configuration of one app (see :mod:`crm_mailtrack.config` for each key)."""
+
+    #: ``""`` or a path such as ``/mailtrack`` (no trailing slash).
+    url_prefix: str
+    base_url: str | None
+    #: The signing key (``MAILTRACK_SECRET_KEY``, else ``SECRET_KEY``).
+    secret_key: str | bytes
+    #: Older signing keys, oldest first (``MAILTRACK_SECRET_KEY_FALLBACKS``, else
+    #: ``SECRET_KEY_FALLBACKS``).
+    secret_key_fallbacks: tuple[str | bytes, ...]
+    link_max_age: int | None
+    api_tokens: frozenset[str]
+    track_opens: bool
+    track_clicks: bool
+    utm_defaults: Mapping[str, str]
+    anonymize_ip: bool
+    smtp_url: str
+    smtp: SMTPSettings
+    default_sender: str | None
+    sending_timeout: dt.timedelta
+    journal_path: str
+    database_uri: str | None
+    bot_policy: BotPolicy
+    max_body_bytes: int
+    max_message_body_bytes: int
+    max_details_bytes: int
+
+    @classmethod
+    def from_config(cls, conf: Mapping[str, Any], *, instance_path: str) -> Settings:
+        """Read and check every key of ``conf`` (defaults applied); ``instance_path`` places
+        the default journal."""
+        _check_types(conf)
+
+        secret = conf[cfg.SECRET_KEY] or conf.get("SECRET_KEY")
+        if not secret or len(secret) < cfg.MIN_SECRET_KEY_LENGTH:
+            raise ConfigurationError(
+                f"{cfg.SECRET_KEY} (or SECRET_KEY) must be set to a random string of at least "
+                f"{cfg.MIN_SECRET_KEY_LENGTH} characters: it signs every tracking link."
+            )
+        fallbacks = conf[cfg.SECRET_KEY_FALLBACKS]
+        if fallbacks is None:
+            fallbacks = conf.get("SECRET_KEY_FALLBACKS") or []
+        if isinstance(fallbacks, (str, bytes)):
+            fallbacks = [fallbacks]
+
+        max_age = conf[cfg.LINK_MAX_AGE]
+        if max_age is not None and (isinstance(max_age, bool) or not isinstance(max_age, int)
+                                    or max_age <= 0):
+            raise ConfigurationError(f"{cfg.LINK_MAX_AGE} must be a positive number of seconds or None.")
+
+        prefix = "/" + (conf[cfg.URL_PREFIX] or "").strip("/")
+        tokens = conf[cfg.API_TOKENS] or []
+        if isinstance(tokens, str):
+            tokens = [tokens]
+
+        smtp = parse_smtp_url(conf[cfg.SMTP_URL])  # a bad URL fails here, naming the key, not at send time
+        check_default_sender(conf[cfg.DEFAULT_SENDER])
+        if not 0 < smtp.timeout < float("inf"):
+            raise ConfigurationError(f"{cfg.SMTP_URL}: timeout must be a positive number of seconds, "
+                                     f"not {smtp.timeout!r}.")
+        sending_timeout = conf[cfg.SENDING_TIMEOUT_SECONDS]
+        if (isinstance(sending_timeout, bool) or not isinstance(sending_timeout, (int, float))
+                or not smtp.timeout < sending_timeout <= cfg.MAX_SENDING_TIMEOUT_SECONDS):
+            # shorter than one SMTP wait, a send that is merely slow would be declared interrupted
+            raise ConfigurationError(
+                f"{cfg.SENDING_TIMEOUT_SECONDS} must be a number of seconds greater than the SMTP "
+                f"timeout ({smtp.timeout:g}) and at most {cfg.MAX_SENDING_TIMEOUT_SECONDS}, "
+                f"not {sending_timeout!r}."
+            )
+
+        def byte_limit(key: str) -> int:
+            value = conf[key]
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ConfigurationError(f"{key} must be a positive whole number of bytes, not {value!r}.")
+            return value
+
+        limits = [byte_limit(key) for key in (cfg.MAX_BODY_BYTES, cfg.MAX_MESSAGE_BODY_BYTES,
+                                              cfg.MAX_DETAILS_BYTES)]
+        return cls(
+            url_prefix="" if prefix == "/" else prefix,
+            base_url=conf[cfg.BASE_URL],
+            secret_key=secret,
+            secret_key_fallbacks=tuple(fallbacks),
+            link_max_age=max_age,
+            api_tokens=frozenset(str(t) for t in tokens),
+            track_opens=conf[cfg.TRACK_OPENS],
+            track_clicks=conf[cfg.TRACK_CLICKS],
+            utm_defaults={str(k): str(v) for k, v in (conf[cfg.UTM_DEFAULTS] or {}).items()},
+            anonymize_ip=conf[cfg.ANONYMIZE_IP],
+            smtp_url=conf[cfg.SMTP_URL],
+            smtp=smtp,
+            default_sender=conf[cfg.DEFAULT_SENDER],
+            sending_timeout=dt.timedelta(seconds=float(sending_timeout)),
+            journal_path=os.fspath(conf[cfg.JOURNAL_PATH]
+                                   or os.path.join(instance_path, "mailtrack-journal.jsonl")),
+            database_uri=conf[cfg.DATABASE_URI],
+            bot_policy=BotPolicy.from_config(conf),
+            max_body_bytes=limits[0],
+            max_message_body_bytes=limits[1],
+            max_details_bytes=limits[2],
+        )
+
+
+def _check_types(conf: Mapping[str, Any]) -> None:
+    """The type and shape of the keys whose value is used as given."""
+
+    def fail(key: str, expected: str) -> NoReturn:
+        raise ConfigurationError(f"{key} must be {expected}, not {conf[key]!r}.")
+
+    prefix = conf[cfg.URL_PREFIX]
+    if prefix is not None and (not isinstance(prefix, str) or any(c in prefix for c in "?#:\\ \t\r\n")):
+        fail(cfg.URL_PREFIX, "a URL path such as '/mailtrack' (no scheme, query or fragment)")
+
+    base = conf[cfg.BASE_URL]
+    if base is not None:
+        parts = urlsplit(base) if isinstance(base, str) else None
+        if (parts is None or parts.scheme not in ("http", "https") or not parts.hostname
+                or parts.query or parts.fragment or parts.username or parts.password
+                or any(c.isspace() for c in base)):
+            fail(cfg.BASE_URL, "the external origin of the app as an absolute http(s) URL, "
+                               "such as 'https://crm.example.com' (a path is allowed; no query or fragment)")
+
+    if conf[cfg.SECRET_KEY] is not None and not isinstance(conf[cfg.SECRET_KEY], (str, bytes)):
+        fail(cfg.SECRET_KEY, "a string")
+    fallbacks = conf[cfg.SECRET_KEY_FALLBACKS]
+    if fallbacks is not None and not isinstance(fallbacks, (str, bytes)) and not (
+            isinstance(fallbacks, (list, tuple)) and all(isinstance(k, (str, bytes)) and k for k in fallbacks)):
+        fail(cfg.SECRET_KEY_FALLBACKS, "a key (string) or a list of keys")
+
+    tokens = conf[cfg.API_TOKENS]
+    token_list = [tokens] if isinstance(tokens, str) else tokens
+    if token_list is None:
+        token_list = []
+    if not isinstance(token_list, (list, tuple, set, frozenset)) or not all(
+            isinstance(t, str) and t.strip() == t and t for t in token_list):
+        fail(cfg.API_TOKENS, "a token (a non-empty string without surrounding spaces) or a list of them")
+
+    for key in (cfg.TRACK_OPENS, cfg.TRACK_CLICKS, cfg.ANONYMIZE_IP, cfg.HONEYPOT):
+        if not isinstance(conf[key], bool):
+            fail(key, "True or False")
+
+    utm = conf[cfg.UTM_DEFAULTS]
+    if utm is not None and not (isinstance(utm, Mapping) and all(
+            isinstance(k, str) and k.startswith("utm_") and isinstance(v, str) and v for k, v in utm.items())):
+        fail(cfg.UTM_DEFAULTS, "a mapping of 'utm_*' names to non-empty strings, such as {'utm_source': 'crm'}")
+
+    if not isinstance(conf[cfg.SMTP_URL], str):
+        fail(cfg.SMTP_URL, "a URL string such as 'smtp://localhost:25'")
+
+    sender = conf[cfg.DEFAULT_SENDER]
+    if sender is not None and (not isinstance(sender, str) or "@" not in parseaddr(sender)[1]
+                               or "\r" in sender or "\n" in sender):
+        fail(cfg.DEFAULT_SENDER, "an address, optionally with a name: 'CRM <crm@example.com>'")
+
+    journal = conf[cfg.JOURNAL_PATH]
+    if journal is not None and not isinstance(journal, (str, os.PathLike)):
+        fail(cfg.JOURNAL_PATH, "a file path")
+
+    uri = conf[cfg.DATABASE_URI]
+    if uri is not None:
+        import sqlalchemy as sa
+
+        try:
+            sa.engine.make_url(uri)
+        except (sa.exc.ArgumentError, TypeError, ValueError):
+            fail(cfg.DATABASE_URI, "an SQLAlchemy database URL such as 'sqlite:////path/to/mailtrack.db'")
+
+    for key in (cfg.SCANNER_NETWORKS, cfg.APPLE_PROXY_NETWORKS):
+        nets = conf[key]
+        if nets is not None and not isinstance(nets, str) and not (
+                isinstance(nets, (list, tuple, set, frozenset)) and all(isinstance(n, str) for n in nets)):
+            fail(key, "a list of networks in CIDR notation, such as ['192.0.2.0/24']")
+
+
+__all__ = ["Settings"]
