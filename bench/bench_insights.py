@@ -55,7 +55,7 @@ def run_kind(kind: str, args: argparse.Namespace) -> dict[str, Any]:
 
         def service_only() -> None:
             with app.app_context():
-                insights.engagement(get_state().session, "", ids)
+                insights.engagement(get_state(), "", ids)
                 get_state().session.rollback()
 
         calls = {"count_star": lambda: conn.execute(count).scalar_one(), "engagement": engagement,

@@ -142,7 +142,7 @@ def contact_engagement(contact_id: str) -> Response:
     """People-only opens, clicks, replies and forwards, the latest human activity, email DNC
     state and a score that decays with time."""
     require_contact(contact_id)
-    (item,) = insights.engagement(get_state().session, current_tenant(), [contact_id])
+    (item,) = insights.engagement(get_state(), current_tenant(), [contact_id])
     return jsonify_data(_engagement.dump(item))
 
 
@@ -152,13 +152,13 @@ def contacts_engagement(query: dict[str, Any]) -> Response:
     """The engagement of each ``contact_id`` given (repeatable, up to 500), in the order
     given; a contact without events has zeros. Contacts are not looked up with the
     ``contact_loader`` (a page of 500 would be 500 host calls)."""
-    items = insights.engagement(get_state().session, current_tenant(), query["contact_id"])
+    items = insights.engagement(get_state(), current_tenant(), query["contact_id"])
     return jsonify_data(_engagement_list.dump({"contacts": items}))
 
 
 def _require_campaign(campaign_id: str, tenant: str) -> None:
     if (not campaign_id or len(campaign_id) > _MAX_CAMPAIGN_ID or "\x00" in campaign_id
-            or not reports.campaign_known(get_state().session, tenant, campaign_id)):
+            or not reports.campaign_known(get_state(), tenant, campaign_id)):
         raise NotFound("campaign ID not found.")
 
 
@@ -190,11 +190,11 @@ def campaign_audience(campaign_id: str, query: dict[str, Any]) -> Response:
         after = position[0]
     if action is None:
         raise ValidationError({"action": ["Missing data for required field."]})
-    session = get_state().session
+    state = get_state()
     if link_id is not None:
         if action != "clicked":
             raise ValidationError({"link_id": ["Only with action=clicked."]})
-        if not reports.link_in_campaign(session, tenant, campaign_id, link_id):
+        if not reports.link_in_campaign(state, tenant, campaign_id, link_id):
             raise NotFound("No such link in this campaign.")
     stmt = insights.audience_query(tenant, campaign_id, action, link_id=link_id, include_bots=include_bots)
     if _wants_csv():
@@ -202,7 +202,7 @@ def campaign_audience(campaign_id: str, query: dict[str, Any]) -> Response:
             stream_with_context(insights.stream_audience_csv(get_state(), stmt)), mimetype="text/csv",
             headers={"Content-Disposition": f'attachment; filename="audience-{action}.csv"',
                      "Cache-Control": "no-store"})
-    rows = insights.audience_page(session, stmt, after=after, limit=limit)
+    rows = insights.audience_page(state, stmt, after=after, limit=limit)
     page, meta = rows[:limit], {}
     if len(rows) > limit:
         token = pagination.encode_cursor(
@@ -219,7 +219,7 @@ def campaign_breakdown(campaign_id: str, query: dict[str, Any]) -> Response:
     ``include_bots=true``."""
     tenant = current_tenant()
     _require_campaign(campaign_id, tenant)
-    buckets = insights.breakdown(get_state().session, tenant, campaign_id, query["by"],
+    buckets = insights.breakdown(get_state(), tenant, campaign_id, query["by"],
                                  include_bots=query["include_bots"])
     return jsonify_data(_breakdown.dump({"campaignId": campaign_id, "by": query["by"],
                                          "includeBots": query["include_bots"], "buckets": buckets}))
@@ -230,5 +230,5 @@ def campaign_breakdown(campaign_id: str, query: dict[str, Any]) -> Response:
 def top_links(query: dict[str, Any]) -> Response:
     """The most clicked links of all campaigns: people's clicks and distinct contacts, and
     the same with machines."""
-    rows = insights.top_links(get_state().session, current_tenant(), limit=query["limit"])
+    rows = insights.top_links(get_state(), current_tenant(), limit=query["limit"])
     return jsonify_data(_links.dump({"links": [r._mapping for r in rows]}))

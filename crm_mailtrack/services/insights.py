@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Session
 
 from ..models import MessageStatus, campaign_links, dnc, event_rollups, events, links, messages, utcnow, utm_tags
 from ..state import MailTrackState
@@ -66,7 +65,7 @@ def _score_expr(now: dt.datetime) -> sa.ColumnElement[Any]:
     return sa.func.coalesce(sa.func.sum(weight * decay), 0)
 
 
-def engagement(session: Session, tenant: str, contact_ids: Sequence[str], *,
+def engagement(state: MailTrackState, tenant: str, contact_ids: Sequence[str], *,
                now: dt.datetime | None = None) -> list[Engagement]:
     """Engagement of each contact in ``contact_ids`` (in that order, duplicates dropped):
     three IN-queries for the whole list, the event one along ``ix_mailtrack_events_contact``."""
@@ -76,7 +75,7 @@ def engagement(session: Session, tenant: str, contact_ids: Sequence[str], *,
         return []
     now = now or utcnow()
     t = events.c.type
-    rows = session.execute(
+    rows = state.session.execute(
         sa.select(
             events.c.contact_id,
             _score_expr(now).label("score"),
@@ -95,12 +94,12 @@ def engagement(session: Session, tenant: str, contact_ids: Sequence[str], *,
         e.score = round(float(r.score or 0), 2)
         e.opens, e.clicks, e.replies, e.forwards = int(r.opens), int(r.clicks), int(r.replies), int(r.forwards)
         e.last_human_activity = r.last
-    for cid, reason in session.execute(
+    for cid, reason in state.session.execute(
             sa.select(dnc.c.contact_id, dnc.c.reason)
             .where(dnc.c.tenant_id == tenant, dnc.c.channel == "email", dnc.c.contact_id.in_(ids))):
         out[cid].dnc, out[cid].dnc_reason = True, int(reason)
     campaigns: dict[str, list[str]] = {}
-    for cid, campaign in session.execute(
+    for cid, campaign in state.session.execute(
             sa.select(utm_tags.c.contact_id, utm_tags.c.utm_campaign).distinct()
             .where(utm_tags.c.tenant_id == tenant, utm_tags.c.contact_id.in_(ids),
                    utm_tags.c.utm_campaign.is_not(None))
@@ -162,11 +161,11 @@ def audience_query(tenant: str, campaign_id: str, action: str, *, link_id: str |
     )
 
 
-def audience_page(session: Session, query: sa.Select[Any], *, after: str | None, limit: int) -> list[sa.Row[Any]]:
+def audience_page(state: MailTrackState, query: sa.Select[Any], *, after: str | None, limit: int) -> list[sa.Row[Any]]:
     """One keyset page (``limit + 1`` rows) of an audience: contacts after ``after``."""
     if after is not None:
         query = query.where(messages.c.contact_id > after)
-    return list(session.execute(query.limit(limit + 1)).all())
+    return list(state.session.execute(query.limit(limit + 1)).all())
 
 
 def stream_audience_csv(state: MailTrackState, query: sa.Select[Any]) -> Iterator[str]:
@@ -198,7 +197,7 @@ def _bucket(dialect: str, by: str) -> sa.ColumnElement[Any]:
     return sa.cast(sa.func.strftime("%H" if by == "hour" else "%w", at), sa.Integer)
 
 
-def breakdown(session: Session, tenant: str, campaign_id: str, by: str, *,
+def breakdown(state: MailTrackState, tenant: str, campaign_id: str, by: str, *,
               include_bots: bool = False) -> list[dict[str, Any]]:
     """Opens and clicks of the campaign per bucket: ``opens``/``clicks`` count events,
     ``uniqueOpens``/``uniqueClicks`` distinct messages. Hours (UTC, ``"00"``-``"23"``) and
@@ -206,12 +205,12 @@ def breakdown(session: Session, tenant: str, campaign_id: str, by: str, *,
     values seen, most opens first, ``"unknown"`` where the user agent told nothing."""
     if by not in BREAKDOWNS:
         raise ValueError(f"unknown breakdown: {by}")
-    bucket = _bucket(session.get_bind().dialect.name, by).label("bucket")
+    bucket = _bucket(state.engine.dialect.name, by).label("bucket")
     t = events.c.type
     conds = [events.c.tenant_id == tenant, events.c.campaign_id == campaign_id, t.in_(["open", "click"])]
     if not include_bots:
         conds.append(_HUMAN)
-    rows = session.execute(
+    rows = state.session.execute(
         sa.select(bucket,
                   sa.func.count().filter(t == "open").label("opens"),
                   sa.func.count().filter(t == "click").label("clicks"),
@@ -229,7 +228,7 @@ def breakdown(session: Session, tenant: str, campaign_id: str, by: str, *,
         return [item(f"{h:02d}", found.get(h)) for h in range(24)]
     if by == "weekday":
         # PostgreSQL's isodow is 1-7 from Monday, SQLite's %w 0-6 from Sunday: both to 0-6 from Monday.
-        pg = session.get_bind().dialect.name == "postgresql"
+        pg = state.engine.dialect.name == "postgresql"
         found = {(int(r.bucket) - 1) % 7 if pg else (int(r.bucket) + 6) % 7: r for r in rows if r.bucket is not None}
         return [item(name, found.get(i)) for i, name in enumerate(WEEKDAYS)]
     merged: dict[str, dict[str, Any]] = {}
@@ -245,7 +244,7 @@ def breakdown(session: Session, tenant: str, campaign_id: str, by: str, *,
 # -- links -----------------------------------------------------------------------------------
 
 
-def top_links(session: Session, tenant: str, *, limit: int = 20) -> list[sa.Row[Any]]:
+def top_links(state: MailTrackState, tenant: str, *, limit: int = 20) -> list[sa.Row[Any]]:
     """The most clicked links across campaigns: people's clicks (``clicks``, and distinct
     contacts ``unique_clicks``) and every click (``all_clicks``, ``all_unique_clicks``),
     with the number of campaigns that carry the link. Clicks a purge rolled up count in the
@@ -284,7 +283,7 @@ def top_links(session: Session, tenant: str, *, limit: int = 20) -> list[sa.Row[
     # A click recorded from outside (record_event, the events API) has a link id but no
     # tracked link: its URL is the event's own.
     url = sa.func.coalesce(links.c.url, agg.c.url)
-    return list(session.execute(
+    return list(state.session.execute(
         sa.select(agg.c.link_id, url.label("url"), agg.c.clicks, agg.c.unique_clicks, agg.c.all_clicks,
                   agg.c.all_unique_clicks, carried.label("campaigns"))
         .select_from(agg.outerjoin(links, links.c.id == agg.c.link_id))
