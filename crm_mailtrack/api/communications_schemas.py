@@ -346,7 +346,7 @@ class SentCommunicationSchema(CommunicationSchema):
     """The answer to send, schedule and send-template: the record of the first recipient's
     copy, plus the ids of every copy the request created."""
 
-    copyIds = f.List(f.String(), metadata=_d(
+    copyIds = f.List(f.String(), attribute="copy_ids", metadata=_d(
         "Ids of every copy this request created, one per recipient in the order given (this "
         "record's id first); read them with find-list?ids=..."))
 
