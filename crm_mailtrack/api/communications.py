@@ -13,9 +13,17 @@ from ..services import analytics as analytics_service
 from ..services import communications as comms
 from ..services import csv_export, sending
 from ..state import get_state
+from .communications_responses import (
+    CommAnalyticsSchema,
+    CommSummarySchema,
+    CommThreadSchema,
+    CommunicationPageSchema,
+    CommunicationSchema,
+    RecordEventSchema,
+    SentCommunicationSchema,
+)
 from .communications_schemas import (
     CommAnalyticsQuery,
-    CommAnalyticsSchema,
     CommBotsQuery,
     CommentBody,
     CommEntityQuery,
@@ -25,14 +33,8 @@ from .communications_schemas import (
     CommPageQuery,
     CommSearchBody,
     CommSearchQuery,
-    CommSummarySchema,
-    CommThreadSchema,
-    CommunicationPageSchema,
-    CommunicationSchema,
-    RecordEventSchema,
     ScheduleBody,
     SendBody,
-    SentCommunicationSchema,
     TemplateSendBody,
 )
 from .core import current_tenant, json_body
@@ -272,7 +274,7 @@ def communications_comment(message_id: str) -> dict[str, Any]:
     except ma.ValidationError as exc:
         raise MTValidationError(exc.messages if isinstance(exc.messages, dict) else {"comment": exc.messages}) from None
     event = comms.comment(get_state(), current_tenant(), message_id, body["comment"], body["authorId"])
-    return comms.event_item(event)
+    return event
 
 
 @routes.route(f"{P}/analytics", summary="Get communication analytics", tags=TAGS, query=CommAnalyticsQuery,

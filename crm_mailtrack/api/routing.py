@@ -78,7 +78,8 @@ class Routes:
         with ``status``, so the document cannot drift from the output and a key the schema
         lacks never reaches a client. A JSON route with a 2xx body must name one. A 204
         route's view returns ``None``; only a route with another ``content_type`` (CSV) may
-        return a ready :class:`~flask.Response`.
+        return a ready :class:`~flask.Response`. A view may add headers by returning
+        ``(data, status, headers)``; ``status`` must be the documented one.
 
         ``body_size`` is the kind of body the route reads (``"small"``, the default with a
         ``body`` schema, or ``"message"`` for bodies carrying a message's HTML; see
