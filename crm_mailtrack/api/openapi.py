@@ -91,7 +91,8 @@ def build_spec(prefix: str) -> dict[str, Any]:
     spec.components.schema("JsonValue", JSON_VALUE)
     assert plugin.converter is not None
     plugin.converter.add_attribute_function(_free_form_rules)
-    for schema in {s for doc in ROUTES for s in (doc.query, doc.body, doc.response) if s is not None}:
+    # In registry order (a set would order them by id(): the document would differ from run to run).
+    for schema in dict.fromkeys(s for doc in ROUTES for s in (doc.query, doc.body, doc.response) if s is not None):
         extra = getattr(schema, "openapi_extra", None)
         if extra:  # a rule across fields, merged into the schema's component
             spec.components.schema(resolver(schema), dict(extra), schema=schema)
