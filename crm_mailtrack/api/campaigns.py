@@ -3,21 +3,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Response
-
 from ..errors import NotFound, ValidationError
 from ..services import reports
 from ..state import get_state
 from . import pagination
-from .core import current_tenant, iso, jsonify_data, route
-from .schemas import (
-    KIND_TO_TYPE,
-    BotsQuerySchema,
-    CampaignLinksSchema,
-    CampaignReportQuerySchema,
-    CampaignReportSchema,
-)
+from .core import current_tenant
+from .responses import CampaignLinksSchema, CampaignReportSchema
+from .routing import Routes
+from .schemas import KIND_TO_TYPE, BotsQuerySchema, CampaignReportQuerySchema
 
+routes = Routes()
 _TAGS = ["campaigns"]
 CAMPAIGN = {"campaign_id": "The campaign id given to track_message."}
 _MAX_CAMPAIGN_ID = 64
@@ -30,21 +25,7 @@ def _require_campaign(campaign_id: str, tenant: str) -> None:
         raise NotFound("campaign ID not found.")
 
 
-def _item(kind: str, event_type: str, row: Any) -> dict[str, Any]:
-    item: dict[str, Any] = {
-        "activity_type": f"EMAIL_{event_type.upper()}",
-        "campaign_id": row.campaign_id,
-        "contact_id": row.contact_id,
-        "email_address": row.email,
-    }
-    if event_type == "click":
-        item["link_id"] = row.link_id
-    item[f"{event_type}_date"] = iso(row.occurred_at)
-    item["is_bot"] = bool(row.is_machine)
-    return item
-
-
-def _report(campaign_id: str, kind: str, link_id: str | None, query: dict[str, Any]) -> Response:
+def _report(campaign_id: str, kind: str, link_id: str | None, query: dict[str, Any]) -> dict[str, Any]:
     event_type = KIND_TO_TYPE.get(kind)
     if event_type is None:
         raise NotFound(f"No report {kind!r}: use one of {', '.join(KIND_TO_TYPE)}.")
@@ -68,44 +49,40 @@ def _report(campaign_id: str, kind: str, link_id: str | None, query: dict[str, A
         after = (pagination.parse_position_time(position[0]), pagination.parse_position_int(position[1]))
     rows = reports.campaign_report(state, tenant, campaign_id, event_type, link_id=link_id,
                                    created_since=since, include_bots=include_bots, after=after, limit=limit)
-    page, more = rows[:limit], len(rows) > limit
-    meta: dict[str, Any] = {}
-    if more:
-        last = page[-1]
+    page: dict[str, Any] = {"results": rows[:limit]}
+    if len(rows) > limit:
+        last = rows[limit - 1]
         token = pagination.encode_cursor(
             {**scope, "l": limit, "b": include_bots, "cs": since}, [last.occurred_at, last.id]
         )
-        meta["next_link"] = pagination.next_link(token)
-    return jsonify_data({"meta": {"pagination": meta}, "results": [_item(kind, event_type, r) for r in page]})
+        page["next_link"] = pagination.next_link(token)
+    return page
 
 
-@route("/campaigns/<campaign_id>/tracking/<kind>", summary="A campaign's tracking report", tags=_TAGS,
-       query=CampaignReportQuerySchema, response=CampaignReportSchema,
-       path_params={**CAMPAIGN, "kind": "clicks, opens, sends, bounces, unsubscribes or forwards."})
-def campaign_tracking(campaign_id: str, kind: str, query: dict[str, Any]) -> Response:
+@routes.route("/campaigns/<campaign_id>/tracking/<kind>", summary="A campaign's tracking report", tags=_TAGS,
+              query=CampaignReportQuerySchema, response=CampaignReportSchema,
+              path_params={**CAMPAIGN, "kind": "clicks, opens, sends, bounces, unsubscribes or forwards."})
+def campaign_tracking(campaign_id: str, kind: str, query: dict[str, Any]) -> dict[str, Any]:
     """Newest first; ``meta.pagination.next_link`` carries an opaque signed cursor (absent on
     the last page). Human events only unless ``include_bots=true``."""
     return _report(campaign_id, kind, None, query)
 
 
-@route("/campaigns/<campaign_id>/tracking/clicks/<link_id>", summary="Clicks on one link of a campaign",
-       tags=_TAGS, query=CampaignReportQuerySchema, response=CampaignReportSchema,
-       path_params={**CAMPAIGN, "link_id": "The link's id (see /links)."})
-def campaign_link_clicks(campaign_id: str, link_id: str, query: dict[str, Any]) -> Response:
+@routes.route("/campaigns/<campaign_id>/tracking/clicks/<link_id>", summary="Clicks on one link of a campaign",
+              tags=_TAGS, query=CampaignReportQuerySchema, response=CampaignReportSchema,
+              path_params={**CAMPAIGN, "link_id": "The link's id (see /links)."})
+def campaign_link_clicks(campaign_id: str, link_id: str, query: dict[str, Any]) -> dict[str, Any]:
     """The contacts that clicked one link, newest first, keyset-paged like the campaign report."""
     return _report(campaign_id, "clicks", link_id, query)
 
 
-@route("/campaigns/<campaign_id>/links", summary="A campaign's links with click totals", tags=_TAGS,
-       query=BotsQuerySchema, response=CampaignLinksSchema, path_params=CAMPAIGN, errors=(401, 404, 406, 422))
-def campaign_links(campaign_id: str, query: dict[str, Any]) -> Response:
+@routes.route("/campaigns/<campaign_id>/links", summary="A campaign's links with click totals", tags=_TAGS,
+              query=BotsQuerySchema, response=CampaignLinksSchema, path_params=CAMPAIGN, errors=(401, 404, 406, 422))
+def campaign_links(campaign_id: str, query: dict[str, Any]) -> dict[str, Any]:
     """Every tracked link of the campaign, clicked or not; ``unique_clicks`` counts distinct
     messages per link."""
     tenant = current_tenant()
     _require_campaign(campaign_id, tenant)
     rows = reports.campaign_link_stats(get_state(), tenant, campaign_id,
                                        include_bots=query["include_bots"])
-    return jsonify_data({"links": [
-        {"link_id": r.link_id, "url": r.url, "total_clicks": int(r.total_clicks),
-         "unique_clicks": int(r.unique_clicks)} for r in rows
-    ]})
+    return {"links": rows}

@@ -10,7 +10,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import marshmallow as ma
-from flask import Response
 from marshmallow import fields, validate
 
 from ..errors import NotFound, ValidationError
@@ -20,37 +19,34 @@ from ..services import external_events, reports
 from ..services import utm as utm_service
 from ..state import get_state
 from . import pagination
-from .core import current_tenant, jsonify_data, route
+from .core import current_tenant
+from .responses import (
+    ActivityItemSchema,
+    ActivityPageSchema,
+    ContactEventsPageSchema,
+    DNCListSchema,
+    UTMAddResultSchema,
+    UTMListSchema,
+)
+from .routing import Routes
 from .schemas import (
     KIND_TO_TYPE,
     ORDER_COLUMNS,
-    ActivityItemSchema,
-    ActivityPageSchema,
     ActivityQuerySchema,
     BotsQuerySchema,
-    ContactEventSchema,
-    ContactEventsPageSchema,
     ContactEventsQuerySchema,
     DNCAddBodySchema,
-    DNCListSchema,
     DNCRemoveBodySchema,
     EventBodySchema,
     Timestamp,
     UTMAddBodySchema,
-    UTMAddResultSchema,
-    UTMItemSchema,
-    UTMListSchema,
 )
 
 CONTACT = {"contact_id": "The host's contact id."}
 _TAGS = ["contacts"]
 _MAX_CONTACT_ID = 64
 
-_activity_item = ActivityItemSchema()
-_contact_event = ContactEventSchema()
-_dnc_list = DNCListSchema()
-_utm_list = UTMListSchema()
-_utm_item = UTMItemSchema()
+routes = Routes()
 
 
 def require_contact(contact_id: str) -> Mapping[str, Any] | None:
@@ -72,18 +68,6 @@ def contact_email(contact: Mapping[str, Any] | None) -> str | None:
     return email if isinstance(email, str) and 0 < len(email) <= 320 and "\x00" not in email else None
 
 
-def event_dict(row: Any) -> dict[str, Any]:
-    """An event row (Row or ContactEvent) as the mapping the item schemas dump."""
-    data = dict(row._mapping) if hasattr(row, "_mapping") else {
-        c: getattr(row, c) for c in ("id", "type", "contact_id", "email", "message_id", "campaign_id",
-                                     "link_id", "url", "occurred_at", "is_machine", "machine_reason", "details")
-    }
-    data["event_label"] = reports.EVENT_LABELS.get(data["type"], data["type"])
-    data["activity_type"] = "EMAIL_" + str(data["type"]).upper()
-    data["is_machine"] = bool(data.get("is_machine"))
-    return data
-
-
 # -- lookup by address -------------------------------------------------------------------------
 
 class ContactLookupQuerySchema(BotsQuerySchema):
@@ -102,12 +86,9 @@ class ContactLookupSchema(ma.Schema):
     contacts = fields.List(fields.Nested(ContactFoundSchema))
 
 
-_lookup = ContactLookupSchema()
-
-
-@route("/contacts", summary="Find contacts by email address", tags=_TAGS,
-       query=ContactLookupQuerySchema, response=ContactLookupSchema, errors=(400, 401, 406, 422))
-def contacts_by_email(query: dict[str, Any]) -> Response:
+@routes.route("/contacts", summary="Find contacts by email address", tags=_TAGS,
+              query=ContactLookupQuerySchema, response=ContactLookupSchema, errors=(400, 401, 406, 422))
+def contacts_by_email(query: dict[str, Any]) -> dict[str, Any]:
     """The tenant's contacts that mail was sent or scheduled to at ``email`` (compared
     case-insensitively), the most recently addressed first, at most 100; an address never
     used is an empty list. With a ``contact_loader``, contacts it does not know are left
@@ -118,12 +99,12 @@ def contacts_by_email(query: dict[str, Any]) -> Response:
     loader = state.hooks.contact_loader
     if loader is not None:
         found = [c for c in found if loader(c["contact_id"]) is not None]
-    return jsonify_data(_lookup.dump({"contacts": found}))
+    return {"contacts": found}
 
 
 # -- activity ------------------------------------------------------------------------------
 
-def _activity(contact_id: str | None, query: dict[str, Any]) -> Response:
+def _activity(contact_id: str | None, query: dict[str, Any]) -> dict[str, Any]:
     column, direction = query["order"]
     f = reports.ActivityFilters(
         search=query.get("search") or None,
@@ -134,43 +115,32 @@ def _activity(contact_id: str | None, query: dict[str, Any]) -> Response:
         page=query["page"], limit=query["limit"], include_bots=query["include_bots"],
     )
     rows, total = reports.activity(get_state(), current_tenant(), contact_id, f)
-    return jsonify_data({
-        "events": [_activity_item.dump(event_dict(r)) for r in rows],
-        "total": total,
-        "page": f.page,
-        "limit": f.limit,
-        "maxPages": math.ceil(total / f.limit),
-        "types": reports.EVENT_LABELS,
-        "filters": {
-            "search": f.search, "includeEvents": list(f.include_events), "excludeEvents": list(f.exclude_events),
-            "dateFrom": f.date_from, "dateTo": f.date_to, "includeBots": f.include_bots,
-        },
-        "order": [column, direction.upper()],
-    })
+    return {"rows": rows, "total": total, "max_pages": math.ceil(total / f.limit), "types": reports.EVENT_LABELS,
+            "filters": f, "order": [column, direction.upper()]}
 
 
-@route("/contacts/<contact_id>/activity", summary="A contact's activity", tags=_TAGS,
-       query=ActivityQuerySchema, response=ActivityPageSchema, path_params=CONTACT)
-def contact_activity(contact_id: str, query: dict[str, Any]) -> Response:
+@routes.route("/contacts/<contact_id>/activity", summary="A contact's activity", tags=_TAGS,
+              query=ActivityQuerySchema, response=ActivityPageSchema, path_params=CONTACT)
+def contact_activity(contact_id: str, query: dict[str, Any]) -> dict[str, Any]:
     """Events of one contact, filtered, ordered and paged (page/limit); humans only unless
     ``include_bots=true``."""
     require_contact(contact_id)
     return _activity(contact_id, query)
 
 
-@route("/activity", summary="Activity of all contacts", tags=_TAGS,
-       query=ActivityQuerySchema, response=ActivityPageSchema, errors=(400, 401, 406, 422))
-def all_activity(query: dict[str, Any]) -> Response:
+@routes.route("/activity", summary="Activity of all contacts", tags=_TAGS,
+              query=ActivityQuerySchema, response=ActivityPageSchema, errors=(400, 401, 406, 422))
+def all_activity(query: dict[str, Any]) -> dict[str, Any]:
     """Events of every contact of the tenant, filtered, ordered and paged."""
     return _activity(None, query)
 
 
 # -- events by kind and external events ----------------------------------------------------
 
-@route("/contacts/<contact_id>/events/<kind>", summary="A contact's events of one kind", tags=_TAGS,
-       query=ContactEventsQuerySchema, response=ContactEventsPageSchema,
-       path_params={**CONTACT, "kind": "sends, opens, clicks, bounces, forwards or unsubscribes."})
-def contact_events(contact_id: str, kind: str, query: dict[str, Any]) -> Response:
+@routes.route("/contacts/<contact_id>/events/<kind>", summary="A contact's events of one kind", tags=_TAGS,
+              query=ContactEventsQuerySchema, response=ContactEventsPageSchema,
+              path_params={**CONTACT, "kind": "sends, opens, clicks, bounces, forwards or unsubscribes."})
+def contact_events(contact_id: str, kind: str, query: dict[str, Any]) -> dict[str, Any]:
     """Newest first, keyset-paged through ``meta.pagination.next_link``."""
     event_type = KIND_TO_TYPE.get(kind)
     if event_type is None:
@@ -187,18 +157,17 @@ def contact_events(contact_id: str, kind: str, query: dict[str, Any]) -> Respons
         after = (pagination.parse_position_time(position[0]), pagination.parse_position_int(position[1]))
     rows = reports.contact_events(get_state(), tenant, contact_id, event_type,
                                   include_bots=include_bots, after=after, limit=limit)
-    page, more = rows[:limit], len(rows) > limit
-    meta: dict[str, Any] = {}
-    if more:
-        last = page[-1]
+    page: dict[str, Any] = {"events": rows[:limit]}
+    if len(rows) > limit:
+        last = rows[limit - 1]
         token = pagination.encode_cursor({**scope, "l": limit, "b": include_bots}, [last.occurred_at, last.id])
-        meta["next_link"] = pagination.next_link(token)
-    return jsonify_data({"meta": {"pagination": meta}, "events": [_contact_event.dump(event_dict(r)) for r in page]})
+        page["next_link"] = pagination.next_link(token)
+    return page
 
 
-@route("/contacts/<contact_id>/events", methods=["POST"], summary="Record an external event", tags=_TAGS,
-       body=EventBodySchema, response=ActivityItemSchema, status=201, path_params=CONTACT)
-def record_contact_event(contact_id: str, body: dict[str, Any]) -> Response:
+@routes.route("/contacts/<contact_id>/events", methods=["POST"], summary="Record an external event", tags=_TAGS,
+              body=EventBodySchema, response=ActivityItemSchema, status=201, path_params=CONTACT)
+def record_contact_event(contact_id: str, body: dict[str, Any]) -> dict[str, Any]:
     """An ESP webhook's bounce or forward, an import. A hard bounce (``details.bounceType``
     ``hard`` or ``permanent``) also puts the contact on Do-Not-Contact for email with reason
     2 (bounced), an ``unsubscribe`` with reason 1; an existing entry is kept. One transaction."""
@@ -208,14 +177,13 @@ def record_contact_event(contact_id: str, body: dict[str, Any]) -> Response:
         message_id=body.get("message_id"), campaign_id=body.get("campaign_id"), url=body.get("url"),
         occurred_at=body.get("occurred_at"), details=body.get("details"), fallback_email=contact_email(contact),
     )
-    return jsonify_data(_activity_item.dump(event_dict(event)), status=201)
+    return event
 
 
 # -- Do-Not-Contact -------------------------------------------------------------------------------
 
-def _dnc_response(contact_id: str, tenant: str) -> Response:
-    rows = dnc_service.list_dnc(get_state(), contact_id, tenant_id=tenant)
-    return jsonify_data(_dnc_list.dump({"doNotContact": rows}))
+def _dnc_response(contact_id: str, tenant: str) -> dict[str, Any]:
+    return {"doNotContact": dnc_service.list_dnc(get_state(), contact_id, tenant_id=tenant)}
 
 
 def _check_body_channel(body: Mapping[str, Any], channel: str) -> None:
@@ -223,9 +191,9 @@ def _check_body_channel(body: Mapping[str, Any], channel: str) -> None:
         raise ValidationError({"channel": ["Must equal the channel in the path."]})
 
 
-@route("/contacts/<contact_id>/dnc", summary="A contact's Do-Not-Contact entries", tags=_TAGS,
-       response=DNCListSchema, path_params=CONTACT, errors=(401, 404, 406))
-def dnc_list(contact_id: str) -> Response:
+@routes.route("/contacts/<contact_id>/dnc", summary="A contact's Do-Not-Contact entries", tags=_TAGS,
+              response=DNCListSchema, path_params=CONTACT, errors=(401, 404, 406))
+def dnc_list(contact_id: str) -> dict[str, Any]:
     """One entry per channel."""
     require_contact(contact_id)
     return _dnc_response(contact_id, current_tenant())
@@ -234,9 +202,9 @@ def dnc_list(contact_id: str) -> Response:
 CHANNEL = {**CONTACT, "channel": "A lowercase channel name: email, sms ..."}
 
 
-@route("/contacts/<contact_id>/dnc/<channel>/add", methods=["POST"], summary="Add to Do-Not-Contact", tags=_TAGS,
-       body=DNCAddBodySchema, response=DNCListSchema, path_params=CHANNEL)
-def dnc_add(contact_id: str, channel: str, body: dict[str, Any]) -> Response:
+@routes.route("/contacts/<contact_id>/dnc/<channel>/add", methods=["POST"], summary="Add to Do-Not-Contact", tags=_TAGS,
+              body=DNCAddBodySchema, response=DNCListSchema, path_params=CHANNEL)
+def dnc_add(contact_id: str, channel: str, body: dict[str, Any]) -> dict[str, Any]:
     """Adding twice keeps one row per channel and updates reason, channelId and comments."""
     require_contact(contact_id)
     dnc_service.check_channel(channel)
@@ -247,9 +215,9 @@ def dnc_add(contact_id: str, channel: str, body: dict[str, Any]) -> Response:
     return _dnc_response(contact_id, tenant)
 
 
-@route("/contacts/<contact_id>/dnc/<channel>/remove", methods=["POST"], summary="Remove from Do-Not-Contact",
-       tags=_TAGS, body=DNCRemoveBodySchema, response=DNCListSchema, path_params=CHANNEL)
-def dnc_remove(contact_id: str, channel: str, body: dict[str, Any]) -> Response:
+@routes.route("/contacts/<contact_id>/dnc/<channel>/remove", methods=["POST"], summary="Remove from Do-Not-Contact",
+              tags=_TAGS, body=DNCRemoveBodySchema, response=DNCListSchema, path_params=CHANNEL)
+def dnc_remove(contact_id: str, channel: str, body: dict[str, Any]) -> dict[str, Any]:
     """404 when the contact has no entry for the channel."""
     require_contact(contact_id)
     dnc_service.check_channel(channel)
@@ -263,37 +231,35 @@ def dnc_remove(contact_id: str, channel: str, body: dict[str, Any]) -> Response:
 # -- UTM tags --------------------------------------------------------------------------------------
 
 def _utm_payload(contact_id: str, tenant: str) -> dict[str, Any]:
-    return _utm_list.dump({"utmtags": utm_service.list_utm(get_state(), contact_id, tenant_id=tenant)})
+    return {"utmtags": utm_service.list_utm(get_state(), contact_id, tenant_id=tenant)}
 
 
-@route("/contacts/<contact_id>/utm", summary="A contact's UTM tags", tags=_TAGS,
-       response=UTMListSchema, path_params=CONTACT, errors=(401, 404, 406))
-def utm_list(contact_id: str) -> Response:
+@routes.route("/contacts/<contact_id>/utm", summary="A contact's UTM tags", tags=_TAGS,
+              response=UTMListSchema, path_params=CONTACT, errors=(401, 404, 406))
+def utm_list(contact_id: str) -> dict[str, Any]:
     """Oldest first."""
     require_contact(contact_id)
-    return jsonify_data(_utm_payload(contact_id, current_tenant()))
+    return _utm_payload(contact_id, current_tenant())
 
 
-@route("/contacts/<contact_id>/utm/add", methods=["POST"], summary="Add a UTM tag", tags=_TAGS,
-       body=UTMAddBodySchema, response=UTMAddResultSchema, status=201, path_params=CONTACT)
-def utm_add(contact_id: str, body: dict[str, Any]) -> Response:
+@routes.route("/contacts/<contact_id>/utm/add", methods=["POST"], summary="Add a UTM tag", tags=_TAGS,
+              body=UTMAddBodySchema, response=UTMAddResultSchema, status=201, path_params=CONTACT)
+def utm_add(contact_id: str, body: dict[str, Any]) -> dict[str, Any]:
     """Every field is optional but at least one must be given. ``lastActive`` is a strict
     ISO 8601 date-time; ``query`` an object or a query string."""
     require_contact(contact_id)
     tenant = current_tenant()
     tag = utm_service.add_utm(get_state(), contact_id, tenant_id=tenant, **body)
-    payload = _utm_payload(contact_id, tenant)
-    payload["utmtag"] = _utm_item.dump(tag)
-    return jsonify_data(payload, status=201)
+    return {**_utm_payload(contact_id, tenant), "utmtag": tag}
 
 
-@route("/contacts/<contact_id>/utm/<utm_id>/remove", methods=["POST"], summary="Remove a UTM tag", tags=_TAGS,
-       response=UTMListSchema, path_params={**CONTACT, "utm_id": "The tag's id."}, errors=(401, 404, 406))
-def utm_remove(contact_id: str, utm_id: str) -> Response:
+@routes.route("/contacts/<contact_id>/utm/<utm_id>/remove", methods=["POST"], summary="Remove a UTM tag", tags=_TAGS,
+              response=UTMListSchema, path_params={**CONTACT, "utm_id": "The tag's id."}, errors=(401, 404, 406))
+def utm_remove(contact_id: str, utm_id: str) -> dict[str, Any]:
     """404 when the contact has no such tag (in this tenant)."""
     require_contact(contact_id)
     if not utm_id.isascii() or not utm_id.isdigit() or int(utm_id) > 2**63 - 1:
         raise NotFound(f"No UTM tag {utm_id!r} for this contact.")
     tenant = current_tenant()
     utm_service.remove_utm(get_state(), contact_id, int(utm_id), tenant_id=tenant)
-    return jsonify_data(_utm_payload(contact_id, tenant))
+    return _utm_payload(contact_id, tenant)

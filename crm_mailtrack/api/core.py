@@ -1,12 +1,10 @@
-"""API plumbing: authorisation, content negotiation, problem+json errors, input parsing,
-and the route registry the OpenAPI document is generated from."""
+"""API plumbing: the blueprint, authorisation, content negotiation, problem+json errors,
+input parsing and JSON output. Routes are declared and registered in :mod:`.routing`."""
 from __future__ import annotations
 
 import datetime as dt
 import hmac
 import json
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import marshmallow as ma
@@ -21,95 +19,6 @@ from ..state import get_state
 blueprint = Blueprint("mailtrack_api", __name__)
 
 PROBLEM_JSON = "application/problem+json"
-
-
-# -- route registry ------------------------------------------------------------------------
-
-@dataclass
-class RouteDoc:
-    """What the OpenAPI document says about one route (filled by :func:`route`)."""
-
-    rule: str
-    methods: list[str]
-    endpoint: str
-    summary: str
-    description: str = ""
-    tags: list[str] = field(default_factory=list)
-    query: type[ma.Schema] | ma.Schema | None = None
-    body: type[ma.Schema] | ma.Schema | None = None
-    response: type[ma.Schema] | ma.Schema | None = None
-    body_doc: dict[str, Any] | None = None
-    status: int = 200
-    content_type: str = "application/json"
-    errors: tuple[int, ...] = (400, 401, 404, 406, 422)
-    path_params: dict[str, str] = field(default_factory=dict)
-
-
-ROUTES: list[RouteDoc] = []
-
-
-def route(
-    rule: str,
-    *,
-    methods: list[str] | None = None,
-    summary: str,
-    description: str = "",
-    tags: list[str] | None = None,
-    query: type[ma.Schema] | ma.Schema | None = None,
-    body: type[ma.Schema] | ma.Schema | None = None,
-    response: type[ma.Schema] | ma.Schema | None = None,
-    status: int = 200,
-    content_type: str = "application/json",
-    errors: tuple[int, ...] = (400, 401, 404, 406, 422),
-    path_params: dict[str, str] | None = None,
-    body_size: str | None = None,
-    body_doc: dict[str, Any] | None = None,
-) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Register an API view. With ``query``/``body`` schemas the view receives the loaded
-    data as ``query=`` / ``body=`` keyword arguments; bad input becomes 400 or 422.
-
-    ``body_size`` is the kind of body the route reads (``"small"``, the default with a
-    ``body`` schema, or ``"message"`` for bodies carrying a message's HTML; see
-    :func:`body_limit`); a route that reads a body documents 413. ``body_doc`` documents a
-    body the view parses itself (an OpenAPI schema whose parts may be marshmallow schemas)."""
-    methods = methods or ["GET"]
-    if body is not None and body_size is None:
-        body_size = "small"
-    if body_size is not None and 413 not in errors:
-        errors = (*errors, 413)
-
-    def decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
-        endpoint = fn.__name__
-        q_schema = _instance(query)
-        b_schema = _instance(body)
-
-        def view(**kwargs: Any) -> Any:
-            if q_schema is not None:
-                kwargs["query"] = load_query(q_schema)
-            if b_schema is not None:
-                kwargs["body"] = load_body(b_schema, body_size or "small")
-            return fn(**kwargs)
-
-        view.__name__ = endpoint
-        view.__doc__ = fn.__doc__
-        # OPTIONS is answered by the catch-all below, with the methods this path really
-        # serves (Flask's automatic answer would list the catch-all's methods too).
-        blueprint.add_url_rule(rule, endpoint, view, methods=methods, provide_automatic_options=False)
-        ROUTES.append(RouteDoc(
-            rule=rule, methods=methods, endpoint=endpoint, summary=summary,
-            description=description or (fn.__doc__ or "").strip(), tags=tags or [],
-            query=query, body=body, response=response, status=status,
-            content_type=content_type, errors=errors, path_params=path_params or {}, body_doc=body_doc,
-        ))
-        return fn
-
-    return decorator
-
-
-def _instance(schema: type[ma.Schema] | ma.Schema | None) -> ma.Schema | None:
-    if schema is None:
-        return None
-    return schema() if isinstance(schema, type) else schema
 
 
 # -- input -----------------------------------------------------------------------------------

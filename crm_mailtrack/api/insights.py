@@ -17,8 +17,11 @@ from ..services import insights, reports
 from ..state import get_state
 from . import pagination
 from .contacts import CONTACT, require_contact
-from .core import current_tenant, jsonify_data, route
-from .schemas import MetaSchema, QuerySchema, Text, Timestamp, _bots
+from .core import current_tenant
+from .routing import Routes
+from .fields import Text, Timestamp
+from .responses import MetaSchema
+from .schemas import QuerySchema, _bots
 
 _CONTACT_TAGS = ["contacts"]
 _CAMPAIGN_TAGS = ["campaigns"]
@@ -126,34 +129,30 @@ class TopLinksSchema(ma.Schema):
     links = fields.List(fields.Nested(TopLinkSchema))
 
 
-_engagement = EngagementSchema()
-_engagement_list = EngagementListSchema()
-_audience = AudienceSchema()
-_breakdown = BreakdownSchema()
-_links = TopLinksSchema()
+routes = Routes()
 
 
 # -- routes ----------------------------------------------------------------------------------
 
 
-@route("/contacts/<contact_id>/engagement", summary="A contact's engagement and score", tags=_CONTACT_TAGS,
+@routes.route("/contacts/<contact_id>/engagement", summary="A contact's engagement and score", tags=_CONTACT_TAGS,
        response=EngagementSchema, path_params=CONTACT, errors=(401, 404, 406))
-def contact_engagement(contact_id: str) -> Response:
+def contact_engagement(contact_id: str) -> dict[str, Any]:
     """People-only opens, clicks, replies and forwards, the latest human activity, email DNC
     state and a score that decays with time."""
     require_contact(contact_id)
     (item,) = insights.engagement(get_state(), current_tenant(), [contact_id])
-    return jsonify_data(_engagement.dump(item))
+    return item
 
 
-@route("/contacts/engagement", summary="Engagement of a page of contacts", tags=_CONTACT_TAGS,
+@routes.route("/contacts/engagement", summary="Engagement of a page of contacts", tags=_CONTACT_TAGS,
        query=EngagementQuerySchema, response=EngagementListSchema, errors=(400, 401, 406, 422))
-def contacts_engagement(query: dict[str, Any]) -> Response:
+def contacts_engagement(query: dict[str, Any]) -> dict[str, Any]:
     """The engagement of each ``contact_id`` given (repeatable, up to 500), in the order
     given; a contact without events has zeros. Contacts are not looked up with the
     ``contact_loader`` (a page of 500 would be 500 host calls)."""
     items = insights.engagement(get_state(), current_tenant(), query["contact_id"])
-    return jsonify_data(_engagement_list.dump({"contacts": items}))
+    return {"contacts": items}
 
 
 def _require_campaign(campaign_id: str, tenant: str) -> None:
@@ -166,9 +165,10 @@ def _wants_csv() -> bool:
     return request.accept_mimetypes.best_match(["application/json", "text/csv"]) == "text/csv"
 
 
-@route("/campaigns/<campaign_id>/audience", summary="The contacts of a campaign who did something",
-       tags=_CAMPAIGN_TAGS, query=AudienceQuerySchema, response=AudienceSchema, path_params=CAMPAIGN)
-def campaign_audience(campaign_id: str, query: dict[str, Any]) -> Response:
+@routes.route("/campaigns/<campaign_id>/audience", summary="The contacts of a campaign who did something",
+       tags=_CAMPAIGN_TAGS, query=AudienceQuerySchema, response=AudienceSchema, path_params=CAMPAIGN,
+       alternatives=("text/csv",))
+def campaign_audience(campaign_id: str, query: dict[str, Any]) -> dict[str, Any] | Response:
     """The contacts (ordered by contact id) whose sent messages of the campaign were clicked
     (or a link of it, ``link_id``), opened (an open or a click), opened but not clicked, not
     opened (delivered, no open or click), bounced or unsubscribed; people's events only
@@ -208,12 +208,12 @@ def campaign_audience(campaign_id: str, query: dict[str, Any]) -> Response:
         token = pagination.encode_cursor(
             {**scope, "a": action, "ln": link_id, "l": limit, "b": include_bots}, [page[-1].contact_id])
         meta["next_link"] = pagination.next_link(token)
-    return jsonify_data(_audience.dump({"meta": {"pagination": meta}, "results": [r._mapping for r in page]}))
+    return {"meta": {"pagination": meta}, "results": [r._mapping for r in page]}
 
 
-@route("/campaigns/<campaign_id>/breakdown", summary="A campaign's opens and clicks by device or time",
+@routes.route("/campaigns/<campaign_id>/breakdown", summary="A campaign's opens and clicks by device or time",
        tags=_CAMPAIGN_TAGS, query=BreakdownQuerySchema, response=BreakdownSchema, path_params=CAMPAIGN)
-def campaign_breakdown(campaign_id: str, query: dict[str, Any]) -> Response:
+def campaign_breakdown(campaign_id: str, query: dict[str, Any]) -> dict[str, Any]:
     """People's opens and clicks of the campaign per device type, operating system, mail or
     web client (from the user agent), UTC hour or weekday; every event with
     ``include_bots=true``."""
@@ -221,14 +221,14 @@ def campaign_breakdown(campaign_id: str, query: dict[str, Any]) -> Response:
     _require_campaign(campaign_id, tenant)
     buckets = insights.breakdown(get_state(), tenant, campaign_id, query["by"],
                                  include_bots=query["include_bots"])
-    return jsonify_data(_breakdown.dump({"campaignId": campaign_id, "by": query["by"],
-                                         "includeBots": query["include_bots"], "buckets": buckets}))
+    return {"campaignId": campaign_id, "by": query["by"], "includeBots": query["include_bots"],
+            "buckets": buckets}
 
 
-@route("/links", summary="Top links across campaigns", tags=_CAMPAIGN_TAGS, query=LinksQuerySchema,
+@routes.route("/links", summary="Top links across campaigns", tags=_CAMPAIGN_TAGS, query=LinksQuerySchema,
        response=TopLinksSchema, errors=(400, 401, 406, 422))
-def top_links(query: dict[str, Any]) -> Response:
+def top_links(query: dict[str, Any]) -> dict[str, Any]:
     """The most clicked links of all campaigns: people's clicks and distinct contacts, and
     the same with machines."""
     rows = insights.top_links(get_state(), current_tenant(), limit=query["limit"])
-    return jsonify_data(_links.dump({"links": [r._mapping for r in rows]}))
+    return {"links": [r._mapping for r in rows]}

@@ -8,37 +8,21 @@ string. Properties come from the host's ``contact_loader`` (``FirstName`` <- ``f
 """
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any
-
-from flask import Response
 
 from ..errors import Conflict, ValidationError
 from ..services import contactclicks as service
 from ..state import get_state
 from .contacts import contact_email, require_contact
-from .core import current_tenant, jsonify_data, route
-from .schemas import (
-    CONTACT_PROPERTIES,
-    BotsQuerySchema,
-    ContactClickListSchema,
-    ContactClickPostSchema,
-    ContactClickPutSchema,
-    ContactClickSchema,
-    ODataQuerySchema,
-)
+from .core import current_tenant
+from .responses import ContactClickListSchema, ContactClickSchema
+from .routing import Routes
+from .schemas import BotsQuerySchema, ContactClickPostSchema, ContactClickPutSchema, ODataQuerySchema
 
+routes = Routes()
 _TAGS = ["odata"]
 _KEY = {"key": "The contact id: 42, or a quoted string literal such as 'c-42'."}
-_INT32 = re.compile(r"^(0|-?[1-9][0-9]{0,9})$")
-
-
-def public_id(contact_id: str) -> int | str:
-    """``"42"`` -> ``42`` (OData's Int32), anything else stays a string."""
-    if _INT32.match(contact_id) and -(2**31) <= int(contact_id) < 2**31:
-        return int(contact_id)
-    return contact_id
 
 
 def parse_key(key: str) -> str:
@@ -59,33 +43,27 @@ def _body_id(value: Any) -> str:
 
 
 def _entity(contact_id: str, clicks: int, contact: Mapping[str, Any] | None) -> dict[str, Any]:
-    data: dict[str, Any] = {"ID": public_id(contact_id), "ClickCount": clicks}
-    contact = contact or {}
-    for prop, key in CONTACT_PROPERTIES.items():
-        data[prop] = contact.get(key, contact.get(prop))
-    return data
+    """What :class:`~.responses.ContactClickSchema` dumps."""
+    return {"contact_id": contact_id, "clicks": clicks, "contact": contact}
 
 
 def _load(contact_id: str) -> Mapping[str, Any] | None:
     return get_state().hooks.load_contact(contact_id)
 
 
-@route("/odata/ContactClicks", summary="Click totals of every contact with clicks", tags=_TAGS,
-       query=ODataQuerySchema, response=ContactClickListSchema, errors=(400, 401, 406, 422))
-def contact_clicks_list(query: dict[str, Any]) -> Response:
+@routes.route("/odata/ContactClicks", summary="Click totals of every contact with clicks", tags=_TAGS,
+              query=ODataQuerySchema, response=ContactClickListSchema, errors=(400, 401, 406, 422))
+def contact_clicks_list(query: dict[str, Any]) -> dict[str, Any]:
     """``$top`` / ``$skip`` / ``$orderby`` (``ID`` or ``ClickCount``, ``asc``/``desc``);
     ``ClickCount`` counts people's clicks (and imports) unless ``include_bots=true``."""
     rows = service.list_totals(get_state(), current_tenant(), top=query["top"], skip=query["skip"],
                                orderby=query["orderby"], include_bots=query["include_bots"])
-    schema = ContactClickSchema()
-    return jsonify_data({"value": [
-        schema.dump(_entity(r.contact_id, int(r.click_count), _load(r.contact_id))) for r in rows
-    ]})
+    return {"value": [_entity(r.contact_id, int(r.click_count), _load(r.contact_id)) for r in rows]}
 
 
-@route("/odata/ContactClicks", methods=["POST"], summary="Import a contact's click total", tags=_TAGS,
-       body=ContactClickPostSchema, response=ContactClickSchema, status=201, errors=(400, 401, 404, 406, 409, 422))
-def contact_clicks_create(body: dict[str, Any]) -> Response:
+@routes.route("/odata/ContactClicks", methods=["POST"], summary="Import a contact's click total", tags=_TAGS,
+              body=ContactClickPostSchema, response=ContactClickSchema, status=201, errors=(400, 401, 404, 406, 409, 422))
+def contact_clicks_create(body: dict[str, Any]) -> dict[str, Any]:
     """Creates the contact's ContactClick from another system's ``ClickCount`` (stored as an
     import event). 409 when the contact already has click data: correct it with PUT.
     Contact properties in the body are accepted and ignored: they are the host's."""
@@ -97,37 +75,37 @@ def contact_clicks_create(body: dict[str, Any]) -> Response:
         raise Conflict("This contact already has click data; use PUT ContactClicks(<id>) to correct it.")
     total = service.import_clicks(state, tenant, contact_id, body["ClickCount"],
                                   email=contact_email(contact))
-    return jsonify_data(ContactClickSchema().dump(_entity(contact_id, total, contact)), status=201)
+    return _entity(contact_id, total, contact)
 
 
-@route("/odata/ContactClicks(<key>)", summary="One contact's click total", tags=_TAGS,
-       query=BotsQuerySchema, response=ContactClickSchema, path_params=_KEY, errors=(401, 404, 406, 422))
-def contact_clicks_get(key: str, query: dict[str, Any]) -> Response:
+@routes.route("/odata/ContactClicks(<key>)", summary="One contact's click total", tags=_TAGS,
+              query=BotsQuerySchema, response=ContactClickSchema, path_params=_KEY, errors=(401, 404, 406, 422))
+def contact_clicks_get(key: str, query: dict[str, Any]) -> dict[str, Any]:
     """A contact without clicks has ``ClickCount`` 0; an unknown contact (per the host's
     contact_loader) is a 404. Machine clicks count only with ``include_bots=true``."""
     contact_id = parse_key(key)
     contact = require_contact(contact_id)
     clicks, _ = service.click_total(get_state(), current_tenant(), contact_id, include_bots=query["include_bots"])
-    return jsonify_data(ContactClickSchema().dump(_entity(contact_id, clicks, contact)))
+    return _entity(contact_id, clicks, contact)
 
 
-@route("/odata/ContactClicks(<key>)", methods=["PUT"], summary="Correct a contact's click total",
-       tags=_TAGS, body=ContactClickPutSchema, status=204, path_params=_KEY)
-def contact_clicks_put(key: str, body: dict[str, Any]) -> Response:
+@routes.route("/odata/ContactClicks(<key>)", methods=["PUT"], summary="Correct a contact's click total",
+              tags=_TAGS, body=ContactClickPutSchema, status=204, path_params=_KEY)
+def contact_clicks_put(key: str, body: dict[str, Any]) -> None:
     """Sets ``ClickCount`` (stored as an import event holding the difference); later
     tracked clicks add to it. The body's ``ID`` is ignored: the URL names the contact."""
     contact_id = parse_key(key)
     contact = require_contact(contact_id)
     service.import_clicks(get_state(), current_tenant(), contact_id, body["ClickCount"], set_total=True,
                           email=contact_email(contact))
-    return Response(status=204)
+    return None
 
 
-@route("/odata/ContactClicks(<key>)", methods=["DELETE"], summary="Erase a contact's click data",
-       tags=_TAGS, status=204, path_params=_KEY, errors=(401, 404, 406))
-def contact_clicks_delete(key: str) -> Response:
+@routes.route("/odata/ContactClicks(<key>)", methods=["DELETE"], summary="Erase a contact's click data",
+              tags=_TAGS, status=204, path_params=_KEY, errors=(401, 404, 406))
+def contact_clicks_delete(key: str) -> None:
     """Deletes every click event of the contact, tracked and imported."""
     contact_id = parse_key(key)
     require_contact(contact_id)
     service.erase_clicks(get_state(), current_tenant(), contact_id)
-    return Response(status=204)
+    return None

@@ -11,13 +11,13 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import marshmallow as ma
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin, resolver
-from flask import Response
 from marshmallow import fields
 
-from .core import ROUTES, jsonify_data, route
 from .fields import JSON_INT_RANGE, JsonObject, QueryField, no_nul
+from .routing import ROUTES, Routes
 
 _PARAM = re.compile(r"<(?:(\w+):)?(\w+)>")
 
@@ -91,7 +91,8 @@ def build_spec(prefix: str) -> dict[str, Any]:
     spec.components.schema("JsonValue", JSON_VALUE)
     assert plugin.converter is not None
     plugin.converter.add_attribute_function(_free_form_rules)
-    for schema in {s for doc in ROUTES for s in (doc.query, doc.body, doc.response) if s is not None}:
+    # In registry order (a set would order them by id(): the document would differ from run to run).
+    for schema in dict.fromkeys(s for doc in ROUTES for s in (doc.query, doc.body, doc.response) if s is not None):
         extra = getattr(schema, "openapi_extra", None)
         if extra:  # a rule across fields, merged into the schema's component
             spec.components.schema(resolver(schema), dict(extra), schema=schema)
@@ -121,8 +122,10 @@ def build_spec(prefix: str) -> dict[str, Any]:
             ok: dict[str, Any] = {"description": "OK"}
             if doc.response is not None:
                 ok["content"] = {doc.content_type: {"schema": doc.response}}
-            elif doc.status != 204:
-                ok["content"] = {doc.content_type: {"schema": {"type": "string"} if doc.content_type != "application/json" else {"type": "object"}}}
+                for media in doc.alternatives:  # the same list, streamed in another format
+                    ok["content"][media] = {"schema": {"type": "string"}}
+            elif doc.status != 204:  # CSV: JSON routes always have a response schema
+                ok["content"] = {doc.content_type: {"schema": {"type": "string"}}}
             op["responses"][str(doc.status)] = ok
             for code in sorted(set(doc.errors) | {401, 406}):
                 op["responses"][str(code)] = {
@@ -139,8 +142,22 @@ _REASONS = {400: "Malformed request", 401: "Not authorised", 404: "Not found", 4
             409: "Conflict", 422: "Validation failed", 503: "Database unavailable"}
 
 
-@route("/openapi.json", summary="This OpenAPI document", tags=["meta"], errors=(401, 406))
-def openapi_document() -> Response:
+routes = Routes()
+
+
+class OpenAPIDocumentSchema(ma.Schema):
+    """An OpenAPI 3.1 document (its top-level members)."""
+
+    openapi = fields.String(metadata={"description": "The OpenAPI version, 3.1.0."})
+    info = fields.Dict(metadata={"description": "Title, version and description of the API."})
+    servers = fields.List(fields.Dict(), metadata={"description": "The API's base path."})
+    paths = fields.Dict(metadata={"description": "Every route and its operations."})
+    components = fields.Dict(metadata={"description": "Shared schemas and the security scheme."})
+
+
+@routes.route("/openapi.json", summary="This OpenAPI document", tags=["meta"], response=OpenAPIDocumentSchema,
+                     errors=(401, 406))
+def openapi_document() -> dict[str, Any]:
     from ..state import get_state
 
-    return jsonify_data(build_spec(get_state().url_prefix + "/api"))
+    return build_spec(get_state().url_prefix + "/api")

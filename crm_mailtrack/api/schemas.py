@@ -90,36 +90,6 @@ class ActivityQuerySchema(QuerySchema):
         return data
 
 
-class ActivityItemSchema(ma.Schema):
-    id = fields.Integer()
-    event = fields.String(attribute="type", metadata={"description": "The event type (click, open ...)."})
-    eventType = fields.String(attribute="event_label", metadata={"description": "Human name of the event type."})
-    timestamp = Timestamp(attribute="occurred_at")
-    contactId = fields.String(attribute="contact_id")
-    email = fields.String(allow_none=True)
-    messageId = fields.String(attribute="message_id", allow_none=True)
-    campaignId = fields.String(attribute="campaign_id", allow_none=True)
-    url = fields.String(allow_none=True)
-    isBot = fields.Boolean(attribute="is_machine")
-    machineReason = fields.String(attribute="machine_reason", allow_none=True, metadata={
-        "description": "Why the event counts as a machine's: a bot rule (head-request, prefetch, "
-                       "apple-mpp, scanner-ua, honeypot, burst, too-fast-after-send ...) or import "
-                       "(ContactClicks); null for a human's."})
-    details = fields.Dict(allow_none=True)
-
-
-class ActivityPageSchema(ma.Schema):
-    events = fields.List(fields.Nested(ActivityItemSchema))
-    total = fields.Integer()
-    page = fields.Integer()
-    limit = fields.Integer()
-    maxPages = fields.Integer()
-    types = fields.Dict(keys=fields.String(), values=fields.String(),
-                        metadata={"description": "Every event type with its human name."})
-    filters = fields.Dict(metadata={"description": "The filters applied."})
-    order = fields.List(fields.String(), metadata={"description": "[column, direction] applied."})
-
-
 # -- contact events ----------------------------------------------------------------------------
 
 class CursorQuerySchema(QuerySchema):
@@ -131,35 +101,6 @@ class CursorQuerySchema(QuerySchema):
 class ContactEventsQuerySchema(CursorQuerySchema):
     limit = fields.Integer(load_default=50, validate=validate.Range(1, 500), metadata={
         "description": "Events per page, 1-500 (default 50)."})
-
-
-class ContactEventSchema(ma.Schema):
-    id = fields.Integer()
-    activity_type = fields.String()
-    contact_id = fields.String()
-    email_address = fields.String(attribute="email", allow_none=True)
-    campaign_id = fields.String(allow_none=True)
-    message_id = fields.String(allow_none=True)
-    link_id = fields.String(allow_none=True)
-    link_url = fields.String(attribute="url", allow_none=True)
-    event_time = Timestamp(attribute="occurred_at")
-    is_bot = fields.Boolean(attribute="is_machine")
-    machine_reason = fields.String(allow_none=True, metadata={
-        "description": "Why the event counts as a machine's; null for a human's."})
-    details = fields.Dict(allow_none=True)
-
-
-class PaginationSchema(ma.Schema):
-    next_link = fields.String(metadata={"description": "Relative URL of the next page; absent on the last."})
-
-
-class MetaSchema(ma.Schema):
-    pagination = fields.Nested(PaginationSchema)
-
-
-class ContactEventsPageSchema(ma.Schema):
-    meta = fields.Nested(MetaSchema)
-    events = fields.List(fields.Nested(ContactEventSchema))
 
 
 class EventBodySchema(BodySchema):
@@ -177,19 +118,6 @@ class EventBodySchema(BodySchema):
 
 # -- DNC and UTM -------------------------------------------------------------------------------
 
-class DNCItemSchema(ma.Schema):
-    id = fields.Integer()
-    channel = fields.String()
-    reason = fields.Integer(metadata={"description": "1 unsubscribed, 2 bounced, 3 manual."})
-    channelId = fields.String(attribute="channel_id", allow_none=True)
-    comments = fields.String(allow_none=True)
-    dateAdded = Timestamp(attribute="date_added")
-
-
-class DNCListSchema(ma.Schema):
-    doNotContact = fields.List(fields.Nested(DNCItemSchema))
-
-
 class DNCAddBodySchema(BodySchema):
     reason = fields.Integer(load_default=3, validate=validate.Range(1, 3), metadata={
         "description": "1 unsubscribed, 2 bounced, 3 manual (default)."})
@@ -204,33 +132,6 @@ class DNCRemoveBodySchema(BodySchema):
 
 
 _UTM_TEXT = ("utm_campaign", "utm_source", "utm_medium", "utm_content", "utm_term")
-
-
-class UTMItemSchema(ma.Schema):
-    id = fields.Integer()
-    utm_campaign = fields.String(allow_none=True)
-    utm_source = fields.String(allow_none=True)
-    utm_medium = fields.String(allow_none=True)
-    utm_content = fields.String(allow_none=True)
-    utm_term = fields.String(allow_none=True)
-    useragent = fields.String(allow_none=True)
-    url = fields.String(allow_none=True)
-    referer = fields.String(allow_none=True)
-    query = fields.Dict(allow_none=True)
-    remotehost = fields.String(allow_none=True)
-    lastActive = Timestamp(attribute="last_active", allow_none=True, metadata={
-        "description": "When the combination was last seen (a click, an add)."})
-    dateAdded = Timestamp(attribute="date_added")
-    hits = fields.Integer(metadata={
-        "description": "How many times this combination of utm_* values was seen for the contact (one tag each)."})
-
-
-class UTMListSchema(ma.Schema):
-    utmtags = fields.List(fields.Nested(UTMItemSchema))
-
-
-class UTMAddResultSchema(UTMListSchema):
-    utmtag = fields.Nested(UTMItemSchema, metadata={"description": "The tag just added."})
 
 
 class UTMAddBodySchema(BodySchema):
@@ -272,41 +173,8 @@ class CampaignReportQuerySchema(CursorQuerySchema):
         "description": "Results per page, 1-500 (default 500)."})
 
 
-class CampaignReportItemSchema(ma.Schema):
-    """Documented shape; only the date key of the report's kind is present."""
-
-    activity_type = fields.String(metadata={"description": "EMAIL_CLICK, EMAIL_OPEN, EMAIL_SEND ..."})
-    campaign_id = fields.String()
-    contact_id = fields.String()
-    email_address = fields.String(allow_none=True)
-    link_id = fields.String(metadata={"description": "Clicks only."})
-    click_date = fields.String(metadata={"format": "date-time"})
-    open_date = fields.String(metadata={"format": "date-time"})
-    send_date = fields.String(metadata={"format": "date-time"})
-    bounce_date = fields.String(metadata={"format": "date-time"})
-    unsubscribe_date = fields.String(metadata={"format": "date-time"})
-    forward_date = fields.String(metadata={"format": "date-time"})
-    is_bot = fields.Boolean()
-
-
-class CampaignReportSchema(ma.Schema):
-    meta = fields.Nested(MetaSchema)
-    results = fields.List(fields.Nested(CampaignReportItemSchema))
-
-
 class BotsQuerySchema(QuerySchema):
     include_bots = _bots()
-
-
-class CampaignLinkSchema(ma.Schema):
-    link_id = fields.String()
-    url = fields.String()
-    total_clicks = fields.Integer()
-    unique_clicks = fields.Integer(metadata={"description": "Distinct messages that clicked the link."})
-
-
-class CampaignLinksSchema(ma.Schema):
-    links = fields.List(fields.Nested(CampaignLinkSchema))
 
 
 # -- ContactClicks -----------------------------------------------------------------------------
@@ -332,23 +200,6 @@ CONTACT_PROPERTIES = {
     **{f"Custom{i}": f"custom{i}" for i in range(1, 21)},
     "BusinessID": "business_id", "RegionID": "region_id",
 }
-
-
-def _contact_click_fields() -> dict[str, fields.Field]:
-    out: dict[str, fields.Field] = {
-        "ID": fields.Raw(metadata={"description": "The contact id: an integer when it is one, else a string."}),
-        "ClickCount": fields.Integer(),
-    }
-    for name in CONTACT_PROPERTIES:
-        out[name] = fields.Raw(allow_none=True)
-    return out
-
-
-ContactClickSchema = ma.Schema.from_dict(_contact_click_fields(), name="ContactClickSchema")
-
-
-class ContactClickListSchema(ma.Schema):
-    value = fields.List(fields.Nested(ContactClickSchema))
 
 
 def _contact_click_body_fields(*, id_required: bool) -> dict[str, fields.Field]:

@@ -4,7 +4,6 @@ is built in :mod:`.records`."""
 from __future__ import annotations
 
 import datetime as dt
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -17,7 +16,7 @@ from ..state import MailTrackState
 from . import stats
 from .common import emit
 from .messages import track_message
-from .records import event_item, records, summary
+from .records import records, summary
 
 #: Public sort keys (communications API field names) and the columns they order by.
 SORT_FIELDS: dict[str, sa.ColumnElement[Any]] = {
@@ -170,35 +169,16 @@ def page(
     search: Sequence[str] | None = None,
     include_bots: bool = False,
 ) -> dict[str, Any]:
-    """One page of records in the communications envelope (offset paging: the API addresses pages by number)."""
+    """One page of records (see :func:`records`) with ``page``, ``size``, ``total`` and
+    ``sorted`` (offset paging: the API addresses pages by number)."""
     where = conditions(tenant, filters, search)
     ordering = order_by(sort)
     total = int(state.session.execute(
         sa.select(sa.func.count()).select_from(messages).where(*where)).scalar_one())
     rows = _messages(state, sa.select(Message).where(*where).order_by(*ordering)
                      .limit(size).offset(page * size))
-    content = records(state, rows, include_bots=include_bots)
-    return envelope(content, page=page, size=size, total=total, sorted_=bool(sort))
-
-
-def envelope(content: list[dict[str, Any]], *, page: int, size: int, total: int, sorted_: bool) -> dict[str, Any]:
-    """The (Spring Data) page envelope."""
-    total_pages = math.ceil(total / size) if size else 0
-    sort_info = {"empty": not sorted_, "sorted": sorted_, "unsorted": not sorted_}
-    return {
-        "content": content,
-        "empty": not content,
-        "first": page == 0,
-        "last": page >= total_pages - 1,
-        "number": page,
-        "numberOfElements": len(content),
-        "pageable": {"offset": page * size, "pageNumber": page, "pageSize": size, "paged": True,
-                     "unpaged": False, "sort": dict(sort_info)},
-        "size": size,
-        "sort": sort_info,
-        "totalElements": total,
-        "totalPages": total_pages,
-    }
+    return {"records": records(state, rows, include_bots=include_bots), "page": page, "size": size,
+            "total": total, "sorted": bool(sort)}
 
 
 # -- changing --------------------------------------------------------------------------------
@@ -352,5 +332,5 @@ def comment(state: MailTrackState, tenant: str, message_id: str, text: str,
 
 
 __all__ = ["get", "find_all", "find_list", "scheduled", "by_entity", "thread", "page", "records",
-           "summary", "event_item", "compose", "recipient_contacts", "MAX_RECIPIENTS", "cancel", "resend", "delete", "comment", "conditions",
-           "order_by", "envelope", "SORT_FIELDS", "EQUALITY_FILTERS"]
+           "summary", "compose", "recipient_contacts", "MAX_RECIPIENTS", "cancel", "resend", "delete", "comment", "conditions",
+           "order_by", "SORT_FIELDS", "EQUALITY_FILTERS"]

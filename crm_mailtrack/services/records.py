@@ -13,7 +13,6 @@ import sqlalchemy as sa
 from ..db import chunks
 from ..models import ContactEvent, Message, event_rollups, events, links
 from ..state import MailTrackState
-from .common import tenant_out
 from .messages import click_url
 
 #: Event types summarised elsewhere in a record (``openCount``, ``clickedLinks``).
@@ -96,15 +95,11 @@ def _lifecycle(state: MailTrackState, ids: list[str]) -> dict[str, list[ContactE
     return out
 
 
-def event_item(ev: ContactEvent) -> dict[str, Any]:
-    details = ev.details or {}
-    description = details.get("comment") or details.get("error") or details.get("description")
-    return {"id": str(ev.id), "type": ev.type.upper(), "date": ev.occurred_at,
-            "authorId": details.get("authorId"), "description": description}
-
-
 def records(state: MailTrackState, rows: Sequence[Message], *, include_bots: bool = False) -> list[dict[str, Any]]:
-    """Communication records of ``rows``, in their order."""
+    """The data of ``rows``' communication records, in their order: per message
+    ``{"message", "open_count", "opened_at" (first open or click), "clicked_links": [{"url",
+    "tracked_url", "clicks", "first_click"}], "events": [its lifecycle ContactEvents]}``. The API's
+    ``CommunicationSchema`` gives it its shape."""
     ids = [m.id for m in rows]
     opens, clicks = engagement(state, ids, include_bots=include_bots)
     lifecycle = _lifecycle(state, ids)
@@ -113,53 +108,13 @@ def records(state: MailTrackState, rows: Sequence[Message], *, include_bots: boo
         open_count, first_open = opens.get(m.id, (0, None))
         links = clicks.get(m.id, [])
         first_click = min((when for _, _, when in links), default=None)
-        opened_at = min((t for t in (first_open, first_click) if t is not None), default=None)
-        created = {"id": f"{m.id}:create", "type": "CREATE", "date": m.created_at,
-                   "authorId": m.created_by, "description": None}
         out.append({
-            "id": m.id,
-            "messageId": m.id,
-            "internetMessageId": m.internet_message_id,
-            "tenantId": tenant_out(m.tenant_id),
-            "contactId": m.contact_id,
-            "recipients": [m.email],
-            "cc": list(m.cc or []),
-            "bcc": list(m.bcc or []),
-            "subject": m.subject,
-            "body": m.html if m.html is not None else m.text,
-            "originalBody": m.original_html if m.original_html is not None else m.text,
-            "bodyText": m.text,
-            "status": m.status,
-            "errorMessage": m.error_message,
-            "type": m.type,
-            "templateId": m.template_id,
-            "templateName": m.template_name,
-            "variables": m.variables,
-            "campaignId": m.campaign_id,
-            "recipientListId": m.campaign_id,
-            "relatedEntityType": m.related_entity_type,
-            "relatedEntityId": m.related_entity_id,
-            "conversationId": m.conversation_id,
-            "senderEmail": m.sender_email,
-            "senderName": m.sender_name,
-            "replyTo": m.reply_to,
-            "providerType": "SMTP",
-            "trackingEnabled": m.track_opens,
-            "linkTrackingEnabled": m.track_clicks,
-            "scheduledAt": m.scheduled_at,
-            "sentAt": m.sent_at,
-            "created": m.created_at,
-            "createdBy": m.created_by,
-            "updated": m.updated_at,
-            "updatedBy": m.updated_by,
-            "openCount": open_count,
-            "opened": opened_at is not None,
-            "openedAt": opened_at,
-            "clickedLinks": [
-                {"originalUrl": url, "url": _tracked(state, m.id, url), "clickCount": count, "clickedAt": when}
-                for url, count, when in links
-            ],
-            "events": [created, *(event_item(ev) for ev in lifecycle.get(m.id, []))],
+            "message": m,
+            "open_count": open_count,
+            "opened_at": min((t for t in (first_open, first_click) if t is not None), default=None),
+            "clicked_links": [{"url": url, "tracked_url": _tracked(state, m.id, url), "clicks": count,
+                               "first_click": when} for url, count, when in links],
+            "events": lifecycle.get(m.id, []),
         })
     return out
 
@@ -174,15 +129,12 @@ def _tracked(state: MailTrackState, message_id: str, url: str | None) -> str | N
 
 
 def summary(state: MailTrackState, rows: Sequence[Message], *, include_bots: bool = False) -> list[dict[str, Any]]:
-    """The short ``by-entity`` shape (``opened``: by a person, or by anyone with ``include_bots``)."""
+    """The data of the short ``by-entity`` items: ``{"message", "date" (sent, else created),
+    "from_email" (the sender, else the default sender), "opened"}`` (by a person, or by anyone
+    with ``include_bots``)."""
     opens, clicks = engagement(state, [m.id for m in rows], include_bots=include_bots)
-    return [{
-        "id": m.id, "subject": m.subject, "status": m.status, "direction": "OUTBOUND",
-        "date": m.sent_at or m.created_at, "fromEmail": m.sender_email or state.default_sender,
-        "fromName": m.sender_name, "recipients": [m.email], "cc": list(m.cc or []),
-        "conversationId": m.conversation_id, "bodyHtml": m.html, "bodyText": m.text,
-        "opened": m.id in opens or m.id in clicks,
-    } for m in rows]
+    return [{"message": m, "date": m.sent_at or m.created_at, "from_email": m.sender_email or state.default_sender,
+             "opened": m.id in opens or m.id in clicks} for m in rows]
 
 
-__all__ = ["records", "summary", "engagement", "event_item"]
+__all__ = ["records", "summary", "engagement"]

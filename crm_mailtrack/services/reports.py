@@ -155,8 +155,8 @@ def campaign_report(state: MailTrackState, tenant: str, campaign_id: str, event_
     if not include_bots:
         conds.append(events.c.is_machine.is_(False))
     return list(state.session.execute(
-        sa.select(events.c.id, events.c.contact_id, events.c.email, events.c.campaign_id, events.c.link_id,
-                  events.c.occurred_at, events.c.is_machine)
+        sa.select(events.c.id, events.c.type, events.c.contact_id, events.c.email, events.c.campaign_id,
+                  events.c.link_id, events.c.occurred_at, events.c.is_machine)
         .where(*conds).order_by(events.c.occurred_at.desc(), events.c.id.desc()).limit(limit + 1)
     ).all())
 
