@@ -83,6 +83,21 @@ def test_post_validation(client):
     assert _get(client, "/odata/ContactClicks")["value"] == []
 
 
+def test_post_id_rules_are_the_documented_pattern(client):
+    """An ID of only white space (as the document's pattern defines it) is 422; a C0
+    separator such as U+001E is not white space there, so it is an ID like any other."""
+    import re
+
+    document = client.get(API + "/openapi.json", headers=hdrs()).get_json()
+    (post,) = [s for name, s in document["components"]["schemas"].items() if name.startswith("ContactClickPost")]
+    pattern = post["properties"]["ID"]["pattern"]
+    for contact_id, valid in ((" \t ", False), ("\x1e", True), (" c9 ", True)):
+        assert bool(re.search(pattern, contact_id)) == valid, contact_id
+        resp = client.post(API + "/odata/ContactClicks", json={"ID": contact_id, "ClickCount": 1}, headers=hdrs())
+        # a valid ID is the contact loader's to know (201, or 404 for a contact it lacks)
+        assert (resp.status_code != 422) == valid, (contact_id, resp.get_data(as_text=True))
+
+
 def test_put_corrects_the_total_and_later_clicks_add(client, db):
     add_event(db, "click", "c1", minutes=1)
     add_event(db, "click", "c1", minutes=2)

@@ -33,10 +33,15 @@ def parse_key(key: str) -> str:
     return key
 
 
+#: What is dropped around a body's ID (the document's pattern says the same; ``str.strip()``
+#: would also drop the C0 separators \x1c-\x1f, which a JSON Schema ``\s`` does not match).
+_ASCII_SPACE = " \t\n\x0b\x0c\r"
+
+
 def _body_id(value: Any) -> str:
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise ValidationError({"ID": ["Must be the contact id (an integer or a string)."]})
-    text = str(value).strip()
+    text = str(value).strip(_ASCII_SPACE)
     if not text or len(text) > 64 or "\x00" in text:
         raise ValidationError({"ID": ["Must be a contact id of 1 to 64 characters."]})
     return text

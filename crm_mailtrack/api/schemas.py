@@ -206,7 +206,10 @@ def _contact_click_body_fields(*, id_required: bool) -> dict[str, fields.Field]:
     out: dict[str, fields.Field] = {
         "ID": fields.Raw(required=id_required, metadata={
             "type": ["integer", "string"], "minLength": 1, "maxLength": 64,
-            "description": "The contact id (an integer, or a string of 1 to 64 characters)."}),
+            # surrounding ASCII white space is dropped, so it must hold something else; no NUL
+            "pattern": r"^[^\x00]*[^\x00\t\n\x0b\x0c\r ][^\x00]*$",
+            "description": "The contact id (an integer, or a string of 1 to 64 characters, not only "
+                           "ASCII white space, without NUL; surrounding ASCII white space is dropped)."}),
         "ClickCount": fields.Integer(required=True, strict=False, validate=validate.Range(0, MAX_INT32),
                                      metadata={"description": "Clicks to import (POST) or the corrected total (PUT)."}),
     }
