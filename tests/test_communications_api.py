@@ -334,7 +334,9 @@ def test_comment_is_stored_as_an_event(client, capp, recorded_signals):
     bad_json = client.post(f"{API}/{mid}/comment", headers={**hdrs(), "Content-Type": "application/json"}, data="{")
     assert bad_json.status_code == 400
     assert client.post(f"{API}/nope/comment", headers=hdrs(), json="x").status_code == 404
-    assert any(kw["event"].type == "comment" for kw in recorded_signals.of("event_recorded"))
+    comment_signals = [(kw["event"].message_id, kw["event"].details) for kw in recorded_signals.of("event_recorded")
+                       if kw["event"].type == "comment"]
+    assert [message_id for message_id, _ in comment_signals] == [mid, mid]  # one per stored comment, none for refusals
 
 
 def test_list_queries_do_not_grow_with_the_page(client, capp):

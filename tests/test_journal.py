@@ -191,44 +191,38 @@ def test_replay_cli_reports_failure_and_keeps_the_journal(make_app, outage_app, 
     assert count(healthy, type="click") == 1
 
 
-def test_an_append_racing_a_replay_claim_is_not_lost(tmp_path, monkeypatch):
-    """A worker that opened the journal just before ``replay-journal`` moved it aside must
-    not write into the claimed file (which the replay may already have read and deleted)."""
+def test_claim_waits_for_a_writer_holding_the_journal_lock(tmp_path):
+    """A worker that holds the journal's lock (it has checked that its open file is the live
+    journal and is about to write) must finish before ``claim()`` moves the file aside:
+    otherwise the replay may read and delete the claimed file before the line lands in it."""
+    import fcntl
+    import json
+    import os
     import threading
 
-    from crm_mailtrack import journal as journal_module
+    from crm_mailtrack.journal import Journal
 
-    journal = journal_module.Journal(str(tmp_path / "j.jsonl"))
-    journal.append({"uid": "first"})
-    real_flock = journal_module.fcntl.flock
-    waiting = threading.Event()
+    def entry(uid: str) -> dict[str, str]:
+        return {"uid": uid, "type": "open", "message_id": "m1", "occurred_at": "2024-05-01T12:00:00Z"}
 
-    class Fcntl:
-        LOCK_EX = journal_module.fcntl.LOCK_EX
-
-        @staticmethod
-        def flock(fd: int, op: int) -> None:
-            if threading.current_thread().name == "late-writer":
-                waiting.set()
-            real_flock(fd, op)
-
-    # Hold the journal's lock, as claim() does while it renames the file.
-    holder = open(journal.path, "a")
-    real_flock(holder.fileno(), journal_module.fcntl.LOCK_EX)
-    monkeypatch.setattr(journal_module, "fcntl", Fcntl)
-    writer = threading.Thread(target=journal.append, args=({"uid": "late"},), name="late-writer")
-    writer.start()
-    assert waiting.wait(10)  # the writer has its file open and waits for the lock
-    claimed = journal.path + ".replay-1"
-    import os
-
-    os.rename(journal.path, claimed)
-    replayed = [e["uid"] for e in journal.read(claimed)]
-    os.remove(claimed)
-    holder.close()  # releases the lock
-    writer.join(10)
-    assert replayed == ["first"]
-    assert [e["uid"] for e in journal.read(journal.path)] == ["late"]
+    journal = Journal(str(tmp_path / "j.jsonl"))
+    journal.append(entry("first"))
+    writer = open(journal.path, "ab")  # a second worker, mid-append
+    fcntl.flock(writer.fileno(), fcntl.LOCK_EX)
+    claimed: list[list[str]] = []
+    claimer = threading.Thread(target=lambda: claimed.append(journal.claim()))
+    claimer.start()
+    claimer.join(1.0)
+    try:
+        assert claimer.is_alive() and os.path.exists(journal.path), "claim() did not wait for the lock"
+        writer.write(json.dumps(entry("late")).encode() + b"\n")
+        writer.flush()
+    finally:
+        writer.close()  # releases the lock
+        claimer.join(10)
+    [files] = claimed
+    assert [e["uid"] for path in files for e in journal.read(path)] == ["first", "late"]
+    assert not os.path.exists(journal.path)
 
 
 def test_journal_holds_no_email_and_replay_respects_erasure(make_app, outage_app):
