@@ -33,6 +33,7 @@ FULL: list[tuple[str, list[str]]] = [
     ("csv_export", ["bench_csv.py", "--rows", "1000000"]),
     ("reports_pagination_sqlite", ["bench_reports_pagination.py", "--db", "sqlite"]),
     ("reports_pagination_postgresql", ["bench_reports_pagination.py", "--db", "postgresql"]),
+    ("queries", ["bench_queries.py", "--messages", "50"]),
 ]
 QUICK: list[tuple[str, list[str]]] = [
     ("tracking", ["bench_tracking.py", "--duration", "1", "--rounds", "2", "--messages", "200"]),
@@ -42,6 +43,7 @@ QUICK: list[tuple[str, list[str]]] = [
     ("csv_export", ["bench_csv.py", "--rows", "20000"]),
     ("reports_pagination_sqlite", ["bench_reports_pagination.py", "--db", "sqlite", "--events", "5000"]),
     ("reports_pagination_postgresql", ["bench_reports_pagination.py", "--db", "postgresql", "--events", "5000"]),
+    ("queries", ["bench_queries.py", "--messages", "12"]),
 ]
 
 

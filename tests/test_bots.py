@@ -285,13 +285,3 @@ def test_bad_bot_config_fails_at_init_naming_the_key(make_app, config):
     (key,) = config
     with pytest.raises(ConfigurationError, match=key):
         make_app(**config)
-
-
-def test_user_agent_verdicts_are_cached():
-    from crm_mailtrack.bots import classify_user_agent
-
-    classify_user_agent.cache_clear()
-    for _ in range(3):
-        assert classify_user_agent("curl/8.4.0", "click") == "known-bot-ua"
-    info = classify_user_agent.cache_info()
-    assert (info.hits, info.misses) == (2, 1)
