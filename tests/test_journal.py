@@ -288,3 +288,57 @@ def test_bad_lines_are_set_aside_and_the_rest_is_replayed_once(make_app, outage_
     assert _uids(healthy) == stored
     with open(path + ".rejected", "rb") as fh:
         assert len(fh.read().splitlines()) == 7
+
+
+def _journaled_open(make_app, outage_app) -> tuple[Any, str, bytes]:
+    """``(healthy app, journal path, one real journaled line)``: a browser's open of a
+    message, made while the database was unreachable (its details hold nested objects)."""
+    healthy = make_app()
+    p = tracked(healthy)
+    path = healthy.config["MAILTRACK_JOURNAL_PATH"]
+    browser = {"User-Agent": "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+                             "Chrome/126.0 Safari/537.36"}
+    assert outage_app(path).test_client().get(p["open"], headers=browser).status_code == 200
+    with open(path, "rb") as fh:
+        [line] = fh.read().splitlines()
+    return healthy, path, line
+
+
+@pytest.mark.parametrize("change", [
+    {"uid": ""}, {"uid": 7}, {"message_id": ""}, {"message_id": None}, {"type": "unsubscribe"},
+    {"url": 5}, {"ip": ["203.0.113.0"]}, {"user_agent": {"x": 1}}, {"machine_reason": True},
+    {"details": "not an object"}, {"details": [1, 2]}, {"occurred_at": None}, {"occurred_at": "yesterday"},
+], ids=lambda change: "-".join(f"{k}={v!r}" for k, v in change.items()))
+def test_a_line_of_the_wrong_shape_is_set_aside_and_the_rest_replayed(make_app, outage_app, change):
+    """A line that parses as JSON but is not a journaled event of the right shape is moved,
+    byte for byte, to <journal>.rejected: it is neither stored nor a reason to stop."""
+    import json
+
+    healthy, path, good = _journaled_open(make_app, outage_app)
+    bad = json.dumps({**json.loads(good), "uid": "bad-one", **change}).encode()
+    with open(path, "ab") as fh:
+        fh.write(bad + b"\n")
+    output = replay(healthy)
+    assert "replayed 1 events" in output and "set aside 1 bad line" in output, output
+    assert _uids(healthy) == [json.loads(good)["uid"]]
+    with open(path + ".rejected", "rb") as fh:
+        assert fh.read() == bad + b"\n"
+
+
+def test_a_torn_line_holding_nested_objects_gives_back_the_entry_glued_to_it(make_app, outage_app):
+    """A crash cut a line inside its ``details`` (which hold objects of their own), and the
+    next entry was appended to it: that entry is still replayed, the torn part set aside."""
+    import json
+
+    healthy, path, good = _journaled_open(make_app, outage_app)
+    whole = json.dumps({**json.loads(good), "uid": "torn"}, separators=(",", ":")).encode()
+    torn = whole[:whole.index(b'"device":{"') + len(b'"device":{"')]  # cut past two nested '{"'
+    assert torn.count(b'{"') == 3
+    second = json.dumps({**json.loads(good), "uid": "second"}, separators=(",", ":")).encode()
+    with open(path, "ab") as fh:
+        fh.write(torn + second + b"\n")
+    output = replay(healthy)
+    assert "replayed 2 events" in output and "set aside 1 bad line" in output, output
+    assert _uids(healthy) == sorted([json.loads(good)["uid"], "second"])
+    with open(path + ".rejected", "rb") as fh:
+        assert fh.read() == torn + b"\n"
