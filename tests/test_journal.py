@@ -342,3 +342,79 @@ def test_a_torn_line_holding_nested_objects_gives_back_the_entry_glued_to_it(mak
     assert _uids(healthy) == sorted([json.loads(good)["uid"], "second"])
     with open(path + ".rejected", "rb") as fh:
         assert fh.read() == torn + b"\n"
+
+
+@pytest.mark.parametrize("with_bad_line", [False, True], ids=["clean", "with-a-bad-line"])
+def test_blank_lines_in_the_journal_lose_nothing(make_app, outage_app, with_bad_line):
+    """Blank lines (an editor, a half-written line's newline) between events: every event
+    is replayed, and the report names only what was really set aside."""
+    import json
+
+    healthy, path, good = _journaled_open(make_app, outage_app)
+    second = json.dumps({**json.loads(good), "uid": "second"}).encode()
+    bad = b"not an event \t "
+    with open(path, "ab") as fh:
+        fh.write(b"\n\n" + second + b"\n" + (bad + b"\n" if with_bad_line else b"") + b"\n")
+    output = replay(healthy)
+    assert "replayed 2 events" in output, output
+    assert _uids(healthy) == sorted([json.loads(good)["uid"], "second"])
+    if with_bad_line:
+        assert "set aside 1 bad line" in output
+        with open(path + ".rejected", "rb") as fh:
+            assert fh.read() == bad + b"\n"  # byte for byte, trailing blanks included
+    else:
+        assert "set aside" not in output
+
+
+def test_journal_files_are_private_to_the_app_user(make_app, outage_app):
+    """The journal holds IP addresses and user agents: it, its claimed batches and the
+    rejected lines are readable by the app's user only (0600)."""
+    import json
+    import os
+    import stat
+
+    from crm_mailtrack.journal import Journal
+
+    healthy, path, good = _journaled_open(make_app, outage_app)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    with open(path, "ab") as fh:
+        fh.write(b"bad\n" + json.dumps({**json.loads(good), "uid": "second"}).encode() + b"\n")
+    claimed = Journal(path).claim()
+    assert [stat.S_IMODE(os.stat(p).st_mode) for p in claimed] == [0o600]
+    assert stat.S_IMODE(os.stat(path + ".rejected").st_mode) == 0o600
+
+
+def test_the_journal_directory_is_created(make_app, outage_app, tmp_path):
+    healthy = make_app(MAILTRACK_JOURNAL_PATH=str(tmp_path / "not" / "yet" / "journal.jsonl"))
+    p = tracked(healthy)
+    down = outage_app(healthy.config["MAILTRACK_JOURNAL_PATH"])
+    assert down.test_client().get(p["click"]).status_code == 302
+    assert "replayed 1 events" in replay(healthy)
+
+
+def test_an_event_after_a_one_byte_torn_line_starts_a_line_of_its_own(make_app, outage_app):
+    """A writer died after one byte: the next event goes on a new line (the journal stays
+    one JSON object per line), and the replay stores it and sets the byte aside."""
+    import json
+
+    healthy = make_app()
+    p = tracked(healthy)
+    path = healthy.config["MAILTRACK_JOURNAL_PATH"]
+    with open(path, "wb") as fh:
+        fh.write(b"{")
+    assert outage_app(path).test_client().get(p["open"]).status_code == 200
+    with open(path, "rb") as fh:
+        first, line, rest = fh.read().split(b"\n", 2)
+    assert (first, rest) == (b"{", b"") and json.loads(line)["type"] == "open"
+    output = replay(healthy)
+    assert "replayed 1 events" in output and "set aside 1 bad line" in output, output
+
+
+def test_a_one_byte_torn_line_glued_to_the_next_entry_gives_it_back(make_app, outage_app):
+    healthy, path, good = _journaled_open(make_app, outage_app)
+    with open(path, "wb") as fh:
+        fh.write(b"{" + good + b"\n")
+    output = replay(healthy)
+    assert "replayed 1 events" in output and "set aside 1 bad line" in output, output
+    with open(path + ".rejected", "rb") as fh:
+        assert fh.read() == b"{\n"
