@@ -31,7 +31,7 @@ FOCUS = {
     ("crm_mailtrack/services/events.py", "tracking service"): {
         "_history_reason", "_tracking_insert", "_tracking_params", "_new_uid", "_statement_params",
         "_retro_update", "_retro_mark", "_notify_tracking", "record_tracking_event", "replay_journal",
-        "notify", "write",  # the methods of its retro-mark and tracking-write helpers
+        "_parse_time", "notify", "write", "__init__",  # methods of its retro-mark and follow-up helpers
     },
     ("crm_mailtrack/api/core.py", "tenancy and auth"): {
         "_guard", "_bearer_token", "_bearer_matches", "_check_csrf", "current_tenant",
