@@ -17,7 +17,7 @@ from flask_sqlalchemy import SQLAlchemy
 from crm_mailtrack import MailTrack
 from crm_mailtrack.models import dnc, events
 
-from conftest import BASE_URL, SECRET, tracked_paths
+from conftest import BASE_URL, SECRET, path_of, tracked_paths
 
 DEST = "https://dest.test/after-outage?x=1"
 
@@ -418,3 +418,31 @@ def test_a_one_byte_torn_line_glued_to_the_next_entry_gives_it_back(make_app, ou
     assert "replayed 1 events" in output and "set aside 1 bad line" in output, output
     with open(path + ".rejected", "rb") as fh:
         assert fh.read() == b"{\n"
+
+
+def test_replayed_clicks_get_the_verdict_the_live_route_gives(make_app, outage_app):
+    """Two links of one message clicked within a second while the database was down: a
+    burst, a machine's, after the replay as it would have been live; a replay that finds
+    them stored says it skipped both."""
+    healthy = make_app()
+    mt = healthy.extensions["mailtrack"].extension
+    with healthy.app_context():
+        msg = mt.track_message(contact_id="c1", email="c1@example.com", subject="s",
+                               html='<a href="https://shop.test/a">a</a> <a href="https://shop.test/b">b</a>')
+        links = [mt.click_url(msg, f"https://shop.test/{x}") for x in "ab"]
+    path = healthy.config["MAILTRACK_JOURNAL_PATH"]
+    down = outage_app(path).test_client()
+    browser = {"User-Agent": "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+                             "Chrome/126.0 Safari/537.36"}
+    for link in links:
+        assert down.get(path_of(link), headers=browser).status_code == 302
+    with open(path, "rb") as fh:
+        journaled = fh.read()
+    assert "replayed 2 events" in replay(healthy)
+    with healthy.app_context(), healthy.extensions["mailtrack"].engine.connect() as conn:
+        verdicts = conn.execute(sa.select(events.c.is_machine, events.c.machine_reason)
+                                .where(events.c.message_id == msg.id)).all()
+    assert [tuple(v) for v in verdicts] == [(True, "burst"), (True, "burst")]
+    with open(path, "wb") as fh:  # the same batch again (a replay that died before removing it)
+        fh.write(journaled)
+    assert "replayed 0 events, skipped 2" in replay(healthy)
