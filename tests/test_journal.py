@@ -446,3 +446,27 @@ def test_replayed_clicks_get_the_verdict_the_live_route_gives(make_app, outage_a
     with open(path, "wb") as fh:  # the same batch again (a replay that died before removing it)
         fh.write(journaled)
     assert "replayed 0 events, skipped 2" in replay(healthy)
+
+
+def test_the_operator_is_told_what_was_journaled_or_lost(make_app, outage_app, tmp_path, caplog):
+    """The log says which event went to the journal (with the database error), and which
+    was lost because the journal could not be written either."""
+    import logging
+
+    healthy = make_app()
+    p = tracked(healthy)
+    down = outage_app(healthy.config["MAILTRACK_JOURNAL_PATH"])
+    with caplog.at_level(logging.WARNING):
+        assert down.test_client().get(p["click"]).status_code == 302
+    [journaled] = [r for r in caplog.records if "journaled" in r.getMessage()]
+    assert journaled.levelno == logging.WARNING and journaled.exc_info is not None
+    assert journaled.getMessage() == "mailtrack: database unavailable, click event journaled"
+
+    caplog.clear()
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    lost = outage_app(str(blocked / "journal.jsonl"))  # its directory is a file: no journal
+    with caplog.at_level(logging.WARNING):
+        assert lost.test_client().get(p["open"]).status_code == 200
+    [failed] = [r for r in caplog.records if "lost" in r.getMessage()]
+    assert failed.levelno == logging.ERROR and failed.getMessage() == "mailtrack: journal write failed; open event lost"
