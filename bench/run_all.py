@@ -34,6 +34,7 @@ FULL: list[tuple[str, list[str]]] = [
     ("insights", ["bench_insights.py", "--events", "1000000", "--messages", "50000"]),
     ("reports_pagination_sqlite", ["bench_reports_pagination.py", "--db", "sqlite"]),
     ("reports_pagination_postgresql", ["bench_reports_pagination.py", "--db", "postgresql"]),
+    ("queries", ["bench_queries.py", "--messages", "50"]),
 ]
 QUICK: list[tuple[str, list[str]]] = [
     ("tracking", ["bench_tracking.py", "--duration", "1", "--rounds", "2", "--messages", "200"]),
@@ -44,6 +45,7 @@ QUICK: list[tuple[str, list[str]]] = [
     ("insights", ["bench_insights.py", "--events", "50000", "--messages", "10000", "--repeat", "3"]),
     ("reports_pagination_sqlite", ["bench_reports_pagination.py", "--db", "sqlite", "--events", "5000"]),
     ("reports_pagination_postgresql", ["bench_reports_pagination.py", "--db", "postgresql", "--events", "5000"]),
+    ("queries", ["bench_queries.py", "--messages", "12"]),
 ]
 
 

@@ -9,18 +9,12 @@ from __future__ import annotations
 import email
 import email.policy
 import socket
+import threading
 from typing import Any
 
 from flask import Flask
 
 from .models import InboxMail, db
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that is free right now on ``host``."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def parse_mail(raw: bytes) -> dict[str, Any]:
@@ -71,11 +65,13 @@ class _Handler:
 
 
 class LocalSMTPServer:
-    """A loopback SMTP server in a background thread.
+    """A loopback SMTP server (aiosmtpd's ``SMTP`` protocol on an asyncio loop in a
+    background thread).
 
     It can start before the app exists (the app's ``MAILTRACK_SMTP_URL`` needs its port):
     ``LocalSMTPServer(port=None).start()``, then ``create_app(...)``, then ``.app = app``.
-    Without a fixed port it takes a free one, and another if that was taken meanwhile.
+    Without a fixed port the OS picks one when the socket is bound (port 0), and the server
+    listens on that very socket: no other process can take the port in between.
     """
 
     def __init__(self, app: Flask | None = None, host: str = "127.0.0.1", port: int | None = None) -> None:
@@ -83,7 +79,8 @@ class LocalSMTPServer:
         self.port = port
         self._handler = _Handler()
         self._handler.app = app
-        self._controller: Any = None
+        self._loop: Any = None
+        self._thread: threading.Thread | None = None
 
     @property
     def app(self) -> Flask | None:
@@ -98,23 +95,41 @@ class LocalSMTPServer:
         return f"smtp://{self.host}:{self.port}"
 
     def start(self) -> LocalSMTPServer:
-        from aiosmtpd.controller import Controller
+        """Bind (``OSError`` when a fixed port is taken), listen, and serve in a thread."""
+        import asyncio
 
-        fixed = self.port is not None
-        for attempt in range(5):
-            port = self.port if fixed else free_port(self.host)
-            controller = Controller(self._handler, hostname=self.host, port=port)
+        from aiosmtpd.smtp import SMTP
+
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.bind((self.host, self.port or 0))
+            sock.listen()
+        except OSError:
+            sock.close()
+            raise
+        self.port = int(sock.getsockname()[1])
+        loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        def serve() -> None:
+            asyncio.set_event_loop(loop)
+            server = loop.run_until_complete(loop.create_server(lambda: SMTP(self._handler), sock=sock))
+            ready.set()
             try:
-                controller.start()
-            except OSError:
-                if fixed or attempt == 4:
-                    raise
-                continue
-            self._controller, self.port = controller, port
-            return self
-        raise AssertionError("unreachable")
+                loop.run_forever()
+            finally:
+                server.close()
+                loop.run_until_complete(server.wait_closed())
+                loop.close()
+
+        self._loop, self._thread = loop, threading.Thread(target=serve, name="local-smtp", daemon=True)
+        self._thread.start()
+        if not ready.wait(10):
+            raise RuntimeError("the local SMTP server did not start")
+        return self
 
     def stop(self) -> None:
-        if self._controller is not None:
-            self._controller.stop()
-            self._controller = None
+        if self._thread is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+            self._thread = self._loop = None

@@ -228,6 +228,22 @@ def test_cookie_authorised_api_calls_need_the_csrf_token(empty_url: str, tmp_pat
         dispose(app)
 
 
+def test_a_host_that_turns_csrf_off_is_not_second_guessed(empty_url: str, tmp_path: Path) -> None:
+    """``WTF_CSRF_ENABLED = False`` (a host's test configuration, or one that checks CSRF its
+    own way): cookie-authorised API writes need no token, like the host's own forms."""
+    app = csrf_host(empty_url, tmp_path, csrf_first=True, session_authorizer=True)
+    app.config["WTF_CSRF_ENABLED"] = False
+    client = app.test_client()
+    try:
+        client.get("/login")
+        assert client.post("/host-form").status_code == 200
+        resp = client.post(f"{API}/contacts/c1/dnc/email/add", json={}, headers=JSON)
+        assert resp.status_code == 200, resp.get_data(as_text=True)
+        assert dnc_count(app) == 1
+    finally:
+        dispose(app)
+
+
 # -- errors an operator or integrator reads ----------------------------------------------------
 
 def test_missing_tables_say_run_init_db_on_the_api_once_in_the_log_and_on_the_cli(

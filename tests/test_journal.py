@@ -17,7 +17,7 @@ from flask_sqlalchemy import SQLAlchemy
 from crm_mailtrack import MailTrack
 from crm_mailtrack.models import dnc, events
 
-from conftest import BASE_URL, SECRET, tracked_paths
+from conftest import BASE_URL, SECRET, path_of, tracked_paths
 
 DEST = "https://dest.test/after-outage?x=1"
 
@@ -191,44 +191,38 @@ def test_replay_cli_reports_failure_and_keeps_the_journal(make_app, outage_app, 
     assert count(healthy, type="click") == 1
 
 
-def test_an_append_racing_a_replay_claim_is_not_lost(tmp_path, monkeypatch):
-    """A worker that opened the journal just before ``replay-journal`` moved it aside must
-    not write into the claimed file (which the replay may already have read and deleted)."""
+def test_claim_waits_for_a_writer_holding_the_journal_lock(tmp_path):
+    """A worker that holds the journal's lock (it has checked that its open file is the live
+    journal and is about to write) must finish before ``claim()`` moves the file aside:
+    otherwise the replay may read and delete the claimed file before the line lands in it."""
+    import fcntl
+    import json
+    import os
     import threading
 
-    from crm_mailtrack import journal as journal_module
+    from crm_mailtrack.journal import Journal
 
-    journal = journal_module.Journal(str(tmp_path / "j.jsonl"))
-    journal.append({"uid": "first"})
-    real_flock = journal_module.fcntl.flock
-    waiting = threading.Event()
+    def entry(uid: str) -> dict[str, str]:
+        return {"uid": uid, "type": "open", "message_id": "m1", "occurred_at": "2024-05-01T12:00:00Z"}
 
-    class Fcntl:
-        LOCK_EX = journal_module.fcntl.LOCK_EX
-
-        @staticmethod
-        def flock(fd: int, op: int) -> None:
-            if threading.current_thread().name == "late-writer":
-                waiting.set()
-            real_flock(fd, op)
-
-    # Hold the journal's lock, as claim() does while it renames the file.
-    holder = open(journal.path, "a")
-    real_flock(holder.fileno(), journal_module.fcntl.LOCK_EX)
-    monkeypatch.setattr(journal_module, "fcntl", Fcntl)
-    writer = threading.Thread(target=journal.append, args=({"uid": "late"},), name="late-writer")
-    writer.start()
-    assert waiting.wait(10)  # the writer has its file open and waits for the lock
-    claimed = journal.path + ".replay-1"
-    import os
-
-    os.rename(journal.path, claimed)
-    replayed = [e["uid"] for e in journal.read(claimed)]
-    os.remove(claimed)
-    holder.close()  # releases the lock
-    writer.join(10)
-    assert replayed == ["first"]
-    assert [e["uid"] for e in journal.read(journal.path)] == ["late"]
+    journal = Journal(str(tmp_path / "j.jsonl"))
+    journal.append(entry("first"))
+    writer = open(journal.path, "ab")  # a second worker, mid-append
+    fcntl.flock(writer.fileno(), fcntl.LOCK_EX)
+    claimed: list[list[str]] = []
+    claimer = threading.Thread(target=lambda: claimed.append(journal.claim()))
+    claimer.start()
+    claimer.join(1.0)
+    try:
+        assert claimer.is_alive() and os.path.exists(journal.path), "claim() did not wait for the lock"
+        writer.write(json.dumps(entry("late")).encode() + b"\n")
+        writer.flush()
+    finally:
+        writer.close()  # releases the lock
+        claimer.join(10)
+    [files] = claimed
+    assert [e["uid"] for path in files for e in journal.read(path)] == ["first", "late"]
+    assert not os.path.exists(journal.path)
 
 
 def test_journal_holds_no_email_and_replay_respects_erasure(make_app, outage_app):
@@ -294,3 +288,185 @@ def test_bad_lines_are_set_aside_and_the_rest_is_replayed_once(make_app, outage_
     assert _uids(healthy) == stored
     with open(path + ".rejected", "rb") as fh:
         assert len(fh.read().splitlines()) == 7
+
+
+def _journaled_open(make_app, outage_app) -> tuple[Any, str, bytes]:
+    """``(healthy app, journal path, one real journaled line)``: a browser's open of a
+    message, made while the database was unreachable (its details hold nested objects)."""
+    healthy = make_app()
+    p = tracked(healthy)
+    path = healthy.config["MAILTRACK_JOURNAL_PATH"]
+    browser = {"User-Agent": "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+                             "Chrome/126.0 Safari/537.36"}
+    assert outage_app(path).test_client().get(p["open"], headers=browser).status_code == 200
+    with open(path, "rb") as fh:
+        [line] = fh.read().splitlines()
+    return healthy, path, line
+
+
+@pytest.mark.parametrize("change", [
+    {"uid": ""}, {"uid": 7}, {"message_id": ""}, {"message_id": None}, {"type": "unsubscribe"},
+    {"url": 5}, {"ip": ["203.0.113.0"]}, {"user_agent": {"x": 1}}, {"machine_reason": True},
+    {"details": "not an object"}, {"details": [1, 2]}, {"occurred_at": None}, {"occurred_at": "yesterday"},
+], ids=lambda change: "-".join(f"{k}={v!r}" for k, v in change.items()))
+def test_a_line_of_the_wrong_shape_is_set_aside_and_the_rest_replayed(make_app, outage_app, change):
+    """A line that parses as JSON but is not a journaled event of the right shape is moved,
+    byte for byte, to <journal>.rejected: it is neither stored nor a reason to stop."""
+    import json
+
+    healthy, path, good = _journaled_open(make_app, outage_app)
+    bad = json.dumps({**json.loads(good), "uid": "bad-one", **change}).encode()
+    with open(path, "ab") as fh:
+        fh.write(bad + b"\n")
+    output = replay(healthy)
+    assert "replayed 1 events" in output and "set aside 1 bad line" in output, output
+    assert _uids(healthy) == [json.loads(good)["uid"]]
+    with open(path + ".rejected", "rb") as fh:
+        assert fh.read() == bad + b"\n"
+
+
+def test_a_torn_line_holding_nested_objects_gives_back_the_entry_glued_to_it(make_app, outage_app):
+    """A crash cut a line inside its ``details`` (which hold objects of their own), and the
+    next entry was appended to it: that entry is still replayed, the torn part set aside."""
+    import json
+
+    healthy, path, good = _journaled_open(make_app, outage_app)
+    whole = json.dumps({**json.loads(good), "uid": "torn"}, separators=(",", ":")).encode()
+    torn = whole[:whole.index(b'"device":{"') + len(b'"device":{"')]  # cut past two nested '{"'
+    assert torn.count(b'{"') == 3
+    second = json.dumps({**json.loads(good), "uid": "second"}, separators=(",", ":")).encode()
+    with open(path, "ab") as fh:
+        fh.write(torn + second + b"\n")
+    output = replay(healthy)
+    assert "replayed 2 events" in output and "set aside 1 bad line" in output, output
+    assert _uids(healthy) == sorted([json.loads(good)["uid"], "second"])
+    with open(path + ".rejected", "rb") as fh:
+        assert fh.read() == torn + b"\n"
+
+
+@pytest.mark.parametrize("with_bad_line", [False, True], ids=["clean", "with-a-bad-line"])
+def test_blank_lines_in_the_journal_lose_nothing(make_app, outage_app, with_bad_line):
+    """Blank lines (an editor, a half-written line's newline) between events: every event
+    is replayed, and the report names only what was really set aside."""
+    import json
+
+    healthy, path, good = _journaled_open(make_app, outage_app)
+    second = json.dumps({**json.loads(good), "uid": "second"}).encode()
+    bad = b"not an event \t "
+    with open(path, "ab") as fh:
+        fh.write(b"\n\n" + second + b"\n" + (bad + b"\n" if with_bad_line else b"") + b"\n")
+    output = replay(healthy)
+    assert "replayed 2 events" in output, output
+    assert _uids(healthy) == sorted([json.loads(good)["uid"], "second"])
+    if with_bad_line:
+        assert "set aside 1 bad line" in output
+        with open(path + ".rejected", "rb") as fh:
+            assert fh.read() == bad + b"\n"  # byte for byte, trailing blanks included
+    else:
+        assert "set aside" not in output
+
+
+def test_journal_files_are_private_to_the_app_user(make_app, outage_app):
+    """The journal holds IP addresses and user agents: it, its claimed batches and the
+    rejected lines are readable by the app's user only (0600)."""
+    import json
+    import os
+    import stat
+
+    from crm_mailtrack.journal import Journal
+
+    healthy, path, good = _journaled_open(make_app, outage_app)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    with open(path, "ab") as fh:
+        fh.write(b"bad\n" + json.dumps({**json.loads(good), "uid": "second"}).encode() + b"\n")
+    claimed = Journal(path).claim()
+    assert [stat.S_IMODE(os.stat(p).st_mode) for p in claimed] == [0o600]
+    assert stat.S_IMODE(os.stat(path + ".rejected").st_mode) == 0o600
+
+
+def test_the_journal_directory_is_created(make_app, outage_app, tmp_path):
+    healthy = make_app(MAILTRACK_JOURNAL_PATH=str(tmp_path / "not" / "yet" / "journal.jsonl"))
+    p = tracked(healthy)
+    down = outage_app(healthy.config["MAILTRACK_JOURNAL_PATH"])
+    assert down.test_client().get(p["click"]).status_code == 302
+    assert "replayed 1 events" in replay(healthy)
+
+
+def test_an_event_after_a_one_byte_torn_line_starts_a_line_of_its_own(make_app, outage_app):
+    """A writer died after one byte: the next event goes on a new line (the journal stays
+    one JSON object per line), and the replay stores it and sets the byte aside."""
+    import json
+
+    healthy = make_app()
+    p = tracked(healthy)
+    path = healthy.config["MAILTRACK_JOURNAL_PATH"]
+    with open(path, "wb") as fh:
+        fh.write(b"{")
+    assert outage_app(path).test_client().get(p["open"]).status_code == 200
+    with open(path, "rb") as fh:
+        first, line, rest = fh.read().split(b"\n", 2)
+    assert (first, rest) == (b"{", b"") and json.loads(line)["type"] == "open"
+    output = replay(healthy)
+    assert "replayed 1 events" in output and "set aside 1 bad line" in output, output
+
+
+def test_a_one_byte_torn_line_glued_to_the_next_entry_gives_it_back(make_app, outage_app):
+    healthy, path, good = _journaled_open(make_app, outage_app)
+    with open(path, "wb") as fh:
+        fh.write(b"{" + good + b"\n")
+    output = replay(healthy)
+    assert "replayed 1 events" in output and "set aside 1 bad line" in output, output
+    with open(path + ".rejected", "rb") as fh:
+        assert fh.read() == b"{\n"
+
+
+def test_replayed_clicks_get_the_verdict_the_live_route_gives(make_app, outage_app):
+    """Two links of one message clicked within a second while the database was down: a
+    burst, a machine's, after the replay as it would have been live; a replay that finds
+    them stored says it skipped both."""
+    healthy = make_app()
+    mt = healthy.extensions["mailtrack"].extension
+    with healthy.app_context():
+        msg = mt.track_message(contact_id="c1", email="c1@example.com", subject="s",
+                               html='<a href="https://shop.test/a">a</a> <a href="https://shop.test/b">b</a>')
+        links = [mt.click_url(msg, f"https://shop.test/{x}") for x in "ab"]
+    path = healthy.config["MAILTRACK_JOURNAL_PATH"]
+    down = outage_app(path).test_client()
+    browser = {"User-Agent": "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+                             "Chrome/126.0 Safari/537.36"}
+    for link in links:
+        assert down.get(path_of(link), headers=browser).status_code == 302
+    with open(path, "rb") as fh:
+        journaled = fh.read()
+    assert "replayed 2 events" in replay(healthy)
+    with healthy.app_context(), healthy.extensions["mailtrack"].engine.connect() as conn:
+        verdicts = conn.execute(sa.select(events.c.is_machine, events.c.machine_reason)
+                                .where(events.c.message_id == msg.id)).all()
+    assert [tuple(v) for v in verdicts] == [(True, "burst"), (True, "burst")]
+    with open(path, "wb") as fh:  # the same batch again (a replay that died before removing it)
+        fh.write(journaled)
+    assert "replayed 0 events, skipped 2" in replay(healthy)
+
+
+def test_the_operator_is_told_what_was_journaled_or_lost(make_app, outage_app, tmp_path, caplog):
+    """The log says which event went to the journal (with the database error), and which
+    was lost because the journal could not be written either."""
+    import logging
+
+    healthy = make_app()
+    p = tracked(healthy)
+    down = outage_app(healthy.config["MAILTRACK_JOURNAL_PATH"])
+    with caplog.at_level(logging.WARNING):
+        assert down.test_client().get(p["click"]).status_code == 302
+    [journaled] = [r for r in caplog.records if "journaled" in r.getMessage()]
+    assert journaled.levelno == logging.WARNING and journaled.exc_info is not None
+    assert journaled.getMessage() == "mailtrack: database unavailable, click event journaled"
+
+    caplog.clear()
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    lost = outage_app(str(blocked / "journal.jsonl"))  # its directory is a file: no journal
+    with caplog.at_level(logging.WARNING):
+        assert lost.test_client().get(p["open"]).status_code == 200
+    [failed] = [r for r in caplog.records if "lost" in r.getMessage()]
+    assert failed.levelno == logging.ERROR and failed.getMessage() == "mailtrack: journal write failed; open event lost"

@@ -314,6 +314,21 @@ def test_the_old_filter_names_warn_and_point_a_host_to_the_right_ones(engine: sa
     assert [(op, table.name) for op, table in diff] == [("add_table", "crm_contacts")]
 
 
+@pytest.mark.parametrize("hook", ["include_name", "include_object"])
+def test_each_host_filter_alone_keeps_autogenerate_off_our_tables(engine: sa.Engine, hook: str) -> None:
+    """A host's env.py may pass only one of the two filters: either alone keeps our tables
+    (and our version table) out of the host's autogenerate, and keeps the host's."""
+    import crm_mailtrack.migrate as migrate
+
+    upgrade(engine)
+    host = sa.MetaData()
+    sa.Table("crm_contacts", host, sa.Column("id", sa.Integer, primary_key=True))
+    hooks = {"include_name": migrate.exclude_mailtrack_name, "include_object": migrate.exclude_mailtrack_object}
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn, opts={hook: hooks[hook]}), host)
+    assert [(op, table.name) for op, table in diff] == [("add_table", "crm_contacts")]
+
+
 def test_upgrading_merges_duplicate_utm_tags(engine: sa.Engine) -> None:
     """Installations before 0004 stored a tag per click: the upgrade folds each contact's
     rows of one utm_* combination into its oldest row (hits = rows, latest last_active) and

@@ -342,10 +342,17 @@ def test_a_bad_sending_timeout_is_refused_at_init_app(make_app, value):
         make_app(MAILTRACK_SENDING_TIMEOUT_SECONDS=value)
 
 
-def test_a_sending_timeout_is_checked_against_the_smtp_urls_timeout(make_app):
+def test_a_sending_timeout_is_checked_against_the_smtp_urls_timeout(make_app, _server, monkeypatch):
+    """Just above the SMTP timeout is accepted, and is the timeout send-due applies."""
     from crm_mailtrack import ConfigurationError
 
-    make_app(MAILTRACK_SENDING_TIMEOUT_SECONDS=31)
-    make_app(MAILTRACK_SENDING_TIMEOUT_SECONDS=45.5, MAILTRACK_SMTP_URL="smtp://localhost:25?timeout=45")
+    for timeout, smtp_url in ((31, _server.url()), (45.5, _server.url().replace("timeout=10", "timeout=45"))):
+        app = make_app(MAILTRACK_SENDING_TIMEOUT_SECONDS=timeout, MAILTRACK_SMTP_URL=smtp_url,
+                       MAILTRACK_DEFAULT_SENDER=SENDER)
+        with app.app_context():
+            stuck = _crash_while_sending(app, monkeypatch, "stuck@example.com")
+            _age(app, [stuck], 40)
+            app.extensions["mailtrack"].extension.send_due()
+            assert _row(app, stuck).status == ("FAILED" if timeout < 40 else "SENDING"), timeout
     with pytest.raises(ConfigurationError, match="MAILTRACK_SENDING_TIMEOUT_SECONDS"):
         make_app(MAILTRACK_SENDING_TIMEOUT_SECONDS=60, MAILTRACK_SMTP_URL="smtp://localhost:25?timeout=60")

@@ -145,10 +145,12 @@ def test_links_without_max_age_never_expire(make_app, monkeypatch):
 
 
 @pytest.mark.parametrize("fallback_key", ["SECRET_KEY_FALLBACKS", "MAILTRACK_SECRET_KEY_FALLBACKS"])
-def test_key_rotation(make_app, fallback_key):
+@pytest.mark.parametrize("as_list", [True, False], ids=["list", "one-string"])
+def test_key_rotation(make_app, fallback_key, as_list):
+    """The old key in the fallbacks (a list, or one key as a plain string) keeps old links working."""
     old_app = make_app(SECRET_KEY=KEY_A)
     p = tracked(old_app)
-    rotated = make_app(SECRET_KEY=KEY_B, **{fallback_key: [KEY_A]})
+    rotated = make_app(SECRET_KEY=KEY_B, **{fallback_key: [KEY_A] if as_list else KEY_A})
     resp = rotated.test_client().get(p["click"])
     assert resp.status_code == 302 and resp.headers["Location"] == "https://dest.test/page?x=1"
     assert rotated.test_client().get(p["unsub"]).status_code == 200

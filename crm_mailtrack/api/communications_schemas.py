@@ -30,6 +30,11 @@ def _d(text: str) -> dict[str, str]:
     return {"description": text}
 
 
+#: The white space dropped around ids (what a JSON Schema ``\s`` and the document agree on;
+#: ``str.strip()`` would also drop U+001C-U+001F).
+_ASCII_SPACE = " \t\n\x0b\x0c\r"
+
+
 class Str(f.String):
     """A string the databases can store (no NUL); ``header`` strings also have no CR/LF."""
 
@@ -172,14 +177,17 @@ class CommIdsQuery(ma.Schema):
     class Meta:
         unknown = ma.EXCLUDE
 
-    ids = f.List(Str(max_length=64, validate=v.Length(min=1)), required=True,
+    ids = f.List(Str(max_length=64, validate=v.Length(min=1), metadata={
+                     # a value holds an id: something besides commas and ASCII white space, no NUL
+                     "pattern": r"^[^\x00]*[^\x00,\t\n\x0b\x0c\r ][^\x00]*$"}), required=True,
                  validate=v.Length(min=1, max=MAX_IDS), metadata=_d("Ids, repeated or comma-separated."))
 
     @ma.pre_load
     def split_commas(self, data: dict[str, Any], **_: Any) -> dict[str, Any]:
         ids = data.get("ids")
         if isinstance(ids, list):
-            data = {**data, "ids": [p.strip() for item in ids for p in str(item).split(",") if p.strip()]}
+            parts = (p.strip(_ASCII_SPACE) for item in ids for p in str(item).split(","))
+            data = {**data, "ids": [p for p in parts if p]}
         return data
 
 
@@ -231,10 +239,11 @@ class _Outbound(ma.Schema):
         "Without it, each recipient is its own contact: the host's contact_resolver(email), else the "
         "lower-cased address."))
     recipients = f.List(f.Email(validate=v.Length(max=254)), load_default=None,
-                        validate=v.Length(max=MAX_RECIPIENTS, error="At most {max} recipients per request."), metadata=_d(
-        f"Addresses (1-{MAX_RECIPIENTS}, each once). Every recipient gets a copy of its own: its own "
-        "message id and tracking links. The answer is the first recipient's record; copyIds lists "
-        "every copy. Required without contactId."))
+                        validate=v.Length(max=MAX_RECIPIENTS, error="At most {max} recipients per request."), metadata={
+        **_d(f"Addresses (1-{MAX_RECIPIENTS}, each once, compared without letter case). Every recipient "
+             "gets a copy of its own: its own message id and tracking links. The answer is the first "
+             "recipient's record; copyIds lists every copy. Required without contactId."),
+        "uniqueItems": True})
     cc = f.List(f.Email(), load_default=None, metadata=_d("Cc addresses."))
     bcc = f.List(f.Email(), load_default=None, metadata=_d("Bcc addresses."))
     type = Str(load_default=None, max_length=64, metadata=_d("Message type (e.g. OFFERTE)."))
