@@ -80,11 +80,6 @@ def device_details(user_agent: str | None) -> dict[str, Any] | None:
     return {"type": parsed.type, "os": parsed.os, "client": parsed.client}
 
 
-def is_mail_client(user_agent: str | None) -> bool:
-    """Whether the user agent is a mail program's own (it loads images when mail is read)."""
-    return parse(user_agent).client in MAIL_CLIENTS
-
-
 @lru_cache(maxsize=4096)
 def event_details(user_agent: str | None) -> dict[str, Any] | None:
     """An event's ``details`` for a tracking hit: ``{"device": {...}}`` or ``None``.

@@ -160,7 +160,11 @@ PATH_VALUES = {
 QUERY_VALUES = {
     "email": lambda s: CONTACTS["c1"]["email"], "ids": lambda s: f"{s['sent']},{s['scheduled']}",
     "entityType": lambda s: "deal", "entityId": lambda s: "d1",
+    "contact_id": lambda s: "c1", "by": lambda s: "device",
 }
+#: Values of query parameters a route needs only sometimes (the audience's ``action``: given,
+#: or carried by a cursor), sent whenever a route has them.
+OPTIONAL_VALUES = {"action": lambda s: "opened"}
 #: What B sends to each write operation (A's object ids come from the path), and the status
 #: the contract names for it.
 WRITES: dict[str, tuple[Any, int]] = {
@@ -209,6 +213,8 @@ def build(method: str, path: str, op: dict[str, Any], seed: _Seed) -> tuple[str,
             query.append(f"{p['name']}={QUERY_VALUES[p['name']](seed)}")
         elif p["in"] == "query" and p["name"] in ("include_bots", "size"):
             query.append("include_bots=true" if p["name"] == "include_bots" else "size=100")
+        elif p["in"] == "query" and p["name"] in OPTIONAL_VALUES:
+            query.append(f"{p['name']}={OPTIONAL_VALUES[p['name']](seed)}")
     kwargs: dict[str, Any] = {}
     if method != "GET":
         if key in WRITES:
