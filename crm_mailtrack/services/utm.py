@@ -24,7 +24,7 @@ from ..models import ContactEvent, EventType, UtmTag, events, utcnow, utm_tags
 from ..requestinfo import anonymize_ip
 from ..state import MailTrackState
 from .common import UNSET, check_lengths, emit, tenant_key
-from .prepared import Prepared
+from .prepared import ConnectionRunner, Prepared, Runner
 
 UTM_FIELDS = (
     "utm_campaign", "utm_source", "utm_medium", "utm_content", "utm_term", "useragent", "url",
@@ -65,15 +65,16 @@ def _upsert(dialect: sa.Dialect) -> Prepared:
     return Prepared(stmt, dialect, _TAG_BINDS)
 
 
-@lru_cache(maxsize=1)
-def _added_event() -> sa.Insert:
-    return sa.insert(events).values(
-        tenant_id=sa.bindparam("tenant_id", type_=events.c.tenant_id.type), type=_UTM_ADDED,
-        contact_id=sa.bindparam("contact_id", type_=events.c.contact_id.type),
-        occurred_at=sa.bindparam("occurred_at", type_=events.c.occurred_at.type),
-        url=sa.bindparam("url", type_=events.c.url.type), is_machine=False,
-        details=sa.bindparam("details", type_=events.c.details.type),
+_EVENT_BINDS = {name: events.c[name].type for name in ("tenant_id", "contact_id", "occurred_at", "url", "details")}
+
+
+@lru_cache(maxsize=8)
+def _added_event(dialect: sa.Dialect) -> Prepared:
+    stmt = sa.insert(events).values(
+        {**{name: sa.bindparam(name, type_=type_) for name, type_ in _EVENT_BINDS.items()},
+         "type": sa.literal_column(f"'{_UTM_ADDED}'"), "is_machine": sa.false()},
     ).returning(events.c.id)
+    return Prepared(stmt, dialect, _EVENT_BINDS)
 
 
 class TagWrite:
@@ -95,22 +96,22 @@ class TagWrite:
                  campaign_id=None, url=self.tag.url, utm=self.tag)
 
 
-def upsert_tag(conn: sa.Connection, values: Mapping[str, Any]) -> TagWrite:
-    """Store one sighting of a combination on ``conn``, in its transaction. ``values``:
+def upsert_tag(runner: Runner, values: Mapping[str, Any]) -> TagWrite:
+    """Store one sighting of a combination in ``runner``'s transaction. ``values``:
     ``tenant_id``, ``contact_id`` and the fields of :data:`UTM_FIELDS` (missing ones are
     ``None``). The returned tag is the stored one when new; for a combination seen before
     only its ``id`` and ``hits`` are read back (the rest are this sighting's values)."""
     params = {name: values.get(name) for name in _TAG_COLUMNS}
     params["utm_key"] = combination_key(values)
     params["date_added"] = params["date_added"] or utcnow()
-    row = _upsert(conn.dialect).execute(conn, params).first()
+    row = runner.first(_upsert(runner.dialect), params)
     tag = UtmTag(id=row.id, hits=row.hits, **params)
     if row.hits != 1:
         return TagWrite(tag, None)
     details = {"utmId": row.id, **{k: params[k] for k in UTM_KEYS if params[k]}}
     event_values = {"tenant_id": tag.tenant_id, "contact_id": tag.contact_id, "occurred_at": tag.date_added,
                     "url": tag.url, "details": details}
-    event_id = conn.execute(_added_event(), event_values).first().id
+    event_id = runner.first(_added_event(runner.dialect), event_values).id
     event = ContactEvent(id=event_id, type=_UTM_ADDED, is_machine=False, **event_values)
     return TagWrite(tag, event)
 
@@ -142,7 +143,7 @@ def add_utm_tag(state: MailTrackState, contact_id: str, *, tenant_id: Any = UNSE
         fields["last_active"] = last_active.replace(tzinfo=dt.timezone.utc)
     session = state.session
     try:
-        written = upsert_tag(session.connection(),
+        written = upsert_tag(ConnectionRunner(session.connection()),
                              {**fields, "tenant_id": tenant_key(state, tenant_id), "contact_id": str(contact_id)})
         session.commit()
     except sa.exc.SQLAlchemyError as exc:
@@ -199,12 +200,12 @@ def utm_params(url: str) -> dict[str, str]:
     return {k: v[:255] for k, v in pairs if k in UTM_KEYS}
 
 
-def click_tag(conn: sa.Connection, click: Any, entry: Mapping[str, Any], utm: Mapping[str, str]) -> TagWrite:
-    """The tag of a person's click on a destination with ``utm_*`` parameters, written on
-    the click's own connection and transaction (``click``: the stored row, with its
+def click_tag(runner: Runner, click: Any, entry: Mapping[str, Any], utm: Mapping[str, str]) -> TagWrite:
+    """The tag of a person's click on a destination with ``utm_*`` parameters, written in
+    the click's own transaction (``click``: the stored row, with its
     ``tenant_id`` and ``contact_id``; ``entry``: the click's values)."""
     at = entry["occurred_at"]
-    return upsert_tag(conn, {
+    return upsert_tag(runner, {
         **utm, "tenant_id": click.tenant_id, "contact_id": click.contact_id, "url": entry["url"],
         "useragent": entry.get("user_agent"), "remotehost": entry.get("ip"), "last_active": at,
         "date_added": at,
