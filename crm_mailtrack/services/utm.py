@@ -79,11 +79,23 @@ def _added_event(dialect: sa.Dialect) -> Prepared:
 
 class TagWrite:
     """What :func:`upsert_tag` wrote: the tag as stored, and the ``utm_added`` event when
-    the tag is new (``None`` when an existing one was counted again)."""
+    the tag is new (``None`` when an existing one was counted again). ``tag`` is built
+    when first read: a click counting a known tag again never needs it."""
 
-    def __init__(self, tag: UtmTag, event: ContactEvent | None) -> None:
-        self.tag = tag
+    def __init__(self, values: Mapping[str, Any], event: ContactEvent | None) -> None:
+        self._values = values
+        self._tag: UtmTag | None = None
         self.event = event
+
+    @property
+    def tag(self) -> UtmTag:
+        if self._tag is None:
+            self._tag = UtmTag(**self._values)
+        return self._tag
+
+    @tag.setter
+    def tag(self, tag: UtmTag) -> None:
+        self._tag = tag
 
     @property
     def created(self) -> bool:
@@ -105,15 +117,15 @@ def upsert_tag(runner: Runner, values: Mapping[str, Any]) -> TagWrite:
     params["utm_key"] = combination_key(values)
     params["date_added"] = params["date_added"] or utcnow()
     row = runner.first(_upsert(runner.dialect), params)
-    tag = UtmTag(id=row.id, hits=row.hits, **params)
+    stored = {**params, "id": row.id, "hits": row.hits}
     if row.hits != 1:
-        return TagWrite(tag, None)
+        return TagWrite(stored, None)
     details = {"utmId": row.id, **{k: params[k] for k in UTM_KEYS if params[k]}}
-    event_values = {"tenant_id": tag.tenant_id, "contact_id": tag.contact_id, "occurred_at": tag.date_added,
-                    "url": tag.url, "details": details}
+    event_values = {"tenant_id": params["tenant_id"], "contact_id": params["contact_id"],
+                    "occurred_at": params["date_added"], "url": params["url"], "details": details}
     event_id = runner.first(_added_event(runner.dialect), event_values).id
     event = ContactEvent(id=event_id, type=_UTM_ADDED, is_machine=False, **event_values)
-    return TagWrite(tag, event)
+    return TagWrite(stored, event)
 
 
 def add_utm(state: MailTrackState, contact_id: str, *, tenant_id: Any = UNSET, safe_signals: bool = False,
