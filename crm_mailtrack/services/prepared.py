@@ -36,6 +36,8 @@ from typing import Any, Protocol
 
 import sqlalchemy as sa
 
+from ..models import UTCDateTime
+
 
 class Prepared:
     """``stmt`` compiled for ``dialect``; ``binds`` names every bind parameter of the
@@ -63,6 +65,22 @@ class Prepared:
         for name, proc in self.processors:
             out[name] = proc(out[name])
         return out if self.order is None else tuple(out[name] for name in self.order)
+
+
+#: The timestamp type under :class:`.UTCDateTime`.
+_TIMESTAMP = sa.DateTime(timezone=True)
+
+
+def aware_binds(dialect: sa.Dialect, binds: Mapping[str, sa.types.TypeEngine[Any]]) -> dict[str, sa.types.TypeEngine[Any]]:
+    """``binds`` for values whose datetimes are all timezone-aware: where the dialect's
+    ``DateTime(timezone=True)`` has no bind processor (psycopg adapts aware datetimes to
+    ``timestamptz`` itself), the :class:`.UTCDateTime` binds become that type, so their
+    values go to the driver untouched, as the same instant ``UTCDateTime`` would have
+    sent. Decided once per dialect with ``TypeEngine.bind_processor``; elsewhere (SQLite
+    stores a text format) the binds keep ``UTCDateTime`` and its processor."""
+    if _TIMESTAMP.dialect_impl(dialect).bind_processor(dialect) is not None:
+        return dict(binds)
+    return {name: _TIMESTAMP if isinstance(type_, UTCDateTime) else type_ for name, type_ in binds.items()}
 
 
 class Runner(Protocol):

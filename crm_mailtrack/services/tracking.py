@@ -47,7 +47,7 @@ from ..signals import events_reclassified
 from ..state import MailTrackState
 from . import utm as utm_service
 from .common import emit, has_receivers, log, send
-from .prepared import PooledTransaction, Prepared, Runner
+from .prepared import PooledTransaction, Prepared, Runner, aware_binds
 
 CLICK = "click"
 OPEN = "open"
@@ -57,26 +57,13 @@ _RETURNING = ("id", "tenant_id", "contact_id", "email", "campaign_id", "machine_
 #: What a click's after-the-fact marking needs when nothing else does (an open: nothing).
 _RETURNING_VERDICT = ("machine_reason",)
 #: The insert's bind parameters and their types (``details`` is JSON text, see
-#: :func:`_details`; the datetimes: :func:`_binds`).
+#: :func:`_details`; the datetimes are aware UTC: :func:`.prepared.aware_binds`).
 _BINDS: dict[str, sa.types.TypeEngine[Any]] = {
     "uid": sa.String(), "type": sa.String(), "message_id": sa.String(), "link_id": sa.String(),
     "url": sa.Text(), "occurred_at": UTCDateTime(), "ip": sa.String(), "user_agent": sa.String(),
     "machine_reason": sa.String(), "details": sa.Text(),
     **{name: UTCDateTime() for name in bots.HISTORY_BOUNDS},
 }
-#: The timestamp type under :class:`.UTCDateTime`.
-_TIMESTAMP = sa.DateTime(timezone=True)
-
-
-def _binds(dialect: sa.Dialect, binds: Mapping[str, sa.types.TypeEngine[Any]]) -> dict[str, sa.types.TypeEngine[Any]]:
-    """``binds`` for ``dialect``: where the dialect's timestamp type has no bind processor
-    (psycopg takes aware datetimes), the :class:`.UTCDateTime` binds are bound as that
-    type, whose values go to the driver untouched; this path's datetimes are aware UTC
-    already (``utcnow()`` and differences of it), which is what ``UTCDateTime`` would
-    have made of them. Elsewhere (SQLite: a text format) they keep ``UTCDateTime``."""
-    if _TIMESTAMP.dialect_impl(dialect).bind_processor(dialect) is not None:
-        return dict(binds)
-    return {name: _TIMESTAMP if isinstance(type_, UTCDateTime) else type_ for name, type_ in binds.items()}
 _COLUMNS = ("uid", "type", "tenant_id", "contact_id", "email", "message_id", "campaign_id", "link_id",
             "url", "occurred_at", "ip", "user_agent", "is_machine", "machine_reason", "details")
 
@@ -126,7 +113,7 @@ def _insert(dialect: str, *, idempotent: bool, history: bool, returning: tuple[s
 @lru_cache(maxsize=32)
 def _prepared(dialect: sa.Dialect, idempotent: bool, history: bool, returning: tuple[str, ...]) -> Prepared:
     stmt = _insert(dialect.name, idempotent=idempotent, history=history, returning=returning)
-    return Prepared(stmt, dialect, _binds(dialect, _BINDS))
+    return Prepared(stmt, dialect, aware_binds(dialect, _BINDS))
 
 
 _RECLASSIFY_BINDS = {"message": sa.String(), "start": UTCDateTime(), "end": UTCDateTime(), "reason": sa.String()}
@@ -144,7 +131,7 @@ def _reclassify(dialect: sa.Dialect) -> Prepared:
         .values(is_machine=sa.true(), machine_reason=sa.bindparam("reason", type_=sa.String()))
         .returning(events.c.id, events.c.contact_id)
     )
-    return Prepared(stmt, dialect, _binds(dialect, _RECLASSIFY_BINDS))
+    return Prepared(stmt, dialect, aware_binds(dialect, _RECLASSIFY_BINDS))
 
 
 @lru_cache(maxsize=4096)

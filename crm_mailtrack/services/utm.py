@@ -15,6 +15,7 @@ import json
 from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -24,7 +25,7 @@ from ..models import ContactEvent, EventType, UtmTag, events, utcnow, utm_tags
 from ..requestinfo import anonymize_ip
 from ..state import MailTrackState
 from .common import UNSET, check_lengths, emit, tenant_key
-from .prepared import ConnectionRunner, Prepared, Runner
+from .prepared import ConnectionRunner, Prepared, Runner, aware_binds
 
 UTM_FIELDS = (
     "utm_campaign", "utm_source", "utm_medium", "utm_content", "utm_term", "useragent", "url",
@@ -40,7 +41,13 @@ _TAG_COLUMNS = ("tenant_id", "contact_id", "utm_key", *UTM_FIELDS, "date_added")
 def combination_key(values: Mapping[str, Any]) -> str:
     """The identity of a combination: SHA-256 of the five ``utm_*`` values as a JSON list
     (missing and empty alike). The 0004 migration computes the same for existing rows."""
-    canon = json.dumps([values.get(k) or None for k in UTM_KEYS], separators=(",", ":"), ensure_ascii=False)
+    return _combination_key(tuple(values.get(k) or None for k in UTM_KEYS))
+
+
+@lru_cache(maxsize=4096)
+def _combination_key(combination: tuple[Any, ...]) -> str:
+    """Cached per combination: a campaign's links share a few."""
+    canon = json.dumps(list(combination), separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canon.encode("utf-8")).hexdigest()
 
 
@@ -62,7 +69,7 @@ def _upsert(dialect: sa.Dialect) -> Prepared:
         set_={"hits": utm_tags.c.hits + sa.literal_column("1"),
               "last_active": sa.case((seen.is_(None) | (latest > seen), latest), else_=seen)},
     ).returning(utm_tags.c.id, utm_tags.c.hits)
-    return Prepared(stmt, dialect, _TAG_BINDS)
+    return Prepared(stmt, dialect, aware_binds(dialect, _TAG_BINDS))
 
 
 _EVENT_BINDS = {name: events.c[name].type for name in ("tenant_id", "contact_id", "occurred_at", "url", "details")}
@@ -74,7 +81,7 @@ def _added_event(dialect: sa.Dialect) -> Prepared:
         {**{name: sa.bindparam(name, type_=type_) for name, type_ in _EVENT_BINDS.items()},
          "type": sa.literal_column(f"'{_UTM_ADDED}'"), "is_machine": sa.false()},
     ).returning(events.c.id)
-    return Prepared(stmt, dialect, _EVENT_BINDS)
+    return Prepared(stmt, dialect, aware_binds(dialect, _EVENT_BINDS))
 
 
 class TagWrite:
@@ -111,7 +118,8 @@ class TagWrite:
 def upsert_tag(runner: Runner, values: Mapping[str, Any]) -> TagWrite:
     """Store one sighting of a combination in ``runner``'s transaction. ``values``:
     ``tenant_id``, ``contact_id`` and the fields of :data:`UTM_FIELDS` (missing ones are
-    ``None``). The returned tag is the stored one when new; for a combination seen before
+    ``None``; ``last_active`` and ``date_added`` timezone-aware). The returned tag is the
+    stored one when new; for a combination seen before
     only its ``id`` and ``hits`` are read back (the rest are this sighting's values)."""
     params = {name: values.get(name) for name in _TAG_COLUMNS}
     params["utm_key"] = combination_key(values)
@@ -203,13 +211,17 @@ def list_utm(state: MailTrackState, contact_id: str, *, tenant_id: Any = UNSET) 
 
 def utm_params(url: str) -> dict[str, str]:
     """The ``utm_*`` fields of a destination's query string (known UTM names only)."""
-    from urllib.parse import parse_qsl, urlsplit
+    return dict(_utm_pairs(url))
 
+
+@lru_cache(maxsize=4096)
+def _utm_pairs(url: str) -> tuple[tuple[str, str], ...]:
+    """Cached per destination: every click on a link has the same."""
     try:
         pairs = parse_qsl(urlsplit(url).query, keep_blank_values=False)
     except ValueError:
-        return {}
-    return {k: v[:255] for k, v in pairs if k in UTM_KEYS}
+        return ()
+    return tuple((k, v[:255]) for k, v in pairs if k in UTM_KEYS)
 
 
 def click_tag(runner: Runner, click: Any, entry: Mapping[str, Any], utm: Mapping[str, str]) -> TagWrite:
