@@ -20,10 +20,13 @@ they journaled while the database was down, through the same steps:
 5. after the commit, the signals (each subscriber isolated): ``open``/``click`` and
    ``event_recorded`` with the final verdict, ``events_reclassified``, ``utm_tag_added``.
 
-The insert is built with SQLAlchemy Core and compiled once per dialect
-(``Compiled.string`` and ``Compiled.positiontup``); each hit runs it with
-``Connection.exec_driver_sql`` inside ``Engine.begin()``, so only SQLAlchemy's documented
-interfaces are used and the per-execution statement work is done once.
+The statements are built with SQLAlchemy Core and compiled once per dialect
+(``Compiled.string`` and ``Compiled.positiontup``); each hit runs them in one transaction
+on a DB-API connection of the engine's pool (``Engine.raw_connection()``, see
+:class:`.prepared.PooledTransaction`): the types' bind processors, ``cursor.execute``,
+``commit``; only documented interfaces, and no SQLAlchemy ``Connection``, ``Transaction``
+or result objects per hit. Engine-level execution events (``before_cursor_execute``) do
+not see these statements; pool events do.
 """
 from __future__ import annotations
 
