@@ -119,8 +119,8 @@ def upsert_tag(runner: Runner, values: Mapping[str, Any]) -> TagWrite:
     """Store one sighting of a combination in ``runner``'s transaction. ``values``:
     ``tenant_id``, ``contact_id`` and the fields of :data:`UTM_FIELDS` (missing ones are
     ``None``; ``last_active`` and ``date_added`` timezone-aware). The returned tag is the
-    stored one when new; for a combination seen before
-    only its ``id`` and ``hits`` are read back (the rest are this sighting's values)."""
+    stored one when new; for a combination seen before only its ``id`` and ``hits`` are
+    read back (the rest are this sighting's values)."""
     params = {name: values.get(name) for name in _TAG_COLUMNS}
     params["utm_key"] = combination_key(values)
     params["date_added"] = params["date_added"] or utcnow()
