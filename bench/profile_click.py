@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--db", default="sqlite", choices=["sqlite", "postgresql", "both"])
     ap.add_argument("--n", type=int, default=1000, help="requests per timing batch")
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--profile", choices=["click", "open"], help="print a pyinstrument profile of ours")
+    ap.add_argument("--profile", choices=["click", "click_utm", "open"], help="print a pyinstrument profile of ours")
     args = ap.parse_args(argv)
     from bench.bench_tracking import _prepare
 

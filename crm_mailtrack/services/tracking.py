@@ -20,10 +20,13 @@ they journaled while the database was down, through the same steps:
 5. after the commit, the signals (each subscriber isolated): ``open``/``click`` and
    ``event_recorded`` with the final verdict, ``events_reclassified``, ``utm_tag_added``.
 
-The insert is built with SQLAlchemy Core and compiled once per dialect
-(``Compiled.string`` and ``Compiled.positiontup``); each hit runs it with
-``Connection.exec_driver_sql`` inside ``Engine.begin()``, so only SQLAlchemy's documented
-interfaces are used and the per-execution statement work is done once.
+The statements are built with SQLAlchemy Core and compiled once per dialect
+(``Compiled.string`` and ``Compiled.positiontup``); each hit runs them in one transaction
+on a DB-API connection of the engine's pool (``Engine.raw_connection()``, see
+:class:`.prepared.PooledTransaction`): the types' bind processors, ``cursor.execute``,
+``commit``; only documented interfaces, and no SQLAlchemy ``Connection``, ``Transaction``
+or result objects per hit. Engine-level execution events (``before_cursor_execute``) do
+not see these statements; pool events do.
 """
 from __future__ import annotations
 
@@ -47,7 +50,7 @@ from ..signals import events_reclassified
 from ..state import MailTrackState
 from . import utm as utm_service
 from .common import emit, has_receivers, log, send
-from .prepared import Prepared
+from .prepared import PooledTransaction, Prepared, Runner, aware_binds
 
 CLICK = "click"
 OPEN = "open"
@@ -56,8 +59,8 @@ OPEN = "open"
 _RETURNING = ("id", "tenant_id", "contact_id", "email", "campaign_id", "machine_reason")
 #: What a click's after-the-fact marking needs when nothing else does (an open: nothing).
 _RETURNING_VERDICT = ("machine_reason",)
-#: The insert's bind parameters and their types (the datetimes go through the type's own
-#: bind processor; ``details`` is JSON text, see :func:`_details`).
+#: The insert's bind parameters and their types (``details`` is JSON text, see
+#: :func:`_details`; the datetimes are aware UTC: :func:`.prepared.aware_binds`).
 _BINDS: dict[str, sa.types.TypeEngine[Any]] = {
     "uid": sa.String(), "type": sa.String(), "message_id": sa.String(), "link_id": sa.String(),
     "url": sa.Text(), "occurred_at": UTCDateTime(), "ip": sa.String(), "user_agent": sa.String(),
@@ -113,21 +116,25 @@ def _insert(dialect: str, *, idempotent: bool, history: bool, returning: tuple[s
 @lru_cache(maxsize=32)
 def _prepared(dialect: sa.Dialect, idempotent: bool, history: bool, returning: tuple[str, ...]) -> Prepared:
     stmt = _insert(dialect.name, idempotent=idempotent, history=history, returning=returning)
-    return Prepared(stmt, dialect, _BINDS)
+    return Prepared(stmt, dialect, aware_binds(dialect, _BINDS))
 
 
-@lru_cache(maxsize=1)
-def _reclassify() -> sa.Update:
+_RECLASSIFY_BINDS = {"message": sa.String(), "start": UTCDateTime(), "end": UTCDateTime(), "reason": sa.String()}
+
+
+@lru_cache(maxsize=8)
+def _reclassify(dialect: sa.Dialect) -> Prepared:
     """The after-the-fact marking of a message's human clicks in a window."""
-    return (
+    stmt = (
         sa.update(events)
         .where(events.c.message_id == sa.bindparam("message", type_=sa.String()),
-               events.c.type == CLICK, events.c.is_machine == sa.false(),
+               events.c.type == sa.literal_column(f"'{CLICK}'"), events.c.is_machine == sa.false(),
                events.c.occurred_at.between(sa.bindparam("start", type_=UTCDateTime()),
                                             sa.bindparam("end", type_=UTCDateTime())))
-        .values(is_machine=True, machine_reason=sa.bindparam("reason", type_=sa.String()))
+        .values(is_machine=sa.true(), machine_reason=sa.bindparam("reason", type_=sa.String()))
         .returning(events.c.id, events.c.contact_id)
     )
+    return Prepared(stmt, dialect, aware_binds(dialect, _RECLASSIFY_BINDS))
 
 
 @lru_cache(maxsize=4096)
@@ -163,28 +170,28 @@ class _Hit:
         self.reclassified: tuple[str, list[Any], str] | None = None
         self.tag: utm_service.TagWrite | None = None
 
-    def write(self, conn: sa.Connection, rules: bots.BotPolicy, *, idempotent: bool) -> bool:
-        """The insert and its follow-ups on ``conn``, in its transaction. Whether the event
-        was stored (known only when something asked for the row: a replay always does)."""
+    def write(self, tx: Runner, rules: bots.BotPolicy, *, idempotent: bool) -> bool:
+        """The insert and its follow-ups in ``tx``'s transaction. Whether the event was
+        stored (known only when something asked for the row: a replay always does)."""
         entry = self.entry
         is_click = entry["type"] == CLICK
         self.full = idempotent or bool(self.utm) or has_receivers(entry["type"])
         returning = _RETURNING if self.full else (_RETURNING_VERDICT if is_click else ())
-        prepared = _prepared(conn.dialect, idempotent, is_click and rules.history, returning)
+        prepared = _prepared(tx.dialect, idempotent, is_click and rules.history, returning)
         values = {**entry, "details": self.details_json, **bots.history_bounds(rules, entry["occurred_at"])}
-        result = prepared.execute(conn, values)
         if not returning:
+            tx.run(prepared, values)
             return True
-        row = self.row = result.first()
+        row = self.row = tx.first(prepared, values)
         if row is None:
             return False  # the message no longer exists, or (replay) the event is stored already
         if is_click:
-            self._reclassify(conn, rules)
+            self._reclassify(tx, rules)
             if self.utm and row.machine_reason is None:
-                self.tag = utm_service.click_tag(conn, row, entry, self.utm)
+                self.tag = utm_service.click_tag(tx, row, entry, self.utm)
         return True
 
-    def _reclassify(self, conn: sa.Connection, rules: bots.BotPolicy) -> None:
+    def _reclassify(self, tx: Runner, rules: bots.BotPolicy) -> None:
         entry = self.entry
         found = bots.reclassification(rules, CLICK, entry.get("link_id"), self.row.machine_reason)
         if found is None:
@@ -192,8 +199,8 @@ class _Hit:
         reason, seconds = found
         window = dt.timedelta(seconds=seconds)
         at = entry["occurred_at"]
-        changed = conn.execute(_reclassify(), {"message": entry["message_id"], "start": at - window,
-                                               "end": at + window, "reason": reason}).all()
+        changed = tx.all(_reclassify(tx.dialect), {"message": entry["message_id"], "start": at - window,
+                                                   "end": at + window, "reason": reason})
         if changed:
             self.reclassified = (reason, changed, entry["message_id"])
 
@@ -237,8 +244,8 @@ def _record(state: MailTrackState, event_type: str, message_id: str, facts: Requ
     utm = utm_service.utm_params(url) if url is not None and "utm_" in url else None
     hit = _Hit(entry, details_json, utm)
     try:
-        with state.engine.begin() as conn:
-            hit.write(conn, rules, idempotent=False)
+        with PooledTransaction(state.engine) as tx:
+            hit.write(tx, rules, idempotent=False)
     except Exception:  # noqa: BLE001 - the recipient's redirect/pixel must not fail
         log.warning("mailtrack: database unavailable, %s event journaled", event_type, exc_info=True)
         try:
@@ -279,7 +286,7 @@ def replay_journal(state: MailTrackState, progress: Any = None) -> tuple[int, in
     rules = state.settings.bot_policy
     for path in journal.claim():
         stored: list[_Hit] = []
-        with state.engine.begin() as conn:
+        with PooledTransaction(state.engine) as tx:
             for entry in journal.read(path):
                 entry["occurred_at"] = _parse_time(entry.get("occurred_at"))
                 details = entry.get("details") or None
@@ -288,7 +295,7 @@ def replay_journal(state: MailTrackState, progress: Any = None) -> tuple[int, in
                 utm = (utm_service.utm_params(url)
                        if entry.get("type") == CLICK and isinstance(url, str) and "utm_" in url else None)
                 hit = _Hit(entry, json.dumps(details) if details else None, utm)
-                if hit.write(conn, rules, idempotent=True):
+                if hit.write(tx, rules, idempotent=True):
                     inserted += 1
                     stored.append(hit)
                 else:

@@ -15,6 +15,7 @@ import json
 from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import sqlalchemy as sa
 
@@ -24,7 +25,7 @@ from ..models import ContactEvent, EventType, UtmTag, events, utcnow, utm_tags
 from ..requestinfo import anonymize_ip
 from ..state import MailTrackState
 from .common import UNSET, check_lengths, emit, tenant_key
-from .prepared import Prepared
+from .prepared import ConnectionRunner, Prepared, Runner, aware_binds
 
 UTM_FIELDS = (
     "utm_campaign", "utm_source", "utm_medium", "utm_content", "utm_term", "useragent", "url",
@@ -40,7 +41,13 @@ _TAG_COLUMNS = ("tenant_id", "contact_id", "utm_key", *UTM_FIELDS, "date_added")
 def combination_key(values: Mapping[str, Any]) -> str:
     """The identity of a combination: SHA-256 of the five ``utm_*`` values as a JSON list
     (missing and empty alike). The 0004 migration computes the same for existing rows."""
-    canon = json.dumps([values.get(k) or None for k in UTM_KEYS], separators=(",", ":"), ensure_ascii=False)
+    return _combination_key(tuple(values.get(k) or None for k in UTM_KEYS))
+
+
+@lru_cache(maxsize=4096)
+def _combination_key(combination: tuple[Any, ...]) -> str:
+    """Cached per combination: a campaign's links share a few."""
+    canon = json.dumps(list(combination), separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canon.encode("utf-8")).hexdigest()
 
 
@@ -61,27 +68,40 @@ def _upsert(dialect: sa.Dialect) -> Prepared:
         set_={"hits": utm_tags.c.hits + sa.literal_column("1"),
               "last_active": sa.case((seen.is_(None) | (latest > seen), latest), else_=seen)},
     ).returning(utm_tags.c.id, utm_tags.c.hits)
-    return Prepared(stmt, dialect, _TAG_BINDS)
+    return Prepared(stmt, dialect, aware_binds(dialect, _TAG_BINDS))
 
 
-@lru_cache(maxsize=1)
-def _added_event() -> sa.Insert:
-    return sa.insert(events).values(
-        tenant_id=sa.bindparam("tenant_id", type_=events.c.tenant_id.type), type=_UTM_ADDED,
-        contact_id=sa.bindparam("contact_id", type_=events.c.contact_id.type),
-        occurred_at=sa.bindparam("occurred_at", type_=events.c.occurred_at.type),
-        url=sa.bindparam("url", type_=events.c.url.type), is_machine=False,
-        details=sa.bindparam("details", type_=events.c.details.type),
+_EVENT_BINDS = {name: events.c[name].type for name in ("tenant_id", "contact_id", "occurred_at", "url", "details")}
+
+
+@lru_cache(maxsize=8)
+def _added_event(dialect: sa.Dialect) -> Prepared:
+    stmt = sa.insert(events).values(
+        {**{name: sa.bindparam(name, type_=type_) for name, type_ in _EVENT_BINDS.items()},
+         "type": sa.literal_column(f"'{_UTM_ADDED}'"), "is_machine": sa.false()},
     ).returning(events.c.id)
+    return Prepared(stmt, dialect, aware_binds(dialect, _EVENT_BINDS))
 
 
 class TagWrite:
     """What :func:`upsert_tag` wrote: the tag as stored, and the ``utm_added`` event when
-    the tag is new (``None`` when an existing one was counted again)."""
+    the tag is new (``None`` when an existing one was counted again). ``tag`` is built
+    when first read: a click counting a known tag again never needs it."""
 
-    def __init__(self, tag: UtmTag, event: ContactEvent | None) -> None:
-        self.tag = tag
+    def __init__(self, values: Mapping[str, Any], event: ContactEvent | None) -> None:
+        self._values = values
+        self._tag: UtmTag | None = None
         self.event = event
+
+    @property
+    def tag(self) -> UtmTag:
+        if self._tag is None:
+            self._tag = UtmTag(**self._values)
+        return self._tag
+
+    @tag.setter
+    def tag(self, tag: UtmTag) -> None:
+        self._tag = tag
 
     @property
     def created(self) -> bool:
@@ -94,24 +114,25 @@ class TagWrite:
                  campaign_id=None, url=self.tag.url, utm=self.tag)
 
 
-def upsert_tag(conn: sa.Connection, values: Mapping[str, Any]) -> TagWrite:
-    """Store one sighting of a combination on ``conn``, in its transaction. ``values``:
+def upsert_tag(runner: Runner, values: Mapping[str, Any]) -> TagWrite:
+    """Store one sighting of a combination in ``runner``'s transaction. ``values``:
     ``tenant_id``, ``contact_id`` and the fields of :data:`UTM_FIELDS` (missing ones are
-    ``None``). The returned tag is the stored one when new; for a combination seen before
-    only its ``id`` and ``hits`` are read back (the rest are this sighting's values)."""
+    ``None``; ``last_active`` and ``date_added`` timezone-aware). The returned tag is the
+    stored one when new; for a combination seen before only its ``id`` and ``hits`` are
+    read back (the rest are this sighting's values)."""
     params = {name: values.get(name) for name in _TAG_COLUMNS}
     params["utm_key"] = combination_key(values)
     params["date_added"] = params["date_added"] or utcnow()
-    row = _upsert(conn.dialect).execute(conn, params).first()
-    tag = UtmTag(id=row.id, hits=row.hits, **params)
+    row = runner.first(_upsert(runner.dialect), params)
+    stored = {**params, "id": row.id, "hits": row.hits}
     if row.hits != 1:
-        return TagWrite(tag, None)
+        return TagWrite(stored, None)
     details = {"utmId": row.id, **{k: params[k] for k in UTM_KEYS if params[k]}}
-    event_values = {"tenant_id": tag.tenant_id, "contact_id": tag.contact_id, "occurred_at": tag.date_added,
-                    "url": tag.url, "details": details}
-    event_id = conn.execute(_added_event(), event_values).first().id
+    event_values = {"tenant_id": params["tenant_id"], "contact_id": params["contact_id"],
+                    "occurred_at": params["date_added"], "url": params["url"], "details": details}
+    event_id = runner.first(_added_event(runner.dialect), event_values).id
     event = ContactEvent(id=event_id, type=_UTM_ADDED, is_machine=False, **event_values)
-    return TagWrite(tag, event)
+    return TagWrite(stored, event)
 
 
 def add_utm(state: MailTrackState, contact_id: str, *, tenant_id: Any = UNSET, safe_signals: bool = False,
@@ -140,7 +161,7 @@ def add_utm_tag(state: MailTrackState, contact_id: str, *, tenant_id: Any = UNSE
     if isinstance(last_active, dt.datetime) and last_active.tzinfo is None:
         fields["last_active"] = last_active.replace(tzinfo=dt.timezone.utc)
     with transaction(state) as session:
-        written = upsert_tag(session.connection(),
+        written = upsert_tag(ConnectionRunner(session.connection()),
                              {**fields, "tenant_id": tenant_key(state, tenant_id), "contact_id": str(contact_id)})
     written.tag = session.get(UtmTag, written.tag.id) or written.tag  # the session's own instance
     written.notify(safe=safe_signals)
@@ -178,21 +199,25 @@ def list_utm(state: MailTrackState, contact_id: str, *, tenant_id: Any = UNSET) 
 
 def utm_params(url: str) -> dict[str, str]:
     """The ``utm_*`` fields of a destination's query string (known UTM names only)."""
-    from urllib.parse import parse_qsl, urlsplit
+    return dict(_utm_pairs(url))
 
+
+@lru_cache(maxsize=4096)
+def _utm_pairs(url: str) -> tuple[tuple[str, str], ...]:
+    """Cached per destination: every click on a link has the same."""
     try:
         pairs = parse_qsl(urlsplit(url).query, keep_blank_values=False)
     except ValueError:
-        return {}
-    return {k: v[:255] for k, v in pairs if k in UTM_KEYS}
+        return ()
+    return tuple((k, v[:255]) for k, v in pairs if k in UTM_KEYS)
 
 
-def click_tag(conn: sa.Connection, click: Any, entry: Mapping[str, Any], utm: Mapping[str, str]) -> TagWrite:
-    """The tag of a person's click on a destination with ``utm_*`` parameters, written on
-    the click's own connection and transaction (``click``: the stored row, with its
+def click_tag(runner: Runner, click: Any, entry: Mapping[str, Any], utm: Mapping[str, str]) -> TagWrite:
+    """The tag of a person's click on a destination with ``utm_*`` parameters, written in
+    the click's own transaction (``click``: the stored row, with its
     ``tenant_id`` and ``contact_id``; ``entry``: the click's values)."""
     at = entry["occurred_at"]
-    return upsert_tag(conn, {
+    return upsert_tag(runner, {
         **utm, "tenant_id": click.tenant_id, "contact_id": click.contact_id, "url": entry["url"],
         "useragent": entry.get("user_agent"), "remotehost": entry.get("ip"), "last_active": at,
         "date_added": at,
