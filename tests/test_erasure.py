@@ -144,3 +144,33 @@ def test_suppressions_follow_the_secret_key_and_its_fallbacks(make_app, _server,
     with dropped.app_context():
         assert dropped.extensions["mailtrack"].extension.can_contact("ada2")
     assert handler.received == []
+
+
+def test_suppression_rows_are_stable_and_scoped_to_the_erased_tenant(make_app, _server, handler):
+    """The stored hash is HMAC-SHA256 over ``tenant NUL channel NUL address`` (trimmed,
+    lower-cased) with a key derived from the secret key: rows written by an earlier release
+    must keep matching, and an erasure in one tenant suppresses only that tenant's channels."""
+    import hashlib
+    import hmac
+
+    secret = "pinned-secret-key-" + "p" * 24
+    app = _smtp_app(make_app, _server, MAILTRACK_SECRET_KEY=secret)
+    mt = app.extensions["mailtrack"].extension
+    with app.app_context():
+        mt.add_dnc("ada", "sms", tenant_id="t2")  # another tenant's entry of the same contact id
+        mt.add_dnc("ada", tenant_id="t1")
+        mt.erase_contact("ada", tenant_id="t1")
+        db = app.extensions["sqlalchemy"]
+        rows = db.session.execute(sa.select(suppressions.c.tenant_id, suppressions.c.channel,
+                                            suppressions.c.address_hash, suppressions.c.date_added)).all()
+        key = hmac.new(secret.encode(), b"mailtrack.suppression", hashlib.sha256).digest()
+        expected = hmac.new(key, b"t1\0email\0ada@example.com", hashlib.sha256).hexdigest()
+        assert [(r.tenant_id, r.channel, r.address_hash) for r in rows] == [("t1", "email", expected)]
+        assert rows[0].date_added is not None
+        assert not mt.can_contact("ada2", tenant_id="t1")
+        assert mt.can_contact("ada2", tenant_id="t2") and mt.can_contact("ada2", "sms", tenant_id="t2")
+        assert mt.can_contact("ada2", "sms", tenant_id="t1")
+        # a second erasure of the same address adds nothing
+        mt.add_dnc("ada", tenant_id="t1")
+        mt.erase_contact("ada", tenant_id="t1")
+        assert db.session.execute(sa.select(sa.func.count()).select_from(suppressions)).scalar() == 1

@@ -269,3 +269,24 @@ def test_hard_bounce_is_one_transaction(mailtrack, db, recorded_signals):
     assert recorded_signals.calls == []
     mailtrack.record_event("c1", "bounce", message_id="m1", details={"bounceType": "hard"})
     assert count(db, events, type="bounce") == 1 and mailtrack.can_contact("c1") is False
+
+
+def test_remove_dnc_spares_other_contacts_and_stores_its_event(mailtrack, db, recorded_signals):
+    mailtrack.add_dnc("c1")
+    mailtrack.add_dnc("c2")
+    mailtrack.add_dnc("c1", tenant_id="t1")
+    assert mailtrack.remove_dnc("c1", tenant_id="t1") is True
+    assert mailtrack.can_contact("c1") is False and mailtrack.can_contact("c2") is False
+    assert mailtrack.remove_dnc("c1") is True
+    assert mailtrack.can_contact("c1") is True and mailtrack.can_contact("c2") is False
+    assert count(db, dnc, contact_id="c2") == 1
+    with db.engine.connect() as conn:
+        stored = conn.execute(sa.select(events.c.tenant_id, events.c.contact_id, events.c.details,
+                                        events.c.occurred_at)
+                              .where(events.c.type == "dnc_removed").order_by(events.c.id)).all()
+    assert [(r.tenant_id, r.contact_id, r.details) for r in stored] == [
+        ("t1", "c1", {"channel": "email"}), ("", "c1", {"channel": "email"})]
+    assert all(r.occurred_at is not None for r in stored)
+    removed = recorded_signals.of("dnc_removed")
+    assert [(kw["contact_id"], kw["channel"], kw["event"].type) for kw in removed] == [
+        ("c1", "email", "dnc_removed"), ("c1", "email", "dnc_removed")]
