@@ -524,3 +524,23 @@ def test_a_replayed_click_and_open_are_stored_and_announced_as_live_ones(make_ap
     assert [name for name, _ in said(later["id"])] == ["link_clicked", "event_recorded", "email_opened",
                                                        "event_recorded"]
     assert sorted(kw["contact_id"] for kw in recorded_signals.of("utm_tag_added")) == ["c1", "c2"]
+
+
+@pytest.mark.parametrize("written", ["2026-03-01T10:15:00Z", "2026-03-01T10:15:00", "2026-03-01T11:15:00+01:00",
+                                     "2026-03-01T10:15:00+00:00"])
+def test_a_journaled_time_is_stored_as_that_moment_in_utc(make_app, outage_app, recorded_signals, written):
+    """The journal accepts ISO 8601 times with ``Z``, an offset, or none (read as UTC): the
+    replayed event is stored, and signalled, at that moment (an aware time)."""
+    import datetime as dt
+    import json
+
+    healthy, path, good = _journaled_open(make_app, outage_app)
+    with open(path, "wb") as fh:
+        fh.write(json.dumps({**json.loads(good), "occurred_at": written}).encode() + b"\n")
+    assert "replayed 1 events" in replay(healthy)
+    with healthy.app_context(), healthy.extensions["mailtrack"].engine.connect() as conn:
+        [at] = conn.execute(sa.select(events.c.occurred_at)).scalars()
+    moment = dt.datetime(2026, 3, 1, 10, 15, tzinfo=dt.timezone.utc)
+    assert at == moment
+    [signalled] = recorded_signals.of("event_recorded")
+    assert signalled["event"].occurred_at == moment and signalled["event"].occurred_at.tzinfo is not None
