@@ -521,6 +521,7 @@ def test_a_replayed_click_and_open_are_stored_and_announced_as_live_ones(make_ap
         return out
 
     assert said(later["id"]) == said(live["id"])
+    assert said(live["id"])[0][1]["event"][10] == {"device": {"type": "desktop", "os": "Windows", "client": "Chrome"}}
     assert [name for name, _ in said(later["id"])] == ["link_clicked", "event_recorded", "email_opened",
                                                        "event_recorded"]
     assert sorted(kw["contact_id"] for kw in recorded_signals.of("utm_tag_added")) == ["c1", "c2"]
