@@ -516,11 +516,16 @@ def test_a_replayed_click_and_open_are_stored_and_announced_as_live_ones(make_ap
                 if event is not None:
                     kw["event"] = tuple(norm(getattr(event, c)) for c in (
                         "type", "contact_id", "email", "campaign_id", "link_id", "url", "ip", "user_agent",
-                        "is_machine", "machine_reason", "details"))
+                        "is_machine", "machine_reason", "details", "tenant_id"))
                 out.append((name, {k: norm(v) for k, v in kw.items()}))
         return out
 
     assert said(later["id"]) == said(live["id"])
+    with healthy.app_context(), healthy.extensions["mailtrack"].engine.connect() as conn:
+        stored_ids = sorted(conn.execute(sa.select(events.c.id, events.c.uid, events.c.tenant_id)
+                                         .where(events.c.type.in_(["click", "open"]))).all())
+    assert sorted((kw["event"].id, kw["event"].uid, kw["event"].tenant_id)
+                  for name, _, kw in recorded_signals.calls if name in ("link_clicked", "email_opened")) == stored_ids
     assert said(live["id"])[0][1]["event"][10] == {"device": {"type": "desktop", "os": "Windows", "client": "Chrome"}}
     assert [name for name, _ in said(later["id"])] == ["link_clicked", "event_recorded", "email_opened",
                                                        "event_recorded"]
