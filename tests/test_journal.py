@@ -526,6 +526,10 @@ def test_a_replayed_click_and_open_are_stored_and_announced_as_live_ones(make_ap
                                          .where(events.c.type.in_(["click", "open"]))).all())
     assert sorted((kw["event"].id, kw["event"].uid, kw["event"].tenant_id)
                   for name, _, kw in recorded_signals.calls if name in ("link_clicked", "email_opened")) == stored_ids
+    announced = {name: kw["event"] for name, kw in said(live["id"]) if name in ("link_clicked", "email_opened")}
+    assert [announced["link_clicked"][:11], announced["email_opened"][:11]] == rows(live["id"])
+    assert all(kw["event"].message_id == kw["message_id"] for name, _, kw in recorded_signals.calls
+               if name in ("link_clicked", "email_opened"))
     assert said(live["id"])[0][1]["event"][10] == {"device": {"type": "desktop", "os": "Windows", "client": "Chrome"}}
     assert [name for name, _ in said(later["id"])] == ["link_clicked", "event_recorded", "email_opened",
                                                        "event_recorded"]
