@@ -470,3 +470,87 @@ def test_the_operator_is_told_what_was_journaled_or_lost(make_app, outage_app, t
         assert lost.test_client().get(p["open"]).status_code == 200
     [failed] = [r for r in caplog.records if "lost" in r.getMessage()]
     assert failed.levelno == logging.ERROR and failed.getMessage() == "mailtrack: journal write failed; open event lost"
+
+
+def test_a_replayed_click_and_open_are_stored_and_announced_as_live_ones(make_app, outage_app, recorded_signals):
+    """The same person's click (on a destination with ``utm_*`` parameters) and open of two
+    messages, one while the database is up and one while it is unreachable: after the
+    replay both messages hold the same rows (device details, address, verdict, the UTM tag
+    included) and the signals say the same."""
+    healthy = make_app()
+    dest = "https://dest.test/sale?utm_source=news&utm_campaign=spring"
+    browser = {"User-Agent": "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+                             "Chrome/126.0 Safari/537.36"}
+    live, later = (tracked_paths(healthy, dest, campaign_id="k", contact_id=c) for c in ("c1", "c2"))
+    for name in ("click", "open"):
+        assert healthy.test_client().get(live[name], headers=browser).status_code in (200, 302)
+    down = outage_app(healthy.config["MAILTRACK_JOURNAL_PATH"]).test_client()
+    for name in ("click", "open"):
+        assert down.get(later[name], headers=browser).status_code in (200, 302)
+    assert "replayed 2" in replay(healthy)
+
+    def rows(message_id: str) -> list[tuple[Any, ...]]:
+        with healthy.app_context(), healthy.extensions["mailtrack"].engine.connect() as conn:
+            found = conn.execute(sa.select(events.c.type, events.c.contact_id, events.c.email, events.c.campaign_id,
+                                           events.c.link_id, events.c.url, events.c.ip, events.c.user_agent,
+                                           events.c.is_machine, events.c.machine_reason, events.c.details)
+                                 .where(events.c.message_id == message_id).order_by(events.c.type)).all()
+        return [(t, c.replace("c2", "c1"), e.replace("c2", "c1"), *rest) for t, c, e, *rest in found]
+
+    stored = rows(later["id"])
+    assert stored == rows(live["id"])
+    click = next(r for r in stored if r[0] == "click")
+    assert click[5:10] == (dest, "127.0.0.0", browser["User-Agent"], False, None)
+    assert click[10] == {"device": {"type": "desktop", "os": "Windows", "client": "Chrome"}}
+    assert {r[0] for r in stored} >= {"click", "open"}
+
+    def norm(value: Any) -> Any:  # the two messages' contacts are c1 and c2
+        return value.replace("c2", "c1") if isinstance(value, str) else value
+
+    def said(message_id: str) -> list[tuple[str, dict[str, Any]]]:
+        out = []
+        for name, _, kw in recorded_signals.calls:
+            if kw.get("message_id") == message_id or getattr(kw.get("event"), "message_id", None) == message_id:
+                event = kw.get("event")
+                kw = {k: v for k, v in kw.items() if k not in ("event", "message_id")}
+                if event is not None:
+                    kw["event"] = tuple(norm(getattr(event, c)) for c in (
+                        "type", "contact_id", "email", "campaign_id", "link_id", "url", "ip", "user_agent",
+                        "is_machine", "machine_reason", "details", "tenant_id"))
+                out.append((name, {k: norm(v) for k, v in kw.items()}))
+        return out
+
+    assert said(later["id"]) == said(live["id"])
+    with healthy.app_context(), healthy.extensions["mailtrack"].engine.connect() as conn:
+        stored_ids = sorted(conn.execute(sa.select(events.c.id, events.c.uid, events.c.tenant_id)
+                                         .where(events.c.type.in_(["click", "open"]))).all())
+    assert sorted((kw["event"].id, kw["event"].uid, kw["event"].tenant_id)
+                  for name, _, kw in recorded_signals.calls if name in ("link_clicked", "email_opened")) == stored_ids
+    announced = {name: kw["event"] for name, kw in said(live["id"]) if name in ("link_clicked", "email_opened")}
+    assert [announced["link_clicked"][:11], announced["email_opened"][:11]] == rows(live["id"])
+    assert all(kw["event"].message_id == kw["message_id"] for name, _, kw in recorded_signals.calls
+               if name in ("link_clicked", "email_opened"))
+    assert said(live["id"])[0][1]["event"][10] == {"device": {"type": "desktop", "os": "Windows", "client": "Chrome"}}
+    assert [name for name, _ in said(later["id"])] == ["link_clicked", "event_recorded", "email_opened",
+                                                       "event_recorded"]
+    assert sorted(kw["contact_id"] for kw in recorded_signals.of("utm_tag_added")) == ["c1", "c2"]
+
+
+@pytest.mark.parametrize("written", ["2026-03-01T10:15:00Z", "2026-03-01T10:15:00", "2026-03-01T11:15:00+01:00",
+                                     "2026-03-01T10:15:00+00:00"])
+def test_a_journaled_time_is_stored_as_that_moment_in_utc(make_app, outage_app, recorded_signals, written):
+    """The journal accepts ISO 8601 times with ``Z``, an offset, or none (read as UTC): the
+    replayed event is stored, and signalled, at that moment (an aware time)."""
+    import datetime as dt
+    import json
+
+    healthy, path, good = _journaled_open(make_app, outage_app)
+    with open(path, "wb") as fh:
+        fh.write(json.dumps({**json.loads(good), "occurred_at": written}).encode() + b"\n")
+    assert "replayed 1 events" in replay(healthy)
+    with healthy.app_context(), healthy.extensions["mailtrack"].engine.connect() as conn:
+        [at] = conn.execute(sa.select(events.c.occurred_at)).scalars()
+    moment = dt.datetime(2026, 3, 1, 10, 15, tzinfo=dt.timezone.utc)
+    assert at == moment
+    [signalled] = recorded_signals.of("event_recorded")
+    assert signalled["event"].occurred_at == moment and signalled["event"].occurred_at.tzinfo is not None

@@ -92,6 +92,20 @@ def test_click_of_an_erased_message_still_redirects(host):
     assert rows(host) == []
 
 
+def test_click_and_open_of_an_erased_message_answer_and_signal_nothing_to_subscribers(host, recorded_signals):
+    """With signal subscribers connected, a hit on an erased message's links still gets
+    its redirect and pixel; nothing is stored, so nothing is announced."""
+    p = tracked(host)
+    with host.app_context():
+        host.extensions["mailtrack"].extension.erase_contact("c1")
+    recorded_signals.calls.clear()
+    client = host.test_client()
+    resp = client.get(p["click"])
+    assert resp.status_code == 302 and resp.headers["Location"] == DEST
+    assert _is_pixel(client.get(p["open"]))
+    assert rows(host) == [] and recorded_signals.calls == []
+
+
 # -- open pixel ------------------------------------------------------------------------
 
 
