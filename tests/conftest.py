@@ -193,3 +193,20 @@ def tracked_paths(app: Flask, dest: str, *, campaign_id: str | None = "camp",
             "open": path_of(re.search(r'src="([^"]+/t/o/[^"]+)"', msg.html).group(1)),
             "unsub": path_of(msg.headers["List-Unsubscribe"][1:-1]),
         }
+
+
+@pytest.fixture(scope="module")
+def _server() -> Iterator[Any]:
+    """A recording SMTP server on loopback, one per test module (starting one costs ~1 s)."""
+    from mailserver import MailServer, RecordingHandler
+
+    with MailServer(RecordingHandler()) as srv:
+        yield srv
+
+
+@pytest.fixture
+def handler(_server: Any) -> Any:
+    """The module's server's handler with a clean record (nothing received, nothing refused)."""
+    _server.handler.received.clear()
+    _server.handler.refuse.clear()
+    return _server.handler

@@ -12,19 +12,12 @@ from typing import Any
 import pytest
 
 from conftest import API_TOKEN, path_of
-from mailserver import MailServer, RecordingHandler
 
 API = "/mailtrack/api"
 C = f"{API}/communications"
 BROWSER = {"User-Agent": "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
                          "Chrome/126.0 Safari/537.36"}
 HDRS = {"Authorization": f"Bearer {API_TOKEN}", "Accept": "application/json"}
-
-
-@pytest.fixture(scope="module")
-def _server():
-    with MailServer(RecordingHandler()) as srv:
-        yield srv
 
 
 @pytest.fixture

@@ -16,34 +16,14 @@ from flask import has_request_context, request
 from crm_mailtrack import MailTrack
 from crm_mailtrack.models import links, messages
 
-from conftest import API_TOKEN, path_of
-from mailserver import MailServer, RecordingHandler
+from conftest import path_of
+from apihelpers import hdrs
 
 API = "/mailtrack/api/communications"
 SENDER = "crm@example.com"
 HTML = '<p>Hello <a href="https://shop.test/offer">the offer</a></p>'
 #: The host's address book, for the resolver (lower-cased keys).
 DIRECTORY = {"ann@example.com": "c1", "bob@example.com": "c2"}
-
-
-def hdrs(tenant: str | None = None) -> dict[str, str]:
-    out = {"Authorization": f"Bearer {API_TOKEN}", "Accept": "application/json"}
-    if tenant:
-        out["X-Tenant"] = tenant
-    return out
-
-
-@pytest.fixture(scope="module")
-def _server():
-    with MailServer(RecordingHandler()) as srv:
-        yield srv
-
-
-@pytest.fixture
-def handler(_server: MailServer) -> RecordingHandler:
-    _server.handler.received.clear()
-    _server.handler.refuse.clear()
-    return _server.handler
 
 
 def _tenant_and_templates(mt: MailTrack) -> None:

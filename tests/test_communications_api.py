@@ -13,33 +13,13 @@ from flask import has_request_context, request
 from crm_mailtrack import ContactEvent, Message
 from crm_mailtrack.models import events, messages
 
-from conftest import API_TOKEN
-from mailserver import MailServer, RecordingHandler
+from apihelpers import hdrs
+from mailserver import MailServer
 
 API = "/mailtrack/api/communications"
 SENDER = "crm@example.com"
 CONTACTS = {"c1": {"email": "ann@example.com"}, "c2": {"email": "bob@example.com"}, "c3": {}}
 T0 = dt.datetime(2026, 2, 1, 9, 0, tzinfo=dt.timezone.utc)
-
-
-def hdrs(tenant: str | None = None) -> dict[str, str]:
-    out = {"Authorization": f"Bearer {API_TOKEN}", "Accept": "application/json"}
-    if tenant:
-        out["X-Tenant"] = tenant
-    return out
-
-
-@pytest.fixture(scope="module")
-def _server():
-    with MailServer(RecordingHandler()) as srv:
-        yield srv
-
-
-@pytest.fixture
-def handler(_server: MailServer) -> RecordingHandler:
-    _server.handler.received.clear()
-    _server.handler.refuse.clear()
-    return _server.handler
 
 
 def _hooks(mt: Any) -> None:

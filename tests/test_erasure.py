@@ -8,11 +8,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import pytest
 import sqlalchemy as sa
 from apihelpers import API, BROWSER, hdrs
 from conftest import path_of
-from mailserver import MailServer, RecordingHandler
+from mailserver import MailServer
 
 from crm_mailtrack import MailTrack
 from crm_mailtrack.models import campaign_links, links, suppressions
@@ -69,18 +68,6 @@ def test_a_link_other_contacts_messages_carry_stays_even_outside_the_campaign(ma
     mailtrack.erase_contact("ada")
     assert _stored_urls(db) == {ADA_URL}  # Bob's message carries it: the row stays
     assert db.session.execute(sa.select(campaign_links)).all() == []  # "spring" carries nothing now
-
-
-@pytest.fixture(scope="module")
-def _server():
-    with MailServer(RecordingHandler()) as srv:
-        yield srv
-
-
-@pytest.fixture
-def handler(_server: MailServer) -> RecordingHandler:
-    _server.handler.received.clear()
-    return _server.handler
 
 
 def _smtp_app(make_app: Any, server: MailServer, **config: Any) -> Any:

@@ -16,7 +16,6 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import pytest
 import sqlalchemy as sa
 from werkzeug.serving import make_server
 

@@ -13,22 +13,10 @@ import sqlalchemy as sa
 
 from crm_mailtrack.models import events, messages
 
-from mailserver import MailServer, RecordingHandler
+from mailserver import MailServer
 
 SENDER = "crm@example.com"
 NOW = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.timezone.utc)
-
-
-@pytest.fixture(scope="module")
-def _server():
-    with MailServer(RecordingHandler()) as srv:
-        yield srv
-
-
-@pytest.fixture
-def handler(_server: MailServer) -> RecordingHandler:
-    _server.handler.received.clear()
-    return _server.handler
 
 
 @pytest.fixture

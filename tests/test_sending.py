@@ -22,12 +22,6 @@ HTML = ('<html><head><style>p{}</style></head><body><p>Hello <b>Ann</b>,</p>'
         '<p><a href="https://shop.test/offer?id=7">See the offer</a></p></body></html>')
 
 
-@pytest.fixture(scope="module")
-def _server():
-    with MailServer(RecordingHandler()) as srv:
-        yield srv
-
-
 @pytest.fixture
 def server(_server: MailServer) -> MailServer:
     """The module's server with a clean record (starting one per test costs ~1 s)."""

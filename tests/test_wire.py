@@ -30,12 +30,6 @@ HTML = ('<html><body><p>Hello Ann,</p><p><a href="https://shop.test/offer?id=7">
 
 
 @pytest.fixture(scope="module")
-def _server():
-    with MailServer(RecordingHandler()) as srv:
-        yield srv
-
-
-@pytest.fixture(scope="module")
 def _ascii_server():
     """A server that does not offer SMTPUTF8 (and refuses ``MAIL FROM ... SMTPUTF8``)."""
     with MailServer(RecordingHandler(), smtputf8=False) as srv:
