@@ -67,6 +67,10 @@ MAX_MESSAGE_BODY_BYTES = "MAILTRACK_MAX_MESSAGE_BODY_BYTES"
 #: Largest ``details`` object an event may store, in bytes of its compact UTF-8 JSON:
 #: larger is refused (422 on the API, ``ValidationError`` from ``record_event``).
 MAX_DETAILS_BYTES = "MAILTRACK_MAX_DETAILS_BYTES"
+#: Soft bounces (``details.bounceType`` not hard) of one contact's address in a row, with
+#: no delivery, open or click between them, that put the contact on Do-Not-Contact
+#: (``BOUNCED``). ``0`` turns it off (a hard bounce still does at once).
+SOFT_BOUNCE_LIMIT = "MAILTRACK_SOFT_BOUNCE_LIMIT"
 
 #: Defaults applied with ``app.config.setdefault``. ``None`` for the keys whose default is
 #: derived from other config (``SECRET_KEY``, the instance path) at ``init_app``.
@@ -95,6 +99,7 @@ DEFAULTS: dict[str, Any] = {
     MAX_BODY_BYTES: 64 * 1024,
     MAX_MESSAGE_BODY_BYTES: 5 * 1024 * 1024,
     MAX_DETAILS_BYTES: 16 * 1024,
+    SOFT_BOUNCE_LIMIT: 3,
 }
 
 #: Shortest signing key accepted: a shorter one can be brute-forced offline from one link.
