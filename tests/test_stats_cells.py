@@ -118,6 +118,21 @@ class History:
                              url="https://shop.example.com/x" if kind == "click" else None,
                              details={"bounceType": "soft"} if kind == "bounce" else None)
 
+    def outcome(self) -> None:
+        """Received mail or an ESP event: external_events.record_outcome, sometimes twice."""
+        from crm_mailtrack.models import Message
+        from crm_mailtrack.services import external_events
+
+        mid = self._some()
+        if mid is None:
+            return
+        kind = self.rng.choice(["complaint", "delivered", "bounce", "complaint"])
+        at = DAY0 + dt.timedelta(days=self.rng.randrange(6), hours=self.rng.randrange(24))
+        msg = self.state.session.get(Message, mid)
+        for _ in range(self.rng.choice([1, 2])):
+            external_events.record_outcome(self.state, msg, kind, occurred_at=at, dedup=("test", f"{mid}-{kind}"),
+                                           details={"bounceType": "hard"} if kind == "bounce" else None)
+
     def remark(self) -> None:
         """What a burst or honeypot does after the fact: an earlier human event becomes a machine's."""
         session = self.state.session
@@ -168,7 +183,7 @@ class History:
         session.commit()
 
 
-STEPS = {"new_message": 6, "send": 6, "click": 8, "honeypot": 1, "record": 4, "remark": 1, "delete": 1,
+STEPS = {"new_message": 6, "send": 6, "click": 8, "honeypot": 1, "record": 4, "outcome": 2, "remark": 1, "delete": 1,
          "erase_contact": 1, "erase_clicks": 1, "purge": 1, "fold": 2}
 
 
