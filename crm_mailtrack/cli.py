@@ -114,6 +114,45 @@ def erase_contact(contact_id: str, tenant: str | None) -> None:
     click.echo(f"mailtrack: erased {deleted} rows of contact {contact_id}")
 
 
+#: sysexits.h EX_TEMPFAIL: a mail server's pipe transport keeps the mail and tries again later.
+EX_TEMPFAIL = 75
+
+
+@cli.command("ingest-mail")
+@click.argument("file", type=click.File("rb"), default="-", required=False)
+@click.option("--tenant", default=None, help="Match only this tenant's messages (default: any tenant's).")
+@click.option("--recipient", default=None, help="The envelope recipient, as a pipe transport passes it "
+              "(Postfix ${recipient}), for the VERP tag.")
+def ingest_mail(file: Any, tenant: str | None, recipient: str | None) -> None:
+    """Record one received mail (a bounce, complaint, auto-reply or reply) from FILE, or from
+    standard input (a mail server's pipe transport). Mail that is ignored or matches nothing
+    exits 0 too (a pipe must not bounce a bounce); exit 75 (EX_TEMPFAIL) when the database
+    cannot store it, so the mail server retries."""
+    from .errors import DatabaseUnavailable
+    from .services import inbound
+
+    state = get_state()
+    try:
+        raw = file.read(state.settings.inbound_max_bytes + 1)
+    except OSError as exc:
+        _fail(f"could not read the mail: {exc}")
+    try:
+        result = inbound.ingest(state, raw, recipient=recipient, **({} if tenant is None else {"tenant_id": tenant}))
+    except DatabaseUnavailable:
+        from .migrate import schema_problem
+
+        try:
+            advice = schema_problem(state.engine)
+        except Exception:  # noqa: BLE001 - the database itself is unreachable
+            advice = None
+        click.echo(f"Error: the database cannot store the mail now; it stays with the mail server for a "
+                   f"retry{': ' + advice if advice else ''}", err=True)
+        sys.exit(EX_TEMPFAIL)
+    except Exception as exc:  # noqa: BLE001
+        _fail_on(exc, "ingest-mail stopped")
+    click.echo(f"mailtrack: {result}")
+
+
 @cli.command("send-due")
 def send_due() -> None:
     """Send the scheduled messages whose time has come (each exactly once, even with

@@ -71,6 +71,12 @@ MAX_DETAILS_BYTES = "MAILTRACK_MAX_DETAILS_BYTES"
 #: no delivery, open or click between them, that put the contact on Do-Not-Contact
 #: (``BOUNCED``). ``0`` turns it off (a hard bounce still does at once).
 SOFT_BOUNCE_LIMIT = "MAILTRACK_SOFT_BOUNCE_LIMIT"
+#: The address bounces go to (``bounces@crm.example.com``). When set, each message's
+#: envelope sender is ``bounces+<message id>-<signature>@crm.example.com`` (VERP), so a
+#: bounce names the message it concerns exactly; a forged address matches nothing.
+BOUNCE_ADDRESS = "MAILTRACK_BOUNCE_ADDRESS"
+#: Largest received mail, in bytes, that ``ingest_mail`` reads; larger mail is skipped.
+INBOUND_MAX_BYTES = "MAILTRACK_INBOUND_MAX_BYTES"
 
 #: Defaults applied with ``app.config.setdefault``. ``None`` for the keys whose default is
 #: derived from other config (``SECRET_KEY``, the instance path) at ``init_app``.
@@ -100,6 +106,8 @@ DEFAULTS: dict[str, Any] = {
     MAX_MESSAGE_BODY_BYTES: 5 * 1024 * 1024,
     MAX_DETAILS_BYTES: 16 * 1024,
     SOFT_BOUNCE_LIMIT: 3,
+    BOUNCE_ADDRESS: None,
+    INBOUND_MAX_BYTES: 25 * 1024 * 1024,
 }
 
 #: Shortest signing key accepted: a shorter one can be brute-forced offline from one link.
@@ -108,3 +116,7 @@ MIN_SECRET_KEY_LENGTH = 16
 #: most, and a bound keeps the cutoff arithmetic finite.
 MAX_SENDING_TIMEOUT_SECONDS = 30 * 24 * 3600
 
+#: Longest local part of ``MAILTRACK_BOUNCE_ADDRESS``: with ``+``, a message id (24
+#: characters), ``-`` and a 16-character signature, the VERP local part stays within
+#: RFC 5321's 64 octets.
+MAX_BOUNCE_LOCAL_PART = 22

@@ -211,6 +211,19 @@ class MailTrack:
             tenant_id=tenant_id,
         )
 
+    def ingest_mail(self, raw: bytes, *, tenant_id: Any = UNSET, recipient: str | None = None) -> list[ContactEvent]:
+        """Record one received mail: a DSN (RFC 3464), an ARF complaint (RFC 5965), an
+        auto-reply (RFC 3834) or a reply, matched to the sent message it concerns (its VERP
+        envelope tag, else the Message-IDs it names), with the Do-Not-Contact entry it
+        implies; a reply is also stored for the message's thread. Returns the events stored:
+        ``[]`` for mail that is ignored, matches nothing, is malformed or too large, or was
+        stored before (never an exception for bad mail). ``tenant_id``: only that tenant's
+        messages match (default: any tenant's). ``recipient``: the envelope recipient, where
+        the mail server gives it. See ``services.inbound.ingest`` for the reason mail was skipped."""
+        from .services import inbound
+
+        return inbound.ingest(get_state(), raw, tenant_id=tenant_id, recipient=recipient).events
+
     def erase_contact(self, contact_id: str, *, tenant_id: Any = UNSET) -> int:
         """Delete every tracked row of a contact (right to erasure); return rows deleted."""
         return event_service.erase_contact(get_state(), contact_id, tenant_id=tenant_id)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -52,6 +53,9 @@ class Settings:
     max_details_bytes: int
     #: ``MAILTRACK_SOFT_BOUNCE_LIMIT`` (0: off).
     soft_bounce_limit: int
+    #: ``MAILTRACK_BOUNCE_ADDRESS`` as ``(local part, domain)``, or ``None``.
+    bounce_address: tuple[str, str] | None
+    inbound_max_bytes: int
 
     @classmethod
     def from_config(cls, conf: Mapping[str, Any], *, instance_path: str) -> Settings:
@@ -103,7 +107,7 @@ class Settings:
             return value
 
         limits = [byte_limit(key) for key in (cfg.MAX_BODY_BYTES, cfg.MAX_MESSAGE_BODY_BYTES,
-                                              cfg.MAX_DETAILS_BYTES)]
+                                              cfg.MAX_DETAILS_BYTES, cfg.INBOUND_MAX_BYTES)]
         soft_limit = conf[cfg.SOFT_BOUNCE_LIMIT]
         if isinstance(soft_limit, bool) or not isinstance(soft_limit, int) or soft_limit < 0:
             raise ConfigurationError(f"{cfg.SOFT_BOUNCE_LIMIT} must be a whole number of soft bounces "
@@ -131,7 +135,30 @@ class Settings:
             max_message_body_bytes=limits[1],
             max_details_bytes=limits[2],
             soft_bounce_limit=soft_limit,
+            bounce_address=_bounce_address(conf[cfg.BOUNCE_ADDRESS]),
+            inbound_max_bytes=limits[3],
         )
+
+
+_BOUNCE_LOCAL = re.compile(r"[A-Za-z0-9!#$%&'*/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*/=?^_`{|}~-]+)*")
+_DOMAIN = re.compile(r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                     r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+")
+
+
+def _bounce_address(value: Any) -> tuple[str, str] | None:
+    """``MAILTRACK_BOUNCE_ADDRESS`` as (local part, domain): a bare ASCII address whose local
+    part is a dot-atom without ``+`` (the VERP separator) of at most
+    ``MAX_BOUNCE_LOCAL_PART`` characters."""
+    if value is None:
+        return None
+    local, _, domain = value.rpartition("@") if isinstance(value, str) else ("", "", "")
+    if not (_BOUNCE_LOCAL.fullmatch(local) and "+" not in local and len(local) <= cfg.MAX_BOUNCE_LOCAL_PART
+            and _DOMAIN.fullmatch(domain)):
+        raise ConfigurationError(
+            f"{cfg.BOUNCE_ADDRESS} must be a bare address such as 'bounces@crm.example.com' whose local part "
+            f"has at most {cfg.MAX_BOUNCE_LOCAL_PART} characters and no '+' (the VERP tag follows a '+'), "
+            f"not {value!r}.")
+    return local, domain.lower()
 
 
 def _check_types(conf: Mapping[str, Any]) -> None:

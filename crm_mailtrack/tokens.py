@@ -7,7 +7,9 @@ kind (bad signature, wrong purpose, expired, over-long, malformed) are one answe
 """
 from __future__ import annotations
 
+import base64
 import enum
+import hmac
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,7 +28,12 @@ class Purpose(str, enum.Enum):
     OPEN = "mailtrack.open"
     UNSUBSCRIBE = "mailtrack.unsubscribe"
     CURSOR = "mailtrack.cursor"
+    #: The VERP envelope sender of sent mail (``MAILTRACK_BOUNCE_ADDRESS``): :meth:`TokenSigner.short_signature`.
+    BOUNCE = "mailtrack.bounce"
 
+
+#: Bytes of HMAC in a short signature: 80 bits, 16 base32 characters.
+SHORT_SIGNATURE_BYTES = 10
 
 #: JSON payloads up to this many bytes are not zlib-compressed (see :class:`_Serializer`).
 COMPRESS_ABOVE = 512
@@ -98,6 +105,30 @@ class TokenSigner:
 
     def dumps(self, purpose: Purpose, payload: Any) -> str:
         return self._serializers[purpose].dumps(payload)  # type: ignore[no-any-return]
+
+    def short_signature(self, purpose: Purpose, value: str) -> str:
+        """A compact signature of ``value`` for places where an itsdangerous token does not
+        fit: the local part of an address (at most 64 characters, and some mail servers
+        change its letter case). The HMAC of itsdangerous' signer for ``purpose`` (the
+        same derived key and algorithm), cut to :data:`SHORT_SIGNATURE_BYTES` and written
+        in lower-case base32 without padding."""
+        signer = self._serializers[purpose].make_signer()
+        return self._short(signer, signer.secret_keys[-1], value)
+
+    def verify_short_signature(self, purpose: Purpose, value: str, signature: str) -> bool:
+        """Whether ``signature`` (any letter case) is :meth:`short_signature` of ``value``
+        under the current key or a fallback."""
+        if not isinstance(signature, str) or not isinstance(value, str):
+            return False
+        given = signature.lower().encode("ascii", "replace")
+        signer = self._serializers[purpose].make_signer()
+        return any(hmac.compare_digest(self._short(signer, key, value).encode(), given)
+                   for key in reversed(signer.secret_keys))
+
+    @staticmethod
+    def _short(signer: Any, key: bytes, value: str) -> str:
+        digest = signer.algorithm.get_signature(signer.derive_key(key), value.encode("utf-8"))
+        return base64.b32encode(digest[:SHORT_SIGNATURE_BYTES]).decode("ascii").lower()
 
     def loads(self, purpose: Purpose, token: str, max_age: int | None = None) -> Any | None:
         """The payload of a valid token, or ``None`` for any invalid one."""

@@ -235,11 +235,12 @@ def communications_by_entity(query: dict[str, Any]) -> list[dict[str, Any]]:
 @routes.route(f"{P}/<message_id>/thread", summary="Get conversation thread for a communication", tags=TAGS,
               query=CommBotsQuery, response=CommThreadSchema, errors=(401, 404, 406, 422), path_params=_ID)
 def communications_thread(message_id: str, query: dict[str, Any]) -> dict[str, Any]:
-    """Every outbound message sharing the conversation id, oldest first."""
+    """Every outbound message sharing the conversation id, oldest first, and the replies
+    received to them (``inbound``)."""
     state = get_state()
     rows = comms.thread(state, current_tenant(), message_id)
     outbound = comms.records(state, rows, include_bots=query["include_bots"])
-    return {"inbound": [], "outbound": outbound}
+    return {"inbound": comms.thread_inbound(state, rows), "outbound": outbound}
 
 
 @routes.route(f"{P}/delete-list", methods=["DELETE"], summary="Delete a list of entities by their IDs", tags=TAGS,

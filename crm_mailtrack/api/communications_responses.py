@@ -184,8 +184,35 @@ class CommSummarySchema(ma.Schema):
     opened = f.Boolean()
 
 
+class InboundSchema(ma.Schema):
+    """A received reply (``InboundMessage``, from ``MailTrack.ingest_mail``), 002's inbound item."""
+
+    id = f.String(dump_only=True)
+    tenantId = computed(lambda r: tenant_out(r.tenant_id), ["string", "null"])
+    parentCommunicationId = f.String(attribute="message_id", metadata=_d("The outbound message replied to."))
+    contactId = f.String(attribute="contact_id")
+    fromEmail = f.String(attribute="from_email", allow_none=True)
+    fromName = f.String(attribute="from_name", allow_none=True)
+    recipients = computed(lambda r: list(r.recipients or []), "array", **_STRINGS)
+    cc = computed(lambda r: list(r.cc or []), "array", **_STRINGS)
+    subject = f.String(allow_none=True)
+    receivedAt = Moment(attribute="received_at", metadata=_d("The reply's Date header, within [sent, received]."))
+    inReplyTo = f.String(attribute="in_reply_to", allow_none=True)
+    internetMessageId = f.String(attribute="internet_message_id", allow_none=True,
+                                 metadata=_d("The reply's own Message-ID."))
+    bodyText = f.String(attribute="body_text", allow_none=True)
+    bodyHtml = f.String(attribute="body_html", allow_none=True, metadata=_d(
+        "The reply's HTML as received: untrusted, sanitise before showing it."))
+    replyText = f.String(attribute="reply_text", allow_none=True, metadata=_d(
+        "The reply's own text, without the quoted original or signature."))
+    status = f.String(metadata=_d("NEW when received."))
+    conversationId = computed(lambda r: getattr(r, "conversation_id", None), ["string", "null"])
+    created = Moment(attribute="created_at")
+
+
 class CommThreadSchema(ma.Schema):
-    inbound = f.List(f.Dict(), metadata=_d("Always empty: inbound mail is not tracked."))
+    inbound = f.List(f.Nested(InboundSchema), metadata=_d(
+        "Replies received to the thread's messages (MailTrack.ingest_mail), oldest first."))
     outbound = f.List(f.Nested(CommunicationSchema))
 
 

@@ -11,7 +11,8 @@ import sqlalchemy as sa
 
 from ..db import chunks, like_escape, transaction
 from ..errors import Conflict, InvalidDestination, NotFound, ValidationError
-from ..models import ContactEvent, EventType, Message, MessageStatus, event_rollups, events, messages, utcnow
+from ..models import (ContactEvent, EventType, InboundMessage, Message, MessageStatus, event_rollups, events, inbound,
+                      messages, utcnow)
 from ..state import MailTrackState
 from . import stats
 from .common import emit
@@ -158,6 +159,19 @@ def thread(state: MailTrackState, tenant: str, message_id: str) -> list[Message]
     ).order_by(Message.created_at, Message.id))
 
 
+def thread_inbound(state: MailTrackState, rows: Sequence[Message]) -> list[InboundMessage]:
+    """The replies received to the messages ``rows`` (one tenant's thread), oldest first;
+    each carries its thread's ``conversation_id``."""
+    conversation = {m.id: m.conversation_id or m.id for m in rows}
+    found: list[InboundMessage] = []
+    for ids in chunks(list(conversation)):
+        found += state.session.execute(sa.select(InboundMessage).where(InboundMessage.message_id.in_(ids))).scalars()
+    found.sort(key=lambda r: (r.received_at, r.id))
+    for row in found:
+        row.conversation_id = conversation[row.message_id]  # type: ignore[attr-defined]
+    return found
+
+
 def page(
     state: MailTrackState,
     tenant: str,
@@ -293,7 +307,8 @@ def resend(state: MailTrackState, tenant: str, message_id: str) -> Message:
 
 
 def delete(state: MailTrackState, tenant: str, ids: Sequence[str], *, must_exist: bool = False) -> int:
-    """Delete the tenant's messages among ``ids`` with their events; return how many.
+    """Delete the tenant's messages among ``ids`` with their events and received replies;
+    return how many.
     With ``must_exist`` an unknown id is ``NotFound`` and nothing is deleted."""
     unique = list(dict.fromkeys(_check_id(i) for i in ids)) if must_exist else [
         i for i in dict.fromkeys(str(i) for i in ids) if "\x00" not in i]
@@ -306,6 +321,7 @@ def delete(state: MailTrackState, tenant: str, ids: Sequence[str], *, must_exist
             session.execute(sa.delete(events).where(events.c.tenant_id == tenant, events.c.message_id.in_(owned)))
             session.execute(sa.delete(event_rollups).where(event_rollups.c.tenant_id == tenant,
                                                            event_rollups.c.message_id.in_(owned)))
+            session.execute(sa.delete(inbound).where(inbound.c.tenant_id == tenant, inbound.c.message_id.in_(owned)))
             deleted += session.execute(
                 sa.delete(messages).where(messages.c.tenant_id == tenant, messages.c.id.in_(chunk))).rowcount or 0
         if must_exist and deleted != len(unique):
@@ -331,6 +347,6 @@ def comment(state: MailTrackState, tenant: str, message_id: str, text: str,
     return event
 
 
-__all__ = ["get", "find_all", "find_list", "scheduled", "by_entity", "thread", "page", "records",
+__all__ = ["get", "find_all", "find_list", "scheduled", "by_entity", "thread", "thread_inbound", "page", "records",
            "summary", "compose", "recipient_contacts", "MAX_RECIPIENTS", "cancel", "resend", "delete", "comment", "conditions",
            "order_by", "SORT_FIELDS", "EQUALITY_FILTERS"]

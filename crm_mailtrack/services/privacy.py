@@ -22,7 +22,7 @@ from .. import config as cfg
 from ..db import dialect_name, insert, transaction, unavailable_as_503, utc_day
 from ..errors import ValidationError
 from ..instrument import link_id as make_link_id
-from ..models import campaign_links, dnc, event_rollups, events, links, messages, utcnow, utm_tags
+from ..models import campaign_links, dnc, event_rollups, events, inbound, links, messages, utcnow, utm_tags
 from ..state import MailTrackState
 from ..tokens import Purpose
 from . import dnc as dnc_service
@@ -64,7 +64,7 @@ def _message_links(state: MailTrackState, message_id: str, html: str | None) -> 
 def erase_contact(state: MailTrackState, contact_id: str, *, tenant_id: Any = UNSET) -> int:
     """Delete every tracked row of a contact in one transaction; return the rows deleted.
 
-    The contact's events, Do-Not-Contact entries, UTM tags and messages go, and with them
+    The contact's events, Do-Not-Contact entries, UTM tags, messages and received replies go, and with them
     the tracked links (``mailtrack_links``, ``mailtrack_campaign_links``) that only the
     contact's messages carried: a personalised URL (``?email=...``) must not outlive its
     contact; links that other messages carry stay. Before its DNC entries go, each is kept
@@ -100,7 +100,7 @@ def erase_contact(state: MailTrackState, contact_id: str, *, tenant_id: Any = UN
         stats.forget_messages(conn, own)
         stats.forget_events(conn, sa.and_(
             mine, sa.or_(events.c.message_id.is_(None), events.c.message_id.not_in(sa.select(messages.c.id).where(own)))))
-        for table in (events, dnc, utm_tags, messages):
+        for table in (events, dnc, utm_tags, inbound, messages):
             result = session.execute(
                 sa.delete(table).where(table.c.tenant_id == tenant, table.c.contact_id == contact_id))
             total += result.rowcount or 0

@@ -33,6 +33,7 @@ from ..errors import Conflict, DatabaseUnavailable, NotFound
 from ..models import ContactEvent, EventType, Message, MessageStatus, UTCDateTime, messages, utcnow
 from ..state import MailTrackState
 from ..textpart import html_to_text
+from . import verp
 from .common import emit, log
 from .messages import message_id_of
 from .mime import build_email, envelope, parse_mailbox
@@ -123,7 +124,8 @@ def _send_claimed(state: MailTrackState, message_id: str, mailer: Mailer, claime
             sender = parse_mailbox(from_value)
             mail = build_email(msg, sender, header_id)
             # the envelope: bare addresses (a display name there would demand SMTPUTF8)
-            refused = mailer.deliver(mail, sender.addr_spec, envelope(msg))
+            bounce_to = verp.envelope_sender(state, msg.id) or sender.addr_spec
+            refused = mailer.deliver(mail, bounce_to, envelope(msg))
         except smtplib.SMTPRecipientsRefused as exc:
             error = "; ".join(f"{rcpt}: {_reply(code, text)}" for rcpt, (code, text) in exc.recipients.items())
         except smtplib.SMTPResponseException as exc:
