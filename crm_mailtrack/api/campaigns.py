@@ -61,7 +61,7 @@ def _report(campaign_id: str, kind: str, link_id: str | None, query: dict[str, A
 
 @routes.route("/campaigns/<campaign_id>/tracking/<kind>", summary="A campaign's tracking report", tags=_TAGS,
               query=CampaignReportQuerySchema, response=CampaignReportSchema,
-              path_params={**CAMPAIGN, "kind": "clicks, opens, sends, bounces, unsubscribes or forwards."})
+              path_params={**CAMPAIGN, "kind": "clicks, opens, sends, bounces, unsubscribes, forwards, deliveries, complaints or replies."})
 def campaign_tracking(campaign_id: str, kind: str, query: dict[str, Any]) -> dict[str, Any]:
     """Newest first; ``meta.pagination.next_link`` carries an opaque signed cursor (absent on
     the last page). Human events only unless ``include_bots=true``."""

@@ -139,7 +139,8 @@ def all_activity(query: dict[str, Any]) -> dict[str, Any]:
 
 @routes.route("/contacts/<contact_id>/events/<kind>", summary="A contact's events of one kind", tags=_TAGS,
               query=ContactEventsQuerySchema, response=ContactEventsPageSchema,
-              path_params={**CONTACT, "kind": "sends, opens, clicks, bounces, forwards or unsubscribes."})
+              path_params={**CONTACT, "kind": "sends, opens, clicks, bounces, forwards, unsubscribes, "
+                                              "deliveries, complaints or replies."})
 def contact_events(contact_id: str, kind: str, query: dict[str, Any]) -> dict[str, Any]:
     """Newest first, keyset-paged through ``meta.pagination.next_link``."""
     event_type = KIND_TO_TYPE.get(kind)

@@ -207,6 +207,9 @@ class CampaignReportItemSchema(ma.Schema):
     bounce_date = _date_of("bounce")
     unsubscribe_date = _date_of("unsubscribe")
     forward_date = _date_of("forward")
+    delivered_date = _date_of("delivered")
+    complaint_date = _date_of("complaint")
+    reply_date = _date_of("reply")
     is_bot = computed(_is_bot, "boolean")
 
 

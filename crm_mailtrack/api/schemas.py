@@ -23,7 +23,8 @@ EXTERNAL_EVENT_TYPES = ("send", "open", "click", "bounce", "forward", "unsubscri
 #: ``/events/<kind>`` and ``/tracking/<kind>`` names -> stored event type.
 KIND_TO_TYPE = {
     "sends": "send", "opens": "open", "clicks": "click", "bounces": "bounce",
-    "forwards": "forward", "unsubscribes": "unsubscribe",
+    "forwards": "forward", "unsubscribes": "unsubscribe", "deliveries": "delivered", "complaints": "complaint",
+    "replies": "reply",
 }
 
 #: Activity ``order`` columns (allow-list) -> event column name.

@@ -33,6 +33,10 @@ EVENT_LABELS: dict[str, str] = {
     "utm_added": "UTM tags recorded",
     "utm_removed": "UTM tags removed",
     "failed": "Email delivery failed",
+    "delivered": "Email delivered",
+    "reply": "Replied to email",
+    "auto_reply": "Automatic reply received",
+    "complaint": "Marked as spam",
 }
 
 #: The columns an event row is read with.
