@@ -393,3 +393,32 @@ def test_bounces_and_complaints_in_analytics(mail_app, handler, client, api_head
         got = client.get(f"/mailtrack/api/communications/analytics{query}", headers=api_headers).json
         assert (got["totalSent"], got["totalBounced"], got["totalDelivered"], got["totalComplained"]) == (5, 1, 4, 1)
         assert (got["bounceRate"], got["complaintRate"]) == (0.2, 0.25)
+
+
+def test_complaints_and_replies_in_campaign_reports_and_audiences(mail_app, handler, client, api_headers):
+    sends = [Sent(mail_app, handler, f"c{i}", f"c{i}@example.net") for i in range(3)]
+    ingest(mail_app, sends[0].render("yahoo_arf.eml"))
+    ingest(mail_app, sends[1].render("reply_fr_apple.eml"))
+    ingest(mail_app, sends[2].render("autoreply_exchange_oof.eml"))
+    api = "/mailtrack/api"
+    for action, expect in (("complained", ["c0"]), ("replied", ["c1"])):
+        got = client.get(f"{api}/campaigns/autumn/audience?action={action}", headers=api_headers)
+        assert got.status_code == 200 and [r["contactId"] for r in got.json["results"]] == expect
+    for kind, expect in (("complaints", ["c0"]), ("replies", ["c1"])):
+        got = client.get(f"{api}/campaigns/autumn/tracking/{kind}", headers=api_headers)
+        assert got.status_code == 200, got.json
+        assert [r["contact_id"] for r in got.json["results"]] == expect
+    got = client.get(f"{api}/contacts/c1/events/replies", headers=api_headers)
+    assert got.status_code == 200 and len(got.json["events"]) == 1
+    engagement = client.get(f"{api}/contacts/c1/engagement", headers=api_headers).json
+    assert engagement["replies"] == 1
+    assert client.get(f"{api}/contacts/c2/engagement", headers=api_headers).json["replies"] == 0
+
+
+def test_a_reply_of_blank_lines_and_quote_marks_is_read(sent, mail_app, db):
+    """Runs of blank lines made the reply parser's regexes quadratic (seconds per mail)."""
+    raw = sent.render("reply_en_gmail.eml")
+    raw = raw.replace(b"Ann\n", b"Ann\n" + b" \n" * 60_000 + b">\n" * 5_000, 1)
+    [event] = ingest(mail_app, raw)
+    [row] = rows(db, inbound)
+    assert event.type == "reply" and row["reply_text"].startswith("Thanks, I'd like to order")

@@ -171,8 +171,9 @@ def _wants_csv() -> bool:
 def campaign_audience(campaign_id: str, query: dict[str, Any]) -> dict[str, Any] | Response:
     """The contacts (ordered by contact id) whose sent messages of the campaign were clicked
     (or a link of it, ``link_id``), opened (an open or a click), opened but not clicked, not
-    opened (delivered, no open or click), bounced or unsubscribed; people's events only
-    unless ``include_bots=true`` (bounces and unsubscribes always count). Keyset-paged:
+    opened (delivered, no open or click), bounced, unsubscribed, complained (a spam report)
+    or replied; people's events only unless ``include_bots=true`` (bounces, unsubscribes,
+    complaints and replies always count). Keyset-paged:
     ``meta.pagination.next_link`` carries a signed cursor. With ``Accept: text/csv`` the
     whole list is streamed as CSV (``contactId,email,messageId``; no paging), formula-like
     cells prefixed with a single quote."""

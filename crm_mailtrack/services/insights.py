@@ -28,7 +28,8 @@ SCORE_WEIGHTS: dict[str, float] = {"reply": 5.0, "click": 3.0, "forward": 2.0, "
 SCORE_DECAY: tuple[tuple[int, float], ...] = ((7, 1.0), (30, 0.5), (90, 0.25), (365, 0.1))
 
 #: Audience actions and what a contact must have done (with one of its campaign messages).
-AUDIENCE_ACTIONS = ("clicked", "opened", "opened_not_clicked", "not_opened", "bounced", "unsubscribed")
+AUDIENCE_ACTIONS = ("clicked", "opened", "opened_not_clicked", "not_opened", "bounced", "unsubscribed", "complained",
+                    "replied")
 BREAKDOWNS = ("device", "os", "client", "hour", "weekday")
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 AUDIENCE_HEADER = ("contactId", "email", "messageId")
@@ -136,7 +137,8 @@ def audience_query(tenant: str, campaign_id: str, action: str, *, link_id: str |
 
     Decided per contact over its sent messages of the campaign: ``clicked`` (a link, or
     ``link_id``), ``opened`` (an open or a click), ``opened_not_clicked``, ``not_opened``
-    (a delivered message and no open or click), ``bounced``, ``unsubscribed``."""
+    (a delivered message and no open or click), ``bounced``, ``unsubscribed``, ``complained``
+    (a spam report), ``replied`` (a person's reply; auto-replies are not)."""
     if action not in AUDIENCE_ACTIONS:
         raise ValueError(f"unknown audience action: {action}")
     human = not include_bots
@@ -149,6 +151,8 @@ def audience_query(tenant: str, campaign_id: str, action: str, *, link_id: str |
         "not_opened": lambda: sa.and_(opened == 0, _flag(~_has(("bounce",), human=False)) == 1),
         "bounced": lambda: _flag(_has(("bounce",), human=False)) == 1,
         "unsubscribed": lambda: _flag(_has(("unsubscribe",), human=False)) == 1,
+        "complained": lambda: _flag(_has(("complaint",), human=False)) == 1,
+        "replied": lambda: _flag(_has(("reply",), human=False)) == 1,
     }[action]()
     return (
         sa.select(messages.c.contact_id, sa.func.min(messages.c.email).label("email"),

@@ -45,6 +45,8 @@ MAX_MIME_PARTS = 500
 MAX_DIAGNOSTIC = 1000
 #: Longest body text or HTML kept of a reply (characters).
 MAX_BODY_CHARS = 256 * 1024
+#: Characters of a reply's text handed to the reply parser (the reply itself comes first).
+REPLY_SCAN_CHARS = 32 * 1024
 #: Languages whose reply headers ("On ... wrote:", "Am ... schrieb ...:") are recognised.
 REPLY_LANGUAGES = ("en", "de", "fr", "es", "it", "nl", "pl", "sv", "da", "cs", "ja", "ko", "zh")
 
@@ -60,6 +62,7 @@ _AUTO_SUBJECT = re.compile(
     r"abwesenheit(snotiz)?|out of (the )?office|r[ée]ponse automatique|absence|risposta automatica|"
     r"respuesta autom[áa]tica|fuera de la oficina|odpowied[źz] automatyczna|"
     r"vacation|on vacation|frånvaro|afwezig)\b", re.IGNORECASE)
+_BLANK_RUNS = re.compile(r"\n{4,}")
 _VERP_HEADERS = ("Delivered-To", "X-Original-To", "Envelope-To", "X-Envelope-To", "X-Rcpt-To", "To")
 
 
@@ -327,10 +330,18 @@ def reply_text(body: str) -> str:
     from mailparser_reply import EmailReplyParser
 
     try:
-        latest = EmailReplyParser(languages=list(REPLY_LANGUAGES)).parse_reply(text=body)
+        # the reply's own text is at the top; a bound keeps the parser's regexes linear in practice
+        latest = EmailReplyParser(languages=list(REPLY_LANGUAGES)).parse_reply(text=_tidy(body[:REPLY_SCAN_CHARS]))
     except Exception:  # noqa: BLE001 - regex-heavy code on odd text: keep the whole body
         latest = None
     return _drop_trailing_quote((latest if isinstance(latest, str) and latest.strip() else body).strip())
+
+
+def _tidy(text: str) -> str:
+    """Trailing blanks cut and runs of blank lines shortened: the reply parser's regexes take
+    quadratic time on long runs of blank lines (measured: 8,000 newlines, 6 s)."""
+    lines = [line.rstrip() for line in text.replace("\r\n", "\n").split("\n")]
+    return _BLANK_RUNS.sub("\n\n\n", "\n".join(lines))
 
 
 def _drop_trailing_quote(text: str) -> str:
