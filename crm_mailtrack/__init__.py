@@ -19,6 +19,7 @@ from .models import (
     DNCReason,
     DoNotContact,
     EventType,
+    InboundMessage,
     Link,
     Message,
     MessageStatus,
@@ -33,7 +34,7 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 
 __all__ = [
     "MailTrack", "DNCReason", "EventType", "MessageStatus", "Message", "ContactEvent",
-    "DoNotContact", "UtmTag", "Link", "CampaignLink", "metadata", "signals",
+    "DoNotContact", "UtmTag", "InboundMessage", "Link", "CampaignLink", "metadata", "signals",
     "MailTrackError", "ConfigurationError", "InvalidDestination", "DatabaseUnavailable",
     "NotFound", "ValidationError", "__version__",
 ]
