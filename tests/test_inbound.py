@@ -422,3 +422,26 @@ def test_a_reply_of_blank_lines_and_quote_marks_is_read(sent, mail_app, db):
     [event] = ingest(mail_app, raw)
     [row] = rows(db, inbound)
     assert event.type == "reply" and row["reply_text"].startswith("Thanks, I'd like to order")
+
+
+def test_two_fetchers_ingesting_the_same_mail_at_once_store_it_once(sent, mail_app, db):
+    import threading
+
+    raws = [sent.render("reply_en_gmail.eml"), sent.render("postfix_hard.eml")]
+    get_state().session.commit()
+    barrier = threading.Barrier(4)
+    outcomes: list[str] = []
+
+    def fetcher(raw: bytes) -> None:
+        with mail_app.app_context():
+            barrier.wait()
+            outcomes.append(result(raw).status)
+
+    threads = [threading.Thread(target=fetcher, args=(raw,)) for raw in raws for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(outcomes) == ["duplicate", "duplicate", "recorded", "recorded"]
+    assert len(rows(db, inbound)) == 1 and len(rows(db, events, type="reply")) == 1
+    assert len(rows(db, events, type="bounce")) == 1 and len(rows(db, dnc)) == 1
