@@ -445,3 +445,27 @@ def test_two_fetchers_ingesting_the_same_mail_at_once_store_it_once(sent, mail_a
     assert sorted(outcomes) == ["duplicate", "duplicate", "recorded", "recorded"]
     assert len(rows(db, inbound)) == 1 and len(rows(db, events, type="reply")) == 1
     assert len(rows(db, events, type="bounce")) == 1 and len(rows(db, dnc)) == 1
+
+
+def test_a_dsn_naming_several_recipients_records_the_contacts_outcome(mail_app, handler, db):
+    s = Sent(mail_app, handler, "c1", "ann@example.net")
+    session = get_state().session
+    session.execute(sa.update(messages).where(messages.c.id == s.id).values(cc=["boss@example.net"]))
+    session.commit()
+    raw = s.render("postfix_hard.eml").decode()
+    boss = ("Final-Recipient: rfc822; boss@example.net\nAction: failed\nStatus: 5.7.1\n"
+            "Diagnostic-Code: smtp; 550 5.7.1 rejected by policy\n\n")
+    ann = "Final-Recipient: rfc822; ann@example.net"
+    raw = raw.replace(ann, boss + ann, 1).replace("Status: 5.1.1", "Status: 4.2.2", 1)
+    [event] = ingest(mail_app, raw.encode())
+    assert (event.details["bounceType"], event.details["status"], event.details["recipient"]) == (
+        "soft", "4.2.2", "ann@example.net")
+    assert rows(db, dnc) == []  # one soft bounce: under the limit
+
+
+def test_an_ip_address_is_not_a_status_code(sent, mail_app):
+    raw = sent.render("flufl/exim_01.eml").replace(b"553 5.1.1 unknown", b"553 unknown", 1)
+    raw = raw.replace(b"host mailhost1.et.example.nl [130.161.33.163]", b"host mx [10.4.2.1]", 1)
+    [event] = ingest(mail_app, raw)
+    assert event.details["bounceType"] == "hard" and "status" not in event.details
+    assert event.details["smtpCode"] == "553"

@@ -78,7 +78,7 @@ def ingest(state: MailTrackState, raw: bytes, *, tenant_id: Any = UNSET, recipie
         message = _match(state, reading, recipient, None if tenant_id is UNSET else tenant_key(state, tenant_id))
     if message is None:
         return _skipped(IngestResult(UNMATCHED, kind=reading.kind, reason="names no message of ours"))
-    if reading.recipients and (message.cc or message.bcc) and message.email.strip().lower() not in reading.recipients:
+    if not _about_the_contact(reading, message):
         return _skipped(IngestResult(IGNORED, kind=reading.kind, message_id=message.id,
                                      reason="about a cc/bcc recipient, not the contact"))
     event = external_events.record_outcome(
@@ -89,6 +89,21 @@ def ingest(state: MailTrackState, raw: bytes, *, tenant_id: Any = UNSET, recipie
         return _skipped(IngestResult(DUPLICATE, kind=reading.kind, message_id=message.id,
                                      reason="this mail was stored before"))
     return IngestResult(RECORDED, [event], kind=reading.kind, message_id=message.id)
+
+
+def _about_the_contact(reading: mailparse.Reading, message: Message) -> bool:
+    """Whether the report concerns the message's contact, choosing the contact's outcome
+    among a DSN's recipients. A report naming other addresses only is about a cc/bcc
+    recipient when the message had some (an alias or forward may rename the contact's
+    address, so a message without cc/bcc takes the report as its contact's)."""
+    address = message.email.strip().lower()
+    for addresses, kind, details in reading.per_recipient:
+        if address in addresses:
+            reading.kind, reading.details = kind, details
+            return True
+    if not reading.recipients or address in reading.recipients:
+        return True
+    return not (message.cc or message.bcc)
 
 
 def _skipped(result: IngestResult) -> IngestResult:

@@ -50,7 +50,8 @@ REPLY_SCAN_CHARS = 32 * 1024
 #: Languages whose reply headers ("On ... wrote:", "Am ... schrieb ...:") are recognised.
 REPLY_LANGUAGES = ("en", "de", "fr", "es", "it", "nl", "pl", "sv", "da", "cs", "ja", "ko", "zh")
 
-_STATUS = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
+#: An enhanced status code (RFC 3463), not a piece of an IP address or version number.
+_STATUS = re.compile(r"(?<![\w.])([245])\.(\d{1,3})\.(\d{1,3})(?![\w.])")
 _SMTP_CODE = re.compile(r"^\s*([45]\d\d)[\s-]", re.MULTILINE)
 _QUOTED_MESSAGE_ID = re.compile(r"^[ \t>]*Message-ID:[ \t]*(<[^<>\s]{1,250}>)", re.IGNORECASE | re.MULTILINE)
 _DAEMONS = ("mailer-daemon", "postmaster", "mail-daemon", "mail-delivery-subsystem", "mailerdaemon")
@@ -91,6 +92,9 @@ class Reading:
     date: dt.datetime | None = None
     #: 002's inbound fields, for a reply.
     reply: dict[str, Any] | None = None
+    #: A DSN's outcome per recipient, ``(addresses, kind, details)``, failures first: the
+    #: caller picks the contact's (a report may also name a message's cc recipients).
+    per_recipient: list[tuple[list[str], str, dict[str, Any]]] = field(default_factory=list)
     reason: str = ""
 
 
@@ -216,7 +220,8 @@ def _dsn(msg: Message, parts: list[Message], status_part: Message) -> Reading:
         original_rcpt = _address_field(header(block, "Original-Recipient"))
         recipients += [a for a in (original_rcpt, final) if a]
         status = (_STATUS.search(header(block, "Status")) or _STATUS.search(header(block, "Diagnostic-Code")))
-        entry = {"recipient": original_rcpt or final, "status": status.group(0) if status else None,
+        entry = {"addresses": [a for a in (original_rcpt, final) if a],
+                 "recipient": original_rcpt or final, "status": status.group(0) if status else None,
                  "diagnostic": re.sub(r"\s+", " ", header(block, "Diagnostic-Code"))[:MAX_DIAGNOSTIC] or None,
                  "action": action, "reportingMta": reporting or None}
         if action == "failed":
@@ -226,17 +231,18 @@ def _dsn(msg: Message, parts: list[Message], status_part: Message) -> Reading:
     original = _original_headers(parts)
     reading = Reading(kind=None, message_ids=_candidates(msg, original),
                       verp_sources=_verp_sources(msg, original), recipients=list(dict.fromkeys(recipients)))
-    if failed:
-        entry = failed[0]
+    for entry in failed:
         status = entry["status"] or "5.0.0"
-        reading.kind = "bounce"
-        reading.details = {"bounceType": _status_type(status), **{k: v for k, v in entry.items() if v}}
-        reading.details["status"] = status
-    elif delivered:
-        reading.kind = "delivered"
-        reading.details = {k: v for k, v in delivered[0].items() if v}
+        details = {"bounceType": _status_type(status), **{k: v for k, v in entry.items() if v}, "status": status}
+        reading.per_recipient.append((entry["addresses"], "bounce", details))
+    for entry in delivered:
+        reading.per_recipient.append((entry["addresses"], "delivered", {k: v for k, v in entry.items() if v}))
+    if reading.per_recipient:
+        _, reading.kind, reading.details = reading.per_recipient[0]
     else:
         reading.reason = "a delay warning or relay notice (no failed or delivered recipient)"
+    for _, _, details in reading.per_recipient:
+        details.pop("addresses", None)
     return reading
 
 
