@@ -182,8 +182,8 @@ def record_outcome(
         from ..instrument import link_id as make_link_id
 
         link_id = make_link_id(url)
-    tenant = message.tenant_id
-    uid = event_uid(tenant, message.id, dedup) if dedup is not None else None
+    tenant, message_id, contact_id = message.tenant_id, message.id, message.contact_id
+    uid = event_uid(tenant, message_id, dedup) if dedup is not None else None
     if occurred_at is not None and occurred_at.tzinfo is None:
         occurred_at = occurred_at.replace(tzinfo=dt.timezone.utc)
     values = {
@@ -207,9 +207,14 @@ def record_outcome(
             extra = also(session, event)
         implied = _dnc_for(state, session, event)
         if implied is not None:
-            dnc_service.add_dnc(state, message.contact_id, "email", implied[0], message.id, implied[1],
+            dnc_service.add_dnc(state, contact_id, "email", implied[0], message_id, implied[1],
                                 tenant_id=tenant, update_existing=False)
-    _announce(event, **(extra or {}))
+    # the signal's keywords from the values written: reading the (committed, so expired)
+    # event would cost a SELECT per event that only a subscriber may need
+    verdict = {"is_machine": values["is_machine"], "machine_reason": machine_reason} if event_type in (
+        "open", "click") else {}
+    emit(event_type, event=event, contact_id=contact_id, message_id=message_id,
+         campaign_id=values["campaign_id"], url=url, **verdict, **(extra or {}))
     return event
 
 

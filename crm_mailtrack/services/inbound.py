@@ -81,14 +81,18 @@ def ingest(state: MailTrackState, raw: bytes, *, tenant_id: Any = UNSET, recipie
     if not _about_the_contact(reading, message):
         return _skipped(IngestResult(IGNORED, kind=reading.kind, message_id=message.id,
                                      reason="about a cc/bcc recipient, not the contact"))
+    message_id, details, also = message.id, dict(reading.details), None
+    if reading.kind == "reply":
+        details["inboundId"] = new_message_id()
+        also = _store_reply(reading, message, details["inboundId"])
     event = external_events.record_outcome(
-        state, message, reading.kind, details=reading.details or None, occurred_at=_when(reading, message),
-        dedup=reading.dedup, also=_store_reply(reading, message) if reading.kind == "reply" else None,
+        state, message, reading.kind, details=details or None, occurred_at=_when(reading, message),
+        dedup=reading.dedup, also=also,
     )
     if event is None:
-        return _skipped(IngestResult(DUPLICATE, kind=reading.kind, message_id=message.id,
+        return _skipped(IngestResult(DUPLICATE, kind=reading.kind, message_id=message_id,
                                      reason="this mail was stored before"))
-    return IngestResult(RECORDED, [event], kind=reading.kind, message_id=message.id)
+    return IngestResult(RECORDED, [event], kind=reading.kind, message_id=message_id)
 
 
 def _about_the_contact(reading: mailparse.Reading, message: Message) -> bool:
@@ -140,16 +144,14 @@ def _when(reading: mailparse.Reading, message: Message) -> dt.datetime:
     return min(when, now)
 
 
-def _store_reply(reading: mailparse.Reading, message: Message) -> Any:
+def _store_reply(reading: mailparse.Reading, message: Message, inbound_id: str) -> Any:
     fields = dict(reading.reply or {})
 
     def store(session: Session, event: ContactEvent) -> dict[str, Any]:
-        row = InboundMessage(id=new_message_id(), tenant_id=message.tenant_id, message_id=message.id,
+        row = InboundMessage(id=inbound_id, tenant_id=message.tenant_id, message_id=message.id,
                              contact_id=message.contact_id, event_id=event.id, received_at=event.occurred_at,
                              status="NEW", **fields)
         session.add(row)
-        session.flush()
-        event.details = {**(event.details or {}), "inboundId": row.id}
         return {"inbound": row}
 
     return store
