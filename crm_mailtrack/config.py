@@ -67,6 +67,11 @@ MAX_MESSAGE_BODY_BYTES = "MAILTRACK_MAX_MESSAGE_BODY_BYTES"
 #: Largest ``details`` object an event may store, in bytes of its compact UTF-8 JSON:
 #: larger is refused (422 on the API, ``ValidationError`` from ``record_event``).
 MAX_DETAILS_BYTES = "MAILTRACK_MAX_DETAILS_BYTES"
+#: The mailbox ``flask mailtrack fetch-inbox`` reads bounces, complaints and replies from:
+#: ``imaps://user:pass@host:993/INBOX``, ``imap+starttls://``, ``imap://`` (plain, a local
+#: server), ``pop3s://user:pass@host:995``, ``pop3://``; query ``cafile`` (a CA bundle to
+#: verify the server with) and ``timeout`` (seconds). ``None``: no mailbox.
+INBOX_URL = "MAILTRACK_INBOX_URL"
 
 #: Defaults applied with ``app.config.setdefault``. ``None`` for the keys whose default is
 #: derived from other config (``SECRET_KEY``, the instance path) at ``init_app``.
@@ -95,6 +100,7 @@ DEFAULTS: dict[str, Any] = {
     MAX_BODY_BYTES: 64 * 1024,
     MAX_MESSAGE_BODY_BYTES: 5 * 1024 * 1024,
     MAX_DETAILS_BYTES: 16 * 1024,
+    INBOX_URL: None,
 }
 
 #: Shortest signing key accepted: a shorter one can be brute-forced offline from one link.

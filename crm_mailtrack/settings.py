@@ -19,6 +19,7 @@ from . import config as cfg
 from .bots import BotPolicy
 from .errors import ConfigurationError
 from .services.mime import check_default_sender
+from .services.inbox_url import InboxSettings, parse_inbox_url
 from .services.smtp import SMTPSettings, parse_smtp_url
 
 
@@ -50,6 +51,8 @@ class Settings:
     max_body_bytes: int
     max_message_body_bytes: int
     max_details_bytes: int
+    #: ``MAILTRACK_INBOX_URL`` taken apart (its repr hides the password); ``None``: not set.
+    inbox: InboxSettings | None = None
 
     @classmethod
     def from_config(cls, conf: Mapping[str, Any], *, instance_path: str) -> Settings:
@@ -124,6 +127,7 @@ class Settings:
             max_body_bytes=limits[0],
             max_message_body_bytes=limits[1],
             max_details_bytes=limits[2],
+            inbox=None if conf[cfg.INBOX_URL] is None else parse_inbox_url(conf[cfg.INBOX_URL]),
         )
 
 
