@@ -301,5 +301,6 @@ def fetch_inbox(delete: bool, batch_size: int, limit: int | None, max_bytes: int
     if report.stopped:
         _fail(f"fetch-inbox stopped: {report.stopped}")
     if report.failed:
-        _fail(f"{report.failed} {'message' if report.failed == 1 else 'messages'} failed and stay on the "
+        one = report.failed == 1
+        _fail(f"{report.failed} {'message' if one else 'messages'} failed and {'stays' if one else 'stay'} on the "
               "server for the next run")

@@ -90,7 +90,7 @@ class Dovecot:
 
     def url(self, scheme: str = "imap", *, mailbox: str = "INBOX", password: str = PASSWORD,
             query: str = "") -> str:
-        port = self.ports[{"imap+starttls": "imap"}.get(scheme, scheme)]
+        port = self.ports[scheme.replace("+starttls", "")]
         params = [p for p in (f"cafile={quote(str(self.cert))}" if scheme != "imap" and scheme != "pop3" else "",
                               "timeout=10", query) if p]
         path = "" if scheme.startswith("pop3") else "/" + quote(mailbox)

@@ -177,3 +177,249 @@ def test_imap_hands_each_new_message_over_byte_for_byte_and_flags_it_by_outcome(
     assert again.calls == [messages["failing"].replace(b"X-Test: fail", b"X-Test: ok")]
     assert flags_by_subject(dovecot)["failing"] == STORED_FLAGS
     assert fetch_inbox(parse_inbox_url(dovecot.url("imap")), RecordingIngest()).fetched == 0
+
+
+@pytest.mark.parametrize("scheme", ["imaps", "imap+starttls"])
+def test_imap_over_tls_verifies_the_certificate_against_cafile(dovecot: Dovecot, scheme: str) -> None:
+    dovecot.append(mail("over tls"))
+    ingest = RecordingIngest()
+    report = fetch_inbox(parse_inbox_url(dovecot.url(scheme)), ingest)
+    assert (report.fetched, report.stored) == (1, 1)
+    assert flags_by_subject(dovecot) == {"over tls": STORED_FLAGS}
+
+    # without the CA that signed it, the same server is refused before anything is read
+    untrusted = parse_inbox_url(dovecot.url(scheme).replace(f"cafile={dovecot.cert}", "").replace("?&", "?"))
+    assert untrusted.cafile is None
+    with pytest.raises(InboxError, match="TLS certificate is not trusted.*cafile"):
+        fetch_inbox(untrusted, ingest)
+
+
+@pytest.mark.parametrize("scheme", ["pop3s", "pop3+starttls", "pop3"])
+def test_pop3_deletes_only_what_was_stored(dovecot: Dovecot, scheme: str) -> None:
+    for subject, extra in (("first", ""), ("unmatched", "X-Test: unmatched\r\n"), ("failing", "X-Test: fail\r\n"),
+                           ("second", "")):
+        dovecot.append(mail(subject, extra=extra))
+    dovecot.append(mail("dup"))
+    dovecot.append(mail("dup"))  # the same mail delivered twice: stored once, both copies deleted
+    ingest = RecordingIngest()
+
+    report = fetch_inbox(parse_inbox_url(dovecot.url(scheme)), ingest, delete=True, batch_size=2)
+
+    assert (report.fetched, report.stored, report.duplicate, report.ignored, report.failed) == (6, 3, 1, 1, 1)
+    assert len(ingest.calls) == 6 and sorted(ingest.stored) == ["<dup@mx.test>", "<first@mx.test>",
+                                                                 "<second@mx.test>"]
+    assert ingest.stored["<first@mx.test>"] == mail("first")  # byte for byte through POP3's dot-stuffing
+    assert sorted(flags_by_subject(dovecot)) == ["failing", "unmatched"]
+
+
+def test_imap_delete_expunges_stored_mail_and_keeps_the_rest(dovecot: Dovecot) -> None:
+    for subject, extra in (("stored", ""), ("unmatched", "X-Test: unmatched\r\n"), ("failing", "X-Test: fail\r\n")):
+        dovecot.append(mail(subject, extra=extra))
+    report = fetch_inbox(parse_inbox_url(dovecot.url("imap")), RecordingIngest(), delete=True)
+    assert (report.stored, report.ignored, report.failed) == (1, 1, 1)
+    assert flags_by_subject(dovecot) == {"unmatched": {"$MailtrackIgnored"}, "failing": set()}
+
+
+def test_a_limit_leaves_the_rest_for_the_next_run(dovecot: Dovecot) -> None:
+    for n in range(5):
+        dovecot.append(mail(f"m{n}"))
+    ingest = RecordingIngest()
+    first = fetch_inbox(parse_inbox_url(dovecot.url("imap")), ingest, limit=3, batch_size=2)
+    assert (first.fetched, first.stored, first.left) == (3, 3, 2)
+    second = fetch_inbox(parse_inbox_url(dovecot.url("imap")), ingest, limit=3)
+    assert (second.fetched, second.stored, second.left) == (2, 2, 0)
+    assert len(ingest.calls) == 5 and len(ingest.stored) == 5
+
+
+@pytest.mark.parametrize("delete", [False, True], ids=["mark", "delete"])
+def test_two_fetchers_at_once_store_each_message_once(dovecot: Dovecot, delete: bool) -> None:
+    count = 40
+    for n in range(count):
+        dovecot.append(mail(f"m{n}"))
+    ingest = RecordingIngest()
+    fetchers = [InboxFetcher(parse_inbox_url(dovecot.url("imap")), ingest, delete=delete, batch_size=7)
+                for _ in range(2)]
+    # both list the same 40 messages before either handles one: the worst case for a cron overlap
+    assert [f.count() for f in fetchers] == [count, count]
+    reports: list[FetchReport] = []
+    start = threading.Barrier(2)
+
+    def run(fetcher: InboxFetcher) -> None:
+        start.wait()
+        with fetcher:
+            reports.append(fetcher.run())
+
+    threads = [threading.Thread(target=run, args=(f,)) for f in fetchers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+
+    assert len(reports) == 2
+    assert sorted(ingest.stored) == sorted(f"<m{n}@mx.test>" for n in range(count))
+    assert sum(r.stored for r in reports) == count  # each stored by exactly one of them
+    assert sum(r.failed + r.malformed + r.ignored for r in reports) == 0
+    # a message is handed over twice only when both read it in the same instant; the other
+    # fetcher sees most of the first one's work in the flags and skips it unread
+    assert len(ingest.calls) < 2 * count
+    left = dovecot.mailbox()
+    if delete:
+        assert left == {}
+    else:
+        assert len(left) == count and all(flags == STORED_FLAGS for flags, _ in left.values())
+
+
+@pytest.mark.parametrize("scheme", ["imap", "pop3"])
+def test_a_dropped_connection_is_reopened_and_nothing_is_read_twice(dovecot: Dovecot, scheme: str) -> None:
+    for n in range(6):
+        dovecot.append(mail(f"m{n}"))
+    ingest = RecordingIngest()
+    kicked: list[int] = []
+
+    def kick(calls: int) -> None:
+        if calls in (2, 5):  # the server ends the session while a message is being stored
+            dovecot.kick()
+            kicked.append(calls)
+
+    ingest.on_call = kick
+    report = fetch_inbox(parse_inbox_url(dovecot.url(scheme)), ingest, delete=scheme == "pop3", batch_size=4)
+
+    assert kicked == [2, 5], (report, dovecot.log_text()[-3000:])
+    assert (report.fetched, report.stored, report.stopped) == (6, 6, None)
+    assert len(ingest.calls) == 6  # the marks (and POP3's uncommitted deletions) were made after reconnecting
+    if scheme == "pop3":
+        assert dovecot.mailbox() == {}
+    else:
+        assert all(flags == STORED_FLAGS for flags, _ in dovecot.mailbox().values())
+
+
+def test_an_unavailable_database_stops_the_run_and_touches_nothing(dovecot: Dovecot) -> None:
+    for n in range(3):
+        dovecot.append(mail(f"m{n}"))
+    ingest = RecordingIngest()
+    stored_before = ingest.__call__
+
+    def ingest_until_down(raw: bytes) -> Any:
+        if len(ingest.calls) == 1:
+            ingest.calls.append(raw)
+            raise DatabaseUnavailable("the database is unavailable")
+        return stored_before(raw)
+
+    report = fetch_inbox(parse_inbox_url(dovecot.url("imap")), ingest_until_down)
+    assert report.stopped is not None and "database is unavailable" in report.stopped
+    assert (report.fetched, report.stored) == (1, 1)
+    assert sorted(flags for flags, _ in dovecot.mailbox().values()) == [set(), set(), STORED_FLAGS]
+
+
+def test_a_wrong_password_or_mailbox_is_a_clear_error(dovecot: Dovecot) -> None:
+    with pytest.raises(InboxError) as err:
+        fetch_inbox(parse_inbox_url(dovecot.url("imaps", password="wrong-secret")), RecordingIngest())
+    assert f"login as {USER!r} refused" in str(err.value) and "wrong-secret" not in str(err.value)
+    with pytest.raises(InboxError, match="login as .* refused by the POP3 server"):
+        fetch_inbox(parse_inbox_url(dovecot.url("pop3s", password="wrong-secret")), RecordingIngest())
+    with pytest.raises(InboxError, match="has no mailbox 'Nowhere'"):
+        fetch_inbox(parse_inbox_url(dovecot.url("imap", mailbox="Nowhere")), RecordingIngest())
+
+
+@pytest.mark.parametrize("scheme", ["imap", "pop3s"])
+def test_a_line_longer_than_rfc_5322_allows(dovecot: Dovecot, scheme: str) -> None:
+    """IMAP reads it (a literal has a length); poplib refuses lines over 2048 bytes: that
+    message is counted malformed, the session reopened, and the deletions before it stand."""
+    dovecot.append(mail("before"))
+    dovecot.append(mail("long line", body="y" * 3000))
+    dovecot.append(mail("after"))
+    ingest = RecordingIngest()
+    report = fetch_inbox(parse_inbox_url(dovecot.url(scheme)), ingest, delete=scheme == "pop3s", batch_size=10)
+    if scheme == "imap":
+        assert (report.stored, report.malformed) == (3, 0)
+        assert ingest.stored["<long-line@mx.test>"] == mail("long line", body="y" * 3000)
+    else:
+        assert (report.fetched, report.stored, report.malformed, report.stopped) == (3, 2, 1, None)
+        assert list(flags_by_subject(dovecot)) == ["long line"]  # POP3 cannot mark it: it stays
+
+
+# -- flask mailtrack fetch-inbox -------------------------------------------------------------
+
+class HostMailTrack(MailTrack):
+    """A host's MailTrack whose ``ingest_mail`` records a ``bounce`` event for mail from
+    ``mailer-daemon`` (the command's plumbing under test: app context, tenant, outcomes)."""
+
+    def ingest_mail(self, raw: bytes, *, tenant_id: Any = None) -> list[Any]:
+        msg = email.message_from_bytes(raw, policy=email.policy.default)
+        if msg["X-Test"] == "fail":
+            raise RuntimeError("could not store it")
+        if "mailer-daemon" not in str(msg["From"]):
+            return []
+        return [self.record_event("c1", "bounce", email="ann@example.com", tenant_id=tenant_id,
+                                  details={"subject": str(msg["Subject"])})]
+
+
+def _events(app: Any) -> list[tuple[str, str | None, str]]:
+    import sqlalchemy as sa
+
+    from crm_mailtrack.models import events
+
+    session = app.extensions["mailtrack"].session
+    return [tuple(r) for r in session.execute(sa.select(events.c.type, events.c.tenant_id, events.c.details))]
+
+
+def test_fetch_inbox_command_ingests_marks_and_reports(make_app, dovecot: Dovecot) -> None:
+    dovecot.append(mail("bounced"))
+    dovecot.append(mail("a person", extra="").replace(b"mailer-daemon@mx.test", b"ann@example.com"))
+    app = make_app(mailtrack=HostMailTrack(), MAILTRACK_INBOX_URL=dovecot.url("imaps"))
+
+    result = app.test_cli_runner().invoke(args=["mailtrack", "fetch-inbox", "--tenant", "t1"])
+
+    assert result.exit_code == 0, result.output
+    assert f"mailtrack: imaps://{quote_user()}@127.0.0.1:{dovecot.ports['imaps']}/INBOX: 2 fetched: 1 stored, " \
+           "0 duplicate, 1 ignored (unmatched), 0 malformed, 0 failed" in result.stdout
+    assert "Fetching" in result.stderr  # the progress bar
+    with app.app_context():
+        assert [(t, tenant, d["subject"]) for t, tenant, d in _events(app)] == [("bounce", "t1", "bounced")]
+    assert flags_by_subject(dovecot) == {"bounced": STORED_FLAGS, "a person": {"$MailtrackIgnored"}}
+
+    again = app.test_cli_runner().invoke(args=["mailtrack", "fetch-inbox", "--tenant", "t1"])
+    assert again.exit_code == 0 and "0 fetched" in again.stdout
+    with app.app_context():
+        assert len(_events(app)) == 1
+
+
+def quote_user() -> str:
+    from urllib.parse import quote
+
+    return quote(USER, safe="")
+
+
+def test_fetch_inbox_command_exits_1_when_a_message_failed(make_app, dovecot: Dovecot) -> None:
+    dovecot.append(mail("bounced"))
+    dovecot.append(mail("failing", extra="X-Test: fail\r\n"))
+    app = make_app(mailtrack=HostMailTrack(), MAILTRACK_INBOX_URL=dovecot.url("pop3s"))
+    result = app.test_cli_runner().invoke(args=["mailtrack", "fetch-inbox"])
+    assert result.exit_code == 1
+    assert "1 stored, 0 duplicate, 0 ignored (unmatched), 0 malformed, 1 failed" in result.stdout
+    assert "message " in result.stderr and "RuntimeError: could not store it" in result.stderr
+    assert "Error: 1 message failed and stays on the server for the next run" in result.stderr
+    assert "Traceback" not in result.output
+    assert list(flags_by_subject(dovecot)) == ["failing"]  # POP3: the stored one is deleted
+
+
+@pytest.mark.parametrize("scheme", ["imaps", "pop3s", "imap"])
+def test_fetch_inbox_command_with_a_wrong_password_is_a_clear_error(make_app, dovecot: Dovecot,
+                                                                    scheme: str) -> None:
+    dovecot.append(mail("bounced"))
+    app = make_app(mailtrack=HostMailTrack(), MAILTRACK_INBOX_URL=dovecot.url(scheme, password="Wr0ng-pw"))
+    result = app.test_cli_runner().invoke(args=["mailtrack", "fetch-inbox"])
+    assert result.exit_code == 1
+    assert isinstance(result.exception, SystemExit)
+    assert f"Error: login as '{USER}' refused by the {scheme[:4].upper()} server 127.0.0.1:" in result.stderr
+    assert "Wr0ng-pw" not in result.output and "Traceback" not in result.output
+    assert flags_by_subject(dovecot) == {"bounced": set()}
+
+
+def test_fetch_inbox_command_errors_without_an_inbox_url_or_ingest_mail(make_app, dovecot: Dovecot) -> None:
+    result = make_app(mailtrack=HostMailTrack()).test_cli_runner().invoke(args=["mailtrack", "fetch-inbox"])
+    assert result.exit_code == 1 and "Error: MAILTRACK_INBOX_URL is not set" in result.stderr
+    if not hasattr(MailTrack, "ingest_mail"):
+        app = make_app(MAILTRACK_INBOX_URL=dovecot.url("imap"))
+        result = app.test_cli_runner().invoke(args=["mailtrack", "fetch-inbox"])
+        assert result.exit_code == 1 and "has no MailTrack.ingest_mail" in result.stderr

@@ -102,12 +102,12 @@ class ImapMailbox:
             if inbox.tls == "starttls":
                 conn.starttls(ssl_context=inbox.ssl_context())
         except (OSError, imaplib.IMAP4.error) as exc:
-            conn.shutdown()
+            _shutdown(conn)
             raise _explain(inbox, exc, "STARTTLS failed with the IMAP server") from None
         try:
             conn.login(inbox.username, inbox.password)
         except (imaplib.IMAP4.error, UnicodeError) as exc:
-            conn.shutdown()
+            _shutdown(conn)
             raise _explain(inbox, exc, f"login as {inbox.username!r} refused by the IMAP server") from None
         typ, data = conn.select(_quote(inbox.mailbox or "INBOX"))
         if typ != "OK":
@@ -192,7 +192,7 @@ class ImapMailbox:
         try:
             conn.logout()
         except (*DROPPED, imaplib.IMAP4.error):
-            conn.shutdown()
+            _shutdown(conn)
 
 
 class Pop3Mailbox:
@@ -241,12 +241,27 @@ class Pop3Mailbox:
         assert self.conn is not None, "connect() first"
         return self.conn
 
+    def _call(self, name: str, *args: object) -> tuple[bytes, list[bytes], int] | bytes:
+        """A POP3 command; an ``-ERR`` on a session that is no longer alive (the server
+        says "shutting down" and closes) is a drop, not a refusal."""
+        conn = self._conn()
+        try:
+            return getattr(conn, name)(*args)
+        except poplib.error_proto as exc:
+            if not _refusal(exc):
+                raise  # poplib's own complaint (a line too long): the session is out of step
+            try:
+                conn.noop()
+            except (*DROPPED, poplib.error_proto):
+                raise ConnectionResetError(f"the POP3 session ended: {_text(list(exc.args))}") from exc
+            raise
+
     def unhandled(self) -> list[str]:
         return sorted(self.numbers, key=self.numbers.__getitem__)
 
     def meta(self, keys: list[str]) -> dict[str, Meta]:
         sizes = {}
-        for line in self._conn().list()[1]:
+        for line in self._call("list")[1]:
             number, size = line.split()[:2]
             sizes[int(number)] = int(size)
         return {key: Meta(sizes[self.numbers[key]], frozenset())
@@ -257,10 +272,10 @@ class Pop3Mailbox:
         if number is None:
             return None
         try:
-            lines = self._conn().retr(number)[1]
+            lines = self._call("retr", number)[1]
         except poplib.error_proto as exc:
             detail = exc.args[0] if exc.args else b""
-            if isinstance(detail, bytes) and detail.startswith(b"-ERR"):
+            if _refusal(exc):
                 return None  # deleted by another session
             # poplib refuses lines over 2048 bytes (RFC 5322 allows 998): the session is out
             # of step, so it is reopened (its deletions are made again) and the message skipped
@@ -277,14 +292,14 @@ class Pop3Mailbox:
     def settle(self, key: str, how: str, *, delete: bool) -> None:
         if how != "stored":
             return  # POP3 has no flags: only stored mail is touched (deleted)
-        self._conn().dele(self.numbers[key])
+        self._call("dele", self.numbers[key])
         self.deleted.append(key)
 
     def commit(self) -> None:
         """QUIT (the server deletes now) and log in again for the next batch."""
         if self.conn is None:
             return
-        self.conn.quit()
+        self._call("quit")
         self.conn = None
         self.deleted = []
         self.connect()
@@ -329,6 +344,18 @@ def _records(data: list[object]) -> list[tuple[bytes, bytes, bytes]]:
             head, body, _ = records[-1]
             records[-1] = (head, body, item)
     return records
+
+
+def _refusal(exc: poplib.error_proto) -> bool:
+    """The server answered -ERR (rather than poplib refusing what it read)."""
+    return bool(exc.args) and isinstance(exc.args[0], bytes) and exc.args[0].startswith(b"-ERR")
+
+
+def _shutdown(conn: imaplib.IMAP4) -> None:
+    try:
+        conn.shutdown()
+    except OSError:
+        pass  # already closed (a failed TLS handshake closes the socket)
 
 
 def _quote(mailbox: str) -> str:
