@@ -189,6 +189,7 @@ ssl_key = <{self.key}
 disable_plaintext_auth = no
 auth_mechanisms = plain login
 auth_verbose = yes
+auth_failure_delay = 0
 passdb {{
   driver = passwd-file
   args = scheme=PLAIN username_format=%u {self.dir}/passwd
