@@ -49,7 +49,6 @@ class Meta:
     """What the server says about a message before it is downloaded."""
 
     size: int
-    flags: frozenset[str]
 
 
 class Mailbox(Protocol):
@@ -72,7 +71,7 @@ def _explain(inbox: InboxSettings, exc: BaseException, doing: str) -> InboxError
                           f"{exc.verify_message or exc}{hint}")
     if isinstance(exc, (socket.timeout, TimeoutError)):
         return InboxError(f"{doing} {where}: no answer within {inbox.timeout:g} seconds")
-    text = exc.args[0] if exc.args else exc
+    text = (exc.strerror or str(exc)) if isinstance(exc, OSError) else (exc.args[0] if exc.args else exc)
     if isinstance(text, bytes):
         text = text.decode("utf-8", "replace")
     return InboxError(f"{doing} {where}: {text}")
@@ -141,15 +140,15 @@ class ImapMailbox:
         return [uid.decode() for uid in (data[0] or b"").split()]
 
     def meta(self, keys: list[str]) -> dict[str, Meta]:
-        typ, data = self._conn().uid("FETCH", ",".join(keys), "(UID RFC822.SIZE FLAGS)")
+        typ, data = self._conn().uid("FETCH", ",".join(keys), "(UID RFC822.SIZE)")
         found: dict[str, Meta] = {}
         for line in data:
             text = line[0] if isinstance(line, tuple) else line
             if not isinstance(text, bytes):
                 continue
-            uid, size, flags = _UID.search(text), _SIZE.search(text), _FLAGS.search(text)
+            uid, size = _UID.search(text), _SIZE.search(text)
             if uid and size:
-                found[uid.group(1).decode()] = Meta(int(size.group(1)), _flag_set(flags))
+                found[uid.group(1).decode()] = Meta(int(size.group(1)))
         return found
 
     def read(self, key: str) -> bytes | None:
@@ -264,7 +263,7 @@ class Pop3Mailbox:
         for line in self._call("list")[1]:
             number, size = line.split()[:2]
             sizes[int(number)] = int(size)
-        return {key: Meta(sizes[self.numbers[key]], frozenset())
+        return {key: Meta(sizes[self.numbers[key]])
                 for key in keys if self.numbers.get(key) in sizes}
 
     def read(self, key: str) -> bytes | None:
