@@ -11,6 +11,8 @@ root, so it uses its own ``dovenull``/``dovecot`` users (made by the Debian pack
 belongs to ``nobody``; as anyone else, everything runs as that user (Dovecot's rootless mode)."""
 from __future__ import annotations
 
+import email
+import email.policy
 import imaplib
 import os
 import pwd
@@ -19,10 +21,13 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
+
+from crm_mailtrack.services.inbox import Outcome
 
 DOVECOT = "/usr/sbin/dovecot"
 DOVEADM = "/usr/bin/doveadm"
@@ -129,6 +134,16 @@ class Dovecot:
                 flags = head.split(b"FLAGS (", 1)[1].split(b")", 1)[0].decode().split()
                 found[uid] = (set(flags), body)
             return found
+        finally:
+            conn.logout()
+
+    def empty(self, mailbox: str = "INBOX") -> None:
+        """Delete every message of ``mailbox``."""
+        conn = self.imap()
+        try:
+            conn.select(mailbox)
+            conn.uid("STORE", "1:*", "+FLAGS.SILENT", "(\\Deleted)")
+            conn.expunge()
         finally:
             conn.logout()
 
@@ -259,3 +274,51 @@ def _group_name(gid: int) -> str:
     import grp
 
     return grp.getgrgid(gid).gr_name
+
+
+# -- what the inbox tests deliver and ingest ------------------------------------------------
+
+STORED_FLAGS = {"\\Seen", "$MailtrackStored"}
+
+
+def mail(subject: str, *, extra: str = "", body: str = "hello") -> bytes:
+    """A message whose Message-ID derives from its subject."""
+    mid = subject.replace(" ", "-")
+    return (f"From: Postmaster <mailer-daemon@mx.test>\r\nTo: bounces@crm.test\r\n"
+            f"Subject: {subject}\r\nMessage-ID: <{mid}@mx.test>\r\nDate: Mon, 30 Nov 2026 10:00:00 +0000\r\n"
+            f"{extra}MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{body}\r\n").encode()
+
+
+class RecordingIngest:
+    """Parses each message (raising on a defect, as a strict parser does), stores each
+    Message-ID once (``DUPLICATE`` the second time), returns ``[]`` for mail it does not
+    want (``X-Test: unmatched``) and raises for ``X-Test: fail`` (a store that fails)."""
+
+    def __init__(self) -> None:
+        self.calls: list[bytes] = []
+        self.stored: dict[str, bytes] = {}
+        self.lock = threading.Lock()
+        self.on_call: Any = None
+
+    def __call__(self, raw: bytes) -> Any:
+        with self.lock:
+            self.calls.append(raw)
+        if self.on_call is not None:
+            self.on_call(len(self.calls))
+        msg = email.message_from_bytes(raw, policy=email.policy.default.clone(raise_on_defect=True))
+        if msg["X-Test"] == "fail":
+            raise RuntimeError("the store refused it")
+        if msg["X-Test"] == "unmatched":
+            return []
+        with self.lock:
+            if msg["Message-ID"] in self.stored:
+                return Outcome.DUPLICATE
+            self.stored[msg["Message-ID"]] = raw
+        return [f"event of {msg['Message-ID']}"]
+
+
+def flags_by_subject(server: Dovecot) -> dict[str, set[str]]:
+    found = {}
+    for flags, raw in server.mailbox().values():
+        found[email.message_from_bytes(raw)["Subject"]] = flags
+    return found

@@ -1,30 +1,26 @@
 """``fetch-inbox`` against a real Dovecot on loopback (IMAP, IMAPS, IMAP STARTTLS, POP3S,
 POP3 STLS): what is read, what is handed to ``ingest`` (byte for byte), and what is left
 and flagged on the server afterwards; mark or delete; two fetchers at once; a session the
-server drops; failing, malformed and oversized mail; the command's errors. The fetcher is
+server drops; failing, malformed and oversized mail; the errors. The fetcher is
 driven with a real recording ``ingest`` that parses each message with the standard library
 and keeps each Message-ID once, as ``MailTrack.ingest_mail`` does with its storage."""
 from __future__ import annotations
 
-import email
-import email.policy
 import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from crm_mailtrack import ConfigurationError, MailTrack
+from crm_mailtrack import ConfigurationError
 from crm_mailtrack.errors import DatabaseUnavailable
 from crm_mailtrack.services.inbox import FetchReport, InboxError, InboxFetcher, Outcome, fetch_inbox
 from crm_mailtrack.services.inbox_url import parse_inbox_url
 
 import imapserver
-from imapserver import PASSWORD, USER, Dovecot
+from imapserver import STORED_FLAGS, USER, Dovecot, RecordingIngest, flags_by_subject, mail
 
 pytestmark = pytest.mark.skipif(imapserver.available() is not None, reason=str(imapserver.available()))
-
-STORED_FLAGS = {"\\Seen", "$MailtrackStored"}
 
 
 @pytest.fixture(scope="module")
@@ -44,56 +40,8 @@ def fresh_dovecot() -> Iterator[Dovecot]:
 @pytest.fixture
 def dovecot(_dovecot: Dovecot) -> Dovecot:
     """The module's server with an empty INBOX."""
-    conn = _dovecot.imap()
-    try:
-        conn.uid("STORE", "1:*", "+FLAGS.SILENT", "(\\Deleted)")
-        conn.expunge()
-    finally:
-        conn.logout()
+    _dovecot.empty()
     return _dovecot
-
-
-def mail(subject: str, *, extra: str = "", body: str = "hello") -> bytes:
-    """A message whose Message-ID derives from its subject."""
-    mid = subject.replace(" ", "-")
-    return (f"From: Postmaster <mailer-daemon@mx.test>\r\nTo: bounces@crm.test\r\n"
-            f"Subject: {subject}\r\nMessage-ID: <{mid}@mx.test>\r\nDate: Mon, 30 Nov 2026 10:00:00 +0000\r\n"
-            f"{extra}MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{body}\r\n").encode()
-
-
-class RecordingIngest:
-    """Parses each message (raising on a defect, as a strict parser does), stores each
-    Message-ID once (``DUPLICATE`` the second time), returns ``[]`` for mail it does not
-    want (``X-Test: unmatched``) and raises for ``X-Test: fail`` (a store that fails)."""
-
-    def __init__(self) -> None:
-        self.calls: list[bytes] = []
-        self.stored: dict[str, bytes] = {}
-        self.lock = threading.Lock()
-        self.on_call: Any = None
-
-    def __call__(self, raw: bytes) -> Any:
-        with self.lock:
-            self.calls.append(raw)
-        if self.on_call is not None:
-            self.on_call(len(self.calls))
-        msg = email.message_from_bytes(raw, policy=email.policy.default.clone(raise_on_defect=True))
-        if msg["X-Test"] == "fail":
-            raise RuntimeError("the store refused it")
-        if msg["X-Test"] == "unmatched":
-            return []
-        with self.lock:
-            if msg["Message-ID"] in self.stored:
-                return Outcome.DUPLICATE
-            self.stored[msg["Message-ID"]] = raw
-        return [f"event of {msg['Message-ID']}"]
-
-
-def flags_by_subject(server: Dovecot) -> dict[str, set[str]]:
-    found = {}
-    for flags, raw in server.mailbox().values():
-        found[email.message_from_bytes(raw)["Subject"]] = flags
-    return found
 
 
 # -- the URL --------------------------------------------------------------------------------
@@ -353,190 +301,3 @@ def test_a_line_longer_than_rfc_5322_allows(dovecot: Dovecot, scheme: str) -> No
     else:
         assert (report.fetched, report.stored, report.malformed, report.stopped) == (3, 2, 1, None)
         assert list(flags_by_subject(dovecot)) == ["long line"]  # POP3 cannot mark it: it stays
-
-
-# -- flask mailtrack fetch-inbox -------------------------------------------------------------
-
-class HostMailTrack(MailTrack):
-    """A host's MailTrack whose ``ingest_mail`` records a ``bounce`` event for mail from
-    ``mailer-daemon`` (the command's plumbing under test: app context, tenant, outcomes)."""
-
-    def ingest_mail(self, raw: bytes, *, tenant_id: Any = None) -> list[Any]:
-        msg = email.message_from_bytes(raw, policy=email.policy.default)
-        if msg["X-Test"] == "fail":
-            raise RuntimeError("could not store it")
-        if "mailer-daemon" not in str(msg["From"]):
-            return []
-        return [self.record_event("c1", "bounce", email="ann@example.com", tenant_id=tenant_id,
-                                  details={"subject": str(msg["Subject"])})]
-
-
-def _events(app: Any) -> list[tuple[str, str | None, str]]:
-    import sqlalchemy as sa
-
-    from crm_mailtrack.models import events
-
-    session = app.extensions["mailtrack"].session
-    return [tuple(r) for r in session.execute(sa.select(events.c.type, events.c.tenant_id, events.c.details))]
-
-
-def test_fetch_inbox_command_ingests_marks_and_reports(make_app, dovecot: Dovecot) -> None:
-    dovecot.append(mail("bounced"))
-    dovecot.append(mail("a person", extra="").replace(b"mailer-daemon@mx.test", b"ann@example.com"))
-    app = make_app(mailtrack=HostMailTrack(), MAILTRACK_INBOX_URL=dovecot.url("imaps"))
-
-    result = app.test_cli_runner().invoke(args=["mailtrack", "fetch-inbox", "--tenant", "t1"])
-
-    assert result.exit_code == 0, result.output
-    assert f"mailtrack: imaps://{quote_user()}@127.0.0.1:{dovecot.ports['imaps']}/INBOX: 2 fetched: 1 stored, " \
-           "0 duplicate, 1 ignored (unmatched), 0 malformed, 0 failed" in result.stdout
-    assert "Fetching" in result.stderr  # the progress bar
-    with app.app_context():
-        assert [(t, tenant, d["subject"]) for t, tenant, d in _events(app)] == [("bounce", "t1", "bounced")]
-    assert flags_by_subject(dovecot) == {"bounced": STORED_FLAGS, "a person": {"$MailtrackIgnored"}}
-
-    again = app.test_cli_runner().invoke(args=["mailtrack", "fetch-inbox", "--tenant", "t1"])
-    assert again.exit_code == 0 and "0 fetched" in again.stdout
-    with app.app_context():
-        assert len(_events(app)) == 1
-
-
-def quote_user() -> str:
-    from urllib.parse import quote
-
-    return quote(USER, safe="")
-
-
-def test_fetch_inbox_command_exits_1_when_a_message_failed(make_app, dovecot: Dovecot) -> None:
-    dovecot.append(mail("bounced"))
-    dovecot.append(mail("failing", extra="X-Test: fail\r\n"))
-    app = make_app(mailtrack=HostMailTrack(), MAILTRACK_INBOX_URL=dovecot.url("pop3s"))
-    result = app.test_cli_runner().invoke(args=["mailtrack", "fetch-inbox"])
-    assert result.exit_code == 1
-    assert "1 stored, 0 duplicate, 0 ignored (unmatched), 0 malformed, 1 failed" in result.stdout
-    assert "message " in result.stderr and "RuntimeError: could not store it" in result.stderr
-    assert "Error: 1 message failed and stays on the server for the next run" in result.stderr
-    assert "Traceback" not in result.output
-    assert list(flags_by_subject(dovecot)) == ["failing"]  # POP3: the stored one is deleted
-
-
-@pytest.mark.parametrize("scheme", ["imaps", "pop3s", "imap"])
-def test_fetch_inbox_command_with_a_wrong_password_is_a_clear_error(make_app, fresh_dovecot: Dovecot,
-                                                                    scheme: str) -> None:
-    dovecot = fresh_dovecot
-    app = make_app(mailtrack=HostMailTrack(), MAILTRACK_INBOX_URL=dovecot.url(scheme, password="Wr0ng-pw"))
-    result = app.test_cli_runner().invoke(args=["mailtrack", "fetch-inbox"])
-    assert result.exit_code == 1
-    assert isinstance(result.exception, SystemExit)
-    assert f"Error: login as '{USER}' refused by the {scheme[:4].upper()} server 127.0.0.1:" in result.stderr
-    assert "Wr0ng-pw" not in result.output and "Traceback" not in result.output
-
-
-def test_fetch_inbox_command_errors_without_an_inbox_url_or_ingest_mail(make_app, dovecot: Dovecot) -> None:
-    result = make_app(mailtrack=HostMailTrack()).test_cli_runner().invoke(args=["mailtrack", "fetch-inbox"])
-    assert result.exit_code == 1 and "Error: MAILTRACK_INBOX_URL is not set" in result.stderr
-    if not hasattr(MailTrack, "ingest_mail"):
-        app = make_app(MAILTRACK_INBOX_URL=dovecot.url("imap"))
-        result = app.test_cli_runner().invoke(args=["mailtrack", "fetch-inbox"])
-        assert result.exit_code == 1 and "has no MailTrack.ingest_mail" in result.stderr
-
-
-# -- end to end: mail sent through the extension comes back ---------------------------------
-
-def _dsn(sent: Any, recipient: str, n: int) -> bytes:
-    """A Postfix-style RFC 3464 bounce of ``sent`` (a message the recording SMTP server
-    received), addressed to its envelope sender, quoting its headers."""
-    headers = sent.raw.split(b"\r\n\r\n", 1)[0].decode()
-    return (
-        f"Return-Path: <>\r\nFrom: MAILER-DAEMON@mx.example.com (Mail Delivery System)\r\n"
-        f"To: {sent.mail_from}\r\nSubject: Undelivered Mail Returned to Sender\r\n"
-        f"Date: Mon, 30 Nov 2026 10:00:0{n} +0000\r\nMessage-ID: <dsn-{n}@mx.example.com>\r\n"
-        f"Auto-Submitted: auto-replied\r\nMIME-Version: 1.0\r\n"
-        f'Content-Type: multipart/report; report-type=delivery-status; boundary="B{n}"\r\n\r\n'
-        f"--B{n}\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n"
-        f"This is the mail system at host mx.example.com.\r\n\r\nI'm sorry to have to inform you that your "
-        f"message could not\r\nbe delivered to one or more recipients.\r\n\r\n<{recipient}>: host "
-        f"mx.example.com[192.0.2.25] said: 550 5.1.1\r\n    <{recipient}>: Recipient address rejected: User "
-        f"unknown\r\n\r\n--B{n}\r\nContent-Type: message/delivery-status\r\n\r\n"
-        f"Reporting-MTA: dns; mx.example.com\r\nArrival-Date: Mon, 30 Nov 2026 09:59:58 +0000\r\n\r\n"
-        f"Final-Recipient: rfc822; {recipient}\r\nOriginal-Recipient: rfc822;{recipient}\r\nAction: failed\r\n"
-        f"Status: 5.1.1\r\nRemote-MTA: dns; mx.example.com\r\nDiagnostic-Code: smtp; 550 5.1.1 <{recipient}>: "
-        f"Recipient address rejected: User unknown\r\n\r\n"
-        f"--B{n}\r\nContent-Type: text/rfc822-headers\r\n\r\n{headers}\r\n--B{n}--\r\n"
-    ).encode()
-
-
-def _reply(sent: Any, sender: str) -> bytes:
-    original = email.message_from_bytes(sent.raw, policy=email.policy.default)
-    return (
-        f"From: Bob <{sender}>\r\nTo: {original['From']}\r\nSubject: Re: {original['Subject']}\r\n"
-        f"Date: Mon, 30 Nov 2026 11:00:00 +0000\r\nMessage-ID: <reply-1@mail.example.net>\r\n"
-        f"In-Reply-To: {original['Message-ID']}\r\nReferences: {original['Message-ID']}\r\n"
-        f"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
-        f"Yes please, send me the offer.\r\n\r\nOn Mon, 30 Nov 2026, CRM wrote:\r\n> Hello Bob\r\n"
-    ).encode()
-
-
-def _types(app: Any, message_id: str) -> list[str]:
-    import sqlalchemy as sa
-
-    from crm_mailtrack.models import events
-
-    session = app.extensions["mailtrack"].session
-    return sorted(session.execute(sa.select(events.c.type).where(events.c.message_id == message_id)).scalars())
-
-
-@pytest.mark.skipif(not hasattr(MailTrack, "ingest_mail"), reason="MailTrack.ingest_mail is not in this build")
-def test_bounce_and_reply_to_sent_mail_come_back_through_fetch_inbox(make_app, dovecot: Dovecot, _server: Any,
-                                                                     handler: Any) -> None:
-    app = make_app(MAILTRACK_SMTP_URL=_server.url(), MAILTRACK_DEFAULT_SENDER="CRM <crm@crm.test>",
-                   MAILTRACK_BOUNCE_ADDRESS="bounces@crm.test", MAILTRACK_INBOX_URL=dovecot.url("imaps"))
-    with app.app_context():
-        mt = app.extensions["mailtrack"].extension
-        ann = mt.send(mt.track_message(contact_id="ann", email="ann@example.com", subject="Your offer",
-                                       html="<p>Hello Ann</p>"))
-        bob = mt.send(mt.track_message(contact_id="bob", email="bob@example.net", subject="Your offer",
-                                       html="<p>Hello Bob</p>"))
-        ann_id, bob_id = ann.id, bob.id
-    to_ann, to_bob = sorted(handler.received, key=lambda r: r.rcpt_tos[0])
-    assert to_ann.rcpt_tos == ["ann@example.com"] and to_bob.rcpt_tos == ["bob@example.net"]
-    dovecot.append(_dsn(to_ann, "ann@example.com", 1))
-    dovecot.append(_reply(to_bob, "bob@example.net"))
-    dovecot.append(mail("unrelated").replace(b"mailer-daemon@mx.test", b"someone@else.test"))
-
-    result = app.test_cli_runner().invoke(args=["mailtrack", "fetch-inbox"])
-
-    assert result.exit_code == 0, result.output
-    assert "3 fetched: 2 stored, 0 duplicate, 1 ignored (unmatched), 0 malformed, 0 failed" in result.stdout
-    with app.app_context():
-        assert "bounce" in _types(app, ann_id) and "reply" in _types(app, bob_id)
-        assert app.extensions["mailtrack"].extension.can_contact("ann") is False  # a hard bounce
-        before = (_types(app, ann_id), _types(app, bob_id))
-    assert flags_by_subject(dovecot) == {"Undelivered Mail Returned to Sender": STORED_FLAGS,
-                                         "Re: Your offer": STORED_FLAGS, "unrelated": {"$MailtrackIgnored"}}
-
-    # the same bounce delivered again, read by two fetchers at once: still stored once
-    dovecot.append(_dsn(to_ann, "ann@example.com", 1))
-    dovecot.append(_dsn(to_ann, "ann@example.com", 1))
-
-    def ingest(raw: bytes) -> Any:
-        with app.app_context():
-            return app.extensions["mailtrack"].extension.ingest_mail(raw)
-
-    reports: list[FetchReport] = []
-    threads = [threading.Thread(target=lambda: reports.append(fetch_inbox(
-        app.extensions["mailtrack"].settings.inbox, ingest, delete=True))) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert len(reports) == 2 and sum(r.failed + r.malformed for r in reports) == 0
-    assert sum(r.fetched for r in reports) >= 2
-    with app.app_context():
-        assert (_types(app, ann_id), _types(app, bob_id)) == before
-    assert "0 fetched" in app.test_cli_runner().invoke(args=["mailtrack", "fetch-inbox"]).stdout
-    # every copy is either deleted (stored again = duplicate) or marked; none is left unread for the machine
-    left = dovecot.mailbox()
-    assert 3 <= len(left) <= 5
-    assert all(flags & {"$MailtrackStored", "$MailtrackIgnored"} for flags, _ in left.values())
-

@@ -199,7 +199,7 @@ class InboxFetcher:
                                 f"({exc}); run it again") from exc
                 self.close()
                 try:
-                    self.mailbox.connect()
+                    self.mailbox.connect()  # InboxError for anything that goes wrong
                 except InboxError as again:
                     raise _Stop(f"lost the connection and could not reconnect: {again}") from again
             except PROTOCOL_ERRORS as exc:  # the server answered BAD or -ERR to a command

@@ -105,10 +105,20 @@ class ImapMailbox:
             raise _explain(inbox, exc, "STARTTLS failed with the IMAP server") from None
         try:
             conn.login(inbox.username, inbox.password)
+        except imaplib.IMAP4.abort as exc:
+            _shutdown(conn)
+            raise _explain(inbox, exc, "the IMAP server ended the session during login") from None
         except (imaplib.IMAP4.error, UnicodeError) as exc:
             _shutdown(conn)
             raise _explain(inbox, exc, f"login as {inbox.username!r} refused by the IMAP server") from None
-        typ, data = conn.select(_quote(inbox.mailbox or "INBOX"))
+        except OSError as exc:
+            _shutdown(conn)
+            raise _explain(inbox, exc, "the IMAP server ended the session during login") from None
+        try:
+            typ, data = conn.select(_quote(inbox.mailbox or "INBOX"))
+        except (OSError, imaplib.IMAP4.error) as exc:
+            _shutdown(conn)
+            raise _explain(inbox, exc, "the IMAP server ended the session after login") from None
         if typ != "OK":
             conn.logout()
             raise InboxError(f"the IMAP server {inbox.host}:{inbox.port} has no mailbox {inbox.mailbox!r} "
@@ -226,15 +236,23 @@ class Pop3Mailbox:
         except (poplib.error_proto, UnicodeError) as exc:
             conn.close()
             raise _explain(inbox, exc, f"login as {inbox.username!r} refused by the POP3 server") from None
+        except OSError as exc:
+            conn.close()
+            raise _explain(inbox, exc, "the POP3 server ended the session during login") from None
+        try:
+            numbers = {}
+            for line in conn.uidl()[1]:
+                number, uidl = line.split(b" ", 1)
+                numbers[uidl.decode("ascii", "replace")] = int(number)
+            # deletions a dropped session did not commit: make them again (never re-ingested)
+            for uidl in self.deleted:
+                if uidl in numbers:
+                    conn.dele(numbers[uidl])
+        except (OSError, poplib.error_proto) as exc:
+            conn.close()
+            raise _explain(inbox, exc, "the POP3 server ended the session after login") from None
         self.conn = conn
-        self.numbers = {}
-        for line in conn.uidl()[1]:
-            number, uidl = line.split(b" ", 1)
-            self.numbers[uidl.decode("ascii", "replace")] = int(number)
-        # deletions a dropped session did not commit: make them again (never re-ingested)
-        for uidl in self.deleted:
-            if uidl in self.numbers:
-                conn.dele(self.numbers[uidl])
+        self.numbers = numbers
 
     def _conn(self) -> poplib.POP3:
         assert self.conn is not None, "connect() first"
