@@ -301,3 +301,30 @@ def test_a_line_longer_than_rfc_5322_allows(dovecot: Dovecot, scheme: str) -> No
     else:
         assert (report.fetched, report.stored, report.malformed, report.stopped) == (3, 2, 1, None)
         assert list(flags_by_subject(dovecot)) == ["long line"]  # POP3 cannot mark it: it stays
+
+
+def test_mime_nested_absurdly_deep_is_malformed_and_the_run_goes_on(dovecot: Dovecot) -> None:
+    """2000 nested multiparts: the standard library's parser gives up (RecursionError)."""
+    depth = 2000
+    deep = b"Subject: deep\r\nMessage-ID: <deep@mx.test>\r\nMIME-Version: 1.0\r\n" + b"".join(
+        b'Content-Type: multipart/mixed; boundary="b%d"\r\n\r\n--b%d\r\n' % (i, i) for i in range(depth)
+    ) + b"Content-Type: text/plain\r\n\r\nhi\r\n" + b"".join(b"--b%d--\r\n" % i for i in reversed(range(depth)))
+    dovecot.append(deep)
+    dovecot.append(mail("after"))
+    ingest = RecordingIngest()
+    report = fetch_inbox(parse_inbox_url(dovecot.url("imap")), ingest)
+    assert (report.fetched, report.stored, report.malformed, report.failed) == (2, 1, 1, 0)
+    assert report.problems[0][1].startswith("RecursionError")
+    assert flags_by_subject(dovecot) == {"deep": {"$MailtrackSkipped"}, "after": STORED_FLAGS}
+
+
+def test_a_server_that_never_answers_times_out_clearly() -> None:
+    import socket
+
+    with socket.socket() as silent:  # accepts connections (the backlog) but never says a word
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)
+        port = silent.getsockname()[1]
+        with pytest.raises(InboxError) as err:
+            fetch_inbox(parse_inbox_url(f"imaps://u:pw@127.0.0.1:{port}/INBOX?timeout=0.5"), RecordingIngest())
+    assert str(err.value) == f"could not connect to the IMAP server 127.0.0.1:{port}: no answer within 0.5 seconds"
