@@ -187,13 +187,14 @@ def test_a_limit_leaves_the_rest_for_the_next_run(dovecot: Dovecot) -> None:
     assert len(ingest.calls) == 5 and len(ingest.stored) == 5
 
 
-@pytest.mark.parametrize("delete", [False, True], ids=["mark", "delete"])
-def test_two_fetchers_at_once_store_each_message_once(dovecot: Dovecot, delete: bool) -> None:
+@pytest.mark.parametrize("scheme, delete", [("imap", False), ("imap", True), ("pop3s", True)],
+                         ids=["imap-mark", "imap-delete", "pop3s"])
+def test_two_fetchers_at_once_store_each_message_once(dovecot: Dovecot, scheme: str, delete: bool) -> None:
     count = 40
     for n in range(count):
         dovecot.append(mail(f"m{n}"))
     ingest = RecordingIngest()
-    fetchers = [InboxFetcher(parse_inbox_url(dovecot.url("imap")), ingest, delete=delete, batch_size=7)
+    fetchers = [InboxFetcher(parse_inbox_url(dovecot.url(scheme)), ingest, delete=delete, batch_size=7)
                 for _ in range(2)]
     # both list the same 40 messages before either handles one: the worst case for a cron overlap
     assert [f.count() for f in fetchers] == [count, count]

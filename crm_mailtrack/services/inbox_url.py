@@ -73,7 +73,7 @@ def parse_inbox_url(url: str) -> InboxSettings:
         port = parts.port
         query = parse_qs(parts.query, strict_parsing=bool(parts.query))
     except ValueError:
-        raise bad("is not a valid URL (a bad port?)") from None
+        raise bad("is not a valid URL (a bad port or query string?)") from None
     if scheme not in DEFAULT_PORTS:
         raise bad(f"has the scheme {scheme!r}" if scheme else "has no scheme")
     if not parts.hostname:
