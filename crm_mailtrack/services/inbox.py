@@ -16,7 +16,7 @@ keywords are read, their flags are checked again just before ingesting, and each
 settled as soon as it is handled, so several hosts can run the command from cron at once:
 a message is handed to ``ingest`` twice only when two runs read it in the same instant, and
 ``ingest_mail`` stores the same received mail once. A dropped connection is reopened (at
-most ``reconnects`` times) and the mark of the message in hand is made then.
+most ``reconnects`` times in a row) and the mark of the message in hand is made then.
 """
 from __future__ import annotations
 
