@@ -124,7 +124,7 @@ class Dovecot:
         changing a flag (BODY.PEEK)."""
         conn = self.imap()
         try:
-            conn.select(mailbox, readonly=True)
+            conn.select(f'"{mailbox}"', readonly=True)
             typ, data = conn.uid("SEARCH", "ALL")
             uids = [int(u) for u in data[0].split()]
             found: dict[int, tuple[set[str], bytes]] = {}

@@ -329,3 +329,51 @@ def test_a_server_that_never_answers_times_out_clearly() -> None:
         with pytest.raises(InboxError) as err:
             fetch_inbox(parse_inbox_url(f"imaps://u:pw@127.0.0.1:{port}/INBOX?timeout=0.5"), RecordingIngest())
     assert str(err.value) == f"could not connect to the IMAP server 127.0.0.1:{port}: no answer within 0.5 seconds"
+
+
+def test_a_connection_that_keeps_dropping_stops_the_run_and_loses_nothing(dovecot: Dovecot) -> None:
+    for n in range(3):
+        dovecot.append(mail(f"m{n}"))
+    ingest = RecordingIngest()
+    ingest.on_call = lambda calls: dovecot.kick()
+    report = fetch_inbox(parse_inbox_url(dovecot.url("imap")), ingest, reconnects=0)
+    assert report.stopped is not None and "keeps dropping" in report.stopped
+    assert report.fetched == 0 and len(ingest.calls) == 1  # stored, but its mark could not be made
+    assert sorted(flags for flags, _ in dovecot.mailbox().values()) == [set(), set(), set()]
+
+    ingest.on_call = None  # the next run: the stored one comes back as a duplicate, and is marked
+    again = fetch_inbox(parse_inbox_url(dovecot.url("imap")), ingest)
+    assert (again.fetched, again.stored, again.duplicate) == (3, 2, 1)
+    assert len(ingest.stored) == 3
+    assert all(flags == STORED_FLAGS for flags, _ in dovecot.mailbox().values())
+
+
+def test_a_named_mailbox_recreated_during_the_run_stops_it(dovecot: Dovecot) -> None:
+    """UIDs mean nothing across UIDVALIDITY: after reconnecting to a recreated mailbox the
+    run stops instead of marking whatever now has the old UIDs."""
+    admin = dovecot.imap()
+    admin.create('"Bounces In"')
+    for n in range(2):
+        admin.append('"Bounces In"', None, None, mail(f"m{n}"))
+    admin.logout()
+
+    def recreate(calls: int) -> None:
+        if calls == 1:  # the session drops, and meanwhile the mailbox is made anew
+            dovecot.kick()
+            other = dovecot.imap()
+            other.delete('"Bounces In"')
+            other.create('"Bounces In"')
+            other.append('"Bounces In"', None, None, mail("newcomer"))
+            other.logout()
+
+    ingest = RecordingIngest()
+    ingest.on_call = recreate
+    try:
+        report = fetch_inbox(parse_inbox_url(dovecot.url("imap", mailbox="Bounces In")), ingest)
+        assert [flags for flags, _ in dovecot.mailbox("Bounces In").values()] == [set()]  # the newcomer
+    finally:
+        admin = dovecot.imap()
+        admin.delete('"Bounces In"')
+        admin.logout()
+    assert report.stopped is not None and "UIDVALIDITY changed" in report.stopped
+    assert len(ingest.calls) == 1
