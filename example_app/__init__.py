@@ -67,7 +67,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         db.create_all()
         mailtrack.create_all()
 
-    from . import views
+    from . import campaign_views, views  # noqa: F401  (campaign_views adds its routes to the blueprint)
 
     app.register_blueprint(views.blueprint)
     views.register_filters(app)
