@@ -137,8 +137,8 @@ def _shot(pg: Any, name: str) -> None:
 
 def _funnel_on_page(pg: Any) -> dict[str, tuple[int, int]]:
     out = {}
-    for key in ("sent", "delivered", "opened", "clicked", "unsubscribed"):
-        row = pg.locator(f'#funnel tr[data-step="{key}"]')
+    for row in pg.locator("#funnel tbody tr[data-step]").all():
+        key = row.get_attribute("data-step")
         out[key] = (int(row.locator('[data-kind="human"]').inner_text()),
                     int(row.locator('[data-kind="all"]').inner_text()))
     return out
