@@ -132,7 +132,7 @@ def category_chart(buckets: Sequence[object], *, title: str, desc: str) -> Marku
     for i, b in enumerate(rows):
         y = PAD_T + i * row_h
         label = str(b.label)  # type: ignore[attr-defined]
-        body.append(f'<text class="label small" x="{label_w - 8}" y="{y + 24}" text-anchor="end">{escape(label[:26])}'
+        body.append(f'<text class="label small" x="{label_w - 8}" y="{y + 24}" text-anchor="end">{escape(label if len(label) <= 22 else label[:21] + "…")}'
                     f'<title>{escape(label)}</title></text>')
         for j, (css, value, what) in enumerate((("s-open", int(b.opens), "opens"),  # type: ignore[attr-defined]
                                                 ("s-click", int(b.clicks), "clicks"))):  # type: ignore[attr-defined]
