@@ -46,8 +46,10 @@ def _axes(days: Sequence[dt.date], top: int) -> list[str]:
         out.append(f'<text class="tick" x="{PAD_L - 6}" y="{y + 4:.1f}" text-anchor="end">{value}</text>')
     slot = (W - PAD_L - PAD_R) / max(len(days), 1)
     for i in _labelled(len(days)):
-        x = PAD_L + slot * (i + 0.5)
-        out.append(f'<text class="tick" x="{x:.1f}" y="{H - 10}" text-anchor="middle">{days[i]:%b %d}</text>')
+        x, anchor = PAD_L + slot * (i + 0.5), "middle"
+        if i == len(days) - 1 and len(days) > 1:  # the newest day: right-aligned, so it is never cut off
+            x, anchor = min(x + slot / 2, W - 2), "end"
+        out.append(f'<text class="tick" x="{x:.1f}" y="{H - 10}" text-anchor="{anchor}">{days[i]:%b %d}</text>')
     return out
 
 

@@ -100,7 +100,10 @@ def _check_chart_window(pg: Any, last_activity: dt.date) -> tuple[dt.date, dt.da
     points = pg.locator("svg.chart polyline.s-open").first.get_attribute("points").split()
     assert len(points) == days
     volume = window.locator("xpath=..").locator("svg.chart")
-    assert volume.locator("text.tick").last.text_content() == f"{end:%b %d}"
+    newest = volume.locator("text.tick").last
+    assert newest.text_content() == f"{end:%b %d}"
+    label, frame = newest.bounding_box(), volume.bounding_box()  # drawn whole, not cut off at the edge
+    assert frame["x"] <= label["x"] and label["x"] + label["width"] <= frame["x"] + frame["width"]
     shown = [dt.date.fromisoformat(d) for d in _cells(pg, "table.days tbody th")]
     assert shown and max(shown) <= end
     return start, end
