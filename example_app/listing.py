@@ -60,13 +60,21 @@ def paginate(rows: Sequence[Any], keys: Mapping[str, Callable[[Any], Any]], *, d
     desc = direction == "desc"
     key = keys[sort]
     ordered = sorted(rows, key=lambda r: _none_last(key(r), desc), reverse=desc)
-    pages = max(1, math.ceil(len(ordered) / per_page))
+    listing = page_of(len(ordered), per_page=per_page, sort=sort, desc=desc)
+    start = (listing.page - 1) * per_page
+    listing.rows = ordered[start:start + per_page]
+    return listing
+
+
+def page_of(total: int, *, per_page: int = 25, sort: str = "", desc: bool = False) -> Listing:
+    """The requested page of ``total`` rows that the caller fetches itself (SQL ``LIMIT`` /
+    ``OFFSET``); ``rows`` is left empty for it."""
+    pages = max(1, math.ceil(total / per_page))
     try:
         page = min(max(1, int(request.args.get("page", "1"))), pages)
     except ValueError:
         page = 1
-    start = (page - 1) * per_page
-    return Listing(ordered[start:start + per_page], len(ordered), page, pages, per_page, sort, desc)
+    return Listing([], total, page, pages, per_page, sort, desc)
 
 
 def _none_last(value: Any, desc: bool) -> tuple[int, Any]:

@@ -163,7 +163,12 @@ def test_campaign_page_shows_the_apis_figures(live: Live, page: Any) -> None:
     earlier = [api.analytics(s) for s in slugs[1:-1]]
     together = _cells(page, 'table.comparison tr[data-campaign="earlier"] td')
     assert together[:2] == [str(sum(d["totalSent"] for d in earlier)), str(sum(d["totalDelivered"] for d in earlier))]
-    assert together[2] == pct(sum(d["totalOpened"] for d in earlier) / sum(d["totalDelivered"] for d in earlier))
+    earlier_open = sum(d["totalOpened"] for d in earlier) / sum(d["totalDelivered"] for d in earlier)
+    assert together[2] == pct(earlier_open)
+    delta = page.locator('[data-delta="openRate"]').inner_text()
+    assert delta == f'{(people["openRate"] - round(earlier_open, 4)) * 100:+.1f} pts vs earlier'
+    assert "All events" not in page.locator("#funnel thead").text_content()  # they are messages, and say so
+    assert "Messages (including machines)" in page.locator("#funnel thead").text_content()
 
     links = api.get(f"/campaigns/{SLUG}/links")["links"]
     assert [t.strip() for t in page.locator("table.links .full-url").all_inner_texts()] == [x["url"] for x in links]
