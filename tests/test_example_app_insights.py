@@ -6,14 +6,18 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import re
+import uuid
+from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from flask import Flask
 
-from test_example_app import demo_db, example  # noqa: F401  (fixtures)
+from test_example_app import _config, demo_db, example  # noqa: F401  (fixtures)
 
-from example_app import API_TOKEN
+from example_app import API_TOKEN, create_app
 from example_app.models import Contact, InboxMail, db
 
 HDRS = {"Authorization": f"Bearer {API_TOKEN}", "Accept": "application/json"}
@@ -73,3 +77,41 @@ def test_contacts_csv_is_text_not_formulas(example: Flask) -> None:  # noqa: F81
     assert row["name"] == "'=HYPERLINK(\"http://evil.example\")" and row["company"] == "'@SUM(A1)"
     assert (row["opens"], row["clicks"], row["score"], row["lastHumanActivity"]) == ("0", "0", "0.0", "")
 
+
+
+def test_the_crm_on_postgresql(tmp_path: Path) -> None:
+    """The CRM on PostgreSQL (``EXAMPLE_DATABASE_URL`` may name one): the demo story is made
+    in a private schema, the pages answer, and their figures are the API's there too."""
+    server = os.environ.get("MAILTRACK_TEST_POSTGRES_URL")
+    if not server:
+        pytest.skip("PostgreSQL not configured: set MAILTRACK_TEST_POSTGRES_URL (.ci/run does)")
+    schema = f"crm_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    admin = sa.create_engine(server)
+    with admin.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    url = f"{server}{'&' if '?' in server else '?'}options=-csearch_path%3D{schema}"
+    app = None
+    try:
+        app = create_app(_config(tmp_path / "unused.db", SQLALCHEMY_DATABASE_URI=url))
+        client = app.test_client()
+        for path in ("/", "/contacts?sort=score&dir=desc&page=2", "/campaigns/pricing-offer?sort=opens&dir=desc",
+                     "/campaigns/welcome-2024/audience?action=opened_not_clicked", "/inbox?page=2", "/contacts/9"):
+            assert client.get(path).status_code == 200, path
+        analytics = client.get("/mailtrack/api/communications/analytics?campaignId=welcome-2024", headers=HDRS)
+        funnel = {s["key"]: s["human"] for s in client.get("/campaigns/welcome-2024/funnel.json").get_json()["steps"]}
+        data = analytics.get_json()
+        assert (funnel["sent"], funnel["bounced"], funnel["delivered"], funnel["opened"]) == (
+            data["totalSent"], data["totalBounced"], data["totalDelivered"], data["totalOpened"])
+        assert funnel["bounced"] == 1 and funnel["opened"] > 0
+        csv_hdrs = {**HDRS, "Accept": "text/csv"}
+        api_csv = client.get("/mailtrack/api/campaigns/welcome-2024/audience?action=clicked", headers=csv_hdrs)
+        mine = client.get("/campaigns/welcome-2024/audience.csv?action=clicked")
+        assert mine.status_code == api_csv.status_code == 200 and mine.data == api_csv.data and mine.data.count(b"\n") > 2
+    finally:
+        if app is not None:
+            with app.app_context():
+                db.session.remove()
+                db.engine.dispose()
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
