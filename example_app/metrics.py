@@ -6,7 +6,8 @@ request an external client would send), never from the extension's tables. Campa
 rates, daily send volume and engagement come from ``GET /api/communications/analytics``
 (with ``campaignId`` for one campaign, once for people and once with ``include_bots=true``);
 the contact list from ``GET /api/contacts/engagement``; top links from ``GET /api/links`` and
-``GET /api/campaigns/<id>/links``. Each function appends the calls it made to
+``GET /api/campaigns/<id>/links``. Audiences, breakdowns, the campaign comparison and the
+thread are in ``insights``. Each function appends the calls it made to
 ``g.metric_sources`` (the page footer lists them).
 """
 from __future__ import annotations
@@ -126,9 +127,6 @@ class Funnel:
             return self.click_rate
         base = self.sent if step["of"] == "sent" else self.delivered
         return step["human"] / base if base else 0.0
-
-    def rate(self, part: int) -> float:
-        return part / self.delivered if self.delivered else 0.0
 
 
 def campaign_analytics(campaign_id: str | None = None, *, include_bots: bool = False) -> dict[str, Any]:
