@@ -67,6 +67,17 @@ MAX_MESSAGE_BODY_BYTES = "MAILTRACK_MAX_MESSAGE_BODY_BYTES"
 #: Largest ``details`` object an event may store, in bytes of its compact UTF-8 JSON:
 #: larger is refused (422 on the API, ``ValidationError`` from ``record_event``).
 MAX_DETAILS_BYTES = "MAILTRACK_MAX_DETAILS_BYTES"
+#: ESP event webhooks (``POST <prefix>/hooks/<provider>``): each provider's secrets, such as
+#: ``{"mailgun": {"signing_key": "..."}}`` (see docs/esp.md). A provider not named here
+#: answers 404.
+WEBHOOKS = "MAILTRACK_WEBHOOKS"
+#: ``None`` or the provider outbound mail goes through (``ses``, ``sendgrid``, ``mailgun``,
+#: ``postmark``, ``resend``): each message then carries the header that provider echoes back
+#: in its events with our message id under ``mailtrack_id``, so they match it exactly.
+ESP = "MAILTRACK_ESP"
+#: Largest webhook request body, in bytes (a SendGrid batch of 1,000 events is ~0.5 MB):
+#: larger is 413, nothing stored.
+WEBHOOK_MAX_BODY_BYTES = "MAILTRACK_WEBHOOK_MAX_BODY_BYTES"
 
 #: Defaults applied with ``app.config.setdefault``. ``None`` for the keys whose default is
 #: derived from other config (``SECRET_KEY``, the instance path) at ``init_app``.
@@ -95,6 +106,9 @@ DEFAULTS: dict[str, Any] = {
     MAX_BODY_BYTES: 64 * 1024,
     MAX_MESSAGE_BODY_BYTES: 5 * 1024 * 1024,
     MAX_DETAILS_BYTES: 16 * 1024,
+    WEBHOOKS: {},
+    ESP: None,
+    WEBHOOK_MAX_BODY_BYTES: 2 * 1024 * 1024,
 }
 
 #: Shortest signing key accepted: a shorter one can be brute-forced offline from one link.

@@ -190,6 +190,8 @@ class Message(Base):
         sa.Index("ix_mailtrack_messages_related", "tenant_id", "related_entity_type", "related_entity_id"),
         # Contact lookup by address, case-insensitive (GET /api/contacts?email=).
         sa.Index("ix_mailtrack_messages_tenant_email", "tenant_id", sa.text("lower(email)")),
+        # ESP webhooks (and inbound mail) find a message by its Message-ID.
+        sa.Index("ix_mailtrack_messages_internet_message_id", "internet_message_id"),
     )
 
     def __repr__(self) -> str:
@@ -429,6 +431,23 @@ class StatsTenantDayCell(Base):
     count: Mapped[int] = mapped_column(sa.BigInteger, default=0)
 
 
+class WebhookReceipt(Base):
+    """What the ESP webhooks must remember besides events (``services/esp/store.py``): the
+    tokens of signed requests already received (``kind = 'nonce'``: a replay is refused on
+    every host) and the events that matched no message (``kind = 'unmatched'``, keyed by the
+    event's uid: counted once however often the provider delivers them). No personal data."""
+
+    __tablename__ = "mailtrack_webhook_receipts"
+
+    provider: Mapped[str] = mapped_column(sa.String(16), primary_key=True)
+    kind: Mapped[str] = mapped_column(sa.String(16), primary_key=True)
+    key: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    event_type: Mapped[str | None] = mapped_column(sa.String(20))
+    received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    __table_args__ = (sa.Index("ix_mailtrack_webhook_receipts_kind_time", "kind", "received_at"),)
+
+
 class StatsState(Base):
     """One row once the analytics cells have been built (``services/stats.py``)."""
 
@@ -452,3 +471,4 @@ stats_days = StatsDayCell.__table__
 stats_state = StatsState.__table__
 stats_tenant_messages = StatsTenantMessageCell.__table__
 stats_tenant_days = StatsTenantDayCell.__table__
+webhook_receipts = WebhookReceipt.__table__

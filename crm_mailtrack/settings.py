@@ -18,6 +18,8 @@ from urllib.parse import urlsplit
 from . import config as cfg
 from .bots import BotPolicy
 from .errors import ConfigurationError
+from .services.esp.config import EspSettings
+from .services.esp.config import from_config as esp_from_config
 from .services.mime import check_default_sender
 from .services.smtp import SMTPSettings, parse_smtp_url
 
@@ -50,6 +52,8 @@ class Settings:
     max_body_bytes: int
     max_message_body_bytes: int
     max_details_bytes: int
+    #: ``MAILTRACK_WEBHOOKS``, ``MAILTRACK_ESP``, ``MAILTRACK_WEBHOOK_MAX_BODY_BYTES``.
+    webhooks: EspSettings
 
     @classmethod
     def from_config(cls, conf: Mapping[str, Any], *, instance_path: str) -> Settings:
@@ -124,6 +128,7 @@ class Settings:
             max_body_bytes=limits[0],
             max_message_body_bytes=limits[1],
             max_details_bytes=limits[2],
+            webhooks=esp_from_config(conf),
         )
 
 
