@@ -37,10 +37,10 @@ def receive(state: MailTrackState, provider: str, request: WebhookRequest, *,
     body = module.verify(esp, config, request, now)
     if provider == "ses" and body.get("Type") != "Notification":
         return Receipt(), _subscription(config, body)
-    found: list[EspEvent] = module.events(config, request, body)
+    items: list[EspEvent | None] = module.events(config, request, body)  # None: deliberately ignored
+    found = [ev for ev in items if ev is not None]
     nonce = module.nonce(body) if hasattr(module, "nonce") else None
-    ignored = 0 if found else 1
-    return store(state, provider, found, nonce=nonce, ignored=ignored), None
+    return store(state, provider, found, nonce=nonce, ignored=len(items) - len(found)), None
 
 
 def _subscription(config: object, message: dict[str, object]) -> dict[str, object]:

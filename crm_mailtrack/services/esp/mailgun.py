@@ -65,13 +65,11 @@ def _machine(info: Any) -> tuple[bool | None, str | None]:
     return None, None
 
 
-def events(config: ProviderConfig, request: WebhookRequest, body: Mapping[str, Any]) -> list[EspEvent]:
+def events(config: ProviderConfig, request: WebhookRequest, body: Mapping[str, Any]) -> list[EspEvent | None]:
     data = body.get("event-data")
-    if not isinstance(data, Mapping):
-        return []
-    kind = _TYPES.get(data.get("event"))  # type: ignore[arg-type]
-    if kind is None:
-        return []
+    kind = _TYPES.get(data.get("event")) if isinstance(data, Mapping) else None  # type: ignore[arg-type]
+    if kind is None or not isinstance(data, Mapping):
+        return [None]
     message = data.get("message") if isinstance(data.get("message"), Mapping) else {}
     headers = message.get("headers") if isinstance(message.get("headers"), Mapping) else {}
     variables = data.get("user-variables") if isinstance(data.get("user-variables"), Mapping) else {}

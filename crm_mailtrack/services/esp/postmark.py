@@ -41,7 +41,7 @@ def verify(esp: EspSettings, config: ProviderConfig, request: WebhookRequest, no
     return parse_json(request.body)
 
 
-def events(config: ProviderConfig, request: WebhookRequest, body: Any) -> list[EspEvent]:
+def events(config: ProviderConfig, request: WebhookRequest, body: Any) -> list[EspEvent | None]:
     if not isinstance(body, Mapping):
         from ...errors import BadRequest
 
@@ -70,7 +70,7 @@ def events(config: ProviderConfig, request: WebhookRequest, body: Any) -> list[E
         if kind_name in HARD or kind_name in SOFT:
             details["bounceType"] = "hard" if kind_name in HARD else "soft"
             return [event(BOUNCE, when, body.get("ID"), details={k: v for k, v in details.items() if v})]
-        return []
+        return [None]
     if record in ("Open", "Click"):
         kind = OPEN if record == "Open" else CLICK
         return [event(kind, body.get("ReceivedAt"), user_agent=text(body.get("UserAgent"), 512),
@@ -78,4 +78,4 @@ def events(config: ProviderConfig, request: WebhookRequest, body: Any) -> list[E
     if record == "SubscriptionChange":
         if body.get("SuppressSending") is True and body.get("SuppressionReason") == "ManualSuppression":
             return [event(UNSUBSCRIBE, body.get("ChangedAt"), details={"source": "postmark"})]
-    return []
+    return [None]

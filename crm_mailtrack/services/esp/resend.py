@@ -55,7 +55,7 @@ def _message_id(data: Mapping[str, Any]) -> str | None:
     return None
 
 
-def events(config: ProviderConfig, request: WebhookRequest, body: Any) -> list[EspEvent]:
+def events(config: ProviderConfig, request: WebhookRequest, body: Any) -> list[EspEvent | None]:
     if not isinstance(body, Mapping):
         from ...errors import BadRequest
 
@@ -63,7 +63,7 @@ def events(config: ProviderConfig, request: WebhookRequest, body: Any) -> list[E
     kind = _TYPES.get(body.get("type"))  # type: ignore[arg-type]
     data = body.get("data")
     if kind is None or not isinstance(data, Mapping):
-        return []
+        return [None]
     svix_id = request.header("svix-id") or ""
     details: dict[str, Any] = {}
     extra: dict[str, Any] = {}

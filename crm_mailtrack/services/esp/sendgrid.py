@@ -86,11 +86,11 @@ def _event(item: Mapping[str, Any]) -> EspEvent | None:
     return ev
 
 
-def events(config: ProviderConfig, request: WebhookRequest, body: Any) -> list[EspEvent]:
+def events(config: ProviderConfig, request: WebhookRequest, body: Any) -> list[EspEvent | None]:
     if isinstance(body, Mapping):
         body = [body]
     if not isinstance(body, list):
         from ...errors import BadRequest
 
         raise BadRequest("A SendGrid event webhook body is a JSON array of events.")
-    return [ev for item in body if isinstance(item, Mapping) and (ev := _event(item)) is not None]
+    return [_event(item) if isinstance(item, Mapping) else None for item in body]

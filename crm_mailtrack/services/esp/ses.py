@@ -97,15 +97,13 @@ def ses_events(record: Any, sns_id: str) -> list[EspEvent]:
     return out
 
 
-def events(config: ProviderConfig, request: WebhookRequest, message: Mapping[str, Any]) -> list[EspEvent]:
-    """The SES events of a verified SNS Notification (other SNS types have none)."""
-    if message.get("Type") != "Notification":
-        return []
+def events(config: ProviderConfig, request: WebhookRequest, message: Mapping[str, Any]) -> list[EspEvent | None]:
+    """The SES events of a verified SNS Notification (``[None]``: nothing to store)."""
     try:
         record = parse_json(message.get("Message") or "")
     except Exception:  # noqa: BLE001 - a signed notification that is not an SES event: ignored
-        return []
-    return ses_events(record, str(message.get("MessageId")))
+        return [None]
+    return list(ses_events(record, str(message.get("MessageId")))) or [None]
 
 
 def _clean(details: dict[str, Any]) -> dict[str, Any]:
