@@ -52,6 +52,7 @@ class Sns:
         self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self.pem = _certificate(self.key)
         self.fetched: list[str] = []
+        self.cert_urls = {CERT_URL}
         self.fail_confirm = False
 
     def fetch(self, url: str) -> bytes:
@@ -60,7 +61,7 @@ class Sns:
             if self.fail_confirm:
                 raise OSError("connection refused")
             return b"<ConfirmSubscriptionResponse/>"
-        if url == CERT_URL:
+        if url in self.cert_urls:
             return self.pem
         raise OSError(f"404 {url}")
 
@@ -122,7 +123,7 @@ def resend_headers(body: bytes, *, secret: str = RESEND_SECRET, msg_id: str | No
 
     msg_id = msg_id or f"msg_{uuid.uuid4().hex}"
     when = timestamp or dt.datetime.now(dt.timezone.utc)
-    signature = Webhook(secret).sign(msg_id, when, body.decode())
+    signature = Webhook(secret).sign(msg_id, when, body.decode("utf-8", "replace"))
     return {"svix-id": msg_id, "svix-timestamp": str(int(when.timestamp())), "svix-signature": signature,
             "Content-Type": "application/json"}
 
