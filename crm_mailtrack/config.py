@@ -78,6 +78,10 @@ ESP = "MAILTRACK_ESP"
 #: Largest webhook request body, in bytes (a SendGrid batch of 1,000 events is ~0.5 MB):
 #: larger is 413, nothing stored.
 WEBHOOK_MAX_BODY_BYTES = "MAILTRACK_WEBHOOK_MAX_BODY_BYTES"
+#: Soft bounces (``details.bounceType`` not hard) of one contact's address in a row, with
+#: no delivery, open or click between them, that put the contact on Do-Not-Contact
+#: (``BOUNCED``). ``0`` turns it off (a hard bounce still does at once).
+SOFT_BOUNCE_LIMIT = "MAILTRACK_SOFT_BOUNCE_LIMIT"
 
 #: Defaults applied with ``app.config.setdefault``. ``None`` for the keys whose default is
 #: derived from other config (``SECRET_KEY``, the instance path) at ``init_app``.
@@ -109,6 +113,7 @@ DEFAULTS: dict[str, Any] = {
     WEBHOOKS: {},
     ESP: None,
     WEBHOOK_MAX_BODY_BYTES: 2 * 1024 * 1024,
+    SOFT_BOUNCE_LIMIT: 3,
 }
 
 #: Shortest signing key accepted: a shorter one can be brute-forced offline from one link.

@@ -201,9 +201,11 @@ class MailTrack:
         """Record an event from outside the tracking routes (ESP webhook, import).
 
         As ``POST /api/contacts/<id>/events`` does (the same service function): a hard
-        bounce (``details["bounceType"]`` ``"hard"`` or ``"permanent"``) also adds
-        Do-Not-Contact for email with reason ``BOUNCED``, an ``unsubscribe`` with reason
-        ``UNSUBSCRIBED``; an existing entry is kept. Event and entry commit together.
+        bounce (``details["bounceType"]`` ``"hard"`` or ``"permanent"``), or the
+        ``MAILTRACK_SOFT_BOUNCE_LIMIT``-th other bounce in a row, also adds Do-Not-Contact
+        for email with reason ``BOUNCED``; an ``unsubscribe`` with reason ``UNSUBSCRIBED``, a
+        ``complaint`` too (comments ``complaint``); an existing entry is kept. Event and
+        entry commit together.
         """
         return external_events.record_with_implied_dnc(
             get_state(), contact_id, type, email=email, message_id=message_id,

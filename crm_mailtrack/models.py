@@ -96,6 +96,14 @@ class EventType(str, enum.Enum):
     FAILED = "failed"
     #: A note on a message (communications API ``<id>/comment``), an event type of its own.
     COMMENT = "comment"
+    #: The receiving server accepted the message (a positive DSN, an ESP's delivery event).
+    DELIVERED = "delivered"
+    #: A person answered the message (received mail, see ``MailTrack.ingest_mail``).
+    REPLY = "reply"
+    #: An automatic answer (RFC 3834 ``Auto-Submitted``, out-of-office): never a reply.
+    AUTO_REPLY = "auto_reply"
+    #: The recipient reported the message as spam (an ARF report, an ESP's complaint).
+    COMPLAINT = "complaint"
 
     def __str__(self) -> str:
         return self.value

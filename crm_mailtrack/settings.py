@@ -54,6 +54,8 @@ class Settings:
     max_details_bytes: int
     #: ``MAILTRACK_WEBHOOKS``, ``MAILTRACK_ESP``, ``MAILTRACK_WEBHOOK_MAX_BODY_BYTES``.
     webhooks: EspSettings
+    #: ``MAILTRACK_SOFT_BOUNCE_LIMIT`` (0: off).
+    soft_bounce_limit: int
 
     @classmethod
     def from_config(cls, conf: Mapping[str, Any], *, instance_path: str) -> Settings:
@@ -106,6 +108,10 @@ class Settings:
 
         limits = [byte_limit(key) for key in (cfg.MAX_BODY_BYTES, cfg.MAX_MESSAGE_BODY_BYTES,
                                               cfg.MAX_DETAILS_BYTES)]
+        soft_limit = conf[cfg.SOFT_BOUNCE_LIMIT]
+        if isinstance(soft_limit, bool) or not isinstance(soft_limit, int) or soft_limit < 0:
+            raise ConfigurationError(f"{cfg.SOFT_BOUNCE_LIMIT} must be a whole number of soft bounces "
+                                     f"(0 turns the rule off), not {soft_limit!r}.")
         return cls(
             url_prefix="" if prefix == "/" else prefix,
             base_url=conf[cfg.BASE_URL],
@@ -129,6 +135,7 @@ class Settings:
             max_message_body_bytes=limits[1],
             max_details_bytes=limits[2],
             webhooks=esp_from_config(conf),
+            soft_bounce_limit=soft_limit,
         )
 
 
