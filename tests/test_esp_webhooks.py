@@ -147,15 +147,35 @@ def test_ses_delivery_matches_by_message_id_and_recipient_without_tags(happ, cli
     assert len(stored(happ, "delivered")) == 1 and unmatched_count(happ.extensions["mailtrack"]) == 1
 
 
-def test_ses_complaint_adds_dnc_unsubscribed_with_comment(happ, client, sns):
+def test_ses_complaint_adds_dnc_unsubscribed_with_comment(happ, client, sns, recorded_signals):
     msg = send(happ)
     assert post(client, "ses", sns.notification(ses_record("ses_complaint.json", msg))).json["stored"] == 1
     [row] = stored(happ, "complaint")
     assert row.details == {"feedbackType": "abuse", "provider": "ses"}
-    mt = happ.extensions["mailtrack"].extension
-    [entry] = mt.extension if False else [happ.extensions["mailtrack"].session.execute(
-        sa.text("SELECT reason, comments, channel_id FROM mailtrack_dnc")).one()]
+    with happ.extensions["mailtrack"].engine.connect() as conn:
+        entry = conn.execute(sa.text("SELECT reason, comments, channel_id FROM mailtrack_dnc")).one()
     assert tuple(entry) == (int(DNCReason.UNSUBSCRIBED), "complaint", msg.id)
+    assert [kw["message_id"] for kw in recorded_signals.of("email_complained")] == [msg.id]
+    assert recorded_signals.names().index("dnc_added") < recorded_signals.names().index("email_complained")
+
+
+def test_soft_bounces_in_a_row_reach_the_limit_and_a_delivery_resets_the_run(happ, client):
+    msg = send(happ)
+    mt = happ.extensions["mailtrack"].extension
+
+    def soft(n: int, when: float) -> None:
+        body = mailgun_event("mailgun_failed.json", msg, severity="temporary", id=f"soft-{n}", timestamp=when)
+        assert post(client, "mailgun", mailgun(body)).json["stored"] == 1
+
+    soft(1, 1_700_000_000)
+    soft(2, 1_700_000_100)
+    delivered = mailgun_event("mailgun_delivered.json", msg, timestamp=1_700_000_200)
+    assert post(client, "mailgun", mailgun(delivered)).json["stored"] == 1
+    soft(3, 1_700_000_300)
+    soft(4, 1_700_000_400)
+    assert mt.can_contact("c1") is True  # two in a row since the delivery
+    soft(5, 1_700_000_500)
+    assert mt.can_contact("c1") is False  # MAILTRACK_SOFT_BOUNCE_LIMIT (3) in a row
 
 
 def test_ses_open_and_click_keep_the_verdict(happ, client, sns):
@@ -197,6 +217,8 @@ def sendgrid_batch(msg: Any) -> list[dict[str, Any]]:
 
 
 def test_sendgrid_batch_is_mapped_and_stored_once(happ, client, sg, recorded_signals):
+    """One request: processed, deferred, delivered, open, click, bounce, dropped, spamreport,
+    unsubscribe, group_resubscribe (SendGrid's documented example)."""
     msg = send(happ)
     body = json.dumps(sendgrid_batch(msg)).encode()
     resp = post(client, "sendgrid", body, sg.headers(body))
@@ -212,7 +234,8 @@ def test_sendgrid_batch_is_mapped_and_stored_once(happ, client, sg, recorded_sig
     resend = post(client, "sendgrid", body, sg.headers(body))
     assert resend.json["stored"] == 0 and resend.json["duplicates"] == 6
     recorded = [kw["event"].type for kw in recorded_signals.of("event_recorded")]
-    assert [t for t in recorded if t not in ("send", "dnc_added")] == types
+    assert sorted(t for t in recorded if t not in ("send", "dnc_added")) == sorted(types)
+    assert [kw["message_id"] for kw in recorded_signals.of("email_delivered")] == [msg.id]
 
 
 def test_sendgrid_machine_open_reclassifies_our_own_open(make_app, _server, sns, sg, recorded_signals):

@@ -6,11 +6,16 @@ verdict and its Do-Not-Contact effect, announce it.
   about a Cc copy is not about the contact). One ``SELECT`` per request for each. The event
   takes the message's tenant, contact and campaign, as a tracking hit does: the provider
   knows nothing of tenants.
-* **Exactly once**: the event's ``uid`` is a UUID derived from ``provider:event id``; the
-  insert is ``ON CONFLICT (uid) DO NOTHING``, so a provider's retry, a batch sent twice or
-  two hosts receiving the same event store it once. Unmatched events are remembered the
-  same way in ``mailtrack_webhook_receipts`` (``kind = 'unmatched'``): counted once, and
-  readable (:func:`unmatched_count`, ``flask mailtrack stats``).
+* **Exactly once**: the event's ``uid`` is the outcome policy's
+  :func:`~..external_events.event_uid` of ``(provider, event id)``; the insert is
+  ``ON CONFLICT (uid) DO NOTHING``, so a provider's retry, a batch sent twice or two hosts
+  receiving the same event store it once. Unmatched events are remembered the same way in
+  ``mailtrack_webhook_receipts`` (``kind = 'unmatched'``, keyed by a digest of the dedup
+  key): counted once, and readable (:func:`unmatched_count`, ``flask mailtrack stats``).
+* **Policy**: bounces, complaints and unsubscribes go through the one home of the outcome
+  policy, :func:`~..external_events.record_outcome` (Do-Not-Contact, the soft-bounce run,
+  their signals), one event per transaction. Deliveries, opens and clicks imply no
+  Do-Not-Contact (``DELIVERY_EVIDENCE``), so a batch of them is one multi-row insert.
 * **Replay**: a request's nonce (Mailgun's token) is inserted in the same transaction;
   when it is already there the request is refused (401) and nothing is written.
 * **Verdict**: an ESP open or click carries the provider's machine flag when it has one,
@@ -21,7 +26,7 @@ verdict and its Do-Not-Contact effect, announce it.
 from __future__ import annotations
 
 import datetime as dt
-import uuid
+import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,15 +35,13 @@ import sqlalchemy as sa
 
 from ... import bots
 from ...db import chunks, dialect_name, insert, transaction
-from ...models import ContactEvent, DNCReason, events, messages, utcnow, webhook_receipts
+from ...models import ContactEvent, Message, events, messages, utcnow, webhook_receipts
 from ...requestinfo import anonymize_ip
 from ...signals import events_reclassified
 from ...state import MailTrackState
+from .. import external_events
 from ..common import emit, has_receivers, send
-from .base import BOUNCE, CLICK, COMPLAINT, OPEN, UNSUBSCRIBE, EspEvent, SignatureInvalid, bare_message_id
-
-#: The namespace of webhook event uids (uuid5 of ``provider:event id``).
-UID_NAMESPACE = uuid.UUID("6c0f3a52-3f0e-5b8e-9a57-9d1d0c2b7e15")
+from .base import CLICK, OPEN, EspEvent, SignatureInvalid, bare_message_id
 #: Seconds around a flagged ESP open/click within which our own hits of the message are re-marked.
 RECLASSIFY_WINDOW = dt.timedelta(seconds=120)
 #: Receipts older than this are purged when a nonce is stored (a replayed token this old is
@@ -66,8 +69,19 @@ class Receipt:
                 "unmatched": self.unmatched, "ignored": self.ignored, "reclassified": self.reclassified}
 
 
-def event_uid(ev: EspEvent) -> str:
-    return str(uuid.uuid5(UID_NAMESPACE, ev.dedup_key))
+def event_uid(ev: EspEvent, msg: Any) -> str:
+    """The stored event's ``uid``: the outcome policy's, for ``(provider, event id)``."""
+    return external_events.event_uid(msg.tenant_id, msg.id, (ev.provider, ev.event_id))
+
+
+def _receipt_key(ev: EspEvent) -> str:
+    return hashlib.sha256(ev.dedup_key.encode()).hexdigest()
+
+
+def _message(row: Any) -> Message:
+    """A transient :class:`Message` with the columns the policy reads (no full row load)."""
+    return Message(id=row.id, tenant_id=row.tenant_id, contact_id=row.contact_id, email=row.email,
+                   campaign_id=row.campaign_id, internet_message_id=row.internet_message_id)
 
 
 def _match(state: MailTrackState, batch: Sequence[EspEvent]) -> list[Any]:
@@ -121,7 +135,7 @@ def _row(state: MailTrackState, ev: EspEvent, msg: Any, now: dt.datetime) -> dic
 
         link = link_id(ev.url)
     return {
-        "uid": event_uid(ev), "tenant_id": msg.tenant_id, "type": ev.type, "contact_id": msg.contact_id,
+        "uid": event_uid(ev, msg), "tenant_id": msg.tenant_id, "type": ev.type, "contact_id": msg.contact_id,
         "email": msg.email, "message_id": msg.id, "campaign_id": msg.campaign_id, "link_id": link, "url": ev.url,
         "occurred_at": ev.occurred_at or now, "ip": anonymize_ip(ev.ip, state.anonymize_ip),
         "user_agent": ev.user_agent, "is_machine": is_machine, "machine_reason": reason, "details": details,
@@ -141,13 +155,15 @@ def _remember(session: Any, dialect: str, provider: str, kind: str, keys: Iterab
 
 def store(state: MailTrackState, provider: str, batch: Sequence[EspEvent], *, nonce: str | None = None,
           ignored: int = 0) -> Receipt:
-    """Store ``batch`` (see the module docstring) in one transaction; signals and the
-    Do-Not-Contact effects of new events follow its commit."""
+    """Store ``batch`` (see the module docstring): the nonce, unmatched events and the
+    deliveries, opens and clicks in one transaction (their signals after its commit), then
+    each bounce, complaint and unsubscribe through the outcome policy."""
     now = utcnow()
     receipt = Receipt(received=len(batch) + ignored, ignored=ignored)
     dialect = dialect_name(state)
     new_rows: list[dict[str, Any]] = []
     changed: list[tuple[list[int], dict[str, Any]]] = []
+    policy: list[tuple[EspEvent, Any]] = []
     with transaction(state) as session:
         if nonce is not None:
             if not _remember(session, dialect, provider, "nonce", [nonce], now):
@@ -157,13 +173,19 @@ def store(state: MailTrackState, provider: str, batch: Sequence[EspEvent], *, no
         matches = _match(state, batch)
         rows: dict[str, dict[str, Any]] = {}
         unmatched: dict[str, str] = {}
+        policy_uids: set[str] = set()
         for ev, msg in zip(batch, matches):
             if msg is None:
-                unmatched[event_uid(ev)] = ev.type
+                unmatched[_receipt_key(ev)] = ev.type
+            elif ev.type not in external_events.DELIVERY_EVIDENCE:
+                uid = event_uid(ev, msg)
+                if uid not in policy_uids:
+                    policy_uids.add(uid)
+                    policy.append((ev, msg))
             else:
                 row = _row(state, ev, msg, now)
                 rows.setdefault(row["uid"], row)
-        receipt.duplicates = len(batch) - len(rows) - len(unmatched)
+        receipt.duplicates = len(batch) - len(rows) - len(unmatched) - len(policy)
         if rows:
             stmt = insert(dialect, events).on_conflict_do_nothing(index_elements=["uid"]).returning(
                 events.c.id, events.c.uid)
@@ -183,8 +205,16 @@ def store(state: MailTrackState, provider: str, batch: Sequence[EspEvent], *, no
                     changed.append((ids, row))
     receipt.reclassified = sum(len(ids) for ids, _ in changed)
     receipt.event_ids = [row["id"] for row in new_rows]
-    _effects(state, new_rows)
     _announce(new_rows, changed)
+    for ev, msg in policy:
+        event = external_events.record_outcome(
+            state, _message(msg), ev.type, details=dict(ev.details, provider=ev.provider),
+            occurred_at=ev.occurred_at, dedup=(ev.provider, ev.event_id), url=ev.url)
+        if event is None:
+            receipt.duplicates += 1
+        else:
+            receipt.stored += 1
+            receipt.event_ids.append(event.id)
     return receipt
 
 
@@ -200,23 +230,6 @@ def _reclassify(session: Any, row: dict[str, Any]) -> list[int]:
         .returning(events.c.id)
     )
     return sorted(r[0] for r in result)
-
-
-def _effects(state: MailTrackState, new_rows: list[dict[str, Any]]) -> None:
-    """Do-Not-Contact for the new events that imply it: a hard bounce (``BOUNCED``), a
-    complaint and an unsubscribe (``UNSUBSCRIBED``); an existing entry is kept."""
-    from .. import dnc as dnc_service
-    from ..external_events import implied_dnc
-
-    for row in new_rows:
-        reason = implied_dnc(row["type"], row["details"])
-        comment = None
-        if row["type"] == COMPLAINT:
-            reason, comment = DNCReason.UNSUBSCRIBED, "complaint"
-        if reason is None:
-            continue
-        dnc_service.add_dnc(state, row["contact_id"], "email", reason, row["message_id"], comment,
-                            tenant_id=row["tenant_id"], update_existing=False)
 
 
 def _announce(new_rows: list[dict[str, Any]], changed: list[tuple[list[int], dict[str, Any]]]) -> None:
@@ -239,4 +252,4 @@ def unmatched_count(state: MailTrackState, provider: str | None = None) -> int:
     return int(state.session.execute(query).scalar_one())
 
 
-__all__ = ["store", "Receipt", "event_uid", "unmatched_count", "UID_NAMESPACE"]
+__all__ = ["store", "Receipt", "event_uid", "unmatched_count"]
