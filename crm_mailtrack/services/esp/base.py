@@ -100,13 +100,14 @@ def parse_json(raw: bytes | str) -> Any:
         raise BadRequest(f"The JSON body nests deeper than {MAX_JSON_DEPTH} levels.") from None
     except (ValueError, UnicodeDecodeError):
         raise BadRequest("The request body is not valid JSON.") from None
-    stack = [(data, 1)]
-    while stack:
+    stack = [(data, 1)] if isinstance(data, (dict, list)) else []
+    while stack:  # only containers are visited: a batch of flat events costs one pass
         value, depth = stack.pop()
-        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
-        if children and depth > MAX_JSON_DEPTH:
+        if depth > MAX_JSON_DEPTH:
             raise BadRequest(f"The JSON body nests deeper than {MAX_JSON_DEPTH} levels.")
-        stack.extend((child, depth + 1) for child in children)
+        for child in value.values() if isinstance(value, dict) else value:
+            if isinstance(child, (dict, list)):
+                stack.append((child, depth + 1))
     return data
 
 

@@ -87,10 +87,10 @@ def _event(item: Mapping[str, Any]) -> EspEvent | None:
 
 
 def events(config: ProviderConfig, request: WebhookRequest, body: Any) -> list[EspEvent | None]:
-    if isinstance(body, Mapping):
+    if isinstance(body, dict):
         body = [body]
     if not isinstance(body, list):
         from ...errors import BadRequest
 
         raise BadRequest("A SendGrid event webhook body is a JSON array of events.")
-    return [_event(item) if isinstance(item, Mapping) else None for item in body]
+    return [_event(item) if isinstance(item, dict) else None for item in body]
