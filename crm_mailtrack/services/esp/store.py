@@ -84,9 +84,9 @@ def _message(row: Any) -> Message:
                    campaign_id=row.campaign_id, internet_message_id=row.internet_message_id)
 
 
-def _match(state: MailTrackState, batch: Sequence[EspEvent]) -> list[Any]:
-    """The message row of each event (``None``: no match), in order."""
-    session = state.session
+def _match(session: Any, batch: Sequence[EspEvent]) -> list[Any]:
+    """The message row of each event (``None``: no match), in order (``session``: the
+    transaction's connection)."""
     by_id: dict[str, Any] = {}
     ids = sorted({ev.mailtrack_id for ev in batch if ev.mailtrack_id})
     for chunk in chunks(ids):
@@ -164,13 +164,15 @@ def store(state: MailTrackState, provider: str, batch: Sequence[EspEvent], *, no
     new_rows: list[dict[str, Any]] = []
     changed: list[tuple[list[int], dict[str, Any]]] = []
     policy: list[tuple[EspEvent, Any]] = []
-    with transaction(state) as session:
+    with transaction(state) as orm_session:
+        # Core statements on the transaction's connection: no ORM work per statement
+        session = orm_session.connection()
         if nonce is not None:
             if not _remember(session, dialect, provider, "nonce", [nonce], now):
                 raise SignatureInvalid("This signed request was received before (a replay).")
             session.execute(sa.delete(webhook_receipts).where(
                 webhook_receipts.c.kind == "nonce", webhook_receipts.c.received_at < now - NONCE_RETENTION))
-        matches = _match(state, batch)
+        matches = _match(session, batch)
         rows: dict[str, dict[str, Any]] = {}
         unmatched: dict[str, str] = {}
         policy_uids: set[str] = set()
