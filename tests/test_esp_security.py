@@ -257,3 +257,18 @@ def test_random_bytes_never_give_a_500(happ, sg):
             assert resp.status_code < 500, (provider, raw, resp.status_code)
     assert nothing_stored(happ)
     assert MAILGUN_KEY
+
+
+def test_database_unavailable_is_503_so_the_provider_retries(make_app):
+    app = make_app(MAILTRACK_WEBHOOKS={"postmark": {"username": POSTMARK[0], "password": POSTMARK[1]}})
+    with app.app_context():
+        app.extensions["mailtrack"].extension.drop_all()
+    body = {"RecordType": "Delivery", "Recipient": "ann@example.com", "MessageID": "m",
+            "DeliveredAt": "2021-02-21T16:34:52Z", "Metadata": {"mailtrack_id": "0" * 24}}
+    try:
+        resp = app.test_client().post(f"{HOOKS}/postmark", json=body, headers=basic(*POSTMARK))
+    finally:
+        with app.app_context():  # the shared PostgreSQL schema is truncated, not rebuilt, per test
+            app.extensions["mailtrack"].extension.create_all()
+    assert resp.status_code == 503 and resp.mimetype == "application/problem+json"
+    assert resp.headers["Retry-After"] == "30"
