@@ -85,3 +85,14 @@ def test_bad_webhook_config_fails_at_init_app_naming_the_key(make_app, config, k
     with pytest.raises(ConfigurationError) as info:
         make_app(**config)
     assert key in str(info.value) and words in str(info.value)
+
+
+def test_a_missing_esp_extra_is_named_at_init_app(make_app, monkeypatch):
+    import sys
+
+    for name in [m for m in sys.modules if m == "standardwebhooks" or m.startswith("standardwebhooks.")]:
+        monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.setitem(sys.modules, "standardwebhooks", None)  # as if not installed
+    with pytest.raises(ConfigurationError) as info:
+        make_app(MAILTRACK_WEBHOOKS={"resend": {"secret": "whsec_" + base64.b64encode(b"x" * 32).decode()}})
+    assert "crm_mailtrack[esp]" in str(info.value) and "standardwebhooks" in str(info.value)
