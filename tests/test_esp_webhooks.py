@@ -255,14 +255,20 @@ def _machine_open_reclassifies(happ, client, sg, recorded_signals):
                       ).status_code == 200
     [ours] = stored(happ, "open")
     assert ours.is_machine is False
+    human = {"email": msg.email, "timestamp": int(ours.occurred_at.timestamp()) - 10, "event": "open",
+             "sg_machine_open": False, "sg_event_id": "human-open-1", "mailtrack_id": msg.id, "useragent": ua}
     item = {"email": msg.email, "timestamp": int(ours.occurred_at.timestamp()), "event": "open",
             "sg_machine_open": True, "sg_event_id": "machine-open-1", "mailtrack_id": msg.id,
             "useragent": "Mozilla/5.0", "ip": "17.58.0.1"}
+    body = json.dumps([human]).encode()
+    assert post(client, "sendgrid", body, sg.headers(body)).json["reclassified"] == 0
     body = json.dumps([item]).encode()
     resp = post(client, "sendgrid", body, sg.headers(body))
     assert resp.json["stored"] == 1 and resp.json["reclassified"] == 1
-    rows = {row.id: row for row in stored(happ, "open")}
-    assert rows[ours.id].is_machine is True and rows[ours.id].machine_reason == "esp-flag"
+    rows = {row.uid: row for row in stored(happ, "open")}
+    assert rows[ours.uid].is_machine is True and rows[ours.uid].machine_reason == "esp-flag"
+    # SendGrid's own human verdict of another open stays: the flag re-marks our own hits only
+    assert [row.is_machine for row in rows.values() if row.details.get("provider")] == [False, True]
     [change] = recorded_signals.of("events_reclassified")
     assert change["event_ids"] == [ours.id] and change["is_machine"] is True
     assert change["message_id"] == msg.id and change["machine_reason"] == "esp-flag"

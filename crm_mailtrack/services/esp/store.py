@@ -221,12 +221,15 @@ def store(state: MailTrackState, provider: str, batch: Sequence[EspEvent], *, no
 
 
 def _reclassify(session: Any, row: dict[str, Any]) -> list[int]:
-    """Re-mark the message's stored human hits of the same type near a flagged ESP hit."""
+    """Re-mark the message's stored human hits of the same type near a flagged ESP hit: our
+    own tracking hits only (an ESP event carries its ``details.provider``; its verdict is the
+    provider's and stays)."""
     at = row["occurred_at"]
     result = session.execute(
         sa.update(events)
         .where(events.c.message_id == row["message_id"], events.c.type == row["type"],
                events.c.is_machine.is_(False), events.c.id != row["id"],
+               events.c.details["provider"].as_string().is_(None),
                events.c.occurred_at >= at - RECLASSIFY_WINDOW, events.c.occurred_at <= at + RECLASSIFY_WINDOW)
         .values(is_machine=True, machine_reason=row["machine_reason"])
         .returning(events.c.id)
