@@ -96,3 +96,14 @@ def test_a_missing_esp_extra_is_named_at_init_app(make_app, monkeypatch):
     with pytest.raises(ConfigurationError) as info:
         make_app(MAILTRACK_WEBHOOKS={"resend": {"secret": "whsec_" + base64.b64encode(b"x" * 32).decode()}})
     assert "crm_mailtrack[esp]" in str(info.value) and "standardwebhooks" in str(info.value)
+
+
+def test_the_hook_lives_under_the_url_prefix(make_app):
+    from esp_signing import basic
+
+    app = make_app(MAILTRACK_URL_PREFIX="/crm/tracking",
+                   MAILTRACK_WEBHOOKS={"postmark": {"username": "u", "password": "p" * 20}})
+    body = {"RecordType": "Delivery", "Recipient": "x@example.com", "MessageID": "m", "DeliveredAt": "2021-02-21T16:34:52Z"}
+    client = app.test_client()
+    assert client.post("/crm/tracking/hooks/postmark", json=body, headers=basic("u", "p" * 20)).json["unmatched"] == 1
+    assert client.post("/mailtrack/hooks/postmark", json=body, headers=basic("u", "p" * 20)).status_code == 404
