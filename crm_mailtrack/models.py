@@ -134,7 +134,7 @@ _COUNTED_STATUS = "(CASE WHEN status IN ('SENT', 'FAILED') THEN status END)"
 MESSAGES_STATS_DIRTY_PG = f"stats_dirty OR stats_status IS DISTINCT FROM {_COUNTED_STATUS}"
 MESSAGES_STATS_DIRTY_SQLITE = f"stats_dirty OR stats_status IS NOT {_COUNTED_STATUS}"
 #: An event is unfolded when analytics counts its type and has not counted it as it is now.
-_FOLDED_TYPES = "type IN ('open', 'click', 'bounce', 'unsubscribe')"
+_FOLDED_TYPES = "type IN ('open', 'click', 'bounce', 'unsubscribe', 'complaint')"
 EVENTS_UNFOLDED_PG = f"{_FOLDED_TYPES} AND folded_as IS DISTINCT FROM is_machine"
 EVENTS_UNFOLDED_SQLITE = f"{_FOLDED_TYPES} AND folded_as IS NOT is_machine"
 
@@ -198,7 +198,7 @@ class Message(Base):
         sa.Index("ix_mailtrack_messages_related", "tenant_id", "related_entity_type", "related_entity_id"),
         # Contact lookup by address, case-insensitive (GET /api/contacts?email=).
         sa.Index("ix_mailtrack_messages_tenant_email", "tenant_id", sa.text("lower(email)")),
-        # ESP webhooks (and inbound mail) find a message by its Message-ID.
+        # Received mail (replies, DSNs, ARF reports) and ESP events name the Message-ID we sent.
         sa.Index("ix_mailtrack_messages_internet_message_id", "internet_message_id"),
     )
 
@@ -355,8 +355,8 @@ class EventRollup(Base):
 
 class _MessageCounts:
     """The counts of a message cell: SENT/FAILED messages, and how many of them were opened
-    and clicked by people (``opened``, ``clicked``) or by anyone (``*_any``), bounced and
-    unsubscribed."""
+    and clicked by people (``opened``, ``clicked``) or by anyone (``*_any``), bounced,
+    unsubscribed and complained about (reported as spam)."""
 
     messages: Mapped[int] = mapped_column(sa.BigInteger, default=0)
     opened: Mapped[int] = mapped_column(sa.BigInteger, default=0)
@@ -365,6 +365,7 @@ class _MessageCounts:
     clicked_any: Mapped[int] = mapped_column(sa.BigInteger, default=0)
     bounced: Mapped[int] = mapped_column(sa.BigInteger, default=0)
     unsubscribed: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    complained: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")
 
 
 class StatsMessageCell(_MessageCounts, Base):
@@ -387,7 +388,7 @@ class StatsMessageCell(_MessageCounts, Base):
         sa.Index("ix_mailtrack_stats_messages_sends", "tenant_id", "status", "day", "campaign_id", "messages"),
         sa.Index("ix_mailtrack_stats_messages_groups", "tenant_id", "template_id", "type", "status",
                  "template_name", "messages", "opened", "clicked", "opened_any", "clicked_any", "bounced",
-                 "unsubscribed", "campaign_id", "day"),
+                 "unsubscribed", "complained", "campaign_id", "day"),
     )
 
 
@@ -466,6 +467,38 @@ class StatsState(Base):
     folds: Mapped[int] = mapped_column(sa.BigInteger, default=0)
 
 
+class InboundMessage(Base):
+    """A received reply to an outbound message (``MailTrack.ingest_mail``), shown in its thread."""
+
+    __tablename__ = "mailtrack_inbound"
+
+    id: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(Tenant, default="", server_default="")
+    #: The outbound message replied to (``parentCommunicationId``).
+    message_id: Mapped[str] = mapped_column(sa.String(32))
+    contact_id: Mapped[str] = mapped_column(sa.String(64))
+    event_id: Mapped[int | None] = mapped_column(BigID)
+    from_email: Mapped[str | None] = mapped_column(sa.String(320))
+    from_name: Mapped[str | None] = mapped_column(sa.String(255))
+    recipients: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    cc: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    subject: Mapped[str | None] = mapped_column(sa.Text)
+    received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    in_reply_to: Mapped[str | None] = mapped_column(sa.Text)
+    internet_message_id: Mapped[str | None] = mapped_column(sa.String(255))
+    body_text: Mapped[str | None] = mapped_column(sa.Text)
+    body_html: Mapped[str | None] = mapped_column(sa.Text)
+    #: The reply's own text, without the quoted original (a reply-quote stripper's result).
+    reply_text: Mapped[str | None] = mapped_column(sa.Text)
+    status: Mapped[str] = mapped_column(sa.String(16), default="NEW")
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    __table_args__ = (
+        sa.Index("ix_mailtrack_inbound_message", "message_id", "received_at"),
+        sa.Index("ix_mailtrack_inbound_contact", "tenant_id", "contact_id"),
+    )
+
+
 messages = Message.__table__
 events = ContactEvent.__table__
 links = Link.__table__
@@ -480,3 +513,4 @@ stats_state = StatsState.__table__
 stats_tenant_messages = StatsTenantMessageCell.__table__
 stats_tenant_days = StatsTenantDayCell.__table__
 webhook_receipts = WebhookReceipt.__table__
+inbound = InboundMessage.__table__

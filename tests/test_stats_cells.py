@@ -130,7 +130,7 @@ class History:
 
     def webhook(self) -> None:
         """An ESP's signed batch: opens (some flagged as machine, which re-marks our own opens
-        around them), clicks, deliveries, soft bounces, unsubscribes."""
+        around them), clicks, deliveries, soft bounces, unsubscribes, spam reports."""
         import json
         import uuid
 
@@ -141,7 +141,7 @@ class History:
         at = DAY0 + dt.timedelta(days=rng.randrange(6), hours=rng.randrange(24))
         batch = []
         for _ in range(rng.randrange(1, 4)):
-            kind = rng.choice(["open", "open", "click", "delivered", "bounce", "unsubscribe"])
+            kind = rng.choice(["open", "open", "click", "delivered", "bounce", "unsubscribe", "spamreport"])
             item = {"email": f"{self.msgs[mid]['contact']}@example.com", "event": kind, "mailtrack_id": mid,
                     "timestamp": int((at + dt.timedelta(seconds=rng.randrange(300))).timestamp()),
                     "sg_event_id": uuid.UUID(int=rng.getrandbits(128)).hex}
@@ -155,6 +155,21 @@ class History:
         body = json.dumps(batch).encode()
         resp = self.client.post("/mailtrack/hooks/sendgrid", data=body, headers=ESP.headers(body))
         assert resp.status_code == 200 and resp.json["stored"] == len(batch), resp.json
+
+    def outcome(self) -> None:
+        """Received mail or an ESP event: external_events.record_outcome, sometimes twice."""
+        from crm_mailtrack.models import Message
+        from crm_mailtrack.services import external_events
+
+        mid = self._some()
+        if mid is None:
+            return
+        kind = self.rng.choice(["complaint", "delivered", "bounce", "complaint"])
+        at = DAY0 + dt.timedelta(days=self.rng.randrange(6), hours=self.rng.randrange(24))
+        msg = self.state.session.get(Message, mid)
+        for _ in range(self.rng.choice([1, 2])):
+            external_events.record_outcome(self.state, msg, kind, occurred_at=at, dedup=("test", f"{mid}-{kind}"),
+                                           details={"bounceType": "hard"} if kind == "bounce" else None)
 
     def remark(self) -> None:
         """What a burst or honeypot does after the fact: an earlier human event becomes a machine's."""
@@ -206,8 +221,8 @@ class History:
         session.commit()
 
 
-STEPS = {"new_message": 6, "send": 6, "click": 8, "honeypot": 1, "record": 4, "webhook": 4, "remark": 1,
-         "delete": 1, "erase_contact": 1, "erase_clicks": 1, "purge": 1, "fold": 2}
+STEPS = {"new_message": 6, "send": 6, "click": 8, "honeypot": 1, "record": 4, "outcome": 2, "webhook": 4,
+         "remark": 1, "delete": 1, "erase_contact": 1, "erase_clicks": 1, "purge": 1, "fold": 2}
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])

@@ -1,13 +1,13 @@
-"""ESP webhooks: receipts (replayed tokens, unmatched events) and messages by Message-ID
+"""ESP webhooks: receipts (replayed tokens, unmatched events)
 
-Revision ID: 0007_mailtrack_esp_webhooks
-Revises: 0006_mailtrack_contact_email
+Revision ID: 0008_mailtrack_esp_webhooks
+Revises: 0007_mailtrack_inbound
 Create Date: 2026-11-30 12:30:00
 
 ``mailtrack_webhook_receipts`` remembers the tokens of signed webhook requests (a replay is
-refused on every host) and the events that matched no message (counted once).
-``ix_mailtrack_messages_internet_message_id``: events without our id are matched by
-Message-ID; without the index every webhook event would scan the messages.
+refused on every host) and the events that matched no message (counted once). Events
+without our id are matched by Message-ID through ``ix_mailtrack_messages_internet_message_id``
+(made by 0007_mailtrack_inbound).
 """
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ import sqlalchemy as sa
 from alembic import op
 
 # revision identifiers, used by Alembic.
-revision: str = '0007_mailtrack_esp_webhooks'
-down_revision: str | Sequence[str] | None = '0006_mailtrack_contact_email'
+revision: str = '0008_mailtrack_esp_webhooks'
+down_revision: str | Sequence[str] | None = '0007_mailtrack_inbound'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -35,10 +35,8 @@ def upgrade() -> None:
     )
     op.create_index('ix_mailtrack_webhook_receipts_kind_time', 'mailtrack_webhook_receipts',
                     ['kind', 'received_at'])
-    op.create_index('ix_mailtrack_messages_internet_message_id', 'mailtrack_messages', ['internet_message_id'])
 
 
 def downgrade() -> None:
-    op.drop_index('ix_mailtrack_messages_internet_message_id', table_name='mailtrack_messages')
     op.drop_index('ix_mailtrack_webhook_receipts_kind_time', table_name='mailtrack_webhook_receipts')
     op.drop_table('mailtrack_webhook_receipts')
