@@ -87,15 +87,20 @@ def test_bad_webhook_config_fails_at_init_app_naming_the_key(make_app, config, k
     assert key in str(info.value) and words in str(info.value)
 
 
-def test_a_missing_esp_extra_is_named_at_init_app(make_app, monkeypatch):
+@pytest.mark.parametrize("package, provider, settings", [
+    ("standardwebhooks", "resend", {"secret": "whsec_" + base64.b64encode(b"x" * 32).decode()}),
+    ("cryptography", "ses", {"topic_arns": [TOPIC]}),
+    ("cryptography", "sendgrid", {"public_key": "MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE"}),
+])
+def test_a_missing_esp_extra_is_named_at_init_app(make_app, monkeypatch, package, provider, settings):
     import sys
 
-    for name in [m for m in sys.modules if m == "standardwebhooks" or m.startswith("standardwebhooks.")]:
-        monkeypatch.setitem(sys.modules, name, None)
-    monkeypatch.setitem(sys.modules, "standardwebhooks", None)  # as if not installed
+    for name in [m for m in sys.modules if m == package or m.startswith(package + ".")]:
+        monkeypatch.setitem(sys.modules, name, None)  # as if not installed
+    monkeypatch.setitem(sys.modules, package, None)
     with pytest.raises(ConfigurationError) as info:
-        make_app(MAILTRACK_WEBHOOKS={"resend": {"secret": "whsec_" + base64.b64encode(b"x" * 32).decode()}})
-    assert "crm_mailtrack[esp]" in str(info.value) and "standardwebhooks" in str(info.value)
+        make_app(MAILTRACK_WEBHOOKS={provider: settings})
+    assert "crm_mailtrack[esp]" in str(info.value) and package in str(info.value)
 
 
 def test_the_hook_lives_under_the_url_prefix(make_app):

@@ -102,8 +102,10 @@ def _provider(name: str, options: Any) -> ProviderConfig:
             raise _fail("ses.auto_confirm must be True or False.")
         if "configuration_set" in options:
             _string(name, options, "configuration_set")
+        from .base import require_extra
         from .fetch import https_get
 
+        require_extra("cryptography.x509")  # verifying needs it: say so now, not at the first request
         return ProviderConfig(name, dict(options, topic_arns=frozenset(arns)), key=frozenset(arns),
                               fetch=fetch or https_get)
     if name == "sendgrid":
