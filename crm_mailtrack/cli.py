@@ -207,6 +207,10 @@ def stats(date_from: str | None, date_to: str | None, include_bots: bool, tenant
         click.echo("Sent per day (UTC)")
     for row in data["sendVolumeByDay"]:
         click.echo(f"  {row['date']}  {row['count']}")
+    if state.settings.webhooks.providers:
+        from .services.esp.store import unmatched_count
+
+        click.echo(f"ESP webhook events matching no message: {unmatched_count(state)} (all tenants; see docs/esp.md)")
 
 
 @cli.command("purge")

@@ -69,8 +69,10 @@ class MailTrack:
 
         from .cli import cli
         from .tracking import blueprint
+        from .webhooks import blueprint as webhooks_blueprint
 
         app.register_blueprint(blueprint, url_prefix=settings.url_prefix or None)
+        app.register_blueprint(webhooks_blueprint, url_prefix=settings.url_prefix or None)
         _register_api(app, settings.url_prefix)
         app.cli.add_command(cli)
         _integrate_with_host(app)
@@ -199,9 +201,11 @@ class MailTrack:
         """Record an event from outside the tracking routes (ESP webhook, import).
 
         As ``POST /api/contacts/<id>/events`` does (the same service function): a hard
-        bounce (``details["bounceType"]`` ``"hard"`` or ``"permanent"``) also adds
-        Do-Not-Contact for email with reason ``BOUNCED``, an ``unsubscribe`` with reason
-        ``UNSUBSCRIBED``; an existing entry is kept. Event and entry commit together.
+        bounce (``details["bounceType"]`` ``"hard"`` or ``"permanent"``), or the
+        ``MAILTRACK_SOFT_BOUNCE_LIMIT``-th other bounce in a row, also adds Do-Not-Contact
+        for email with reason ``BOUNCED``; an ``unsubscribe`` with reason ``UNSUBSCRIBED``, a
+        ``complaint`` too (comments ``complaint``); an existing entry is kept. Event and
+        entry commit together.
         """
         return external_events.record_with_implied_dnc(
             get_state(), contact_id, type, email=email, message_id=message_id,
@@ -301,9 +305,10 @@ def _integrate_with_host(app: Flask) -> None:
     is initialised first: now, if they already are, and again from Flask's own signals
     (documented hooks that run after every extension's ``init_app``).
 
-    - ``CSRFProtect``: the RFC 8058 one-click unsubscribe carries no CSRF token, and the JSON
-      API checks CSRF itself where a cookie authorised the call (see ``api.core``), so both
-      are exempt from Flask-WTF's global check. Exempted before the first request
+    - ``CSRFProtect``: the RFC 8058 one-click unsubscribe carries no CSRF token, the ESP
+      webhooks are authorised by their signatures, and the JSON API checks CSRF itself where
+      a cookie authorised the call (see ``api.core``), so all three are exempt from
+      Flask-WTF's global check. Exempted before the first request
       (``request_started`` runs before ``before_request`` functions; Flask refuses new
       ``before_request`` set-up, so a new ``CSRFProtect``, after the first request).
     - Flask-Migrate: ``flask db migrate`` must not write ``DROP TABLE mailtrack_...``
@@ -315,6 +320,7 @@ def _integrate_with_host(app: Flask) -> None:
     from .api import blueprint as api_blueprint
     from .migrate import configure_flask_migrate
     from .tracking import unsubscribe
+    from .webhooks import blueprint as webhooks_blueprint
 
     exempted: list[object] = []
 
@@ -323,6 +329,7 @@ def _integrate_with_host(app: Flask) -> None:
         if csrf is not None and csrf not in exempted and hasattr(csrf, "exempt"):
             csrf.exempt(unsubscribe)
             csrf.exempt(api_blueprint)
+            csrf.exempt(webhooks_blueprint)
             exempted.append(csrf)
 
     def on_first_request(sender: Flask, **extra: Any) -> None:

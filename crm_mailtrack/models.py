@@ -18,6 +18,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from .sqltypes import UTCDateTime
+
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_N_label)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -27,36 +29,6 @@ NAMING_CONVENTION = {
 }
 
 metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
-
-
-class UTCDateTime(sa.TypeDecorator[dt.datetime]):
-    """A timestamp that is always timezone-aware UTC on the Python side.
-
-    Naive datetimes given to it are read as UTC (the contract's rule for naive input).
-    """
-
-    impl = sa.DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: dt.datetime | None, dialect: sa.Dialect) -> dt.datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=dt.timezone.utc)
-        value = value.astimezone(dt.timezone.utc)
-        if dialect.name == "sqlite":
-            return value.replace(tzinfo=None)
-        return value
-
-    def process_result_value(self, value: Any, dialect: sa.Dialect) -> dt.datetime | None:
-        if value is None:
-            return None
-        if isinstance(value, str):  # raw SQLite text, e.g. from a hand-written query
-            value = dt.datetime.fromisoformat(value)
-        if value.tzinfo is None:
-            return value.replace(tzinfo=dt.timezone.utc)
-        return value.astimezone(dt.timezone.utc)
-
 
 JSONType = sa.JSON().with_variant(JSONB(), "postgresql")
 BigID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
@@ -96,6 +68,14 @@ class EventType(str, enum.Enum):
     FAILED = "failed"
     #: A note on a message (communications API ``<id>/comment``), an event type of its own.
     COMMENT = "comment"
+    #: The receiving server accepted the message (a positive DSN, an ESP's delivery event).
+    DELIVERED = "delivered"
+    #: A person answered the message (received mail, see ``MailTrack.ingest_mail``).
+    REPLY = "reply"
+    #: An automatic answer (RFC 3834 ``Auto-Submitted``, out-of-office): never a reply.
+    AUTO_REPLY = "auto_reply"
+    #: The recipient reported the message as spam (an ARF report, an ESP's complaint).
+    COMPLAINT = "complaint"
 
     def __str__(self) -> str:
         return self.value
@@ -126,7 +106,7 @@ _COUNTED_STATUS = "(CASE WHEN status IN ('SENT', 'FAILED') THEN status END)"
 MESSAGES_STATS_DIRTY_PG = f"stats_dirty OR stats_status IS DISTINCT FROM {_COUNTED_STATUS}"
 MESSAGES_STATS_DIRTY_SQLITE = f"stats_dirty OR stats_status IS NOT {_COUNTED_STATUS}"
 #: An event is unfolded when analytics counts its type and has not counted it as it is now.
-_FOLDED_TYPES = "type IN ('open', 'click', 'bounce', 'unsubscribe')"
+_FOLDED_TYPES = "type IN ('open', 'click', 'bounce', 'unsubscribe', 'complaint')"
 EVENTS_UNFOLDED_PG = f"{_FOLDED_TYPES} AND folded_as IS DISTINCT FROM is_machine"
 EVENTS_UNFOLDED_SQLITE = f"{_FOLDED_TYPES} AND folded_as IS NOT is_machine"
 
@@ -190,6 +170,8 @@ class Message(Base):
         sa.Index("ix_mailtrack_messages_related", "tenant_id", "related_entity_type", "related_entity_id"),
         # Contact lookup by address, case-insensitive (GET /api/contacts?email=).
         sa.Index("ix_mailtrack_messages_tenant_email", "tenant_id", sa.text("lower(email)")),
+        # Received mail (replies, DSNs, ARF reports) and ESP events name the Message-ID we sent.
+        sa.Index("ix_mailtrack_messages_internet_message_id", "internet_message_id"),
     )
 
     def __repr__(self) -> str:
@@ -345,8 +327,8 @@ class EventRollup(Base):
 
 class _MessageCounts:
     """The counts of a message cell: SENT/FAILED messages, and how many of them were opened
-    and clicked by people (``opened``, ``clicked``) or by anyone (``*_any``), bounced and
-    unsubscribed."""
+    and clicked by people (``opened``, ``clicked``) or by anyone (``*_any``), bounced,
+    unsubscribed and complained about (reported as spam)."""
 
     messages: Mapped[int] = mapped_column(sa.BigInteger, default=0)
     opened: Mapped[int] = mapped_column(sa.BigInteger, default=0)
@@ -355,6 +337,7 @@ class _MessageCounts:
     clicked_any: Mapped[int] = mapped_column(sa.BigInteger, default=0)
     bounced: Mapped[int] = mapped_column(sa.BigInteger, default=0)
     unsubscribed: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    complained: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")
 
 
 class StatsMessageCell(_MessageCounts, Base):
@@ -377,7 +360,7 @@ class StatsMessageCell(_MessageCounts, Base):
         sa.Index("ix_mailtrack_stats_messages_sends", "tenant_id", "status", "day", "campaign_id", "messages"),
         sa.Index("ix_mailtrack_stats_messages_groups", "tenant_id", "template_id", "type", "status",
                  "template_name", "messages", "opened", "clicked", "opened_any", "clicked_any", "bounced",
-                 "unsubscribed", "campaign_id", "day"),
+                 "unsubscribed", "complained", "campaign_id", "day"),
     )
 
 
@@ -439,6 +422,38 @@ class StatsState(Base):
     folds: Mapped[int] = mapped_column(sa.BigInteger, default=0)
 
 
+class InboundMessage(Base):
+    """A received reply to an outbound message (``MailTrack.ingest_mail``), shown in its thread."""
+
+    __tablename__ = "mailtrack_inbound"
+
+    id: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(Tenant, default="", server_default="")
+    #: The outbound message replied to (``parentCommunicationId``).
+    message_id: Mapped[str] = mapped_column(sa.String(32))
+    contact_id: Mapped[str] = mapped_column(sa.String(64))
+    event_id: Mapped[int | None] = mapped_column(BigID)
+    from_email: Mapped[str | None] = mapped_column(sa.String(320))
+    from_name: Mapped[str | None] = mapped_column(sa.String(255))
+    recipients: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    cc: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    subject: Mapped[str | None] = mapped_column(sa.Text)
+    received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    in_reply_to: Mapped[str | None] = mapped_column(sa.Text)
+    internet_message_id: Mapped[str | None] = mapped_column(sa.String(255))
+    body_text: Mapped[str | None] = mapped_column(sa.Text)
+    body_html: Mapped[str | None] = mapped_column(sa.Text)
+    #: The reply's own text, without the quoted original (a reply-quote stripper's result).
+    reply_text: Mapped[str | None] = mapped_column(sa.Text)
+    status: Mapped[str] = mapped_column(sa.String(16), default="NEW")
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    __table_args__ = (
+        sa.Index("ix_mailtrack_inbound_message", "message_id", "received_at"),
+        sa.Index("ix_mailtrack_inbound_contact", "tenant_id", "contact_id"),
+    )
+
+
 messages = Message.__table__
 events = ContactEvent.__table__
 links = Link.__table__
@@ -452,3 +467,16 @@ stats_days = StatsDayCell.__table__
 stats_state = StatsState.__table__
 stats_tenant_messages = StatsTenantMessageCell.__table__
 stats_tenant_days = StatsTenantDayCell.__table__
+#: What the ESP webhooks remember besides events (``services/esp/store.py``): tokens of signed
+#: requests received (``kind = 'nonce'``: a replay is refused on every host) and events that
+#: matched no message (``kind = 'unmatched'``, keyed by a digest: counted once). No personal data.
+webhook_receipts = sa.Table(
+    "mailtrack_webhook_receipts", metadata,
+    sa.Column("provider", sa.String(16), primary_key=True),
+    sa.Column("kind", sa.String(16), primary_key=True),
+    sa.Column("key", sa.String(200), primary_key=True),
+    sa.Column("event_type", sa.String(20)),
+    sa.Column("received_at", UTCDateTime(), nullable=False, default=utcnow),
+    sa.Index("ix_mailtrack_webhook_receipts_kind_time", "kind", "received_at"),
+)
+inbound = InboundMessage.__table__

@@ -18,6 +18,8 @@ from urllib.parse import urlsplit
 from . import config as cfg
 from .bots import BotPolicy
 from .errors import ConfigurationError
+from .services.esp.config import EspSettings
+from .services.esp.config import from_config as esp_from_config
 from .services.mime import check_default_sender
 from .services.inbox_url import InboxSettings, parse_inbox_url
 from .services.smtp import SMTPSettings, parse_smtp_url
@@ -51,6 +53,10 @@ class Settings:
     max_body_bytes: int
     max_message_body_bytes: int
     max_details_bytes: int
+    #: ``MAILTRACK_WEBHOOKS``, ``MAILTRACK_ESP``, ``MAILTRACK_WEBHOOK_MAX_BODY_BYTES``.
+    webhooks: EspSettings
+    #: ``MAILTRACK_SOFT_BOUNCE_LIMIT`` (0: off).
+    soft_bounce_limit: int
     #: ``MAILTRACK_INBOX_URL`` taken apart (its repr hides the password); ``None``: not set.
     inbox: InboxSettings | None = None
 
@@ -105,6 +111,10 @@ class Settings:
 
         limits = [byte_limit(key) for key in (cfg.MAX_BODY_BYTES, cfg.MAX_MESSAGE_BODY_BYTES,
                                               cfg.MAX_DETAILS_BYTES)]
+        soft_limit = conf[cfg.SOFT_BOUNCE_LIMIT]
+        if isinstance(soft_limit, bool) or not isinstance(soft_limit, int) or soft_limit < 0:
+            raise ConfigurationError(f"{cfg.SOFT_BOUNCE_LIMIT} must be a whole number of soft bounces "
+                                     f"(0 turns the rule off), not {soft_limit!r}.")
         return cls(
             url_prefix="" if prefix == "/" else prefix,
             base_url=conf[cfg.BASE_URL],
@@ -128,6 +138,8 @@ class Settings:
             max_message_body_bytes=limits[1],
             max_details_bytes=limits[2],
             inbox=None if conf[cfg.INBOX_URL] is None else parse_inbox_url(conf[cfg.INBOX_URL]),
+            webhooks=esp_from_config(conf),
+            soft_bounce_limit=soft_limit,
         )
 
 

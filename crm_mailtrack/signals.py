@@ -39,8 +39,22 @@ link_clicked = _signals.signal("mailtrack.link-clicked", doc="""A click was reco
 Kwargs: event (the ``click`` ContactEvent), contact_id, message_id, campaign_id, url (the destination),
 is_machine (bool), machine_reason (str or None: ``head-request``, ``prefetch``, ``scanner-ua``, ``burst``,
 ``honeypot`` ...). A human click re-marked later is announced by ``events_reclassified``.""")
-email_bounced = _signals.signal("mailtrack.email-bounced", doc="""A bounce was recorded.
+email_bounced = _signals.signal("mailtrack.email-bounced", doc="""A bounce was recorded (``event.details``:
+``bounceType`` ``hard``/``soft``, ``status``, ``diagnostic`` where known). A hard bounce, or the
+``MAILTRACK_SOFT_BOUNCE_LIMIT``-th soft bounce in a row, puts the contact on Do-Not-Contact
+(``BOUNCED``) in the same transaction, announced by ``dnc_added`` first.
 Kwargs: event (the ``bounce`` ContactEvent), contact_id, message_id, campaign_id, url.""")
+email_delivered = _signals.signal("mailtrack.email-delivered", doc="""The receiving server reported a
+message delivered (a positive DSN, an ESP's delivery event).
+Kwargs: event (the ``delivered`` ContactEvent), contact_id, message_id, campaign_id, url (None).""")
+email_replied = _signals.signal("mailtrack.email-replied", doc="""A person replied to a message (received
+mail matched to it; auto-replies are not replies and send only ``event_recorded``).
+Kwargs: event (the ``reply`` ContactEvent), contact_id, message_id, campaign_id, url (None),
+inbound (the stored InboundMessage: ``from_email``, ``subject``, ``body_text`` ...).""")
+email_complained = _signals.signal("mailtrack.email-complained", doc="""The recipient reported a message as
+spam (an ARF feedback-loop report, an ESP's complaint); the contact is put on Do-Not-Contact
+(``UNSUBSCRIBED``, comments ``complaint``) in the same transaction, announced by ``dnc_added`` first.
+Kwargs: event (the ``complaint`` ContactEvent), contact_id, message_id, campaign_id, url (None).""")
 email_forwarded = _signals.signal("mailtrack.email-forwarded", doc="""A forward was recorded.
 Kwargs: event (the ``forward`` ContactEvent), contact_id, message_id, campaign_id, url.""")
 contact_unsubscribed = _signals.signal("mailtrack.contact-unsubscribed", doc="""A contact unsubscribed.
@@ -61,7 +75,9 @@ its own signal. Kwargs: those of the type's own signal (for opens and clicks is_
 machine_reason too).""")
 events_reclassified = _signals.signal("mailtrack.events-reclassified", doc="""Stored events changed
 verdict after the fact: a burst of clicks or a honeypot hit showed that earlier "human" clicks of a
-message were a machine's. Sent once per change, after its commit.
+message were a machine's, or an ESP webhook flagged an open/click as a machine's and our own hits of
+the message around it were the same machine (``esp-flag``, ``apple-mpp`` ...). Sent once per change,
+after its commit.
 Kwargs: event_ids (list of int: the ContactEvent ids changed), message_id, contact_id,
 machine_reason (the new reason, e.g. ``burst``, ``honeypot``), is_machine (the new verdict).""")
 
@@ -70,6 +86,9 @@ SIGNAL_FOR_TYPE = {
     "open": email_opened,
     "click": link_clicked,
     "bounce": email_bounced,
+    "delivered": email_delivered,
+    "reply": email_replied,
+    "complaint": email_complained,
     "forward": email_forwarded,
     "unsubscribe": contact_unsubscribed,
     "dnc_added": dnc_added,
@@ -83,5 +102,6 @@ SIGNAL_FOR_TYPE = {
 __all__ = [
     "message_sent", "message_failed", "email_opened", "link_clicked", "email_bounced",
     "email_forwarded", "contact_unsubscribed", "dnc_added", "dnc_removed", "utm_tag_added",
-    "utm_tag_removed", "event_recorded", "events_reclassified",
+    "utm_tag_removed", "event_recorded", "events_reclassified", "email_delivered", "email_replied",
+    "email_complained",
 ]

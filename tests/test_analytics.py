@@ -142,7 +142,7 @@ def test_empty_range_has_zero_rates(data_app):
     assert got == {"totalSent": 0, "totalOpened": 0, "totalClicked": 0, "openRate": 0.0, "clickRate": 0.0,
                    "clickToOpenRate": 0.0, "failureRate": 0.0, "byTemplate": [], "byType": [], "sendVolumeByDay": [],
                    "totalFailed": 0, "totalBounced": 0, "totalDelivered": 0, "totalUnsubscribed": 0,
-                   "engagementByDay": []}
+                   "totalComplained": 0, "bounceRate": 0.0, "complaintRate": 0.0, "engagementByDay": []}
 
 
 def test_other_tenant_sees_only_its_own(data_app):

@@ -227,4 +227,7 @@ class CommAnalyticsSchema(_Rates):
     totalBounced = f.Integer(metadata=_d("Sent messages in range with a bounce event."))
     totalDelivered = f.Integer(metadata=_d("totalSent minus totalBounced."))
     totalUnsubscribed = f.Integer(metadata=_d("Sent messages in range with an unsubscribe event."))
+    totalComplained = f.Integer(metadata=_d("Sent messages in range with a complaint (spam report) event."))
+    bounceRate = f.Float(metadata=_d("totalBounced / totalSent; 0.0 when none was sent."))
+    complaintRate = f.Float(metadata=_d("totalComplained / totalDelivered; 0.0 when none was delivered."))
     engagementByDay = f.List(f.Nested(_Engagement), metadata=_d("Open and click events per UTC day."))

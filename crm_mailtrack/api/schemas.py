@@ -17,7 +17,8 @@ from .fields import http_url, JsonObject, MAX_INT32, QueryField, Text, Timestamp
 
 #: Event types a client may record through ``POST /contacts/<id>/events``; the others
 #: (``dnc_*``, ``utm_*``) are written by their own routes.
-EXTERNAL_EVENT_TYPES = ("send", "open", "click", "bounce", "forward", "unsubscribe", "failed")
+EXTERNAL_EVENT_TYPES = ("send", "open", "click", "bounce", "forward", "unsubscribe", "failed", "delivered",
+                        "complaint")
 
 #: ``/events/<kind>`` and ``/tracking/<kind>`` names -> stored event type.
 KIND_TO_TYPE = {
@@ -113,7 +114,9 @@ class EventBodySchema(BodySchema):
         "description": "The link's destination: an absolute http:// or https:// URL (anything else is a 422)."})
     occurred_at = Timestamp(allow_none=True, metadata={"description": "Default: now. Naive = UTC."})
     details = JsonObject(allow_none=True, metadata={
-        "description": "Free-form; a bounce with bounceType 'hard' (or 'permanent') also adds DNC reason 2."})
+        "description": "Free-form; a bounce with bounceType 'hard' (or 'permanent'), or the "
+        "MAILTRACK_SOFT_BOUNCE_LIMIT-th other bounce in a row, also adds DNC reason 2; a complaint "
+        "adds DNC reason 1 with comments 'complaint'."})
 
 
 # -- DNC and UTM -------------------------------------------------------------------------------

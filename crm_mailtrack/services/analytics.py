@@ -7,9 +7,10 @@ has an open or a click event (a click implies an open); *clicked* when it has a 
 event; each message counts at most once. ``openRate`` and ``clickRate`` are over
 delivered messages (SENT minus bounced), ``clickToOpenRate`` = clicked / opened,
 ``failureRate`` = FAILED / (SENT + FAILED). Human events only unless ``include_bots``.
-A SENT message is *bounced* / *unsubscribed* when it has a bounce / unsubscribe event
-(whoever caused it: these are facts about delivery and consent, not engagement);
-*delivered* = sent minus bounced. ``engagementByDay`` counts the open and click events of
+A SENT message is *bounced* / *unsubscribed* / *complained* when it has a bounce /
+unsubscribe / complaint event (whoever caused it: these are facts about delivery and consent,
+not engagement); *delivered* = sent minus bounced; ``bounceRate`` = bounced / sent,
+``complaintRate`` = complained / delivered. ``engagementByDay`` counts the open and click events of
 the sent messages in range per UTC day of the event. ``campaign_id`` narrows everything to
 one campaign's messages. Events that a purge moved into ``mailtrack_event_rollups`` count
 like raw ones.
@@ -41,7 +42,7 @@ SENT = MessageStatus.SENT.value
 FAILED = MessageStatus.FAILED.value
 
 
-_FLAG_TYPES = ("open", "click", "bounce", "unsubscribe")
+_FLAG_TYPES = ("open", "click", "bounce", "unsubscribe", "complaint")
 
 
 def _in_range(tenant: str, date_from: dt.datetime | None, date_to: dt.datetime | None,
@@ -77,6 +78,7 @@ def _flags(source: Any, message_col: Any, ids: sa.Select[Any], include_bots: boo
             flag((kind == "click") & human).label("clicked"),
             flag(kind == "bounce").label("bounced"),
             flag(kind == "unsubscribe").label("unsubscribed"),
+            flag(kind == "complaint").label("complained"),
         )
         .where(message_col.in_(ids), kind.in_(_FLAG_TYPES), *extra)
         .group_by(message_col)
@@ -95,13 +97,13 @@ def _per_message(tenant: str, date_from: dt.datetime | None, date_to: dt.datetim
                     [event_rollups.c.tenant_id == tenant, event_rollups.c.count > 0])
     both = sa.union_all(raw, rolled).subquery("both")
     f = (sa.select(both.c.mid, *(sa.func.max(both.c[n]).label(n)
-                                 for n in ("opened", "clicked", "bounced", "unsubscribed")))
+                                 for n in ("opened", "clicked", "bounced", "unsubscribed", "complained")))
          .group_by(both.c.mid).subquery("f"))
     return (
         sa.select(
             messages.c.id, messages.c.status, messages.c.template_id, messages.c.template_name,
             messages.c.type, messages.c.sent_at,
-            *(sa.func.coalesce(f.c[n], 0).label(n) for n in ("opened", "clicked", "bounced", "unsubscribed")),
+            *(sa.func.coalesce(f.c[n], 0).label(n) for n in ("opened", "clicked", "bounced", "unsubscribed", "complained")),
         )
         .select_from(messages.outerjoin(f, f.c.mid == messages.c.id))
         .where(*where)
@@ -185,7 +187,8 @@ def _scan(conn: sa.Connection, tenant: str, date_from: dt.datetime | None, date_
     m = _per_message(tenant, date_from, date_to, include_bots, campaign_id)
     groups = conn.execute(
         sa.select(m.c.template_id, sa.func.max(m.c.template_name).label("template_name"), m.c.type,
-                  *_totals(m), _sent_with(m, "bounced"), _sent_with(m, "unsubscribed"))
+                  *_totals(m), _sent_with(m, "bounced"), _sent_with(m, "unsubscribed"),
+                  _sent_with(m, "complained"))
         .group_by(m.c.template_id, m.c.type)
     ).all()
     sent_ids = sa.select(messages.c.id, messages.c.sent_at).where(
@@ -217,7 +220,8 @@ def _cell_statements(include_bots: bool, campaign: bool, first: bool, end: bool)
     opened, clicked = (c.c.opened_any, c.c.clicked_any) if include_bots else (c.c.opened, c.c.clicked)
     groups = (
         sa.select(c.c.template_id, c.c.type, c.c.status, sa.func.max(c.c.template_name), sa.func.sum(c.c.messages),
-                  sa.func.sum(opened), sa.func.sum(clicked), sa.func.sum(c.c.bounced), sa.func.sum(c.c.unsubscribed))
+                  sa.func.sum(opened), sa.func.sum(clicked), sa.func.sum(c.c.bounced), sa.func.sum(c.c.unsubscribed),
+                  sa.func.sum(c.c.complained))
         .where(*where).group_by(c.c.template_id, c.c.type, c.c.status).having(sa.func.sum(c.c.messages) > 0)
     )
     sends = sa.select(c.c.day, sa.func.sum(c.c.messages)).where(*where, c.c.status == SENT).group_by(c.c.day)
@@ -237,16 +241,16 @@ def _cells(conn: sa.Connection, tenant: str, first: dt.date | None, end: dt.date
     for day, kind, n in conn.execute(engaged, params):
         days.append(_Day(_day_str(day), 0, n if kind == "open" else 0, n if kind == "click" else 0))
     rows = []
-    for template_id, kind, status, name, n, opened, clicked, bounced, unsubscribed in conn.execute(groups, params):
+    for template_id, kind, status, name, n, opened, clicked, *outcomes in conn.execute(groups, params):
         sent = status == SENT
         rows.append(_Group(template_id or None, name or None, kind or None, n if sent else 0,
                            opened if sent else 0, clicked if sent else 0, 0 if sent else n,
-                           bounced if sent else 0, unsubscribed if sent else 0))
+                           *(v if sent else 0 for v in outcomes)))
     return rows, days
 
 
 _Group = collections.namedtuple(
-    "_Group", "template_id template_name type sent opened clicked failed bounced unsubscribed")
+    "_Group", "template_id template_name type sent opened clicked failed bounced unsubscribed complained")
 _Day = collections.namedtuple("_Day", "day send open click")
 
 
@@ -316,7 +320,7 @@ def analytics(state: MailTrackState, tenant: str, *, date_from: dt.datetime | No
 
 
 def _shape(groups: list[Any], day_rows: list[Any]) -> dict[str, Any]:
-    fields = ("sent", "opened", "clicked", "failed", "bounced", "unsubscribed")
+    fields = ("sent", "opened", "clicked", "failed", "bounced", "unsubscribed", "complained")
     overall = dict.fromkeys(fields, 0)
     by_template: dict[Any, dict[str, Any]] = {}
     by_type: dict[Any, dict[str, Any]] = {}
@@ -355,6 +359,9 @@ def _shape(groups: list[Any], day_rows: list[Any]) -> dict[str, Any]:
         "totalBounced": bounced,
         "totalDelivered": sent - bounced,
         "totalUnsubscribed": overall["unsubscribed"],
+        "totalComplained": overall["complained"],
+        "bounceRate": rate(bounced, sent),
+        "complaintRate": rate(overall["complained"], sent - bounced),
         "engagementByDay": [{"date": day, "opens": v[1], "clicks": v[2]} for day, v in ordered if v[1] or v[2]],
     }
 

@@ -34,6 +34,7 @@ from ..models import ContactEvent, EventType, Message, MessageStatus, UTCDateTim
 from ..state import MailTrackState
 from ..textpart import html_to_text
 from .common import emit, log
+from .esp.outbound import echo_headers
 from .messages import message_id_of
 from .mime import build_email, envelope, parse_mailbox
 from .smtp import Mailer, parse_smtp_url
@@ -121,7 +122,7 @@ def _send_claimed(state: MailTrackState, message_id: str, mailer: Mailer, claime
     else:
         try:
             sender = parse_mailbox(from_value)
-            mail = build_email(msg, sender, header_id)
+            mail = build_email(msg, sender, header_id, echo_headers(state.settings.webhooks, msg.id))
             # the envelope: bare addresses (a display name there would demand SMTPUTF8)
             refused = mailer.deliver(mail, sender.addr_spec, envelope(msg))
         except smtplib.SMTPRecipientsRefused as exc:

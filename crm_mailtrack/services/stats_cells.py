@@ -28,14 +28,15 @@ from ..models import (
 SENT = MessageStatus.SENT.value
 FAILED = MessageStatus.FAILED.value
 COUNTED = (SENT, FAILED)
-FLAG_TYPES = ("open", "click", "bounce", "unsubscribe")
+FLAG_TYPES = ("open", "click", "bounce", "unsubscribe", "complaint")
 ENGAGEMENT = ("open", "click")
 
 # stats_flags bits
-OPENED, CLICKED, OPENED_ANY, CLICKED_ANY, BOUNCED, UNSUBSCRIBED = 1, 2, 4, 8, 16, 32
+OPENED, CLICKED, OPENED_ANY, CLICKED_ANY, BOUNCED, UNSUBSCRIBED, COMPLAINED = 1, 2, 4, 8, 16, 32, 64
 #: message-cell count columns, in order, and the flag bit each counts (messages: all)
-CELL_VALUES = ("messages", "opened", "clicked", "opened_any", "clicked_any", "bounced", "unsubscribed")
-BITS = (None, OPENED, CLICKED, OPENED_ANY, CLICKED_ANY, BOUNCED, UNSUBSCRIBED)
+CELL_VALUES = ("messages", "opened", "clicked", "opened_any", "clicked_any", "bounced", "unsubscribed",
+               "complained")
+BITS = (None, OPENED, CLICKED, OPENED_ANY, CLICKED_ANY, BOUNCED, UNSUBSCRIBED, COMPLAINED)
 MESSAGE_KEY = ("tenant_id", "campaign_id", "template_id", "template_name", "type", "status", "day")
 DAY_KEY = ("tenant_id", "campaign_id", "send_day", "event_day", "type", "is_machine")
 TENANT_MESSAGE_KEY = tuple(k for k in MESSAGE_KEY if k != "campaign_id")
@@ -63,7 +64,7 @@ def flag_bits(kind: Any, machine: Any) -> list[Any]:
     human = machine.is_(False)
     conds = [
         kind.in_(ENGAGEMENT) & human, (kind == "click") & human,
-        kind.in_(ENGAGEMENT), kind == "click", kind == "bounce", kind == "unsubscribe",
+        kind.in_(ENGAGEMENT), kind == "click", kind == "bounce", kind == "unsubscribe", kind == "complaint",
     ]
     return [sa.func.max(sa.case((cond, bit), else_=0)).label(f"b{bit}")
             for cond, bit in zip(conds, BITS[1:])]
@@ -194,7 +195,7 @@ def event_bits(kind: str, machine: bool) -> int:
     if kind in ENGAGEMENT:
         bits = OPENED_ANY | (0 if machine else OPENED)
         return bits | (CLICKED_ANY | (0 if machine else CLICKED) if kind == "click" else 0)
-    return BOUNCED if kind == "bounce" else UNSUBSCRIBED if kind == "unsubscribe" else 0
+    return {"bounce": BOUNCED, "unsubscribe": UNSUBSCRIBED, "complaint": COMPLAINED}.get(kind, 0)
 
 
 __all__ = ["SENT", "FAILED", "COUNTED", "FLAG_TYPES", "ENGAGEMENT", "CELL_VALUES", "BITS", "MESSAGE_KEY",
