@@ -36,6 +36,7 @@ FULL: list[tuple[str, list[str]]] = [
     ("reports_pagination_postgresql", ["bench_reports_pagination.py", "--db", "postgresql"]),
     ("queries", ["bench_queries.py", "--messages", "50"]),
     ("inbound", ["bench_inbound.py", "--messages", "10000"]),
+    ("esp_webhooks", ["bench_esp.py", "--batch", "1000", "--rounds", "5", "--notifications", "300"]),
 ]
 QUICK: list[tuple[str, list[str]]] = [
     ("tracking", ["bench_tracking.py", "--duration", "1", "--rounds", "2", "--messages", "200"]),
@@ -48,6 +49,7 @@ QUICK: list[tuple[str, list[str]]] = [
     ("reports_pagination_postgresql", ["bench_reports_pagination.py", "--db", "postgresql", "--events", "5000"]),
     ("queries", ["bench_queries.py", "--messages", "12"]),
     ("inbound", ["bench_inbound.py", "--messages", "1000"]),
+    ("esp_webhooks", ["bench_esp.py", "--batch", "200", "--rounds", "2", "--notifications", "50"]),
 ]
 
 

@@ -52,11 +52,23 @@ KNOWN_BOT_UA = "known-bot-ua"
 TOO_FAST = "too-fast-after-send"
 BURST = "burst"
 HONEYPOT = "honeypot"
+#: The ESP that reported the open or click flagged it as a machine's (SendGrid
+#: ``sg_machine_open``, Mailgun ``client-info.bot`` naming no proxy we know).
+ESP_FLAG = "esp-flag"
 
 REASONS: tuple[str, ...] = (
     HEAD_REQUEST, PREFETCH, NO_USER_AGENT, IMAGE_PROXY, APPLE_MPP, SCANNER_UA, SCANNER_NETWORK,
-    KNOWN_BOT_UA, TOO_FAST, BURST, HONEYPOT,
+    KNOWN_BOT_UA, TOO_FAST, BURST, HONEYPOT, ESP_FLAG,
 )
+
+#: Bot names an ESP reports (Mailgun's ``client-info.bot``) that are a proxy we know.
+_ESP_BOT_NAMES = {"apple": APPLE_MPP, "gmail": IMAGE_PROXY, "google": IMAGE_PROXY, "yahoo": IMAGE_PROXY}
+
+
+def esp_reason(bot_name: str | None) -> str:
+    """The machine reason of an open or click an ESP flagged: ``apple-mpp`` /
+    ``image-proxy`` when it names a proxy we know, else ``esp-flag``."""
+    return _ESP_BOT_NAMES.get((bot_name or "").strip().lower(), ESP_FLAG)
 
 #: Headers with which browsers and mail clients announce a prefetch / preview fetch, and
 #: the value that marks one (what :func:`request_reason` calls ``prefetch``).

@@ -246,6 +246,10 @@ def stats(date_from: str | None, date_to: str | None, include_bots: bool, tenant
         click.echo("Sent per day (UTC)")
     for row in data["sendVolumeByDay"]:
         click.echo(f"  {row['date']}  {row['count']}")
+    if state.settings.webhooks.providers:
+        from .services.esp.store import unmatched_count
+
+        click.echo(f"ESP webhook events matching no message: {unmatched_count(state)} (all tenants; see docs/esp.md)")
 
 
 @cli.command("purge")
@@ -288,3 +292,58 @@ def infer_forwards(days: int | None) -> None:
     except Exception as exc:  # noqa: BLE001
         _fail_on(exc, "infer-forwards stopped")
     click.echo(f"mailtrack: {found} inferred forwards recorded ({len(ids)} messages checked)")
+
+
+@cli.command("fetch-inbox")
+@click.option("--delete", is_flag=True,
+              help="Delete stored mail from the server instead of marking it \\Seen and $MailtrackStored "
+                   "(POP3, which has no flags, always deletes stored mail).")
+@click.option("--batch-size", type=click.IntRange(1, 10_000), default=100, show_default=True,
+              help="Messages listed per server round trip (POP3: deletions are committed after each batch).")
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help="Handle at most this many messages; the rest wait for the next run.")
+@click.option("--max-size", "max_bytes", type=click.IntRange(min=1), default=10 * 1024 * 1024, show_default=True,
+              metavar="BYTES", help="Larger messages are not downloaded: counted malformed and skipped.")
+@click.option("--tenant", default=None, help="Tenant passed to ingest_mail (default: its own default).")
+def fetch_inbox(delete: bool, batch_size: int, limit: int | None, max_bytes: int, tenant: str | None) -> None:
+    """Read MAILTRACK_INBOX_URL: ingest each new message (bounces, complaints, replies), then
+    mark or delete what was stored. Unmatched and malformed mail is marked so that no later run
+    reads it again, and stays unread; mail that failed is left for the next run. Safe to run
+    from cron on several hosts at once. Exit status 1 when a message failed or the run stopped."""
+    from .services.inbox import InboxError, InboxFetcher
+
+    state = get_state()
+    inbox = state.settings.inbox
+    if inbox is None:
+        _fail("MAILTRACK_INBOX_URL is not set: it names the mailbox to read, such as "
+              "imaps://user:password@imap.example.com:993/INBOX")
+    ingest_mail = getattr(state.extension, "ingest_mail", None)
+    if ingest_mail is None:
+        _fail("this crm_mailtrack has no MailTrack.ingest_mail: it cannot ingest mail")
+    options = {} if tenant is None else {"tenant_id": tenant}
+
+    def ingest(raw: bytes) -> Any:
+        return ingest_mail(raw, **options)
+
+    if inbox.protocol == "pop3":
+        delete = True
+    with InboxFetcher(inbox, ingest, delete=delete, batch_size=batch_size, limit=limit,
+                      max_bytes=max_bytes) as fetcher:
+        try:
+            total = fetcher.count()
+        except InboxError as exc:
+            _fail(str(exc))
+        if total:
+            with click.progressbar(length=total, label=f"Fetching {inbox}", file=sys.stderr) as bar:
+                report = fetcher.run(progress=lambda outcome: bar.update(1))
+        else:
+            report = fetcher.run()
+    for key, reason in report.problems:
+        click.echo(f"mailtrack: message {key}: {reason}", err=True)
+    click.echo(f"mailtrack: {inbox}: {report.summary()}")
+    if report.stopped:
+        _fail(f"fetch-inbox stopped: {report.stopped}")
+    if report.failed:
+        one = report.failed == 1
+        _fail(f"{report.failed} {'message' if one else 'messages'} failed and {'stays' if one else 'stay'} on the "
+              "server for the next run")

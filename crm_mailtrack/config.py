@@ -67,6 +67,22 @@ MAX_MESSAGE_BODY_BYTES = "MAILTRACK_MAX_MESSAGE_BODY_BYTES"
 #: Largest ``details`` object an event may store, in bytes of its compact UTF-8 JSON:
 #: larger is refused (422 on the API, ``ValidationError`` from ``record_event``).
 MAX_DETAILS_BYTES = "MAILTRACK_MAX_DETAILS_BYTES"
+#: The mailbox ``flask mailtrack fetch-inbox`` reads bounces, complaints and replies from:
+#: ``imaps://user:pass@host:993/INBOX``, ``imap+starttls://``, ``imap://`` (plain, a local
+#: server), ``pop3s://user:pass@host:995``, ``pop3://``; query ``cafile`` (a CA bundle to
+#: verify the server with) and ``timeout`` (seconds). ``None``: no mailbox.
+INBOX_URL = "MAILTRACK_INBOX_URL"
+#: ESP event webhooks (``POST <prefix>/hooks/<provider>``): each provider's secrets, such as
+#: ``{"mailgun": {"signing_key": "..."}}`` (see docs/esp.md). A provider not named here
+#: answers 404.
+WEBHOOKS = "MAILTRACK_WEBHOOKS"
+#: ``None`` or the provider outbound mail goes through (``ses``, ``sendgrid``, ``mailgun``,
+#: ``postmark``, ``resend``): each message then carries the header that provider echoes back
+#: in its events with our message id under ``mailtrack_id``, so they match it exactly.
+ESP = "MAILTRACK_ESP"
+#: Largest webhook request body, in bytes (a SendGrid batch of 1,000 events is ~0.5 MB):
+#: larger is 413, nothing stored.
+WEBHOOK_MAX_BODY_BYTES = "MAILTRACK_WEBHOOK_MAX_BODY_BYTES"
 #: Soft bounces (``details.bounceType`` not hard) of one contact's address in a row, with
 #: no delivery, open or click between them, that put the contact on Do-Not-Contact
 #: (``BOUNCED``). ``0`` turns it off (a hard bounce still does at once).
@@ -105,6 +121,10 @@ DEFAULTS: dict[str, Any] = {
     MAX_BODY_BYTES: 64 * 1024,
     MAX_MESSAGE_BODY_BYTES: 5 * 1024 * 1024,
     MAX_DETAILS_BYTES: 16 * 1024,
+    INBOX_URL: None,
+    WEBHOOKS: {},
+    ESP: None,
+    WEBHOOK_MAX_BODY_BYTES: 2 * 1024 * 1024,
     SOFT_BOUNCE_LIMIT: 3,
     BOUNCE_ADDRESS: None,
     INBOUND_MAX_BYTES: 25 * 1024 * 1024,

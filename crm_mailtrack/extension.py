@@ -69,8 +69,10 @@ class MailTrack:
 
         from .cli import cli
         from .tracking import blueprint
+        from .webhooks import blueprint as webhooks_blueprint
 
         app.register_blueprint(blueprint, url_prefix=settings.url_prefix or None)
+        app.register_blueprint(webhooks_blueprint, url_prefix=settings.url_prefix or None)
         _register_api(app, settings.url_prefix)
         app.cli.add_command(cli)
         _integrate_with_host(app)
@@ -316,9 +318,10 @@ def _integrate_with_host(app: Flask) -> None:
     is initialised first: now, if they already are, and again from Flask's own signals
     (documented hooks that run after every extension's ``init_app``).
 
-    - ``CSRFProtect``: the RFC 8058 one-click unsubscribe carries no CSRF token, and the JSON
-      API checks CSRF itself where a cookie authorised the call (see ``api.core``), so both
-      are exempt from Flask-WTF's global check. Exempted before the first request
+    - ``CSRFProtect``: the RFC 8058 one-click unsubscribe carries no CSRF token, the ESP
+      webhooks are authorised by their signatures, and the JSON API checks CSRF itself where
+      a cookie authorised the call (see ``api.core``), so all three are exempt from
+      Flask-WTF's global check. Exempted before the first request
       (``request_started`` runs before ``before_request`` functions; Flask refuses new
       ``before_request`` set-up, so a new ``CSRFProtect``, after the first request).
     - Flask-Migrate: ``flask db migrate`` must not write ``DROP TABLE mailtrack_...``
@@ -330,6 +333,7 @@ def _integrate_with_host(app: Flask) -> None:
     from .api import blueprint as api_blueprint
     from .migrate import configure_flask_migrate
     from .tracking import unsubscribe
+    from .webhooks import blueprint as webhooks_blueprint
 
     exempted: list[object] = []
 
@@ -338,6 +342,7 @@ def _integrate_with_host(app: Flask) -> None:
         if csrf is not None and csrf not in exempted and hasattr(csrf, "exempt"):
             csrf.exempt(unsubscribe)
             csrf.exempt(api_blueprint)
+            csrf.exempt(webhooks_blueprint)
             exempted.append(csrf)
 
     def on_first_request(sender: Flask, **extra: Any) -> None:

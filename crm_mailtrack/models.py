@@ -18,6 +18,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from .sqltypes import UTCDateTime
+
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_N_label)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -27,36 +29,6 @@ NAMING_CONVENTION = {
 }
 
 metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
-
-
-class UTCDateTime(sa.TypeDecorator[dt.datetime]):
-    """A timestamp that is always timezone-aware UTC on the Python side.
-
-    Naive datetimes given to it are read as UTC (the contract's rule for naive input).
-    """
-
-    impl = sa.DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: dt.datetime | None, dialect: sa.Dialect) -> dt.datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=dt.timezone.utc)
-        value = value.astimezone(dt.timezone.utc)
-        if dialect.name == "sqlite":
-            return value.replace(tzinfo=None)
-        return value
-
-    def process_result_value(self, value: Any, dialect: sa.Dialect) -> dt.datetime | None:
-        if value is None:
-            return None
-        if isinstance(value, str):  # raw SQLite text, e.g. from a hand-written query
-            value = dt.datetime.fromisoformat(value)
-        if value.tzinfo is None:
-            return value.replace(tzinfo=dt.timezone.utc)
-        return value.astimezone(dt.timezone.utc)
-
 
 JSONType = sa.JSON().with_variant(JSONB(), "postgresql")
 BigID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
@@ -495,4 +467,16 @@ stats_days = StatsDayCell.__table__
 stats_state = StatsState.__table__
 stats_tenant_messages = StatsTenantMessageCell.__table__
 stats_tenant_days = StatsTenantDayCell.__table__
+#: What the ESP webhooks remember besides events (``services/esp/store.py``): tokens of signed
+#: requests received (``kind = 'nonce'``: a replay is refused on every host) and events that
+#: matched no message (``kind = 'unmatched'``, keyed by a digest: counted once). No personal data.
+webhook_receipts = sa.Table(
+    "mailtrack_webhook_receipts", metadata,
+    sa.Column("provider", sa.String(16), primary_key=True),
+    sa.Column("kind", sa.String(16), primary_key=True),
+    sa.Column("key", sa.String(200), primary_key=True),
+    sa.Column("event_type", sa.String(20)),
+    sa.Column("received_at", UTCDateTime(), nullable=False, default=utcnow),
+    sa.Index("ix_mailtrack_webhook_receipts_kind_time", "kind", "received_at"),
+)
 inbound = InboundMessage.__table__

@@ -19,7 +19,10 @@ from urllib.parse import urlsplit
 from . import config as cfg
 from .bots import BotPolicy
 from .errors import ConfigurationError
+from .services.esp.config import EspSettings
+from .services.esp.config import from_config as esp_from_config
 from .services.mime import check_default_sender
+from .services.inbox_url import InboxSettings, parse_inbox_url
 from .services.smtp import SMTPSettings, parse_smtp_url
 
 
@@ -51,11 +54,15 @@ class Settings:
     max_body_bytes: int
     max_message_body_bytes: int
     max_details_bytes: int
+    #: ``MAILTRACK_WEBHOOKS``, ``MAILTRACK_ESP``, ``MAILTRACK_WEBHOOK_MAX_BODY_BYTES``.
+    webhooks: EspSettings
     #: ``MAILTRACK_SOFT_BOUNCE_LIMIT`` (0: off).
     soft_bounce_limit: int
     #: ``MAILTRACK_BOUNCE_ADDRESS`` as ``(local part, domain)``, or ``None``.
     bounce_address: tuple[str, str] | None
     inbound_max_bytes: int
+    #: ``MAILTRACK_INBOX_URL`` taken apart (its repr hides the password); ``None``: not set.
+    inbox: InboxSettings | None = None
 
     @classmethod
     def from_config(cls, conf: Mapping[str, Any], *, instance_path: str) -> Settings:
@@ -134,6 +141,8 @@ class Settings:
             max_body_bytes=limits[0],
             max_message_body_bytes=limits[1],
             max_details_bytes=limits[2],
+            inbox=None if conf[cfg.INBOX_URL] is None else parse_inbox_url(conf[cfg.INBOX_URL]),
+            webhooks=esp_from_config(conf),
             soft_bounce_limit=soft_limit,
             bounce_address=_bounce_address(conf[cfg.BOUNCE_ADDRESS]),
             inbound_max_bytes=limits[3],

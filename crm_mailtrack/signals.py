@@ -75,7 +75,9 @@ its own signal. Kwargs: those of the type's own signal (for opens and clicks is_
 machine_reason too).""")
 events_reclassified = _signals.signal("mailtrack.events-reclassified", doc="""Stored events changed
 verdict after the fact: a burst of clicks or a honeypot hit showed that earlier "human" clicks of a
-message were a machine's. Sent once per change, after its commit.
+message were a machine's, or an ESP webhook flagged an open/click as a machine's and our own hits of
+the message around it were the same machine (``esp-flag``, ``apple-mpp`` ...). Sent once per change,
+after its commit.
 Kwargs: event_ids (list of int: the ContactEvent ids changed), message_id, contact_id,
 machine_reason (the new reason, e.g. ``burst``, ``honeypot``), is_machine (the new verdict).""")
 

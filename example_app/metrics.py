@@ -6,7 +6,8 @@ request an external client would send), never from the extension's tables. Campa
 rates, daily send volume and engagement come from ``GET /api/communications/analytics``
 (with ``campaignId`` for one campaign, once for people and once with ``include_bots=true``);
 the contact list from ``GET /api/contacts/engagement``; top links from ``GET /api/links`` and
-``GET /api/campaigns/<id>/links``. Each function appends the calls it made to
+``GET /api/campaigns/<id>/links``. Audiences, breakdowns, the campaign comparison and the
+thread are in ``insights``. Each function appends the calls it made to
 ``g.metric_sources`` (the page footer lists them).
 """
 from __future__ import annotations
@@ -41,6 +42,20 @@ class APIError(RuntimeError):
     """The extension's API did not answer 200 (the page shows an error instead of numbers)."""
 
 
+def api_csv(path: str, **params: Any) -> tuple[bytes, str]:
+    """``GET <prefix>/api<path>`` with ``Accept: text/csv``: the API's CSV as it sent it, and
+    its ``Content-Disposition`` (the CRM's download buttons hand both on unchanged)."""
+    from . import API_TOKEN
+
+    full = api_prefix() + path
+    with current_app.test_client() as client:
+        resp = client.get(full, query_string={k: v for k, v in params.items() if v is not None},
+                          headers={"Authorization": f"Bearer {API_TOKEN}", "Accept": "text/csv"})
+    if resp.status_code != 200 or not resp.mimetype == "text/csv":
+        raise APIError(f"API {full} answered {resp.status_code} {resp.mimetype}")
+    return resp.get_data(), resp.headers.get("Content-Disposition", "attachment")
+
+
 def api_get(path: str, *, source: str | None = None, **params: Any) -> Any:
     """``GET <prefix>/api<path>`` in-process with the demo token; the JSON answer.
     ``source`` is what the page footer lists (default: the path)."""
@@ -63,7 +78,8 @@ def api_get(path: str, *, source: str | None = None, **params: Any) -> Any:
 class Funnel:
     """A campaign's funnel; ``*_h`` count people only, ``*_all`` include machine events.
     ``forwarded`` and ``suppressed`` come from the campaign's message records (campaign
-    page only)."""
+    page only); ``complained`` is ``None`` while the analytics API has no
+    ``totalComplained``."""
 
     campaign_id: str
     sent: int = 0
@@ -74,6 +90,7 @@ class Funnel:
     clicked_h: int = 0
     clicked_all: int = 0
     unsubscribed: int = 0
+    complained: int | None = None
     forwarded: int = 0
     suppressed: int = 0
     failed: int = 0
@@ -82,17 +99,34 @@ class Funnel:
     click_to_open_rate: float = 0.0
 
     def steps(self) -> list[dict[str, Any]]:
-        """Rows of the funnel table and chart, in order."""
-        return [
-            {"key": "sent", "label": "Sent", "human": self.sent, "all": self.sent},
-            {"key": "delivered", "label": "Delivered", "human": self.delivered, "all": self.delivered},
-            {"key": "opened", "label": "Opened", "human": self.opened_h, "all": self.opened_all},
-            {"key": "clicked", "label": "Clicked", "human": self.clicked_h, "all": self.clicked_all},
-            {"key": "unsubscribed", "label": "Unsubscribed", "human": self.unsubscribed, "all": self.unsubscribed},
+        """Rows of the funnel table and chart, in order. ``of`` names the step a row is a
+        share of (sent for bounced and delivered, delivered for the rest; none for sent)."""
+        steps = [
+            {"key": "sent", "label": "Sent", "human": self.sent, "all": self.sent, "of": None},
+            {"key": "bounced", "label": "Bounced", "human": self.bounced, "all": self.bounced, "of": "sent"},
+            {"key": "delivered", "label": "Delivered", "human": self.delivered, "all": self.delivered, "of": "sent"},
+            {"key": "opened", "label": "Opened", "human": self.opened_h, "all": self.opened_all, "of": "delivered"},
+            {"key": "clicked", "label": "Clicked", "human": self.clicked_h, "all": self.clicked_all, "of": "delivered"},
+            {"key": "unsubscribed", "label": "Unsubscribed", "human": self.unsubscribed, "all": self.unsubscribed,
+             "of": "delivered"},
         ]
+        if self.complained is not None:
+            steps.append({"key": "complained", "label": "Complained (spam)", "human": self.complained,
+                          "all": self.complained, "of": "delivered"})
+        return steps
 
-    def rate(self, part: int) -> float:
-        return part / self.delivered if self.delivered else 0.0
+    def share(self, step: dict[str, Any]) -> float | None:
+        """The step's share of the step it is measured against (docs/metrics.md: engagement
+        over delivered, bounces and deliveries over sent); ``None`` for sent. The opened and
+        clicked shares are the API's own rates."""
+        if step["of"] is None:
+            return None
+        if step["key"] == "opened":
+            return self.open_rate
+        if step["key"] == "clicked":
+            return self.click_rate
+        base = self.sent if step["of"] == "sent" else self.delivered
+        return step["human"] / base if base else 0.0
 
 
 def campaign_analytics(campaign_id: str | None = None, *, include_bots: bool = False) -> dict[str, Any]:
@@ -120,6 +154,7 @@ def funnel(campaign_id: str) -> Funnel:
         opened_h=people["totalOpened"], opened_all=everyone["totalOpened"],
         clicked_h=people["totalClicked"], clicked_all=everyone["totalClicked"],
         unsubscribed=people["totalUnsubscribed"], failed=people["totalFailed"],
+        complained=people.get("totalComplained"),
         open_rate=people["openRate"], click_rate=people["clickRate"], click_to_open_rate=people["clickToOpenRate"])
 
 

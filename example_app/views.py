@@ -2,18 +2,22 @@
 come from ``metrics`` (the extension's JSON API), actions from ``MailTrack``'s public methods."""
 from __future__ import annotations
 
+import csv
 import datetime as dt
+import io
 import re
 import secrets
 from typing import Any
 from urllib.parse import urlsplit
 
+import sqlalchemy as sa
 from flask import (Blueprint, Flask, abort, current_app, flash, g, redirect, render_template, request,
                    session, url_for)
 
 from crm_mailtrack import DNCReason
 
-from . import charts, mailtrack, metrics
+from . import charts, insights, mailtrack, metrics
+from .listing import page_of, paginate
 from .models import Campaign, Contact, InboxMail, db
 
 blueprint = Blueprint("crm", __name__)
@@ -157,18 +161,26 @@ def _sources() -> dict[str, Any]:
     return {"metric_sources": g.get("metric_sources", [])}
 
 
+def chart_window(campaign_id: str | None = None, since: dt.datetime | None = None) -> tuple[dt.date, dt.date]:
+    """The days a chart shows, never after today (UTC): the dashboard's six weeks up to the
+    latest activity (so an old demo database still shows its story); a campaign's from the
+    day before it was sent to its latest send, open or click (at least a week, when that
+    has passed)."""
+    today = dt.datetime.now(dt.timezone.utc).date()
+    last = min(metrics.last_day(campaign_id) or today, today)
+    if since is None:
+        return last - dt.timedelta(days=CHART_DAYS - 1), last
+    start = min(since.date() - dt.timedelta(days=1), last)
+    return start, min(max(last, start + dt.timedelta(days=6)), today)
+
+
 def _charts(campaign_id: str | None = None, since: dt.datetime | None = None) -> dict[str, Any]:
-    """Daily charts: six weeks up to the latest activity (so an old demo database still
-    shows its story), or for a campaign two weeks from the day before it was sent."""
-    end = metrics.last_day(campaign_id) or dt.datetime.now(dt.timezone.utc).date()
-    start = end - dt.timedelta(days=CHART_DAYS - 1)
-    if since is not None:
-        start = since.date() - dt.timedelta(days=1)
-        end = max(end, start + dt.timedelta(days=13))
+    """The daily charts (sends; opens and clicks of people and machines) over :func:`chart_window`."""
+    start, end = chart_window(campaign_id, since)
     days = metrics.daily(start, end, campaign_id)
     dates = [d.day for d in days]
     return {
-        "days": days,
+        "days": days, "chart_start": start, "chart_end": end,
         "volume_chart": charts.bar_chart(
             dates, [d.sent for d in days], title="Messages sent per day",
             desc=f"Daily send volume from {start} to {end}, UTC days.", unit="sent"),
@@ -191,10 +203,43 @@ def dashboard() -> str:
                            links=metrics.top_links(limit=8), **_charts())
 
 
+CONTACT_SORTS = {
+    "name": lambda r: (r.contact.last_name.lower(), r.contact.first_name.lower()),
+    "company": lambda r: (r.contact.company.lower(), r.contact.last_name.lower()),
+    "status": lambda r: r.dnc_reason or 0,
+    "opens": lambda r: r.opens, "clicks": lambda r: r.clicks, "score": lambda r: r.score,
+    "last": lambda r: as_datetime(r.last_activity),
+}
+
+
 @blueprint.route("/contacts")
 def contacts() -> str:
     q = request.args.get("q", "")[:100]
-    return render_template("contacts.html", rows=metrics.contacts(q), q=q)
+    listing = paginate(metrics.contacts(q), CONTACT_SORTS, default="name")
+    return render_template("contacts.html", listing=listing, rows=listing.rows, q=q)
+
+
+@blueprint.route("/contacts.csv")
+def contacts_csv() -> Any:
+    """The contact list (the same search and order as the page, every page) as CSV; the
+    engagement figures are the engagement API's."""
+    q = request.args.get("q", "")[:100]
+    listing = paginate(metrics.contacts(q), CONTACT_SORTS, default="name", per_page=10**9)
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["contactId", "name", "email", "company", "dncReason", "opens", "clicks", "score",
+                     "lastHumanActivity"])
+    for r in listing.rows:
+        writer.writerow([r.contact.id, *(csv_cell(v) for v in (r.contact.display_name, r.contact.email,
+                                                                r.contact.company)),
+                         r.dnc_reason or "", r.opens, r.clicks, r.score, iso(r.last_activity)])
+    return current_app.response_class(out.getvalue(), mimetype="text/csv", headers={
+        "Content-Disposition": 'attachment; filename="contacts.csv"', "Cache-Control": "no-store"})
+
+
+def csv_cell(value: str) -> str:
+    """A text cell a spreadsheet will not run as a formula (a leading ``'``, as the API's CSV does)."""
+    return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
 
 
 @blueprint.route("/contacts/<int:contact_id>")
@@ -204,7 +249,11 @@ def contact(contact_id: int) -> str:
     events = metrics.timeline(cid)
     for event in events:
         event["when"] = as_datetime(event["timestamp"])
-    return render_template("contact.html", person=person, events=events, dnc=metrics.contact_dnc(cid),
+    slugs = {e["campaignId"] for e in events if e.get("campaignId")}
+    names = dict(db.session.execute(db.select(Campaign.slug, Campaign.name).where(Campaign.slug.in_(slugs))).all()) \
+        if slugs else {}
+    return render_template("contact.html", person=person, events=events, campaign_names=names,
+                           dnc=metrics.contact_dnc(cid),
                            utm=metrics.contact_utm(cid), engagement=metrics.engagement(cid))
 
 
@@ -219,31 +268,6 @@ def contact_dnc(contact_id: int) -> Any:
         mailtrack.add_dnc(str(person.id), "email", DNCReason.MANUAL, comments="Added in the CRM")
         flash(f"{person.display_name} is now on Do-Not-Contact for email.")
     return redirect(url_for("crm.contact", contact_id=person.id))
-
-
-@blueprint.route("/campaigns")
-def campaigns() -> str:
-    return render_template("campaigns.html", campaigns=metrics.campaigns_overview())
-
-
-@blueprint.route("/campaigns/<slug>")
-def campaign(slug: str) -> str:
-    camp = db.first_or_404(db.select(Campaign).filter_by(slug=slug))
-    rows = metrics.campaign_messages(slug)
-    funnel = metrics.add_message_counts(metrics.funnel(slug), rows)
-    steps = funnel.steps()
-    return render_template(
-        "campaign.html", campaign=camp, funnel=funnel, steps=steps,
-        funnel_chart=charts.funnel_chart(steps, title=f"Funnel of {camp.name}"),
-        links=metrics.top_links(slug), messages=rows,
-        **_charts(slug, since=camp.sent_at or camp.created_at))
-
-
-@blueprint.route("/campaigns/<slug>/funnel.json")
-def campaign_funnel_json(slug: str) -> Any:
-    """The funnel the campaign page shows, as JSON (the browser test compares the two)."""
-    db.first_or_404(db.select(Campaign).filter_by(slug=slug))
-    return {"campaign_id": slug, "steps": metrics.funnel(slug).steps()}
 
 
 def _message_or_404(message_id: str) -> dict[str, Any]:
@@ -265,7 +289,10 @@ def message(message_id: str) -> str:
     msg = _message_or_404(message_id)
     person = db.session.get(Contact, int(msg["contact_id"])) if msg["contact_id"].isdigit() else None
     links = metrics.message_links(msg["id"], contact_id=msg["contact_id"])
-    return render_template("message.html", msg=msg, person=person, links=links)
+    campaign = db.session.execute(db.select(Campaign).filter_by(slug=msg["campaign_id"])).scalar_one_or_none() \
+        if msg["campaign_id"] else None
+    return render_template("message.html", msg=msg, person=person, links=links, campaign=campaign,
+                           thread=insights.thread(msg["id"]))
 
 
 @blueprint.route("/messages/<message_id>/body")
@@ -312,8 +339,14 @@ def compose() -> Any:
 
 @blueprint.route("/inbox")
 def inbox() -> str:
-    mails = db.session.execute(db.select(InboxMail).order_by(InboxMail.id.desc()).limit(200)).scalars().all()
-    return render_template("inbox.html", mails=mails, smtp_url=current_app.config["MAILTRACK_SMTP_URL"])
+    """Received mail, newest first, 50 a page (paged in SQL: the CRM's own table)."""
+    total = db.session.execute(db.select(sa.func.count()).select_from(InboxMail)).scalar_one()
+    listing = page_of(total, per_page=50)
+    listing.rows = list(db.session.execute(
+        db.select(InboxMail).order_by(InboxMail.id.desc()).limit(listing.per_page)
+        .offset((listing.page - 1) * listing.per_page)).scalars())
+    return render_template("inbox.html", mails=listing.rows, listing=listing,
+                           smtp_url=current_app.config["MAILTRACK_SMTP_URL"])
 
 
 @blueprint.route("/inbox/<int:mail_id>")

@@ -350,7 +350,7 @@ def test_ingest_mail_command_from_a_file_and_from_stdin(sent, mail_app, db, tmp_
     path.write_bytes(sent.render("postfix_hard.eml"))
     out = runner.invoke(args=["mailtrack", "ingest-mail", str(path)])
     assert out.exit_code == 0, out.output
-    assert f"recorded bounce" in out.output and sent.id in out.output
+    assert "recorded bounce" in out.output and sent.id in out.output
     out = runner.invoke(args=["mailtrack", "ingest-mail"], input=path.read_bytes())
     assert out.exit_code == 0 and "duplicate" in out.output
     out = runner.invoke(args=["mailtrack", "ingest-mail"], input=sent.render("reply_de_outlook.eml"))

@@ -31,11 +31,21 @@ from crm_mailtrack.services import communications, contactclicks, privacy, stats
 from crm_mailtrack.services.analytics import analytics
 
 from conftest import path_of
+from esp_signing import SendGrid
 
 HUMAN_UA = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0 Safari/537.36"
 BOT_UA = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
 DAY0 = dt.datetime(2026, 3, 1, tzinfo=dt.timezone.utc)
 CONTACTS = [f"c{i}" for i in range(6)]
+#: The ESP whose signed webhooks one step posts (a key made once per test run).
+ESP = SendGrid()
+
+
+@pytest.fixture
+def app(make_app):
+    app = make_app(MAILTRACK_WEBHOOKS={"sendgrid": {"public_key": ESP.public_key}})
+    with app.app_context():
+        yield app
 
 
 def _ranges() -> list[dict[str, Any]]:
@@ -118,6 +128,34 @@ class History:
                              url="https://shop.example.com/x" if kind == "click" else None,
                              details={"bounceType": "soft"} if kind == "bounce" else None)
 
+    def webhook(self) -> None:
+        """An ESP's signed batch: opens (some flagged as machine, which re-marks our own opens
+        around them), clicks, deliveries, soft bounces, unsubscribes, spam reports."""
+        import json
+        import uuid
+
+        mid = self._some()
+        if mid is None:
+            return
+        rng = self.rng
+        at = DAY0 + dt.timedelta(days=rng.randrange(6), hours=rng.randrange(24))
+        batch = []
+        for _ in range(rng.randrange(1, 4)):
+            kind = rng.choice(["open", "open", "click", "delivered", "bounce", "unsubscribe", "spamreport"])
+            item = {"email": f"{self.msgs[mid]['contact']}@example.com", "event": kind, "mailtrack_id": mid,
+                    "timestamp": int((at + dt.timedelta(seconds=rng.randrange(300))).timestamp()),
+                    "sg_event_id": uuid.UUID(int=rng.getrandbits(128)).hex}
+            if kind == "open":
+                item.update(sg_machine_open=rng.random() < 0.4, useragent=HUMAN_UA)
+            elif kind == "click":
+                item.update(url="https://shop.example.com/y", useragent=rng.choice([HUMAN_UA, BOT_UA]))
+            elif kind == "bounce":
+                item.update(type="blocked", status="4.2.2")
+            batch.append(item)
+        body = json.dumps(batch).encode()
+        resp = self.client.post("/mailtrack/hooks/sendgrid", data=body, headers=ESP.headers(body))
+        assert resp.status_code == 200 and resp.json["stored"] == len(batch), resp.json
+
     def outcome(self) -> None:
         """Received mail or an ESP event: external_events.record_outcome, sometimes twice."""
         from crm_mailtrack.models import Message
@@ -183,8 +221,8 @@ class History:
         session.commit()
 
 
-STEPS = {"new_message": 6, "send": 6, "click": 8, "honeypot": 1, "record": 4, "outcome": 2, "remark": 1, "delete": 1,
-         "erase_contact": 1, "erase_clicks": 1, "purge": 1, "fold": 2}
+STEPS = {"new_message": 6, "send": 6, "click": 8, "honeypot": 1, "record": 4, "outcome": 2, "webhook": 4,
+         "remark": 1, "delete": 1, "erase_contact": 1, "erase_clicks": 1, "purge": 1, "fold": 2}
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])

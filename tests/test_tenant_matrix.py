@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from flask import has_request_context, request
+from flask import current_app, has_request_context, request
 
 from crm_mailtrack.instrument import link_id
 from crm_mailtrack.models import dnc, events, messages
@@ -63,9 +63,14 @@ def _hooks(mt: Any) -> None:
             if template_id == "welcome" else None
 
 
+#: ESP webhook credentials (Postmark's Basic auth: the simplest to send from a table row).
+HOOK_USER, HOOK_PASSWORD = "hook", "hook-password"
+
+
 @pytest.fixture
 def app(make_app, smtp):
-    app = make_app(setup=_hooks, MAILTRACK_SMTP_URL=smtp.url(), MAILTRACK_DEFAULT_SENDER=SENDER)
+    app = make_app(setup=_hooks, MAILTRACK_SMTP_URL=smtp.url(), MAILTRACK_DEFAULT_SENDER=SENDER,
+                   MAILTRACK_WEBHOOKS={"postmark": {"username": HOOK_USER, "password": HOOK_PASSWORD}})
     with app.app_context():
         yield app
 
@@ -329,8 +334,24 @@ def _b(**extra: str) -> dict[str, str]:
     return {**BROWSER, TENANT_HEADER: B, **extra}
 
 
-#: One hit per (method, endpoint) of the public tracking blueprint, sent with B's tenant
-#: header: ``hit(client, mailtrack, message_id)``.
+def _esp_event(c, mt, mid):
+    """An ESP's (Postmark's) delivery event for the message: the webhook knows no tenant, the
+    message's own decides."""
+    import base64
+
+    auth = base64.b64encode(f"{HOOK_USER}:{HOOK_PASSWORD}".encode()).decode()
+    body = {"RecordType": "Delivery", "MessageID": f"pm-{mid}", "Recipient": _email_of(mid),
+            "DeliveredAt": "2026-11-30T12:00:00Z", "Metadata": {"mailtrack_id": mid}}
+    return c.post("/mailtrack/hooks/postmark", json=body, headers=_b(Authorization=f"Basic {auth}"))
+
+
+def _email_of(mid: str) -> str:
+    with current_app.extensions["mailtrack"].engine.connect() as conn:
+        return conn.execute(sa.select(messages.c.email).where(messages.c.id == mid)).scalar_one()
+
+
+#: One hit per (method, endpoint) of the public tracking blueprint (and the ESP webhook),
+#: sent with B's tenant header: ``hit(client, mailtrack, message_id)``.
 TRACKING_HITS = {
     ("GET", "mailtrack.click"): lambda c, mt, mid: c.get(_mail_links(mt, mid)["click"], headers=_b()),
     ("GET", "mailtrack.open_pixel"): lambda c, mt, mid: c.get(_mail_links(mt, mid)["open"], headers=_b()),
@@ -338,6 +359,7 @@ TRACKING_HITS = {
     ("GET", "mailtrack.unsubscribe"): lambda c, mt, mid: c.get(_mail_links(mt, mid)["unsub"], headers=_b()),
     ("POST", "mailtrack.unsubscribe"): lambda c, mt, mid: c.post(
         _mail_links(mt, mid)["unsub"], headers=_b(), data={"List-Unsubscribe": "One-Click"}),
+    ("POST", "mailtrack_hooks.hook"): _esp_event,
 }
 
 
@@ -353,7 +375,7 @@ def test_tracking_routes_write_into_the_messages_tenant(app, client):
     with app.app_context(), app.extensions["mailtrack"].engine.connect() as conn:
         tenants = {row.type: row.tenant_id for row in conn.execute(sa.select(events.c.type, events.c.tenant_id))}
         dnc_rows = conn.execute(sa.select(dnc.c.tenant_id, dnc.c.contact_id)).all()
-    assert {"click", "open", "unsubscribe"} <= set(tenants) and set(tenants.values()) == {A}
+    assert {"click", "open", "unsubscribe", "delivered"} <= set(tenants) and set(tenants.values()) == {A}
     assert [tuple(r) for r in dnc_rows] == [(A, "c1")]
     with app.app_context():
         assert mt.can_contact("c1", tenant_id=A) is False

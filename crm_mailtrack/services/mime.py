@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Iterable
 from email.errors import NonASCIILocalPartDefect
 from email.headerregistry import Address
 from email.message import EmailMessage
@@ -117,10 +118,13 @@ def envelope(message: Message) -> list[str]:
     return [parse_mailbox(a).addr_spec for a in (message.email, *addresses(message.cc), *addresses(message.bcc))]
 
 
-def build_email(message: Message, sender: Address | str, message_id_header: str) -> EmailMessage:
+def build_email(message: Message, sender: Address | str, message_id_header: str,
+                extra_headers: Iterable[tuple[str, str]] = ()) -> EmailMessage:
     """The MIME message: text part (``message.text``, else derived from the HTML), HTML
     alternative, the headers of ``message.headers``, and the given Message-ID. ``From`` is
-    ``sender`` with ``message.sender_name`` (if set) as its display name."""
+    ``sender`` with ``message.sender_name`` (if set) as its display name. ``extra_headers``
+    (the ESP's echo header of ``MAILTRACK_ESP``) are added unless ``message.headers``
+    already has one of that name."""
     if isinstance(sender, str):
         sender = parse_mailbox(sender)
     mail = EmailMessage(policy=WIRE_POLICY)
@@ -136,6 +140,9 @@ def build_email(message: Message, sender: Address | str, message_id_header: str)
     mail["Date"] = dt.datetime.now(dt.timezone.utc)
     for name, value in (message.headers or {}).items():
         if name.lower() not in RESERVED:
+            mail[name] = value
+    for name, value in extra_headers:
+        if name not in mail:
             mail[name] = value
     # Stored messages have their text part; one stored without it (by an earlier version)
     # gets it from the tracked HTML, whose hidden honeypot link the converter leaves out.

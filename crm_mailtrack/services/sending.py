@@ -35,6 +35,7 @@ from ..state import MailTrackState
 from ..textpart import html_to_text
 from . import verp
 from .common import emit, log
+from .esp.outbound import echo_headers
 from .messages import message_id_of
 from .mime import build_email, envelope, parse_mailbox
 from .smtp import Mailer, parse_smtp_url
@@ -122,7 +123,7 @@ def _send_claimed(state: MailTrackState, message_id: str, mailer: Mailer, claime
     else:
         try:
             sender = parse_mailbox(from_value)
-            mail = build_email(msg, sender, header_id)
+            mail = build_email(msg, sender, header_id, echo_headers(state.settings.webhooks, msg.id))
             # the envelope: bare addresses (a display name there would demand SMTPUTF8)
             bounce_to = verp.envelope_sender(state, msg.id) or sender.addr_spec
             refused = mailer.deliver(mail, bounce_to, envelope(msg))
