@@ -294,3 +294,20 @@ def test_bookkeeping_does_not_touch_updated_at(app, client):
     with history.state.engine.begin() as c:
         stats.rebuild(c)
     assert dict(session.execute(sa.select(messages.c.id, messages.c.updated_at)).all()) == before
+
+
+def test_a_cell_folded_down_to_zero_names_no_template(app):
+    """A deleted message's cell stays at zero messages: its template name must not name the
+    group (a random history found this: cells said 'Welcome', the scan None)."""
+    mt = app.extensions["mailtrack"].extension
+    state = app.extensions["mailtrack"]
+    named = mt.track_message(contact_id="a", email="a@example.com", subject="s", html="<p>x</p>",
+                             template_name="Welcome")
+    plain = mt.track_message(contact_id="b", email="b@example.com", subject="s", html="<p>x</p>")
+    state.session.execute(sa.update(messages).where(messages.c.id.in_([named.id, plain.id]))
+                          .values(status="SENT", sent_at=DAY0))
+    state.session.commit()
+    assert analytics(state, "")["byTemplate"][0]["templateName"] == "Welcome"  # folds both
+    communications.delete(state, "", [named.id])
+    for got in (analytics(state, ""), analytics(state, "", use_cells=False)):
+        assert [(g["templateId"], g["templateName"], g["totalSent"]) for g in got["byTemplate"]] == [(None, None, 1)]

@@ -219,7 +219,9 @@ def _cell_statements(include_bots: bool, campaign: bool, first: bool, end: bool)
         day_where.append(d.c.is_machine.is_(False))
     opened, clicked = (c.c.opened_any, c.c.clicked_any) if include_bots else (c.c.opened, c.c.clicked)
     groups = (
-        sa.select(c.c.template_id, c.c.type, c.c.status, sa.func.max(c.c.template_name), sa.func.sum(c.c.messages),
+        # a cell folded down to zero messages still holds its name: it names no message in range
+        sa.select(c.c.template_id, c.c.type, c.c.status,
+                  sa.func.max(sa.case((c.c.messages > 0, c.c.template_name))), sa.func.sum(c.c.messages),
                   sa.func.sum(opened), sa.func.sum(clicked), sa.func.sum(c.c.bounced), sa.func.sum(c.c.unsubscribed),
                   sa.func.sum(c.c.complained))
         .where(*where).group_by(c.c.template_id, c.c.type, c.c.status).having(sa.func.sum(c.c.messages) > 0)
