@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import re
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAMING_CONVENTION = {
@@ -56,6 +58,22 @@ class UTCDateTime(sa.TypeDecorator[dt.datetime]):
         if value.tzinfo is None:
             return value.replace(tzinfo=dt.timezone.utc)
         return value.astimezone(dt.timezone.utc)
+
+
+@compiles(sa.PrimaryKeyConstraint, "postgresql")
+def _partitioned_primary_key(constraint: sa.PrimaryKeyConstraint, compiler: Any, **kw: Any) -> str:
+    """PostgreSQL's primary key of a partitioned table must hold the partition key: the key
+    of a table with ``info[PARTITION_KEY_INFO]`` gets those columns appended in its CREATE
+    TABLE. Alembic does not compare primary keys, so the models keep ``id`` alone (SQLite's
+    autoincrement needs a single-column key)."""
+    table = constraint.table
+    extra = [c for c in table.info.get(PARTITION_KEY_INFO, ()) if c not in constraint.columns.keys()]
+    if not extra or not constraint.columns:
+        return str(compiler.visit_primary_key_constraint(constraint, **kw))
+    prep = compiler.preparer
+    names = [prep.quote(c.name) for c in constraint.columns] + [prep.quote(c) for c in extra]
+    head = f"CONSTRAINT {prep.format_constraint(constraint)} " if constraint.name is not None else ""
+    return f"{head}PRIMARY KEY ({', '.join(names)})"
 
 
 JSONType = sa.JSON().with_variant(JSONB(), "postgresql")
@@ -196,14 +214,34 @@ class Message(Base):
         return f"<Message {self.id} to={self.contact_id!r} status={self.status}>"
 
 
+#: The event log is range-partitioned by month of this column on PostgreSQL (declarative
+#: partitioning; ``services/partitions.py`` makes the monthly partitions, purge drops them).
+EVENTS_PARTITION_KEY = "occurred_at"
+#: What makes an event unique when it carries a ``uid``: the uid *and* its moment. A unique
+#: key of a partitioned table must hold the partition key, so uid alone cannot be unique on
+#: PostgreSQL; SQLite uses the same key so that both databases follow one rule. Writers
+#: that may repeat an event (journal replay, provider webhooks, imports) give the same uid
+#: and the same ``occurred_at`` each time, and use ``ON CONFLICT (uid, occurred_at) DO
+#: NOTHING`` (or catch the IntegrityError).
+EVENT_UID_KEY = ("uid", EVENTS_PARTITION_KEY)
+#: ``Table.info`` key naming a partitioned table's partition columns; the PostgreSQL
+#: primary key of such a table holds them too (:func:`_partitioned_primary_key`).
+PARTITION_KEY_INFO = "mailtrack_partition_key"
+
+
 class ContactEvent(Base):
-    """One row of the append-only contact event log."""
+    """One row of the append-only contact event log.
+
+    On PostgreSQL the table is partitioned by month of ``occurred_at``; its primary key
+    there is ``(id, occurred_at)`` (``id`` alone still comes from one sequence, so it stays
+    unique), while the ORM and SQLite know ``id`` alone."""
 
     __tablename__ = "mailtrack_events"
 
     id: Mapped[int] = mapped_column(BigID, primary_key=True, autoincrement=True)
-    #: Idempotency key: set on events that may be written twice (journal replay, imports).
-    uid: Mapped[str | None] = mapped_column(sa.String(36), unique=True)
+    #: Idempotency key, with ``occurred_at`` (:data:`EVENT_UID_KEY`): set on events that may
+    #: be written twice (journal replay, imports, provider webhooks).
+    uid: Mapped[str | None] = mapped_column(sa.String(36))
     tenant_id: Mapped[str] = mapped_column(Tenant, default="", server_default="")
     type: Mapped[str] = mapped_column(sa.String(20))
     contact_id: Mapped[str | None] = mapped_column(sa.String(64))
@@ -233,6 +271,10 @@ class ContactEvent(Base):
                  postgresql_where=sa.text("machine_reason = 'honeypot' AND link_id IS NULL"),
                  sqlite_where=sa.text("machine_reason = 'honeypot' AND link_id IS NULL")),
         sa.Index("ix_mailtrack_events_tenant_time", "tenant_id", "occurred_at", "id"),
+        # On a partitioned table every unique key holds the partition key: see EVENT_UID_KEY.
+        sa.UniqueConstraint(*EVENT_UID_KEY),
+        {"postgresql_partition_by": f"RANGE ({EVENTS_PARTITION_KEY})",
+         "info": {PARTITION_KEY_INFO: (EVENTS_PARTITION_KEY,)}},
     )
 
     def __repr__(self) -> str:
@@ -441,6 +483,20 @@ class StatsState(Base):
 
 messages = Message.__table__
 events = ContactEvent.__table__
+
+#: The partition of the event log on PostgreSQL that takes rows no monthly partition
+#: covers (``flask mailtrack partitions`` moves them to their month when it makes it).
+EVENTS_DEFAULT_PARTITION = "mailtrack_events_default"
+#: Names of the event log's partitions: ``mailtrack_events_p2026_11`` (pg_partman's monthly
+#: naming too) and the default one. They are not models: migrations do not compare them.
+EVENTS_PARTITION_NAME = re.compile(r"^mailtrack_events_(p\d{4}_\d{2}|default)$")
+
+
+def events_partition_name(month: dt.date) -> str:
+    """The name of the monthly partition holding ``month`` (any day of it)."""
+    return f"mailtrack_events_p{month.year:04d}_{month.month:02d}"
+sa.event.listen(events, "after_create", sa.DDL(
+    f"CREATE TABLE {EVENTS_DEFAULT_PARTITION} PARTITION OF mailtrack_events DEFAULT").execute_if(dialect="postgresql"))
 links = Link.__table__
 campaign_links = CampaignLink.__table__
 dnc = DoNotContact.__table__

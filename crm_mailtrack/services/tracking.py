@@ -44,7 +44,7 @@ from .. import bots
 from ..devices import event_details
 from ..instrument import link_id as make_link_id
 from ..journal import Journal
-from ..models import ContactEvent, UTCDateTime, events, messages, utcnow
+from ..models import EVENT_UID_KEY, ContactEvent, UTCDateTime, events, messages, utcnow
 from ..requestinfo import RequestFacts
 from ..signals import events_reclassified
 from ..state import MailTrackState
@@ -107,7 +107,7 @@ def _insert(dialect: str, *, idempotent: bool, history: bool, returning: tuple[s
         from sqlalchemy.dialects.sqlite import insert
     stmt = insert(events).from_select(list(_COLUMNS), select)
     if idempotent:
-        stmt = stmt.on_conflict_do_nothing(index_elements=["uid"])
+        stmt = stmt.on_conflict_do_nothing(index_elements=list(EVENT_UID_KEY))
     if returning:
         stmt = stmt.returning(*(events.c[name] for name in returning))
     return stmt
