@@ -1,7 +1,7 @@
 """The event log's monthly partitions on PostgreSQL (declarative range partitioning).
 
 ``mailtrack_events`` is partitioned by ``RANGE (occurred_at)`` (``models.py``; migration
-``0010_mailtrack_events_partitioned`` converts an existing table). Each UTC month is one
+``0010_mailtrack_events_partition`` converts an existing table). Each UTC month is one
 partition, ``mailtrack_events_pYYYY_MM``; ``mailtrack_events_default`` takes rows no month
 covers, so an insert never fails for want of a partition. :func:`ensure` makes the months
 ahead (``flask mailtrack partitions --ahead N``, from cron, monthly or more often), moving
@@ -30,6 +30,9 @@ from ..state import MailTrackState
 
 _BOUNDS = re.compile(r"FROM \('([^']+)'\) TO \('([^']+)'\)")
 UTC = dt.timezone.utc
+#: How long making or dropping a partition waits for the table's lock (a transaction that
+#: holds it, e.g. a long report) before it gives up; run the command again later.
+LOCK_TIMEOUT = "10s"
 
 
 @dataclass(frozen=True)
@@ -137,9 +140,12 @@ def ensure(state: MailTrackState, *, ahead: int = 3, now: dt.datetime | None = N
     with unavailable_as_503(), state.engine.begin() as conn:
         if not is_partitioned(conn):
             raise RuntimeError("mailtrack_events is not partitioned: run `flask mailtrack init-db` "
-                               "(migration 0010_mailtrack_events_partitioned converts it)")
-        # one maker at a time (cron on several hosts): the lock ends with the transaction
-        conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('mailtrack_events partitions'))"))
+                               "(migration 0010_mailtrack_events_partition converts it)")
+        # Making a partition locks the whole table: give up after a while rather than
+        # queue every click behind a long transaction. One maker at a time (cron on
+        # several hosts): the advisory lock ends with the transaction.
+        conn.execute(sa.text(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.mailtrack_events partitions'))"))
         existing = partitions(conn)
         if not any(p.is_default for p in existing):
             conn.execute(sa.text(f"CREATE TABLE {EVENTS_DEFAULT_PARTITION} PARTITION OF mailtrack_events DEFAULT"))

@@ -294,6 +294,7 @@ def _drop_month(conn: sa.Connection, month: partitions_service.Partition, has_de
     quote = conn.dialect.identifier_preparer.quote
     # First, before the snapshot: writers of this old month (a late replay, an import)
     # wait until the drop is done, so the rollup counts every row the drop removes.
+    conn.execute(sa.text(f"SET LOCAL lock_timeout = '{partitions_service.LOCK_TIMEOUT}'"))
     conn.execute(sa.text(f"LOCK TABLE {quote(month.name)} IN SHARE MODE"))
     part = sa.table(month.name, *(sa.column(c.name) for c in events.c))
     purgeable = _purgeable(part)

@@ -1,6 +1,6 @@
 """event log partitioned by month on PostgreSQL; events unique by (uid, occurred_at)
 
-Revision ID: 0010_mailtrack_events_partitioned
+Revision ID: 0010_mailtrack_events_partition
 Revises: 0006_mailtrack_contact_email
 Create Date: 2026-11-30 12:00:00
 
@@ -29,7 +29,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 # revision identifiers, used by Alembic.
-revision: str = '0010_mailtrack_events_partitioned'
+revision: str = '0010_mailtrack_events_partition'
 down_revision: str | Sequence[str] | None = '0006_mailtrack_contact_email'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
