@@ -12,13 +12,18 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-import re
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from .partitioning import (  # noqa: F401 - re-exported: the names of the event log's partitions
+    EVENTS_DEFAULT_PARTITION,
+    EVENTS_PARTITION_NAME,
+    PARTITION_KEY_INFO,
+    events_partition_name,
+)
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_N_label)s",
@@ -58,22 +63,6 @@ class UTCDateTime(sa.TypeDecorator[dt.datetime]):
         if value.tzinfo is None:
             return value.replace(tzinfo=dt.timezone.utc)
         return value.astimezone(dt.timezone.utc)
-
-
-@compiles(sa.PrimaryKeyConstraint, "postgresql")
-def _partitioned_primary_key(constraint: sa.PrimaryKeyConstraint, compiler: Any, **kw: Any) -> str:
-    """PostgreSQL's primary key of a partitioned table must hold the partition key: the key
-    of a table with ``info[PARTITION_KEY_INFO]`` gets those columns appended in its CREATE
-    TABLE. Alembic does not compare primary keys, so the models keep ``id`` alone (SQLite's
-    autoincrement needs a single-column key)."""
-    table = constraint.table
-    extra = [c for c in table.info.get(PARTITION_KEY_INFO, ()) if c not in constraint.columns.keys()]
-    if not extra or not constraint.columns:
-        return str(compiler.visit_primary_key_constraint(constraint, **kw))
-    prep = compiler.preparer
-    names = [prep.quote(c.name) for c in constraint.columns] + [prep.quote(c) for c in extra]
-    head = f"CONSTRAINT {prep.format_constraint(constraint)} " if constraint.name is not None else ""
-    return f"{head}PRIMARY KEY ({', '.join(names)})"
 
 
 JSONType = sa.JSON().with_variant(JSONB(), "postgresql")
@@ -224,9 +213,6 @@ EVENTS_PARTITION_KEY = "occurred_at"
 #: and the same ``occurred_at`` each time, and use ``ON CONFLICT (uid, occurred_at) DO
 #: NOTHING`` (or catch the IntegrityError).
 EVENT_UID_KEY = ("uid", EVENTS_PARTITION_KEY)
-#: ``Table.info`` key naming a partitioned table's partition columns; the PostgreSQL
-#: primary key of such a table holds them too (:func:`_partitioned_primary_key`).
-PARTITION_KEY_INFO = "mailtrack_partition_key"
 
 
 class ContactEvent(Base):
@@ -484,19 +470,6 @@ class StatsState(Base):
 messages = Message.__table__
 events = ContactEvent.__table__
 
-#: The partition of the event log on PostgreSQL that takes rows no monthly partition
-#: covers (``flask mailtrack partitions`` moves them to their month when it makes it).
-EVENTS_DEFAULT_PARTITION = "mailtrack_events_default"
-#: Names of the event log's partitions: ``mailtrack_events_p2026_11`` (pg_partman's monthly
-#: naming too) and the default one. They are not models: migrations do not compare them.
-EVENTS_PARTITION_NAME = re.compile(r"^mailtrack_events_(p\d{4}_\d{2}|default)$")
-
-
-def events_partition_name(month: dt.date) -> str:
-    """The name of the monthly partition holding ``month`` (any day of it)."""
-    return f"mailtrack_events_p{month.year:04d}_{month.month:02d}"
-sa.event.listen(events, "after_create", sa.DDL(
-    f"CREATE TABLE {EVENTS_DEFAULT_PARTITION} PARTITION OF mailtrack_events DEFAULT").execute_if(dialect="postgresql"))
 links = Link.__table__
 campaign_links = CampaignLink.__table__
 dnc = DoNotContact.__table__
@@ -508,3 +481,8 @@ stats_days = StatsDayCell.__table__
 stats_state = StatsState.__table__
 stats_tenant_messages = StatsTenantMessageCell.__table__
 stats_tenant_days = StatsTenantDayCell.__table__
+
+# create_all() on PostgreSQL: the partitioned event log with its default partition, so every
+# insert finds a partition before `flask mailtrack partitions` makes the monthly ones.
+sa.event.listen(events, "after_create", sa.DDL(
+    f"CREATE TABLE {EVENTS_DEFAULT_PARTITION} PARTITION OF mailtrack_events DEFAULT").execute_if(dialect="postgresql"))
