@@ -82,11 +82,11 @@ def replay_journal() -> None:
     journal = state.journal
     try:
         _, rejected = journal.claim_with_rejects()
-    except OSError as exc:
+        total = journal.count()
+    except Exception as exc:  # noqa: BLE001 - a file or Redis error, reported
         _fail(f"could not read the journal: {exc}")
     aside = (f"; set aside {rejected} bad {'line' if rejected == 1 else 'lines'} in {journal.rejected_path}"
              if rejected else "")
-    total = journal.count()
     if total == 0:
         click.echo(f"mailtrack: journal is empty{aside}")
         return

@@ -163,3 +163,10 @@ def test_a_bad_journal_url_fails_at_init_app_naming_the_key(tmp_path: Any, url: 
                       MAILTRACK_DATABASE_URI=f"sqlite:///{tmp_path}/x.db")
     with pytest.raises(ConfigurationError, match="MAILTRACK_JOURNAL_URL"):
         MailTrack(app)
+
+
+def test_replay_with_redis_unreachable_fails_with_a_message(make_app: Any, stream: str) -> None:
+    app = make_app(MAILTRACK_JOURNAL_URL="redis://127.0.0.1:1/0")
+    result = app.test_cli_runner().invoke(args=["mailtrack", "replay-journal"])
+    assert result.exit_code == 1
+    assert "could not read the journal" in result.output and "Traceback" not in result.output
