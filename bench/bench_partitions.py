@@ -116,15 +116,6 @@ def setup(base: str, schema: str, partitioned: bool, n: int, messages: int) -> t
     return app, {"load_s": round(seconds, 1)}
 
 
-def median_ms(fn: Any, repeat: int) -> float:
-    samples = []
-    for _ in range(repeat):
-        started = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - started) * 1000)
-    return round(statistics.median(samples), 2)
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=2_000_000, help="events (10,000,000 is the issue's figure)")
