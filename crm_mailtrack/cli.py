@@ -82,11 +82,11 @@ def replay_journal() -> None:
     journal = state.journal
     try:
         _, rejected = journal.claim_with_rejects()
-    except OSError as exc:
+        total = journal.count()
+    except Exception as exc:  # noqa: BLE001 - a file or Redis error, reported
         _fail(f"could not read the journal: {exc}")
     aside = (f"; set aside {rejected} bad {'line' if rejected == 1 else 'lines'} in {journal.rejected_path}"
              if rejected else "")
-    total = journal.count()
     if total == 0:
         click.echo(f"mailtrack: journal is empty{aside}")
         return
@@ -266,11 +266,38 @@ def purge(days: int) -> None:
         if not slices:
             click.echo(f"mailtrack: no events older than {days} days")
             return
-        with click.progressbar(length=len(slices), label="Purging (days)", file=sys.stderr) as bar:
+        with click.progressbar(length=len(slices), label="Purging (days, whole months)", file=sys.stderr) as bar:
             deleted = privacy.purge(state, days, progress=bar.update)
     except Exception as exc:  # noqa: BLE001
         _fail_on(exc, "purge stopped (what was done is consistent; run it again)")
     click.echo(f"mailtrack: purged {deleted} events older than {days} days (totals kept as rollups)")
+
+
+@cli.command("partitions")
+@click.option("--ahead", type=click.IntRange(min=0, max=120), default=3, show_default=True, metavar="MONTHS",
+              help="Make the partitions of this month and of MONTHS months after it.")
+def partitions(ahead: int) -> None:
+    """Make the event log's monthly partitions ahead (PostgreSQL; run it monthly from cron).
+    Rows that landed in the default partition for a month made now move into it."""
+    from .db import dialect_name
+    from .services import partitions as service
+
+    state = get_state()
+    if dialect_name(state.engine) != "postgresql":
+        click.echo("mailtrack: the event log is partitioned on PostgreSQL only; nothing to do")
+        return
+    try:
+        made = service.ensure(state, ahead=ahead)
+        with state.engine.connect() as conn:
+            existing = service.partitions(conn)
+    except RuntimeError as exc:
+        _fail(str(exc))
+    except Exception as exc:  # noqa: BLE001
+        _fail_on(exc, "partitions stopped")
+    months = [p for p in existing if not p.is_default]
+    span = f" ({months[0].name} .. {months[-1].name})" if months else ""
+    click.echo(f"mailtrack: made {len(made)} partitions{': ' + ', '.join(made) if made else ''}; "
+               f"{len(months)} monthly partitions{span}")
 
 
 @cli.command("infer-forwards")

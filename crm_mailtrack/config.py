@@ -42,6 +42,13 @@ SENDING_TIMEOUT_SECONDS = "MAILTRACK_SENDING_TIMEOUT_SECONDS"
 JOURNAL_PATH = "MAILTRACK_JOURNAL_PATH"
 #: The extension's own database, used only when the host has no Flask-SQLAlchemy.
 DATABASE_URI = "MAILTRACK_DATABASE_URI"
+#: Optional: the journal in a Redis stream shared by every app server (``redis://host:6379/0``,
+#: query parameters ``stream`` and ``claim_idle``; extra ``redis``) instead of a local file.
+#: ``MAILTRACK_JOURNAL_PATH`` stays the fallback while Redis is unreachable.
+JOURNAL_URL = "MAILTRACK_JOURNAL_URL"
+#: Optional: a second database (a read replica of the extension's tables) that reports and
+#: analytics read from; writes and the click path stay on the primary.
+REPORTS_DATABASE_URI = "MAILTRACK_REPORTS_DATABASE_URI"
 #: An open or click this many seconds (or fewer) after the message was sent is a machine's
 #: (``too-fast-after-send``): mail security gateways fetch on delivery. ``0`` turns it off.
 BOT_AFTER_SEND_SECONDS = "MAILTRACK_BOT_AFTER_SEND_SECONDS"
@@ -112,6 +119,8 @@ DEFAULTS: dict[str, Any] = {
     SENDING_TIMEOUT_SECONDS: 900,
     JOURNAL_PATH: None,
     DATABASE_URI: None,
+    JOURNAL_URL: None,
+    REPORTS_DATABASE_URI: None,
     BOT_AFTER_SEND_SECONDS: 5,
     BOT_BURST_SECONDS: 1,
     HONEYPOT: True,

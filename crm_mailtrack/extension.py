@@ -59,12 +59,14 @@ class MailTrack:
             hooks=self.hooks,
             signer=TokenSigner([*settings.secret_key_fallbacks, settings.secret_key],
                                max_age=settings.link_max_age),
-            journal=Journal(settings.journal_path),
+            journal=_journal(settings),
             extension=self,
             db=db,
         )
         if db is None:
             _own_database(app, state)
+        if settings.reports_database_uri:
+            _reports_database(state)
         app.extensions["mailtrack"] = state
 
         from .cli import cli
@@ -262,6 +264,23 @@ class MailTrack:
     def remove_utm(self, contact_id: str, utm_id: int, *, tenant_id: Any = UNSET) -> None:
         """Remove a contact's UTM tag (``NotFound`` if the contact has no such tag)."""
         utm_service.remove_utm(get_state(), contact_id, utm_id, tenant_id=tenant_id)
+
+
+def _journal(settings: Settings) -> Any:
+    """The file journal, or the Redis stream journal (with the file as its fallback)."""
+    journal = Journal(settings.journal_path)
+    if settings.journal_url is None:
+        return journal
+    from .journal_redis import RedisJournal
+
+    return RedisJournal(settings.journal_url, fallback=journal)
+
+
+def _reports_database(state: MailTrackState) -> None:
+    """The engine reports read through (``MAILTRACK_REPORTS_DATABASE_URI``, e.g. a replica)."""
+    import sqlalchemy as sa
+
+    state.reports_engine = sa.create_engine(state.settings.reports_database_uri, pool_pre_ping=True)
 
 
 def _own_database(app: Flask, state: MailTrackState) -> None:

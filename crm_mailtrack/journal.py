@@ -69,9 +69,35 @@ def _split_torn(line: bytes) -> tuple[bytes, dict[str, Any] | None]:
     return line, None
 
 
-class Journal:
+class FileBatch:
+    """A claimed journal file: its entries, removed once they are all committed."""
+
     def __init__(self, path: str) -> None:
         self.path = path
+
+    def entries(self) -> Iterator[dict[str, Any]]:
+        return Journal.read(self.path)
+
+    def done(self) -> None:
+        os.remove(self.path)
+
+    def release(self) -> None:
+        """The replay failed: the claimed file stays for the next replay."""
+
+
+class Journal:
+    """The journal in a local file (the default; see the module docstring). A journal is
+    anything with :meth:`append`, :meth:`batches`, :meth:`count`, :meth:`claim_with_rejects`
+    and :attr:`rejected_path`: :class:`crm_mailtrack.journal_redis.RedisJournal` is the
+    other one."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def batches(self) -> Iterator[FileBatch]:
+        """What a replay writes, a batch at a time: each claimed file (see :meth:`claim`)."""
+        for path in self.claim():
+            yield FileBatch(path)
 
     @property
     def rejected_path(self) -> str:

@@ -213,16 +213,25 @@ def _ours(name: str | None, type_: str) -> bool:
     return type_ == "table" and bool(name and name.startswith(TABLE_PREFIX))
 
 
+def _partition(name: str | None) -> bool:
+    from .models import EVENTS_PARTITION_NAME
+
+    return bool(name and EVENTS_PARTITION_NAME.match(name))
+
+
 def only_mailtrack_name(name: str | None, type_: str, parent_names: Any) -> bool:
     """Alembic ``include_name`` hook of the extension's own migrations: reflect only its
-    tables (``mailtrack_*``). Not for a host: see :func:`exclude_mailtrack_name`."""
-    return type_ != "table" or _ours(name, type_)
+    tables (``mailtrack_*``), not the event log's partitions (PostgreSQL), which are made
+    by ``flask mailtrack partitions`` rather than by models. Not for a host: see
+    :func:`exclude_mailtrack_name`."""
+    return type_ != "table" or (_ours(name, type_) and not _partition(name))
 
 
 def only_mailtrack_object(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
     """Alembic ``include_object`` hook of the extension's own migrations: compare only its
-    tables (and what they hold). Not for a host: see :func:`exclude_mailtrack_object`."""
-    return type_ != "table" or _ours(name, type_)
+    tables (and what they hold), not the event log's partitions. Not for a host: see
+    :func:`exclude_mailtrack_object`."""
+    return type_ != "table" or (_ours(name, type_) and not _partition(name))
 
 
 def exclude_mailtrack_name(name: str | None, type_: str, parent_names: Any) -> bool:

@@ -15,10 +15,15 @@ import enum
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from .sqltypes import UTCDateTime
+from .partitioning import (  # noqa: F401 - re-exported: the names of the event log's partitions
+    EVENTS_DEFAULT_PARTITION,
+    EVENTS_PARTITION_NAME,
+    PARTITION_KEY_INFO,
+    events_partition_name,
+)
+from .sqltypes import BigID, JSONType, Tenant, UTCDateTime, utcnow  # noqa: F401 - re-exported
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_N_label)s",
@@ -29,15 +34,6 @@ NAMING_CONVENTION = {
 }
 
 metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
-
-JSONType = sa.JSON().with_variant(JSONB(), "postgresql")
-BigID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
-Tenant = sa.String(64)
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
-
 
 class Base(DeclarativeBase):
     metadata = metadata
@@ -178,14 +174,31 @@ class Message(Base):
         return f"<Message {self.id} to={self.contact_id!r} status={self.status}>"
 
 
+#: The event log is range-partitioned by month of this column on PostgreSQL (declarative
+#: partitioning; ``services/partitions.py`` makes the monthly partitions, purge drops them).
+EVENTS_PARTITION_KEY = "occurred_at"
+#: What makes an event unique when it carries a ``uid``: the uid *and* its moment. A unique
+#: key of a partitioned table must hold the partition key, so uid alone cannot be unique on
+#: PostgreSQL; SQLite uses the same key so that both databases follow one rule. Writers
+#: that may repeat an event (journal replay, provider webhooks, imports) give the same uid
+#: and the same ``occurred_at`` each time, and use ``ON CONFLICT (uid, occurred_at) DO
+#: NOTHING`` (or catch the IntegrityError).
+EVENT_UID_KEY = ("uid", EVENTS_PARTITION_KEY)
+
+
 class ContactEvent(Base):
-    """One row of the append-only contact event log."""
+    """One row of the append-only contact event log.
+
+    On PostgreSQL the table is partitioned by month of ``occurred_at``; its primary key
+    there is ``(id, occurred_at)`` (``id`` alone still comes from one sequence, so it stays
+    unique), while the ORM and SQLite know ``id`` alone."""
 
     __tablename__ = "mailtrack_events"
 
     id: Mapped[int] = mapped_column(BigID, primary_key=True, autoincrement=True)
-    #: Idempotency key: set on events that may be written twice (journal replay, imports).
-    uid: Mapped[str | None] = mapped_column(sa.String(36), unique=True)
+    #: Idempotency key, with ``occurred_at`` (:data:`EVENT_UID_KEY`): set on events that may
+    #: be written twice (journal replay, imports, provider webhooks).
+    uid: Mapped[str | None] = mapped_column(sa.String(36))
     tenant_id: Mapped[str] = mapped_column(Tenant, default="", server_default="")
     type: Mapped[str] = mapped_column(sa.String(20))
     contact_id: Mapped[str | None] = mapped_column(sa.String(64))
@@ -215,6 +228,10 @@ class ContactEvent(Base):
                  postgresql_where=sa.text("machine_reason = 'honeypot' AND link_id IS NULL"),
                  sqlite_where=sa.text("machine_reason = 'honeypot' AND link_id IS NULL")),
         sa.Index("ix_mailtrack_events_tenant_time", "tenant_id", "occurred_at", "id"),
+        # On a partitioned table every unique key holds the partition key: see EVENT_UID_KEY.
+        sa.UniqueConstraint(*EVENT_UID_KEY),
+        {"postgresql_partition_by": f"RANGE ({EVENTS_PARTITION_KEY})",
+         "info": {PARTITION_KEY_INFO: (EVENTS_PARTITION_KEY,)}},
     )
 
     def __repr__(self) -> str:
@@ -456,6 +473,7 @@ class InboundMessage(Base):
 
 messages = Message.__table__
 events = ContactEvent.__table__
+
 links = Link.__table__
 campaign_links = CampaignLink.__table__
 dnc = DoNotContact.__table__
@@ -480,3 +498,8 @@ webhook_receipts = sa.Table(
     sa.Index("ix_mailtrack_webhook_receipts_kind_time", "kind", "received_at"),
 )
 inbound = InboundMessage.__table__
+
+# create_all() on PostgreSQL: the partitioned event log with its default partition, so every
+# insert finds a partition before `flask mailtrack partitions` makes the monthly ones.
+sa.event.listen(events, "after_create", sa.DDL(
+    f"CREATE TABLE {EVENTS_DEFAULT_PARTITION} PARTITION OF mailtrack_events DEFAULT").execute_if(dialect="postgresql"))

@@ -50,6 +50,10 @@ class Settings:
     sending_timeout: dt.timedelta
     journal_path: str
     database_uri: str | None
+    #: ``MAILTRACK_JOURNAL_URL`` (a Redis URL) or ``None``: the file journal alone.
+    journal_url: str | None
+    #: ``MAILTRACK_REPORTS_DATABASE_URI`` or ``None``: reports read the primary.
+    reports_database_uri: str | None
     bot_policy: BotPolicy
     max_body_bytes: int
     max_message_body_bytes: int
@@ -137,6 +141,8 @@ class Settings:
             journal_path=os.fspath(conf[cfg.JOURNAL_PATH]
                                    or os.path.join(instance_path, "mailtrack-journal.jsonl")),
             database_uri=conf[cfg.DATABASE_URI],
+            journal_url=conf[cfg.JOURNAL_URL],
+            reports_database_uri=conf[cfg.REPORTS_DATABASE_URI],
             bot_policy=BotPolicy.from_config(conf),
             max_body_bytes=limits[0],
             max_message_body_bytes=limits[1],
@@ -224,14 +230,20 @@ def _check_types(conf: Mapping[str, Any]) -> None:
     if journal is not None and not isinstance(journal, (str, os.PathLike)):
         fail(cfg.JOURNAL_PATH, "a file path")
 
-    uri = conf[cfg.DATABASE_URI]
-    if uri is not None:
-        import sqlalchemy as sa
+    for key in (cfg.DATABASE_URI, cfg.REPORTS_DATABASE_URI):
+        uri = conf[key]
+        if uri is not None:
+            import sqlalchemy as sa
 
-        try:
-            sa.engine.make_url(uri)
-        except (sa.exc.ArgumentError, TypeError, ValueError):
-            fail(cfg.DATABASE_URI, "an SQLAlchemy database URL such as 'sqlite:////path/to/mailtrack.db'")
+            try:
+                sa.engine.make_url(uri)
+            except (sa.exc.ArgumentError, TypeError, ValueError):
+                fail(key, "an SQLAlchemy database URL such as 'sqlite:////path/to/mailtrack.db'")
+
+    if conf[cfg.JOURNAL_URL] is not None:
+        from .journal_redis import parse_journal_url
+
+        parse_journal_url(conf[cfg.JOURNAL_URL])  # names the key on error
 
     for key in (cfg.SCANNER_NETWORKS, cfg.APPLE_PROXY_NETWORKS):
         nets = conf[key]

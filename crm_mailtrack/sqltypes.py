@@ -1,10 +1,19 @@
-"""The column type every timestamp of the extension uses (re-exported by :mod:`.models`)."""
+"""The column types of the extension's tables (re-exported by :mod:`.models`)."""
 from __future__ import annotations
 
 import datetime as dt
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+
+JSONType = sa.JSON().with_variant(JSONB(), "postgresql")
+BigID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+Tenant = sa.String(64)
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
 
 
 class UTCDateTime(sa.TypeDecorator[dt.datetime]):

@@ -59,6 +59,8 @@ class MailTrackState:
     db: Any = None  # the host's flask_sqlalchemy.SQLAlchemy, if any
     own_engine: Engine | None = None
     own_session: scoped_session[Session] | None = None
+    #: The engine of ``MAILTRACK_REPORTS_DATABASE_URI`` (a replica), ``None`` without one.
+    reports_engine: Engine | None = None
     #: Operator warnings already logged for this app (each is logged once, not per request).
     logged: set[str] = field(default_factory=set)
 
@@ -109,6 +111,16 @@ class MailTrackState:
         return self.own_engine
 
     @property
+    def reads(self) -> Any:
+        """What reports execute their SELECTs on: the replica's engine when
+        ``MAILTRACK_REPORTS_DATABASE_URI`` is set, else the session (which also sees the
+        caller's own uncommitted writes). ``state.reads.execute(stmt)`` either way; on the
+        replica each statement runs on a pooled connection, its rows read at once."""
+        if self.reports_engine is None:
+            return self.session
+        return _EngineReads(self.reports_engine)
+
+    @property
     def session(self) -> Session:
         """The ORM session: the host's ``db.session``, or the extension's own."""
         if self.db is not None:
@@ -137,6 +149,19 @@ class MailTrackState:
             "Cannot build tracking URLs outside a request: set MAILTRACK_BASE_URL "
             "(or SERVER_NAME) to the external origin of the app."
         )
+
+
+class _EngineReads:
+    """``execute(stmt)`` on a connection of ``engine``, its rows buffered before the
+    connection goes back to the pool (``Result.freeze()``)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def execute(self, statement: Any, parameters: Any = None) -> Any:
+        with self.engine.connect() as conn:
+            frozen = conn.execute(statement, parameters).freeze()
+        return frozen()
 
 
 def get_state(app: Flask | None = None) -> MailTrackState:

@@ -302,8 +302,15 @@ def analytics(state: MailTrackState, tenant: str, *, date_from: dt.datetime | No
     whole, scanned = _split(date_from, date_to) if use_cells else (None, [(date_from, date_to)])
     groups: list[Any] = []
     days: list[Any] = []
+    if use_cells and state.reports_engine is not None:  # fold on the primary, read the replica
+        with engine.connect() as primary:
+            stale = not stats.up_to_date(primary)
+        if stale:
+            stats.fold(state)
+    if state.reports_engine is not None:
+        engine = state.reports_engine
     with engine.connect() as conn:
-        if use_cells and not stats.up_to_date(conn):
+        if use_cells and state.reports_engine is None and not stats.up_to_date(conn):
             conn.rollback()  # the reads below start a new transaction: they see the fold
             stats.fold(state)
         if scanned and engine.dialect.name == "postgresql":

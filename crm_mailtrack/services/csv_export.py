@@ -120,7 +120,7 @@ def stream_csv(state: MailTrackState, query: sa.Select[Any]) -> Iterator[str]:
         return buffer.getvalue()
 
     yield ",".join(HEADER) + "\r\n"  # plain names: nothing to quote
-    with state.engine.connect() as conn:
+    with (state.reports_engine or state.engine).connect() as conn:
         result = conn.execution_options(stream_results=True, yield_per=BATCH).execute(query)
         for row in result:
             yield line(_cells(row))

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 
 from ..db import dialect_name, insert, transaction
 from ..errors import ValidationError
-from ..models import EVENT_TYPES, ContactEvent, DNCReason, Message, events, utcnow
+from ..models import EVENT_TYPES, EVENT_UID_KEY, ContactEvent, DNCReason, Message, events, utcnow
 from ..state import MailTrackState
 from . import dnc as dnc_service
 from . import events as event_service
@@ -58,6 +58,19 @@ def implied_dnc(event_type: str, details: Mapping[str, Any] | None) -> DNCReason
     if event_type in ("unsubscribe", "complaint"):
         return DNCReason.UNSUBSCRIBED
     return None
+
+
+
+def stored_uids(session: Any, uids: Sequence[str]) -> set[str]:
+    """Which of ``uids`` the event log holds already, at any moment. The unique key is
+    ``(uid, occurred_at)`` (:data:`~crm_mailtrack.models.EVENT_UID_KEY`: on PostgreSQL every
+    unique key of the partitioned log holds the partition key), so a repeat reported with
+    another time would pass the INSERT's conflict check: this lookup (the key's index, by its
+    leading column) refuses it first. Two hosts storing the same event at the same instant with
+    different times can still both write it: the conflict check catches the same time."""
+    if not uids:
+        return set()
+    return set(session.execute(sa.select(events.c.uid).where(events.c.uid.in_(list(uids)))).scalars())
 
 
 def event_uid(tenant: str, message_id: str | None, dedup: tuple[str, str] | str) -> str:
@@ -197,7 +210,9 @@ def record_outcome(
     with transaction(state) as session:
         stmt = insert(dialect_name(state), events).values(**values)
         if uid is not None:
-            stmt = stmt.on_conflict_do_nothing(index_elements=["uid"])
+            if stored_uids(session, [uid]):
+                return None  # stored before, perhaps at another moment
+            stmt = stmt.on_conflict_do_nothing(index_elements=list(EVENT_UID_KEY))
         row = session.execute(stmt.returning(events.c.id)).first()
         if row is None:
             return None  # stored before: nothing more to do

@@ -76,7 +76,7 @@ def engagement(state: MailTrackState, tenant: str, contact_ids: Sequence[str], *
         return []
     now = now or utcnow()
     t = events.c.type
-    rows = state.session.execute(
+    rows = state.reads.execute(
         sa.select(
             events.c.contact_id,
             _score_expr(now).label("score"),
@@ -95,12 +95,12 @@ def engagement(state: MailTrackState, tenant: str, contact_ids: Sequence[str], *
         e.score = round(float(r.score or 0), 2)
         e.opens, e.clicks, e.replies, e.forwards = int(r.opens), int(r.clicks), int(r.replies), int(r.forwards)
         e.last_human_activity = r.last
-    for cid, reason in state.session.execute(
+    for cid, reason in state.reads.execute(
             sa.select(dnc.c.contact_id, dnc.c.reason)
             .where(dnc.c.tenant_id == tenant, dnc.c.channel == "email", dnc.c.contact_id.in_(ids))):
         out[cid].dnc, out[cid].dnc_reason = True, int(reason)
     campaigns: dict[str, list[str]] = {}
-    for cid, campaign in state.session.execute(
+    for cid, campaign in state.reads.execute(
             sa.select(utm_tags.c.contact_id, utm_tags.c.utm_campaign).distinct()
             .where(utm_tags.c.tenant_id == tenant, utm_tags.c.contact_id.in_(ids),
                    utm_tags.c.utm_campaign.is_not(None))
@@ -169,7 +169,7 @@ def audience_page(state: MailTrackState, query: sa.Select[Any], *, after: str | 
     """One keyset page (``limit + 1`` rows) of an audience: contacts after ``after``."""
     if after is not None:
         query = query.where(messages.c.contact_id > after)
-    return list(state.session.execute(query.limit(limit + 1)).all())
+    return list(state.reads.execute(query.limit(limit + 1)).all())
 
 
 def stream_audience_csv(state: MailTrackState, query: sa.Select[Any]) -> Iterator[str]:
@@ -178,7 +178,7 @@ def stream_audience_csv(state: MailTrackState, query: sa.Select[Any]) -> Iterato
     buffer = io.StringIO()
     writer = csv.writer(buffer, quoting=csv.QUOTE_NONNUMERIC)
     yield ",".join(AUDIENCE_HEADER) + "\r\n"
-    with state.engine.connect() as conn:
+    with (state.reports_engine or state.engine).connect() as conn:
         for row in conn.execution_options(stream_results=True, yield_per=BATCH).execute(query):
             buffer.seek(0)
             buffer.truncate()
@@ -214,7 +214,7 @@ def breakdown(state: MailTrackState, tenant: str, campaign_id: str, by: str, *,
     conds = [events.c.tenant_id == tenant, events.c.campaign_id == campaign_id, t.in_(["open", "click"])]
     if not include_bots:
         conds.append(_HUMAN)
-    rows = state.session.execute(
+    rows = state.reads.execute(
         sa.select(bucket,
                   sa.func.count().filter(t == "open").label("opens"),
                   sa.func.count().filter(t == "click").label("clicks"),
@@ -287,7 +287,7 @@ def top_links(state: MailTrackState, tenant: str, *, limit: int = 20) -> list[sa
     # A click recorded from outside (record_event, the events API) has a link id but no
     # tracked link: its URL is the event's own.
     url = sa.func.coalesce(links.c.url, agg.c.url)
-    return list(state.session.execute(
+    return list(state.reads.execute(
         sa.select(agg.c.link_id, url.label("url"), agg.c.clicks, agg.c.unique_clicks, agg.c.all_clicks,
                   agg.c.all_unique_clicks, carried.label("campaigns"))
         .select_from(agg.outerjoin(links, links.c.id == agg.c.link_id))

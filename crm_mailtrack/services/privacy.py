@@ -4,7 +4,9 @@ true; the cap on what an event's ``details`` may store.
 ``purge(state, older_than_days)`` moves every event older than the cutoff into
 ``mailtrack_event_rollups`` (one row per tenant, UTC day, type, human/machine, campaign,
 message and link, with a count) and deletes the raw rows, day by day, each day in one
-transaction. What survives a purge and what does not is listed in ``docs/metrics-bots.md``:
+transaction. On PostgreSQL, a whole month older than the cutoff is one transaction
+instead: its partition is rolled up and dropped (``DROP TABLE``, no row-by-row delete; the
+few events a purge keeps are moved out first), see :mod:`.partitions`. What survives a purge and what does not is listed in ``docs/metrics-bots.md``:
 totals and per-message / per-message-and-link uniques survive; who, when exactly, from where
 and with what device do not.
 """
@@ -26,6 +28,7 @@ from ..models import campaign_links, dnc, event_rollups, events, inbound, links,
 from ..state import MailTrackState
 from ..tokens import Purpose
 from . import dnc as dnc_service
+from . import partitions as partitions_service
 from . import stats
 from .common import UNSET, tenant_key
 from .contactclicks import IMPORT_REASON
@@ -37,10 +40,16 @@ _KEY = ("tenant_id", "day", "type", "is_machine", "campaign_id", "message_id", "
 #: the analytics cells have not counted as they are (services/stats.py): a rollup is counted
 #: as folded, so only folded events may become one (the purge folds first; a straggler
 #: waits for the next purge).
-_PURGEABLE = sa.and_(
-    sa.or_(events.c.machine_reason.is_(None), events.c.machine_reason != IMPORT_REASON),
-    sa.or_(events.c.type.not_in(stats.FLAG_TYPES), events.c.folded_as.is_not_distinct_from(events.c.is_machine)),
-)
+def _purgeable(table: Any) -> Any:
+    """The condition of :data:`_PURGEABLE` on ``table`` (the events or one partition)."""
+    c = table.c
+    return sa.and_(
+        sa.or_(c.machine_reason.is_(None), c.machine_reason != IMPORT_REASON),
+        sa.or_(c.type.not_in(stats.FLAG_TYPES), c.folded_as.is_not_distinct_from(c.is_machine)),
+    )
+
+
+_PURGEABLE = _purgeable(events)
 
 
 #: The token of a signed click link in a message's stored HTML.
@@ -204,28 +213,33 @@ def _midnight(moment: dt.datetime) -> dt.datetime:
 
 def purge_days(state: MailTrackState, older_than_days: int, *, now: dt.datetime | None = None
                ) -> list[tuple[dt.datetime, dt.datetime]]:
-    """The ``[start, end)`` UTC-day slices that :func:`purge` will process (oldest first)."""
+    """The ``[start, end)`` UTC slices that :func:`purge` will process (oldest first): the
+    whole monthly partitions older than the cutoff (PostgreSQL), then each remaining day."""
     if isinstance(older_than_days, bool) or not isinstance(older_than_days, int) or older_than_days < 0:
         raise ValidationError({"older_than": ["Must be a whole number of days >= 0."]})
     cutoff = (now or utcnow()) - dt.timedelta(days=older_than_days)
     with unavailable_as_503():
         stats.fold(state)  # only folded events are purgeable (see _PURGEABLE)
         with state.engine.connect() as conn:
+            whole = [(p.start, p.end) for p in partitions_service.droppable(conn, cutoff)]
+            outside = [sa.or_(events.c.occurred_at < start, events.c.occurred_at >= end) for start, end in whole]
             oldest = conn.execute(
-                sa.select(sa.func.min(events.c.occurred_at)).where(events.c.occurred_at < cutoff, _PURGEABLE)
+                sa.select(sa.func.min(events.c.occurred_at)).where(events.c.occurred_at < cutoff, _PURGEABLE,
+                                                                   *outside)
             ).scalar()
-    if oldest is None:
-        return []
-    if isinstance(oldest, str):  # SQLite aggregate: raw text
-        oldest = dt.datetime.fromisoformat(oldest)
-    if oldest.tzinfo is None:
-        oldest = oldest.replace(tzinfo=dt.timezone.utc)
-    slices, start = [], _midnight(oldest)
-    while start < cutoff:
-        end = min(start + dt.timedelta(days=1), cutoff)
-        slices.append((start, end))
-        start = end
-    return slices
+    slices: list[tuple[dt.datetime, dt.datetime]] = list(whole)  # type: ignore[arg-type]
+    if oldest is not None:
+        if isinstance(oldest, str):  # SQLite aggregate: raw text
+            oldest = dt.datetime.fromisoformat(oldest)
+        if oldest.tzinfo is None:
+            oldest = oldest.replace(tzinfo=dt.timezone.utc)
+        start = _midnight(oldest)
+        while start < cutoff:
+            end = min(start + dt.timedelta(days=1), cutoff)
+            if not any(w_start <= start and end <= w_end for w_start, w_end in whole):  # type: ignore[operator]
+                slices.append((start, end))
+            start = end
+    return sorted(slices)
 
 
 def purge(
@@ -240,27 +254,64 @@ def purge(
 
     Each UTC day is one transaction (REPEATABLE READ on PostgreSQL, SQLite's single
     writer), so the rollup and the delete see the same rows: an event is either still raw
-    or counted in the rollups, never both, never neither. An interrupted purge is simply
-    run again.
+    or counted in the rollups, never both, never neither. A whole monthly partition older
+    than the cutoff (PostgreSQL) is one transaction too: rolled up, then dropped. An
+    interrupted purge is simply run again.
     """
     engine = state.engine
     dialect = dialect_name(engine)
     deleted = 0
-    for start, end in purge_days(state, older_than_days, now=now):
+    slices = purge_days(state, older_than_days, now=now)
+    with unavailable_as_503(), engine.connect() as conn:
+        months = {(p.start, p.end): p for p in partitions_service.partitions(conn)}
+    has_default = (None, None) in months
+    for start, end in slices:
+        month = months.get((start, end))
         with unavailable_as_503(), engine.connect() as conn:
             if dialect == "postgresql":
                 conn = conn.execution_options(isolation_level="REPEATABLE READ")
             with conn.begin():
-                conn.execute(_rollup_insert(dialect, start, end))
-                result = conn.execute(
-                    sa.delete(events).where(
-                        events.c.occurred_at >= start, events.c.occurred_at < end, _PURGEABLE
+                dropped = _drop_month(conn, month, has_default) if month is not None else None
+                if dropped is not None:
+                    deleted += dropped
+                else:
+                    conn.execute(_rollup_insert(dialect, start, end))
+                    result = conn.execute(
+                        sa.delete(events).where(
+                            events.c.occurred_at >= start, events.c.occurred_at < end, _PURGEABLE
+                        )
                     )
-                )
-                deleted += result.rowcount or 0
+                    deleted += result.rowcount or 0
         if progress is not None:
             progress(1)
     return deleted
+
+
+def _drop_month(conn: sa.Connection, month: partitions_service.Partition, has_default: bool) -> int | None:
+    """Roll up and drop a monthly partition; the events a purge keeps (:data:`_PURGEABLE`)
+    move to the default partition first. Returns the events dropped, or ``None`` when
+    there is nowhere to keep its kept events: the caller deletes rows instead."""
+    quote = conn.dialect.identifier_preparer.quote
+    # First, before the snapshot: writers of this old month (a late replay, an import)
+    # wait until the drop is done, so the rollup counts every row the drop removes.
+    conn.execute(sa.text(f"SET LOCAL lock_timeout = '{partitions_service.LOCK_TIMEOUT}'"))
+    conn.execute(sa.text(f"LOCK TABLE {quote(month.name)} IN SHARE MODE"))
+    part = sa.table(month.name, *(sa.column(c.name) for c in events.c))
+    purgeable = _purgeable(part)
+    dropped, kept = conn.execute(sa.select(
+        sa.func.count().filter(purgeable), sa.func.count().filter(sa.not_(purgeable))).select_from(part)).one()
+    if kept and not has_default:
+        return None  # no default partition to keep them in
+    start, end = month.start, month.end
+    assert start is not None and end is not None
+    conn.execute(_rollup_insert("postgresql", start, end))
+    if kept:
+        cols = [c.name for c in events.c]
+        conn.execute(sa.text(f"ALTER TABLE mailtrack_events DETACH PARTITION {quote(month.name)}"))
+        conn.execute(sa.insert(events).from_select(
+            cols, sa.select(*(part.c[c] for c in cols)).where(sa.not_(purgeable))))
+    conn.execute(sa.text(f"DROP TABLE {quote(month.name)}"))
+    return int(dropped)
 
 
 def rolled_up_counts(state: MailTrackState, tenant: str, *, campaign_id: str | None = None,

@@ -91,12 +91,12 @@ def activity(state: MailTrackState, tenant: str, contact_id: str | None,
             for col in (events.c.email, events.c.url, events.c.contact_id, events.c.campaign_id,
                         events.c.message_id, events.c.type)
         )))
-    total = state.session.execute(sa.select(sa.func.count()).select_from(events).where(*conds)).scalar_one()
+    total = state.reads.execute(sa.select(sa.func.count()).select_from(events).where(*conds)).scalar_one()
     column = events.c[f.order_column]
     order = [column.desc(), events.c.id.desc()] if f.descending else [column.asc(), events.c.id.asc()]
     if f.order_column == "id":
         order = order[:1]
-    rows = state.session.execute(
+    rows = state.reads.execute(
         sa.select(*EVENT_COLUMNS).where(*conds).order_by(*order)
         .limit(f.limit).offset((f.page - 1) * f.limit)
     ).all()
@@ -120,7 +120,7 @@ def contact_events(state: MailTrackState, tenant: str, contact_id: str, event_ty
              *_before(after)]
     if not include_bots:
         conds.append(events.c.is_machine.is_(False))
-    return list(state.session.execute(
+    return list(state.reads.execute(
         sa.select(*EVENT_COLUMNS).where(*conds)
         .order_by(events.c.occurred_at.desc(), events.c.id.desc()).limit(limit + 1)
     ).all())
@@ -128,13 +128,13 @@ def contact_events(state: MailTrackState, tenant: str, contact_id: str, event_ty
 
 def campaign_known(state: MailTrackState, tenant: str, campaign_id: str) -> bool:
     """A campaign exists for a tenant when one of its messages does."""
-    return state.session.execute(
+    return state.reads.execute(
         sa.select(messages.c.id).where(messages.c.tenant_id == tenant, messages.c.campaign_id == campaign_id).limit(1)
     ).first() is not None
 
 
 def link_in_campaign(state: MailTrackState, tenant: str, campaign_id: str, link_id: str) -> bool:
-    return state.session.execute(
+    return state.reads.execute(
         sa.select(campaign_links.c.link_id).where(
             campaign_links.c.tenant_id == tenant, campaign_links.c.campaign_id == campaign_id,
             campaign_links.c.link_id == link_id,
@@ -158,7 +158,7 @@ def campaign_report(state: MailTrackState, tenant: str, campaign_id: str, event_
         conds.append(events.c.occurred_at >= created_since)
     if not include_bots:
         conds.append(events.c.is_machine.is_(False))
-    return list(state.session.execute(
+    return list(state.reads.execute(
         sa.select(events.c.id, events.c.type, events.c.contact_id, events.c.email, events.c.campaign_id,
                   events.c.link_id, events.c.occurred_at, events.c.is_machine)
         .where(*conds).order_by(events.c.occurred_at.desc(), events.c.id.desc()).limit(limit + 1)
@@ -193,7 +193,7 @@ def campaign_link_stats(state: MailTrackState, tenant: str, campaign_id: str, *,
         .group_by(both.c.link_id).subquery()
     )
     total = sa.func.coalesce(agg.c.total, 0)
-    return list(state.session.execute(
+    return list(state.reads.execute(
         sa.select(campaign_links.c.link_id, links.c.url, total.label("total_clicks"),
                   sa.func.coalesce(agg.c.uniq, 0).label("unique_clicks"))
         .select_from(

@@ -44,7 +44,7 @@ from .. import bots
 from ..devices import event_details
 from ..instrument import link_id as make_link_id
 from ..journal import Journal
-from ..models import ContactEvent, UTCDateTime, events, messages, utcnow
+from ..models import EVENT_UID_KEY, ContactEvent, UTCDateTime, events, messages, utcnow
 from ..requestinfo import RequestFacts
 from ..signals import events_reclassified
 from ..state import MailTrackState
@@ -107,7 +107,7 @@ def _insert(dialect: str, *, idempotent: bool, history: bool, returning: tuple[s
         from sqlalchemy.dialects.sqlite import insert
     stmt = insert(events).from_select(list(_COLUMNS), select)
     if idempotent:
-        stmt = stmt.on_conflict_do_nothing(index_elements=["uid"])
+        stmt = stmt.on_conflict_do_nothing(index_elements=list(EVENT_UID_KEY))
     if returning:
         stmt = stmt.returning(*(events.c[name] for name in returning))
     return stmt
@@ -277,32 +277,37 @@ def replay_journal(state: MailTrackState, progress: Any = None) -> tuple[int, in
 
     Returns ``(inserted, skipped)``; skipped are entries already stored (an earlier replay)
     or whose message no longer exists. Each event goes through what the tracking route
-    does in its transaction: a click's after-the-fact marking and its UTM tag. A file is
-    removed only after all of its entries are committed, so an interrupted replay is
-    simply run again.
+    does in its transaction: a click's after-the-fact marking and its UTM tag. A batch (a
+    claimed file, or entries read from a Redis stream) leaves the journal only after all of
+    its entries are committed, so an interrupted replay is simply run again: an entry
+    written but not yet removed is skipped by the event's unique ``(uid, occurred_at)``.
     """
     journal: Journal = state.journal
     inserted = skipped = 0
     rules = state.settings.bot_policy
-    for path in journal.claim():
+    for batch in journal.batches():
         stored: list[_Hit] = []
-        with PooledTransaction(state.engine) as tx:
-            for entry in journal.read(path):
-                entry["occurred_at"] = _parse_time(entry.get("occurred_at"))
-                details = entry.get("details") or None
-                entry["details"] = details
-                url = entry.get("url")
-                utm = (utm_service.utm_params(url)
-                       if entry.get("type") == CLICK and isinstance(url, str) and "utm_" in url else None)
-                hit = _Hit(entry, json.dumps(details) if details else None, utm)
-                if hit.write(tx, rules, idempotent=True):
-                    inserted += 1
-                    stored.append(hit)
-                else:
-                    skipped += 1
-                if progress is not None:
-                    progress(1)
-        os.remove(path)
+        try:
+            with PooledTransaction(state.engine) as tx:
+                for entry in batch.entries():
+                    entry["occurred_at"] = _parse_time(entry.get("occurred_at"))
+                    details = entry.get("details") or None
+                    entry["details"] = details
+                    url = entry.get("url")
+                    utm = (utm_service.utm_params(url)
+                           if entry.get("type") == CLICK and isinstance(url, str) and "utm_" in url else None)
+                    hit = _Hit(entry, json.dumps(details) if details else None, utm)
+                    if hit.write(tx, rules, idempotent=True):
+                        inserted += 1
+                        stored.append(hit)
+                    else:
+                        skipped += 1
+                    if progress is not None:
+                        progress(1)
+        except BaseException:
+            batch.release()  # back to the journal, for the next replay
+            raise
+        batch.done()
         for hit in stored:
             hit.notify()
     return inserted, skipped

@@ -35,7 +35,7 @@ import sqlalchemy as sa
 
 from ... import bots
 from ...db import chunks, dialect_name, insert, transaction
-from ...models import ContactEvent, Message, events, messages, utcnow, webhook_receipts
+from ...models import EVENT_UID_KEY, ContactEvent, Message, events, messages, utcnow, webhook_receipts
 from ...requestinfo import anonymize_ip
 from ...signals import events_reclassified
 from ...state import MailTrackState
@@ -187,9 +187,11 @@ def store(state: MailTrackState, provider: str, batch: Sequence[EspEvent], *, no
             else:
                 row = _row(state, ev, msg, now)
                 rows.setdefault(row["uid"], row)
+        for uid in external_events.stored_uids(session, list(rows)):
+            del rows[uid]  # stored before (perhaps reported then with another time)
         receipt.duplicates = len(batch) - len(rows) - len(unmatched) - len(policy)
         if rows:
-            stmt = insert(dialect, events).on_conflict_do_nothing(index_elements=["uid"]).returning(
+            stmt = insert(dialect, events).on_conflict_do_nothing(index_elements=list(EVENT_UID_KEY)).returning(
                 events.c.id, events.c.uid)
             for chunk in chunks(list(rows.values())):
                 for event_id, uid in session.execute(stmt, list(chunk)).all():
