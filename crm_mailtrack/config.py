@@ -67,6 +67,17 @@ MAX_MESSAGE_BODY_BYTES = "MAILTRACK_MAX_MESSAGE_BODY_BYTES"
 #: Largest ``details`` object an event may store, in bytes of its compact UTF-8 JSON:
 #: larger is refused (422 on the API, ``ValidationError`` from ``record_event``).
 MAX_DETAILS_BYTES = "MAILTRACK_MAX_DETAILS_BYTES"
+#: How many times a campaign or scheduled message is tried before it ends ``FAILED`` when
+#: the failure is transient (an SMTP 4xx reply, a server that cannot be reached). A 5xx
+#: reply fails at once; ``send()`` (inline, the caller waits) always tries once.
+SEND_MAX_ATTEMPTS = "MAILTRACK_SEND_MAX_ATTEMPTS"
+#: Seconds before the first retry of a transient failure; each further retry waits twice
+#: as long (60, 120, 240, ... capped at 6 hours).
+SEND_RETRY_BACKOFF_SECONDS = "MAILTRACK_SEND_RETRY_BACKOFF_SECONDS"
+#: Per recipient domain, the most messages sent in a window, across every worker and
+#: ``send-due`` process: ``{"gmail.com": "600/m", "outlook.com": "10/s", "*": "3000/h"}``
+#: (``*``: every other domain, each counted on its own). Counted in the database.
+DOMAIN_RATE_LIMITS = "MAILTRACK_DOMAIN_RATE_LIMITS"
 
 #: Defaults applied with ``app.config.setdefault``. ``None`` for the keys whose default is
 #: derived from other config (``SECRET_KEY``, the instance path) at ``init_app``.
@@ -95,6 +106,9 @@ DEFAULTS: dict[str, Any] = {
     MAX_BODY_BYTES: 64 * 1024,
     MAX_MESSAGE_BODY_BYTES: 5 * 1024 * 1024,
     MAX_DETAILS_BYTES: 16 * 1024,
+    SEND_MAX_ATTEMPTS: 5,
+    SEND_RETRY_BACKOFF_SECONDS: 60,
+    DOMAIN_RATE_LIMITS: {},
 }
 
 #: Shortest signing key accepted: a shorter one can be brute-forced offline from one link.
@@ -103,3 +117,5 @@ MIN_SECRET_KEY_LENGTH = 16
 #: most, and a bound keeps the cutoff arithmetic finite.
 MAX_SENDING_TIMEOUT_SECONDS = 30 * 24 * 3600
 
+#: Longest wait between two tries of a transiently failed message (6 hours).
+MAX_RETRY_BACKOFF_SECONDS = 6 * 3600

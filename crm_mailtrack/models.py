@@ -160,6 +160,10 @@ class Message(Base):
     variables: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     internet_message_id: Mapped[str | None] = mapped_column(sa.String(255))
     status: Mapped[str] = mapped_column(sa.String(16), default=MessageStatus.PENDING.value)
+    #: SMTP conversations tried so far (services/dispatch.py retries transient failures).
+    send_attempts: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
+    #: When the slot this message reserved in its domain's rate limit opens (services/pacing.py).
+    send_slot_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     error_message: Mapped[str | None] = mapped_column(sa.Text)
     track_opens: Mapped[bool] = mapped_column(sa.Boolean, default=True)
     track_clicks: Mapped[bool] = mapped_column(sa.Boolean, default=True)
@@ -439,6 +443,16 @@ class StatsState(Base):
     folds: Mapped[int] = mapped_column(sa.BigInteger, default=0)
 
 
+class SendPacing(Base):
+    """The next free send slot of one recipient domain (epoch seconds), shared by every
+    sender (``MAILTRACK_DOMAIN_RATE_LIMITS``; services/pacing.py)."""
+
+    __tablename__ = "mailtrack_send_pacing"
+
+    domain: Mapped[str] = mapped_column(sa.String(255), primary_key=True)
+    next_at: Mapped[float] = mapped_column(sa.Float)
+
+
 messages = Message.__table__
 events = ContactEvent.__table__
 links = Link.__table__
@@ -452,3 +466,4 @@ stats_days = StatsDayCell.__table__
 stats_state = StatsState.__table__
 stats_tenant_messages = StatsTenantMessageCell.__table__
 stats_tenant_days = StatsTenantDayCell.__table__
+send_pacing = SendPacing.__table__

@@ -8,11 +8,12 @@ click or send.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any, NamedTuple, NoReturn
 from urllib.parse import urlsplit
 
 from . import config as cfg
@@ -20,6 +21,17 @@ from .bots import BotPolicy
 from .errors import ConfigurationError
 from .services.mime import check_default_sender
 from .services.smtp import SMTPSettings, parse_smtp_url
+
+
+class RateLimit(NamedTuple):
+    """One entry of ``MAILTRACK_DOMAIN_RATE_LIMITS``: at most ``count`` messages per window
+    of ``seconds``."""
+
+    count: int
+    seconds: int
+
+
+_PERIODS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 @dataclass(frozen=True)
@@ -50,6 +62,21 @@ class Settings:
     max_body_bytes: int
     max_message_body_bytes: int
     max_details_bytes: int
+    #: Tries of a transiently failing campaign or scheduled message (``1``: no retry).
+    send_max_attempts: int = 5
+    #: Wait before the first retry; doubled for each further one.
+    send_retry_backoff: dt.timedelta = dt.timedelta(seconds=60)
+    #: Lower-cased recipient domain (or ``"*"``) -> its :class:`RateLimit`.
+    domain_rate_limits: Mapping[str, RateLimit] = dataclasses.field(default_factory=dict)
+
+    def retry_delay(self, attempts: int) -> dt.timedelta:
+        """The wait after the ``attempts``-th try failed transiently (exponential, capped)."""
+        seconds = self.send_retry_backoff.total_seconds() * 2 ** max(0, attempts - 1)
+        return dt.timedelta(seconds=min(seconds, cfg.MAX_RETRY_BACKOFF_SECONDS))
+
+    def rate_limit_for(self, domain: str) -> RateLimit | None:
+        """The limit that applies to a recipient domain (its own entry, else ``"*"``)."""
+        return self.domain_rate_limits.get(domain.lower()) or self.domain_rate_limits.get("*")
 
     @classmethod
     def from_config(cls, conf: Mapping[str, Any], *, instance_path: str) -> Settings:
@@ -124,7 +151,44 @@ class Settings:
             max_body_bytes=limits[0],
             max_message_body_bytes=limits[1],
             max_details_bytes=limits[2],
+            send_max_attempts=_max_attempts(conf[cfg.SEND_MAX_ATTEMPTS]),
+            send_retry_backoff=_backoff(conf[cfg.SEND_RETRY_BACKOFF_SECONDS]),
+            domain_rate_limits=_rate_limits(conf[cfg.DOMAIN_RATE_LIMITS]),
         )
+
+
+def _max_attempts(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 100:
+        raise ConfigurationError(f"{cfg.SEND_MAX_ATTEMPTS} must be a whole number from 1 (no retry) to 100, "
+                                 f"not {value!r}.")
+    return value
+
+
+def _backoff(value: Any) -> dt.timedelta:
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or not 0 <= value <= cfg.MAX_RETRY_BACKOFF_SECONDS):
+        raise ConfigurationError(f"{cfg.SEND_RETRY_BACKOFF_SECONDS} must be a number of seconds from 0 to "
+                                 f"{cfg.MAX_RETRY_BACKOFF_SECONDS}, not {value!r}.")
+    return dt.timedelta(seconds=float(value))
+
+
+def _rate_limits(value: Any) -> dict[str, RateLimit]:
+    """``{"gmail.com": "600/m"}`` -> ``{"gmail.com": RateLimit(600, 60)}``."""
+    expected = ("a mapping of recipient domains (or '*') to limits such as '600/m', '10/s', '3000/h' "
+                "or '50000/d', such as {'gmail.com': '600/m'}")
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigurationError(f"{cfg.DOMAIN_RATE_LIMITS} must be {expected}, not {value!r}.")
+    out: dict[str, RateLimit] = {}
+    for domain, spec in value.items():
+        count, _, unit = spec.partition("/") if isinstance(spec, str) else ("", "", "")
+        if (not isinstance(domain, str) or not domain or any(c.isspace() or c in "@/" for c in domain)
+                or not count.isdigit() or int(count) < 1 or unit not in _PERIODS):
+            raise ConfigurationError(f"{cfg.DOMAIN_RATE_LIMITS} must be {expected}; "
+                                     f"{domain!r}: {spec!r} is not.")
+        out[domain.lower()] = RateLimit(int(count), _PERIODS[unit])
+    return out
 
 
 def _check_types(conf: Mapping[str, Any]) -> None:
@@ -197,4 +261,4 @@ def _check_types(conf: Mapping[str, Any]) -> None:
             fail(key, "a list of networks in CIDR notation, such as ['192.0.2.0/24']")
 
 
-__all__ = ["Settings"]
+__all__ = ["Settings", "RateLimit"]

@@ -59,6 +59,9 @@ class MailTrackState:
     db: Any = None  # the host's flask_sqlalchemy.SQLAlchemy, if any
     own_engine: Engine | None = None
     own_session: scoped_session[Session] | None = None
+    #: The task queue campaign sends go through (``MailTrack.init_celery``), or ``None``:
+    #: they run in the caller's process.
+    queue: Any = None
     #: Operator warnings already logged for this app (each is logged once, not per request).
     logged: set[str] = field(default_factory=set)
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import NotFound, ValidationError
-from ..services import reports
+from ..services import dispatch, reports
 from ..state import get_state
 from . import pagination
 from .core import current_tenant
-from .responses import CampaignLinksSchema, CampaignReportSchema
+from .responses import CampaignLinksSchema, CampaignProgressSchema, CampaignReportSchema
 from .routing import Routes
 from .schemas import KIND_TO_TYPE, BotsQuerySchema, CampaignReportQuerySchema
 
@@ -86,3 +86,14 @@ def campaign_links(campaign_id: str, query: dict[str, Any]) -> dict[str, Any]:
     rows = reports.campaign_link_stats(get_state(), tenant, campaign_id,
                                        include_bots=query["include_bots"])
     return {"links": rows}
+
+
+@routes.route("/campaigns/<campaign_id>/progress", summary="A campaign's sending progress", tags=_TAGS,
+              response=CampaignProgressSchema, path_params=CAMPAIGN, errors=(401, 404, 406))
+def campaign_progress(campaign_id: str) -> dict[str, Any]:
+    """How many of the campaign's messages are queued (retrying among them), being sent,
+    sent, failed, suppressed or cancelled, counted from the messages themselves, whichever
+    process sends them (``MailTrack.send_campaign`` on workers or in-process, ``send-due``)."""
+    tenant = current_tenant()
+    _require_campaign(campaign_id, tenant)
+    return dispatch.progress(get_state(), tenant, campaign_id)
