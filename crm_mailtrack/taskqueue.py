@@ -85,6 +85,16 @@ def init_celery(app: Flask, celery_app: Any) -> CeleryQueue:
 
     queue = CeleryQueue(celery_app, send_message)
     state.queue = queue
+
+    from celery.signals import worker_process_init
+
+    @worker_process_init.connect(weak=False)
+    def _fresh_pool(**_: Any) -> None:
+        # A prefork child inherits the parent's pooled connections: sharing a socket between
+        # processes mixes their results. Forget them (SQLAlchemy's documented way for forks).
+        with app.app_context():
+            get_state(app).engine.dispose(close=False)
+
     return queue
 
 
