@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import signals
+from . import signals, webhook_models  # webhook_models: its tables join ``metadata``
 from .errors import (
     ConfigurationError,
     DatabaseUnavailable,

@@ -78,6 +78,13 @@ SEND_RETRY_BACKOFF_SECONDS = "MAILTRACK_SEND_RETRY_BACKOFF_SECONDS"
 #: ``send-due`` process: ``{"gmail.com": "600/m", "outlook.com": "10/s", "*": "3000/h"}``
 #: (``*``: every other domain, each counted on its own). Counted in the database.
 DOMAIN_RATE_LIMITS = "MAILTRACK_DOMAIN_RATE_LIMITS"
+#: Seconds an outbound webhook's receiver has to answer a delivery.
+OUTBOUND_WEBHOOK_TIMEOUT_SECONDS = "MAILTRACK_OUTBOUND_WEBHOOK_TIMEOUT_SECONDS"
+#: Seconds to wait before each retry of a failed webhook delivery; after the last one the
+#: delivery is ``failed``. Default: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h (about a day).
+OUTBOUND_WEBHOOK_RETRY_SCHEDULE = "MAILTRACK_OUTBOUND_WEBHOOK_RETRY_SCHEDULE"
+#: Failed attempts in a row (no success between them) after which an endpoint is disabled.
+OUTBOUND_WEBHOOK_DISABLE_AFTER = "MAILTRACK_OUTBOUND_WEBHOOK_DISABLE_AFTER"
 
 #: Defaults applied with ``app.config.setdefault``. ``None`` for the keys whose default is
 #: derived from other config (``SECRET_KEY``, the instance path) at ``init_app``.
@@ -109,6 +116,9 @@ DEFAULTS: dict[str, Any] = {
     SEND_MAX_ATTEMPTS: 5,
     SEND_RETRY_BACKOFF_SECONDS: 60,
     DOMAIN_RATE_LIMITS: {},
+    OUTBOUND_WEBHOOK_TIMEOUT_SECONDS: 10,
+    OUTBOUND_WEBHOOK_RETRY_SCHEDULE: [5, 300, 1800, 7200, 18000, 36000, 36000],
+    OUTBOUND_WEBHOOK_DISABLE_AFTER: 20,
 }
 
 #: Shortest signing key accepted: a shorter one can be brute-forced offline from one link.

@@ -68,6 +68,11 @@ class Settings:
     send_retry_backoff: dt.timedelta = dt.timedelta(seconds=60)
     #: Lower-cased recipient domain (or ``"*"``) -> its :class:`RateLimit`.
     domain_rate_limits: Mapping[str, RateLimit] = dataclasses.field(default_factory=dict)
+    #: Outbound webhooks: the receiver's time to answer, the waits before each retry, and
+    #: the failed attempts in a row that disable an endpoint.
+    webhook_timeout: float = 10.0
+    webhook_retry_schedule: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
+    webhook_disable_after: int = 20
 
     def retry_delay(self, attempts: int) -> dt.timedelta:
         """The wait after the ``attempts``-th try failed transiently (exponential, capped)."""
@@ -154,7 +159,26 @@ class Settings:
             send_max_attempts=_max_attempts(conf[cfg.SEND_MAX_ATTEMPTS]),
             send_retry_backoff=_backoff(conf[cfg.SEND_RETRY_BACKOFF_SECONDS]),
             domain_rate_limits=_rate_limits(conf[cfg.DOMAIN_RATE_LIMITS]),
+            **_webhook_settings(conf),
         )
+
+
+def _webhook_settings(conf: Mapping[str, Any]) -> dict[str, Any]:
+    timeout = conf[cfg.OUTBOUND_WEBHOOK_TIMEOUT_SECONDS]
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 300:
+        raise ConfigurationError(f"{cfg.OUTBOUND_WEBHOOK_TIMEOUT_SECONDS} must be a number of seconds "
+                                 f"above 0 and at most 300, not {timeout!r}.")
+    schedule = conf[cfg.OUTBOUND_WEBHOOK_RETRY_SCHEDULE]
+    if not isinstance(schedule, (list, tuple)) or len(schedule) > 50 or not all(
+            not isinstance(w, bool) and isinstance(w, (int, float)) and 0 <= w <= 7 * 86400 for w in schedule):
+        raise ConfigurationError(f"{cfg.OUTBOUND_WEBHOOK_RETRY_SCHEDULE} must be a list of at most 50 waits in "
+                                 f"seconds (each 0 to 7 days), not {schedule!r}.")
+    disable = conf[cfg.OUTBOUND_WEBHOOK_DISABLE_AFTER]
+    if isinstance(disable, bool) or not isinstance(disable, int) or disable < 1:
+        raise ConfigurationError(f"{cfg.OUTBOUND_WEBHOOK_DISABLE_AFTER} must be a whole number of failed "
+                                 f"attempts (1 or more), not {disable!r}.")
+    return {"webhook_timeout": float(timeout), "webhook_retry_schedule": tuple(float(w) for w in schedule),
+            "webhook_disable_after": disable}
 
 
 def _max_attempts(value: Any) -> int:

@@ -22,12 +22,14 @@ from flask import Flask
 
 from .errors import ConfigurationError
 from .models import utcnow
-from .services import dispatch
+from .services import dispatch, webhooks
 from .services.smtp import Mailer
 from .state import MailTrackState, get_state
 
 #: The name the send task is registered under on the host's Celery app.
 SEND_TASK = "crm_mailtrack.send_message"
+#: The outbound webhooks' delivery run, for Celery beat (as ``flask mailtrack deliver-webhooks``).
+WEBHOOK_TASK = "crm_mailtrack.deliver_webhooks"
 
 
 def require_celery() -> Any:
@@ -83,6 +85,11 @@ def init_celery(app: Flask, celery_app: Any) -> CeleryQueue:
             raise self.retry(countdown=countdown)
         return outcome.status
 
+    @celery_app.task(name=WEBHOOK_TASK, shared=False, ignore_result=True)
+    def deliver_webhooks() -> dict[str, int]:
+        with app.app_context():
+            return webhooks.run(get_state(app))
+
     queue = CeleryQueue(celery_app, send_message)
     state.queue = queue
 
@@ -98,4 +105,4 @@ def init_celery(app: Flask, celery_app: Any) -> CeleryQueue:
     return queue
 
 
-__all__ = ["SEND_TASK", "CeleryQueue", "init_celery", "require_celery"]
+__all__ = ["SEND_TASK", "WEBHOOK_TASK", "CeleryQueue", "init_celery", "require_celery"]
