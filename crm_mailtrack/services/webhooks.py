@@ -35,7 +35,6 @@ import time
 import urllib.error
 import urllib.request
 from typing import Any
-from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 
@@ -75,9 +74,9 @@ def event_msg_id(event_id: int) -> str:
 
 def _check(url: str, event_types: list[str]) -> None:
     errors: dict[str, list[str]] = {}
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname or parts.fragment:
-        errors["url"] = ["Must be an absolute http(s) URL without a fragment."]
+    scheme, sep, rest = url.partition("://")
+    if scheme.lower() not in ("http", "https") or not sep or not rest or any(c.isspace() for c in url):
+        errors["url"] = ["Must be an absolute http(s) URL."]
     unknown = sorted(set(event_types) - set(EVENT_TYPES))
     if unknown:
         errors["eventTypes"] = [f"Unknown event type(s): {', '.join(unknown)}."]
