@@ -194,3 +194,32 @@ def test_init_celery_without_the_extra_names_it(sapp, monkeypatch):
         _mt(sapp).init_celery(object(), sapp)
     assert "crm_mailtrack[celery]" in str(err.value)
     assert sapp.extensions["mailtrack"].queue is None
+
+
+def test_the_api_hands_a_campaign_to_send_due_without_a_queue(sapp, handler, api_headers):
+    client = sapp.test_client()
+    url = "/mailtrack/api/campaigns/fall/send"
+    recipients = [{"contactId": "c1", "email": "c1@example.com"}, {"contactId": "c2", "email": "c2@example.com"}]
+    resp = client.post(url, headers=api_headers, json={"subject": "Fall", "html": HTML, "recipients": recipients})
+    assert resp.status_code == 202, resp.json
+    assert (resp.json["queued"], resp.json["total"], resp.json["sent"]) == (2, 2, 0)
+    assert handler.data_commands == 0  # nothing is sent inside the request
+    out = sapp.test_cli_runner().invoke(args=["mailtrack", "send-due"])
+    assert out.exit_code == 0, out.output
+    assert sorted(r.rcpt_tos[0] for r in handler.received) == ["c1@example.com", "c2@example.com"]
+    assert client.get("/mailtrack/api/campaigns/fall/progress", headers=api_headers).json["sent"] == 2
+    # again, without recipients: nothing is PENDING any more, nothing more is sent
+    again = client.post(url, headers=api_headers, json={})
+    assert again.status_code == 202 and again.json["sent"] == 2 and again.json["queued"] == 0
+
+
+@pytest.mark.parametrize(("body", "status"), [
+    ({}, 404),  # no recipients and no such campaign
+    ({"recipients": [{"contactId": "c1", "email": "c1@example.com"}]}, 422),  # no subject
+    ({"subject": "S", "recipients": [{"contactId": "c1", "email": "not an address"}]}, 422),
+    ({"subject": "S", "recipients": []}, 422),
+])
+def test_bad_campaign_sends_store_nothing(sapp, api_headers, body, status):
+    resp = sapp.test_client().post("/mailtrack/api/campaigns/bad/send", headers=api_headers, json=body)
+    assert resp.status_code == status and resp.content_type == "application/problem+json"
+    assert _rows(sapp) == {}

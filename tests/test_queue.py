@@ -230,3 +230,41 @@ def test_init_celery_twice_is_refused(make_app, smtp, celery_app):
     with pytest.raises(RuntimeError, match="already"):
         app.extensions["mailtrack"].extension.init_celery(celery_app, app)
 
+
+
+def test_webhooks_are_delivered_by_the_queue(make_app, smtp, celery_app, api_headers):
+    """The beat task ``crm_mailtrack.deliver_webhooks`` run by a worker posts the signed event."""
+    from test_webhooks_outbound import Receiver
+
+    standardwebhooks = pytest.importorskip("standardwebhooks")
+    receiver = Receiver()
+    try:
+        app = make_queued_app(make_app, smtp, celery_app)
+        client = app.test_client()
+        hook = client.post("/mailtrack/api/webhooks", json={"url": receiver.url, "eventTypes": ["unsubscribe"]},
+                           headers=api_headers).json
+        with app.app_context():
+            mt = app.extensions["mailtrack"].extension
+            mt.record_event("c1", "unsubscribe", email="c1@example.com")
+        assert receiver.requests == []
+        celery_app.send_task("crm_mailtrack.deliver_webhooks")
+        with worker(celery_app):
+            deadline = time.monotonic() + 30
+            while not receiver.requests and time.monotonic() < deadline:
+                time.sleep(0.1)
+        (headers, body, _), = receiver.requests
+        payload = standardwebhooks.Webhook(hook["secret"]).verify(body, headers)
+        assert payload["type"] == "unsubscribe" and payload["data"]["contactId"] == "c1"
+    finally:
+        receiver.close()
+
+
+def test_the_api_campaign_send_enqueues_for_the_workers(make_app, smtp, handler, celery_app, api_headers):
+    app = make_queued_app(make_app, smtp, celery_app)
+    resp = app.test_client().post("/mailtrack/api/campaigns/api/send", headers=api_headers, json={
+        "subject": "Via API", "html": HTML, "recipients": [{"contactId": "c1", "email": "c1@example.com"}]})
+    assert resp.status_code == 202 and resp.json["queued"] == 1
+    assert handler.data_commands == 0
+    with worker(celery_app):
+        done = wait_done(app, "api")
+    assert done["sent"] == 1 and [r.rcpt_tos for r in handler.received] == [["c1@example.com"]]

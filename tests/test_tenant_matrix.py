@@ -190,6 +190,7 @@ WRITES: dict[str, tuple[Any, int]] = {
     "DELETE /communications/delete-list": (lambda s: None, 204),
     "DELETE /communications/{message_id}": (lambda s: None, 404),
     "POST /communications/{message_id}/comment": (lambda s: {"comment": "B was here"}, 404),
+    "POST /campaigns/{campaign_id}/send": (lambda s: {}, 404),
     "POST /webhooks": (lambda s: {"url": "https://b.example/hooks"}, 201),
     "POST /webhooks/{webhook_id}/enable": (lambda s: None, 404),
     "DELETE /webhooks/{webhook_id}": (lambda s: None, 404),

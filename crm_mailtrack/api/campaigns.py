@@ -4,13 +4,17 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import NotFound, ValidationError
-from ..services import dispatch, reports
+import marshmallow as ma
+from marshmallow import fields, validate
+
+from ..services import bulk, dispatch, reports
 from ..state import get_state
 from . import pagination
 from .core import current_tenant
 from .responses import CampaignLinksSchema, CampaignProgressSchema, CampaignReportSchema
 from .routing import Routes
-from .schemas import KIND_TO_TYPE, BotsQuerySchema, CampaignReportQuerySchema
+from .fields import Text
+from .schemas import KIND_TO_TYPE, BodySchema, BotsQuerySchema, CampaignReportQuerySchema
 
 routes = Routes()
 _TAGS = ["campaigns"]
@@ -97,3 +101,47 @@ def campaign_progress(campaign_id: str) -> dict[str, Any]:
     tenant = current_tenant()
     _require_campaign(campaign_id, tenant)
     return dispatch.progress(get_state(), tenant, campaign_id)
+
+
+class CampaignRecipientSchema(BodySchema):
+    contact_id = Text(required=True, max_length=64, data_key="contactId")
+    email = Text(required=True, max_length=320)
+
+
+class CampaignSendBodySchema(BodySchema):
+    subject = Text(load_default=None, allow_none=True, metadata={"description": "Required with recipients."})
+    html = Text(load_default=None, allow_none=True, metadata={
+        "description": "The campaign's HTML: links and the open pixel are tracked per recipient."})
+    text = Text(load_default=None, allow_none=True, metadata={"description": "Else derived from the HTML."})
+    recipients = fields.List(fields.Nested(CampaignRecipientSchema), load_default=None,
+                             validate=validate.Length(min=1, max=50_000), metadata={
+                                 "description": "One message each. Absent: send the campaign's prepared messages."})
+
+    @ma.validates_schema
+    def _subject_with_recipients(self, data: dict[str, Any], **_: Any) -> None:
+        if data.get("recipients") and not data.get("subject"):
+            raise ma.ValidationError("Required with recipients.", "subject")
+
+
+@routes.route("/campaigns/<campaign_id>/send", methods=["POST"], summary="Send a campaign", tags=_TAGS,
+              body=CampaignSendBodySchema, body_size="message", response=CampaignProgressSchema, status=202,
+              path_params=CAMPAIGN, errors=(400, 401, 404, 406, 422))
+def campaign_send(campaign_id: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Stores one tracked message per recipient (if any are given), then hands every PENDING
+    message of the campaign to the senders: one Celery task each with ``init_celery``, else
+    ``flask mailtrack send-due`` (due at once); nothing is sent inside this request. Answers
+    the campaign's progress; a campaign without messages is 404."""
+    state, tenant = get_state(), current_tenant()
+    if len(campaign_id) > _MAX_CAMPAIGN_ID or "\x00" in campaign_id:
+        raise NotFound("campaign ID not found.")
+    if body.get("recipients"):
+        bulk.track_messages(state, [{"contact_id": r["contact_id"], "email": r["email"]} for r in body["recipients"]],
+                            subject=body["subject"], html=body.get("html"), text=body.get("text"), tenant_id=tenant,
+                            campaign_id=campaign_id)
+    _require_campaign(campaign_id, tenant)
+    ids = dispatch.pending_ids(state, tenant, campaign_id)
+    if state.queue is not None:
+        state.queue.enqueue(ids)
+    else:
+        dispatch.hand_to_send_due(state, ids)
+    return dispatch.progress(state, tenant, campaign_id)

@@ -77,6 +77,24 @@ def send_in_process(state: MailTrackState, ids: Iterable[str], *,
     return out
 
 
+def hand_to_send_due(state: MailTrackState, ids: list[str]) -> int:
+    """Make ``PENDING`` messages due now for ``send-due`` (``SCHEDULED`` at this moment): the
+    API's campaign send without a task queue, which must not send thousands of messages
+    inside one request."""
+    from ..db import chunks, transaction
+    from ..models import utcnow
+
+    changed = 0
+    now = utcnow()
+    with transaction(state) as session:
+        for chunk in chunks(ids):
+            changed += session.execute(
+                sa.update(messages).where(messages.c.id.in_(chunk), messages.c.status == MessageStatus.PENDING.value)
+                .values(status=MessageStatus.SCHEDULED.value, scheduled_at=now, updated_at=now)
+            ).rowcount
+    return changed
+
+
 #: Progress keys and the statuses each one counts.
 _BUCKETS = {
     "queued": (MessageStatus.PENDING.value, MessageStatus.SCHEDULED.value),
@@ -108,4 +126,4 @@ def progress(state: MailTrackState, tenant: str, campaign_id: str) -> dict[str, 
     return out
 
 
-__all__ = ["deliver", "pending_ids", "send_in_process", "progress", "Delivery", "SKIPPED"]
+__all__ = ["deliver", "pending_ids", "send_in_process", "hand_to_send_due", "progress", "Delivery", "SKIPPED"]
