@@ -20,7 +20,7 @@ from typing import Any
 
 from flask import Flask
 
-from .errors import ConfigurationError
+from .errors import ConfigurationError, DatabaseUnavailable
 from .models import utcnow
 from .services import dispatch, webhooks
 from .services.smtp import Mailer
@@ -74,8 +74,12 @@ def init_celery(app: Flask, celery_app: Any) -> CeleryQueue:
     if state.queue is not None:
         raise RuntimeError("crm_mailtrack: init_celery was already called for this app.")
 
+    # A database that cannot serve (down, restarting) raises DatabaseUnavailable before or
+    # after the claim: retried with Celery's backoff; a claimed message is then skipped, and
+    # left SENDING it is failed by send-due's timeout, never sent twice.
     @celery_app.task(name=SEND_TASK, bind=True, shared=False, acks_late=True, max_retries=None,
-                     ignore_result=True)
+                     ignore_result=True, autoretry_for=(DatabaseUnavailable,), retry_backoff=True,
+                     retry_backoff_max=600)
     def send_message(self: Any, message_id: str) -> str:
         with app.app_context():
             st = get_state(app)
