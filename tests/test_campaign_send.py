@@ -215,7 +215,7 @@ def test_the_api_hands_a_campaign_to_send_due_without_a_queue(sapp, handler, api
 
 @pytest.mark.parametrize(("body", "status"), [
     ({}, 404),  # no recipients and no such campaign
-    ({"recipients": [{"contactId": "c1", "email": "c1@example.com"}]}, 422),  # no subject
+    ({"subject": "S", "recipients": [{"contactId": "", "email": "c1@example.com"}]}, 422),
     ({"subject": "S", "recipients": [{"contactId": "c1", "email": "not an address"}]}, 422),
     ({"subject": "S", "recipients": []}, 422),
 ])

@@ -4,7 +4,6 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import NotFound, ValidationError
-import marshmallow as ma
 from marshmallow import fields, validate
 
 from ..services import bulk, dispatch, reports
@@ -13,7 +12,7 @@ from . import pagination
 from .core import current_tenant
 from .responses import CampaignLinksSchema, CampaignProgressSchema, CampaignReportSchema
 from .routing import Routes
-from .fields import Text
+from .fields import Pattern, Text
 from .schemas import KIND_TO_TYPE, BodySchema, BotsQuerySchema, CampaignReportQuerySchema
 
 routes = Routes()
@@ -103,24 +102,27 @@ def campaign_progress(campaign_id: str) -> dict[str, Any]:
     return dispatch.progress(get_state(), tenant, campaign_id)
 
 
+#: What ``track_messages`` takes as an address (one ``@``, no space or control character),
+#: spelled out so that it means the same in Python and in the document (ECMA ``\s`` differs).
+_NOT_IN_ADDRESS = r"@\x00-\x20\x7f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+_ADDRESS = Pattern(rf"^[^{_NOT_IN_ADDRESS}]+@[^{_NOT_IN_ADDRESS}]+$", error="Not a valid email address.")
+_CONTACT_ID = Pattern(r"^[^\x00]+$", error="Must be a non-empty text without NUL characters.")
+
+
 class CampaignRecipientSchema(BodySchema):
-    contact_id = Text(required=True, max_length=64, data_key="contactId")
-    email = Text(required=True, max_length=320)
+    contact_id = Text(required=True, max_length=64, pattern=_CONTACT_ID, data_key="contactId")
+    email = Text(required=True, max_length=320, pattern=_ADDRESS)
 
 
 class CampaignSendBodySchema(BodySchema):
-    subject = Text(load_default=None, allow_none=True, metadata={"description": "Required with recipients."})
+    subject = Text(load_default=None, allow_none=True, metadata={
+        "description": "The recipients' subject (empty when absent)."})
     html = Text(load_default=None, allow_none=True, metadata={
         "description": "The campaign's HTML: links and the open pixel are tracked per recipient."})
     text = Text(load_default=None, allow_none=True, metadata={"description": "Else derived from the HTML."})
     recipients = fields.List(fields.Nested(CampaignRecipientSchema), load_default=None,
                              validate=validate.Length(min=1, max=50_000), metadata={
                                  "description": "One message each. Absent: send the campaign's prepared messages."})
-
-    @ma.validates_schema
-    def _subject_with_recipients(self, data: dict[str, Any], **_: Any) -> None:
-        if data.get("recipients") and not data.get("subject"):
-            raise ma.ValidationError("Required with recipients.", "subject")
 
 
 @routes.route("/campaigns/<campaign_id>/send", methods=["POST"], summary="Send a campaign", tags=_TAGS,
@@ -136,7 +138,7 @@ def campaign_send(campaign_id: str, body: dict[str, Any]) -> dict[str, Any]:
         raise NotFound("campaign ID not found.")
     if body.get("recipients"):
         bulk.track_messages(state, [{"contact_id": r["contact_id"], "email": r["email"]} for r in body["recipients"]],
-                            subject=body["subject"], html=body.get("html"), text=body.get("text"), tenant_id=tenant,
+                            subject=body.get("subject") or "", html=body.get("html"), text=body.get("text"), tenant_id=tenant,
                             campaign_id=campaign_id)
     _require_campaign(campaign_id, tenant)
     ids = dispatch.pending_ids(state, tenant, campaign_id)

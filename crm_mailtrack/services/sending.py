@@ -192,7 +192,7 @@ def _send_claimed(state: MailTrackState, message_id: str, mailer: Mailer, claime
             transient = _is_transient(code)
     now = utcnow()
     if error is not None and transient and policy is not None and attempts < policy.max_attempts:
-        _reschedule(state, msg, claimed_at, now + policy.delay(attempts), send_attempts=attempts,
+        _reschedule(state, msg, claimed_at, now + policy.delay(attempts), send_attempts=attempts, send_slot_at=None,
                     error_message=f"{error} (attempt {attempts} of {policy.max_attempts}; will retry)")
         return msg
     if error is not None and attempts > 1:
