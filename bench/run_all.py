@@ -35,6 +35,7 @@ FULL: list[tuple[str, list[str]]] = [
     ("reports_pagination_sqlite", ["bench_reports_pagination.py", "--db", "sqlite"]),
     ("reports_pagination_postgresql", ["bench_reports_pagination.py", "--db", "postgresql"]),
     ("queries", ["bench_queries.py", "--messages", "50"]),
+    ("queue", ["bench_queue.py", "--n", "2000"]),
 ]
 QUICK: list[tuple[str, list[str]]] = [
     ("tracking", ["bench_tracking.py", "--duration", "1", "--rounds", "2", "--messages", "200"]),
@@ -46,6 +47,7 @@ QUICK: list[tuple[str, list[str]]] = [
     ("reports_pagination_sqlite", ["bench_reports_pagination.py", "--db", "sqlite", "--events", "5000"]),
     ("reports_pagination_postgresql", ["bench_reports_pagination.py", "--db", "postgresql", "--events", "5000"]),
     ("queries", ["bench_queries.py", "--messages", "12"]),
+    ("queue", ["bench_queue.py", "--n", "300", "--paced", "60", "--limit", "20/s"]),
 ]
 
 
