@@ -37,6 +37,7 @@ FULL: list[tuple[str, list[str]]] = [
     ("queries", ["bench_queries.py", "--messages", "50"]),
     ("inbound", ["bench_inbound.py", "--messages", "10000"]),
     ("esp_webhooks", ["bench_esp.py", "--batch", "1000", "--rounds", "5", "--notifications", "300"]),
+    ("queue", ["bench_queue.py", "--n", "2000"]),
 ]
 QUICK: list[tuple[str, list[str]]] = [
     ("tracking", ["bench_tracking.py", "--duration", "1", "--rounds", "2", "--messages", "200"]),
@@ -50,6 +51,7 @@ QUICK: list[tuple[str, list[str]]] = [
     ("queries", ["bench_queries.py", "--messages", "12"]),
     ("inbound", ["bench_inbound.py", "--messages", "1000"]),
     ("esp_webhooks", ["bench_esp.py", "--batch", "200", "--rounds", "2", "--notifications", "50"]),
+    ("queue", ["bench_queue.py", "--n", "300", "--paced", "60", "--limit", "20/s"]),
 ]
 
 

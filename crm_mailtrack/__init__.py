@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import signals
+from . import inbound_models, signals, webhook_models  # *_models: their tables join ``metadata``
 from .errors import (
     ConfigurationError,
     DatabaseUnavailable,
@@ -13,13 +13,13 @@ from .errors import (
     ValidationError,
 )
 from .extension import MailTrack
+from .inbound_models import InboundMessage
 from .models import (
     CampaignLink,
     ContactEvent,
     DNCReason,
     DoNotContact,
     EventType,
-    InboundMessage,
     Link,
     Message,
     MessageStatus,

@@ -179,6 +179,21 @@ def send_due() -> None:
                if handled < total else f"mailtrack: handled {handled} due messages")
 
 
+@cli.command("deliver-webhooks")
+def deliver_webhooks() -> None:
+    """POST recorded events to the subscribed webhook endpoints (Standard Webhooks signatures):
+    new events become deliveries, then every delivery that is due is sent or retried later.
+    Run it from cron (every minute), or schedule the Celery task crm_mailtrack.deliver_webhooks."""
+    from .services import webhooks
+
+    try:
+        totals = webhooks.run(get_state())
+    except Exception as exc:  # noqa: BLE001
+        _fail_on(exc, "deliver-webhooks stopped (run it again: nothing is sent twice at once)")
+    click.echo(f"mailtrack: {totals['collected']} new deliveries; delivered {totals['delivered']}, "
+               f"failed {totals['failed']} (retried later)")
+
+
 def _cli_moment(value: str | None, *, end_of_day: bool = False) -> Any:
     """``YYYY-MM-DD`` (midnight UTC; with ``end_of_day`` the next midnight) or ISO 8601."""
     import datetime as dt

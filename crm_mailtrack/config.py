@@ -100,6 +100,24 @@ SOFT_BOUNCE_LIMIT = "MAILTRACK_SOFT_BOUNCE_LIMIT"
 BOUNCE_ADDRESS = "MAILTRACK_BOUNCE_ADDRESS"
 #: Largest received mail, in bytes, that ``ingest_mail`` reads; larger mail is skipped.
 INBOUND_MAX_BYTES = "MAILTRACK_INBOUND_MAX_BYTES"
+#: How many times a campaign or scheduled message is tried before it ends ``FAILED`` when
+#: the failure is transient (an SMTP 4xx reply, a server that cannot be reached). A 5xx
+#: reply fails at once; ``send()`` (inline, the caller waits) always tries once.
+SEND_MAX_ATTEMPTS = "MAILTRACK_SEND_MAX_ATTEMPTS"
+#: Seconds before the first retry of a transient failure; each further retry waits twice
+#: as long (60, 120, 240, ... capped at 6 hours).
+SEND_RETRY_BACKOFF_SECONDS = "MAILTRACK_SEND_RETRY_BACKOFF_SECONDS"
+#: Per recipient domain, the most messages sent in a window, across every worker and
+#: ``send-due`` process: ``{"gmail.com": "600/m", "outlook.com": "10/s", "*": "3000/h"}``
+#: (``*``: every other domain, each counted on its own). Counted in the database.
+DOMAIN_RATE_LIMITS = "MAILTRACK_DOMAIN_RATE_LIMITS"
+#: Seconds an outbound webhook's receiver has to answer a delivery.
+OUTBOUND_WEBHOOK_TIMEOUT_SECONDS = "MAILTRACK_OUTBOUND_WEBHOOK_TIMEOUT_SECONDS"
+#: Seconds to wait before each retry of a failed webhook delivery; after the last one the
+#: delivery is ``failed``. Default: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h (about a day).
+OUTBOUND_WEBHOOK_RETRY_SCHEDULE = "MAILTRACK_OUTBOUND_WEBHOOK_RETRY_SCHEDULE"
+#: Failed attempts in a row (no success between them) after which an endpoint is disabled.
+OUTBOUND_WEBHOOK_DISABLE_AFTER = "MAILTRACK_OUTBOUND_WEBHOOK_DISABLE_AFTER"
 
 #: Defaults applied with ``app.config.setdefault``. ``None`` for the keys whose default is
 #: derived from other config (``SECRET_KEY``, the instance path) at ``init_app``.
@@ -137,6 +155,12 @@ DEFAULTS: dict[str, Any] = {
     SOFT_BOUNCE_LIMIT: 3,
     BOUNCE_ADDRESS: None,
     INBOUND_MAX_BYTES: 25 * 1024 * 1024,
+    SEND_MAX_ATTEMPTS: 5,
+    SEND_RETRY_BACKOFF_SECONDS: 60,
+    DOMAIN_RATE_LIMITS: {},
+    OUTBOUND_WEBHOOK_TIMEOUT_SECONDS: 10,
+    OUTBOUND_WEBHOOK_RETRY_SCHEDULE: [5, 300, 1800, 7200, 18000, 36000, 36000],
+    OUTBOUND_WEBHOOK_DISABLE_AFTER: 20,
 }
 
 #: Shortest signing key accepted: a shorter one can be brute-forced offline from one link.
@@ -149,3 +173,5 @@ MAX_SENDING_TIMEOUT_SECONDS = 30 * 24 * 3600
 #: characters), ``-`` and a 16-character signature, the VERP local part stays within
 #: RFC 5321's 64 octets.
 MAX_BOUNCE_LOCAL_PART = 22
+#: Longest wait between two tries of a transiently failed message (6 hours).
+MAX_RETRY_BACKOFF_SECONDS = 6 * 3600

@@ -167,6 +167,64 @@ class MailTrack:
 
         return sending.send(get_state(), message)
 
+    def init_celery(self, celery_app: Any, app: Flask | None = None) -> Any:
+        """Send campaigns through ``celery_app`` (the host's Celery app; needs the ``celery``
+        extra): registers the task ``crm_mailtrack.send_message`` on it, run by the workers
+        in ``app``'s context (default: ``current_app``). Call it in the app factory, so the
+        workers, which import the factory, register it too."""
+        from flask import current_app
+
+        from .taskqueue import init_celery
+
+        return init_celery(app if app is not None else current_app._get_current_object(), celery_app)
+
+    def send_campaign(
+        self,
+        campaign_id: str,
+        recipients: Iterable[Mapping[str, Any]] | None = None,
+        *,
+        subject: str | None = None,
+        html: str | None = None,
+        text: str | None = None,
+        tenant_id: Any = UNSET,
+        **common: Any,
+    ) -> dict[str, Any]:
+        """Send a campaign: store one tracked message per recipient (as :meth:`track_messages`,
+        when ``recipients`` are given), then deliver every ``PENDING`` message of the
+        campaign, each exactly once; return its progress (``queued``, ``sending``, ``sent``,
+        ``failed``, ``suppressed``, ``cancelled``, ``retrying``, ``total``).
+
+        With :meth:`init_celery`, each message becomes a task for the workers and this
+        returns at once. Without it, the messages are sent here, in the caller's process.
+        Either way a transient SMTP failure (4xx, server unreachable) is retried with
+        backoff (``MAILTRACK_SEND_MAX_ATTEMPTS``, ``MAILTRACK_SEND_RETRY_BACKOFF_SECONDS``),
+        a 5xx fails at once, and ``MAILTRACK_DOMAIN_RATE_LIMITS`` are held; a message put
+        back for later (``SCHEDULED``) is sent by a worker's retry, or by ``send-due``."""
+        from .services import dispatch
+        from .services.common import tenant_key
+
+        state = get_state()
+        tenant = tenant_key(state, tenant_id)
+        if recipients is not None:
+            if subject is None:
+                raise TypeError("send_campaign() needs subject= with recipients")
+            bulk.track_messages(state, recipients, subject=subject, html=html, text=text, tenant_id=tenant,
+                                campaign_id=campaign_id, **common)
+        ids = dispatch.pending_ids(state, tenant, str(campaign_id))
+        if state.queue is not None:
+            state.queue.enqueue(ids)
+        else:
+            dispatch.send_in_process(state, ids)
+        return dispatch.progress(state, tenant, str(campaign_id))
+
+    def campaign_progress(self, campaign_id: str, *, tenant_id: Any = UNSET) -> dict[str, Any]:
+        """Where a campaign's messages are (the counts :meth:`send_campaign` returns)."""
+        from .services import dispatch
+        from .services.common import tenant_key
+
+        state = get_state()
+        return dispatch.progress(state, tenant_key(state, tenant_id), str(campaign_id))
+
     def send_due(self, now: dt.datetime | None = None) -> int:
         """Send the scheduled messages whose time has come; return how many were handled."""
         from .services import sending

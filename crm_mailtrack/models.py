@@ -136,6 +136,10 @@ class Message(Base):
     variables: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     internet_message_id: Mapped[str | None] = mapped_column(sa.String(255))
     status: Mapped[str] = mapped_column(sa.String(16), default=MessageStatus.PENDING.value)
+    #: SMTP conversations tried so far (services/dispatch.py retries transient failures).
+    send_attempts: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
+    #: When the slot this message reserved in its domain's rate limit opens (services/pacing.py).
+    send_slot_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     error_message: Mapped[str | None] = mapped_column(sa.Text)
     track_opens: Mapped[bool] = mapped_column(sa.Boolean, default=True)
     track_clicks: Mapped[bool] = mapped_column(sa.Boolean, default=True)
@@ -439,36 +443,14 @@ class StatsState(Base):
     folds: Mapped[int] = mapped_column(sa.BigInteger, default=0)
 
 
-class InboundMessage(Base):
-    """A received reply to an outbound message (``MailTrack.ingest_mail``), shown in its thread."""
+class SendPacing(Base):
+    """The next free send slot of one recipient domain (epoch seconds), shared by every
+    sender (``MAILTRACK_DOMAIN_RATE_LIMITS``; services/pacing.py)."""
 
-    __tablename__ = "mailtrack_inbound"
+    __tablename__ = "mailtrack_send_pacing"
 
-    id: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
-    tenant_id: Mapped[str] = mapped_column(Tenant, default="", server_default="")
-    #: The outbound message replied to (``parentCommunicationId``).
-    message_id: Mapped[str] = mapped_column(sa.String(32))
-    contact_id: Mapped[str] = mapped_column(sa.String(64))
-    event_id: Mapped[int | None] = mapped_column(BigID)
-    from_email: Mapped[str | None] = mapped_column(sa.String(320))
-    from_name: Mapped[str | None] = mapped_column(sa.String(255))
-    recipients: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
-    cc: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
-    subject: Mapped[str | None] = mapped_column(sa.Text)
-    received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
-    in_reply_to: Mapped[str | None] = mapped_column(sa.Text)
-    internet_message_id: Mapped[str | None] = mapped_column(sa.String(255))
-    body_text: Mapped[str | None] = mapped_column(sa.Text)
-    body_html: Mapped[str | None] = mapped_column(sa.Text)
-    #: The reply's own text, without the quoted original (a reply-quote stripper's result).
-    reply_text: Mapped[str | None] = mapped_column(sa.Text)
-    status: Mapped[str] = mapped_column(sa.String(16), default="NEW")
-    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
-
-    __table_args__ = (
-        sa.Index("ix_mailtrack_inbound_message", "message_id", "received_at"),
-        sa.Index("ix_mailtrack_inbound_contact", "tenant_id", "contact_id"),
-    )
+    domain: Mapped[str] = mapped_column(sa.String(255), primary_key=True)
+    next_at: Mapped[float] = mapped_column(sa.Float)
 
 
 messages = Message.__table__
@@ -485,21 +467,9 @@ stats_days = StatsDayCell.__table__
 stats_state = StatsState.__table__
 stats_tenant_messages = StatsTenantMessageCell.__table__
 stats_tenant_days = StatsTenantDayCell.__table__
-#: What the ESP webhooks remember besides events (``services/esp/store.py``): tokens of signed
-#: requests received (``kind = 'nonce'``: a replay is refused on every host) and events that
-#: matched no message (``kind = 'unmatched'``, keyed by a digest: counted once). No personal data.
-webhook_receipts = sa.Table(
-    "mailtrack_webhook_receipts", metadata,
-    sa.Column("provider", sa.String(16), primary_key=True),
-    sa.Column("kind", sa.String(16), primary_key=True),
-    sa.Column("key", sa.String(200), primary_key=True),
-    sa.Column("event_type", sa.String(20)),
-    sa.Column("received_at", UTCDateTime(), nullable=False, default=utcnow),
-    sa.Index("ix_mailtrack_webhook_receipts_kind_time", "kind", "received_at"),
-)
-inbound = InboundMessage.__table__
 
 # create_all() on PostgreSQL: the partitioned event log with its default partition, so every
 # insert finds a partition before `flask mailtrack partitions` makes the monthly ones.
 sa.event.listen(events, "after_create", sa.DDL(
     f"CREATE TABLE {EVENTS_DEFAULT_PARTITION} PARTITION OF mailtrack_events DEFAULT").execute_if(dialect="postgresql"))
+send_pacing = SendPacing.__table__

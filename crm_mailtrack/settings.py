@@ -8,12 +8,13 @@ click or send.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any, NamedTuple, NoReturn
 from urllib.parse import urlsplit
 
 from . import config as cfg
@@ -24,6 +25,17 @@ from .services.esp.config import from_config as esp_from_config
 from .services.mime import check_default_sender
 from .services.inbox_url import InboxSettings, parse_inbox_url
 from .services.smtp import SMTPSettings, parse_smtp_url
+
+
+class RateLimit(NamedTuple):
+    """One entry of ``MAILTRACK_DOMAIN_RATE_LIMITS``: at most ``count`` messages per window
+    of ``seconds``."""
+
+    count: int
+    seconds: int
+
+
+_PERIODS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 @dataclass(frozen=True)
@@ -67,6 +79,26 @@ class Settings:
     inbound_max_bytes: int
     #: ``MAILTRACK_INBOX_URL`` taken apart (its repr hides the password); ``None``: not set.
     inbox: InboxSettings | None = None
+    #: Tries of a transiently failing campaign or scheduled message (``1``: no retry).
+    send_max_attempts: int = 5
+    #: Wait before the first retry; doubled for each further one.
+    send_retry_backoff: dt.timedelta = dt.timedelta(seconds=60)
+    #: Lower-cased recipient domain (or ``"*"``) -> its :class:`RateLimit`.
+    domain_rate_limits: Mapping[str, RateLimit] = dataclasses.field(default_factory=dict)
+    #: Outbound webhooks: the receiver's time to answer, the waits before each retry, and
+    #: the failed attempts in a row that disable an endpoint.
+    webhook_timeout: float = 10.0
+    webhook_retry_schedule: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
+    webhook_disable_after: int = 20
+
+    def retry_delay(self, attempts: int) -> dt.timedelta:
+        """The wait after the ``attempts``-th try failed transiently (exponential, capped)."""
+        seconds = self.send_retry_backoff.total_seconds() * 2 ** max(0, attempts - 1)
+        return dt.timedelta(seconds=min(seconds, cfg.MAX_RETRY_BACKOFF_SECONDS))
+
+    def rate_limit_for(self, domain: str) -> RateLimit | None:
+        """The limit that applies to a recipient domain (its own entry, else ``"*"``)."""
+        return self.domain_rate_limits.get(domain.lower()) or self.domain_rate_limits.get("*")
 
     @classmethod
     def from_config(cls, conf: Mapping[str, Any], *, instance_path: str) -> Settings:
@@ -152,6 +184,10 @@ class Settings:
             soft_bounce_limit=soft_limit,
             bounce_address=_bounce_address(conf[cfg.BOUNCE_ADDRESS]),
             inbound_max_bytes=limits[3],
+            send_max_attempts=_max_attempts(conf[cfg.SEND_MAX_ATTEMPTS]),
+            send_retry_backoff=_backoff(conf[cfg.SEND_RETRY_BACKOFF_SECONDS]),
+            domain_rate_limits=_rate_limits(conf[cfg.DOMAIN_RATE_LIMITS]),
+            **_webhook_settings(conf),
         )
 
 
@@ -174,6 +210,58 @@ def _bounce_address(value: Any) -> tuple[str, str] | None:
             f"has at most {cfg.MAX_BOUNCE_LOCAL_PART} characters and no '+' (the VERP tag follows a '+'), "
             f"not {value!r}.")
     return local, domain.lower()
+
+
+def _webhook_settings(conf: Mapping[str, Any]) -> dict[str, Any]:
+    timeout = conf[cfg.OUTBOUND_WEBHOOK_TIMEOUT_SECONDS]
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 300:
+        raise ConfigurationError(f"{cfg.OUTBOUND_WEBHOOK_TIMEOUT_SECONDS} must be a number of seconds "
+                                 f"above 0 and at most 300, not {timeout!r}.")
+    schedule = conf[cfg.OUTBOUND_WEBHOOK_RETRY_SCHEDULE]
+    if not isinstance(schedule, (list, tuple)) or len(schedule) > 50 or not all(
+            not isinstance(w, bool) and isinstance(w, (int, float)) and 0 <= w <= 7 * 86400 for w in schedule):
+        raise ConfigurationError(f"{cfg.OUTBOUND_WEBHOOK_RETRY_SCHEDULE} must be a list of at most 50 waits in "
+                                 f"seconds (each 0 to 7 days), not {schedule!r}.")
+    disable = conf[cfg.OUTBOUND_WEBHOOK_DISABLE_AFTER]
+    if isinstance(disable, bool) or not isinstance(disable, int) or disable < 1:
+        raise ConfigurationError(f"{cfg.OUTBOUND_WEBHOOK_DISABLE_AFTER} must be a whole number of failed "
+                                 f"attempts (1 or more), not {disable!r}.")
+    return {"webhook_timeout": float(timeout), "webhook_retry_schedule": tuple(float(w) for w in schedule),
+            "webhook_disable_after": disable}
+
+
+def _max_attempts(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 100:
+        raise ConfigurationError(f"{cfg.SEND_MAX_ATTEMPTS} must be a whole number from 1 (no retry) to 100, "
+                                 f"not {value!r}.")
+    return value
+
+
+def _backoff(value: Any) -> dt.timedelta:
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or not 0 <= value <= cfg.MAX_RETRY_BACKOFF_SECONDS):
+        raise ConfigurationError(f"{cfg.SEND_RETRY_BACKOFF_SECONDS} must be a number of seconds from 0 to "
+                                 f"{cfg.MAX_RETRY_BACKOFF_SECONDS}, not {value!r}.")
+    return dt.timedelta(seconds=float(value))
+
+
+def _rate_limits(value: Any) -> dict[str, RateLimit]:
+    """``{"gmail.com": "600/m"}`` -> ``{"gmail.com": RateLimit(600, 60)}``."""
+    expected = ("a mapping of recipient domains (or '*') to limits such as '600/m', '10/s', '3000/h' "
+                "or '50000/d', such as {'gmail.com': '600/m'}")
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigurationError(f"{cfg.DOMAIN_RATE_LIMITS} must be {expected}, not {value!r}.")
+    out: dict[str, RateLimit] = {}
+    for domain, spec in value.items():
+        count, _, unit = spec.partition("/") if isinstance(spec, str) else ("", "", "")
+        if (not isinstance(domain, str) or not domain or any(c.isspace() or c in "@/" for c in domain)
+                or not count.isdigit() or int(count) < 1 or unit not in _PERIODS):
+            raise ConfigurationError(f"{cfg.DOMAIN_RATE_LIMITS} must be {expected}; "
+                                     f"{domain!r}: {spec!r} is not.")
+        out[domain.lower()] = RateLimit(int(count), _PERIODS[unit])
+    return out
 
 
 def _check_types(conf: Mapping[str, Any]) -> None:
@@ -252,4 +340,4 @@ def _check_types(conf: Mapping[str, Any]) -> None:
             fail(key, "a list of networks in CIDR notation, such as ['192.0.2.0/24']")
 
 
-__all__ = ["Settings"]
+__all__ = ["Settings", "RateLimit"]

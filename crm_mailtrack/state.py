@@ -61,6 +61,9 @@ class MailTrackState:
     own_session: scoped_session[Session] | None = None
     #: The engine of ``MAILTRACK_REPORTS_DATABASE_URI`` (a replica), ``None`` without one.
     reports_engine: Engine | None = None
+    #: The task queue campaign sends go through (``MailTrack.init_celery``), or ``None``:
+    #: they run in the caller's process.
+    queue: Any = None
     #: Operator warnings already logged for this app (each is logged once, not per request).
     logged: set[str] = field(default_factory=set)
 

@@ -15,6 +15,7 @@ import socket
 import ssl
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email.message import EmailMessage
@@ -77,6 +78,26 @@ class RecordingHandler:
             if (login, password) == ("crm@example.com", "p:ss/w@rd"):
                 return AuthResult(success=True)
         return AuthResult(success=False, handled=False)
+
+
+class FlakyHandler(RecordingHandler):
+    """Answers ``451`` to the first ``defer`` DATA commands (or to all, with ``defer=-1``),
+    then accepts; records when each accepted message arrived."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.defer = 0
+        self.data_commands = 0
+        self.arrivals: list[tuple[float, list[str]]] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        with self.lock:
+            self.data_commands += 1
+            if self.defer != 0:
+                self.defer -= 1
+                return "451 4.3.0 Temporary local problem, try again later"
+            self.arrivals.append((time.monotonic(), list(envelope.rcpt_tos)))
+        return await super().handle_DATA(server, session, envelope)
 
 
 class MailServer:

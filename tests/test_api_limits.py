@@ -19,10 +19,10 @@ from crm_mailtrack.models import ContactEvent, Message
 
 #: Routes that take no body at all: they must not fail on one, but they do not read it.
 BODYLESS = {"mailtrack_api.communications_resend", "mailtrack_api.communications_cancel",
-            "mailtrack_api.utm_remove"}
+            "mailtrack_api.utm_remove", "mailtrack_api.enable_webhook"}
 #: The routes whose body carries a message's HTML (the larger limit).
 MESSAGE_ROUTES = {"mailtrack_api.communications_send", "mailtrack_api.communications_schedule",
-                  "mailtrack_api.communications_send_template"}
+                  "mailtrack_api.communications_send_template", "mailtrack_api.campaign_send"}
 LATER = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=3)).isoformat()
 
 
@@ -38,7 +38,7 @@ def _body_routes(app, message_id):
     parameters filled in (so a route added later is covered without editing this test)."""
     adapter = app.url_map.bind("crm.test")
     values = {"contact_id": "c1", "channel": "email", "message_id": message_id, "template_id": "t1",
-              "utm_id": "1", "key": "'c1'"}
+              "utm_id": "1", "key": "'c1'", "webhook_id": "w1", "campaign_id": "camp1"}
     found = []
     for rule in app.url_map.iter_rules():
         if not rule.endpoint.startswith("mailtrack_api.") or rule.endpoint == "mailtrack_api._unmatched":

@@ -15,7 +15,8 @@ import pytest
 import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from crm_mailtrack.models import events, webhook_receipts
+from crm_mailtrack.inbound_models import webhook_receipts
+from crm_mailtrack.models import events
 from esp_signing import (
     CERT_URL, MAILGUN_KEY, POSTMARK, RESEND_SECRET, TOPIC, SendGrid, Sns, basic, mailgun, resend_headers, sample,
 )

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from crm_mailtrack.models import DNCReason, events, webhook_receipts
+from crm_mailtrack.inbound_models import webhook_receipts
+from crm_mailtrack.models import DNCReason, events
 from crm_mailtrack.services.esp.store import unmatched_count
 from esp_signing import MAILGUN_KEY, POSTMARK, RESEND_SECRET, TOPIC, SendGrid, Sns, basic, mailgun, resend_headers, sample
 

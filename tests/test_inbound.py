@@ -14,7 +14,8 @@ import pytest
 import sqlalchemy as sa
 
 from crm_mailtrack import DNCReason
-from crm_mailtrack.models import dnc, events, inbound, messages
+from crm_mailtrack.inbound_models import inbound
+from crm_mailtrack.models import dnc, events, messages
 from crm_mailtrack.services import inbound as inbound_service
 from crm_mailtrack.services import verp
 from crm_mailtrack.state import get_state

@@ -123,7 +123,7 @@ class _Seed(dict):
     @classmethod
     def placeholder(cls) -> _Seed:
         return cls(sent="placeholder-sent", scheduled="placeholder-scheduled", utm_id="999999",
-                   link_id="placeholder-link")
+                   link_id="placeholder-link", webhook_id="placeholder-webhook")
 
 
 def seed_tenant_a(app, client) -> _Seed:
@@ -150,6 +150,9 @@ def seed_tenant_a(app, client) -> _Seed:
     assert utm.status_code == 201
     seed["utm_id"] = str(utm.json["utmtag"]["id"])
     assert client.post(API + "/odata/ContactClicks", json={"ID": "c3", "ClickCount": 4}, headers=a).status_code == 201
+    hook = client.post(API + "/webhooks", json={"url": "https://a.example/hooks"}, headers=a)
+    assert hook.status_code == 201
+    seed["webhook_id"] = hook.json["id"]
     return seed
 
 
@@ -160,6 +163,7 @@ PATH_VALUES = {
     "contact_id": lambda s: "c1", "kind": lambda s: "clicks", "channel": lambda s: "email",
     "utm_id": lambda s: s["utm_id"], "campaign_id": lambda s: "campA", "link_id": lambda s: s["link_id"],
     "key": lambda s: "'c3'", "message_id": lambda s: s["sent"], "template_id": lambda s: "welcome",
+    "webhook_id": lambda s: s["webhook_id"],
 }
 #: Values of required query parameters, by name.
 QUERY_VALUES = {
@@ -191,6 +195,10 @@ WRITES: dict[str, tuple[Any, int]] = {
     "DELETE /communications/delete-list": (lambda s: None, 204),
     "DELETE /communications/{message_id}": (lambda s: None, 404),
     "POST /communications/{message_id}/comment": (lambda s: {"comment": "B was here"}, 404),
+    "POST /campaigns/{campaign_id}/send": (lambda s: {}, 404),
+    "POST /webhooks": (lambda s: {"url": "https://b.example/hooks"}, 201),
+    "POST /webhooks/{webhook_id}/enable": (lambda s: None, 404),
+    "DELETE /webhooks/{webhook_id}": (lambda s: None, 404),
 }
 #: Bodies of the read operations that are POSTs.
 READ_BODIES = {"POST /communications/dynamic-search": lambda s: {"size": 50}}

@@ -9,13 +9,13 @@ the document shows.
 """
 from __future__ import annotations
 
-from . import campaigns, communications, contacts, insights, odata, openapi
+from . import campaigns, communications, contacts, insights, odata, openapi, webhooks
 from .core import blueprint
 from .routing import register
 
 #: Every route group of the API, in document order. A new route module is added here.
 ROUTE_GROUPS = (openapi.routes, contacts.routes, campaigns.routes, odata.routes, communications.routes,
-                insights.routes)
+                insights.routes, webhooks.routes)
 
 register(blueprint, ROUTE_GROUPS)
 

@@ -4,13 +4,16 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import NotFound, ValidationError
-from ..services import reports
+from marshmallow import fields, validate
+
+from ..services import bulk, dispatch, reports
 from ..state import get_state
 from . import pagination
 from .core import current_tenant
-from .responses import CampaignLinksSchema, CampaignReportSchema
+from .responses import CampaignLinksSchema, CampaignProgressSchema, CampaignReportSchema
 from .routing import Routes
-from .schemas import KIND_TO_TYPE, BotsQuerySchema, CampaignReportQuerySchema
+from .fields import Pattern, Text
+from .schemas import KIND_TO_TYPE, BodySchema, BotsQuerySchema, CampaignReportQuerySchema
 
 routes = Routes()
 _TAGS = ["campaigns"]
@@ -86,3 +89,61 @@ def campaign_links(campaign_id: str, query: dict[str, Any]) -> dict[str, Any]:
     rows = reports.campaign_link_stats(get_state(), tenant, campaign_id,
                                        include_bots=query["include_bots"])
     return {"links": rows}
+
+
+@routes.route("/campaigns/<campaign_id>/progress", summary="A campaign's sending progress", tags=_TAGS,
+              response=CampaignProgressSchema, path_params=CAMPAIGN, errors=(401, 404, 406))
+def campaign_progress(campaign_id: str) -> dict[str, Any]:
+    """How many of the campaign's messages are queued (retrying among them), being sent,
+    sent, failed, suppressed or cancelled, counted from the messages themselves, whichever
+    process sends them (``MailTrack.send_campaign`` on workers or in-process, ``send-due``)."""
+    tenant = current_tenant()
+    _require_campaign(campaign_id, tenant)
+    return dispatch.progress(get_state(), tenant, campaign_id)
+
+
+#: What ``track_messages`` takes as an address (one ``@``, no space or control character),
+#: spelled out so that it means the same in Python and in the document (ECMA ``\s`` differs).
+_NOT_IN_ADDRESS = r"@\x00-\x20\x7f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+_ADDRESS = Pattern(rf"^[^{_NOT_IN_ADDRESS}]+@[^{_NOT_IN_ADDRESS}]+$", error="Not a valid email address.")
+_CONTACT_ID = Pattern(r"^[^\x00]+$", error="Must be a non-empty text without NUL characters.")
+
+
+class CampaignRecipientSchema(BodySchema):
+    contact_id = Text(required=True, max_length=64, pattern=_CONTACT_ID, data_key="contactId")
+    email = Text(required=True, max_length=320, pattern=_ADDRESS)
+
+
+class CampaignSendBodySchema(BodySchema):
+    subject = Text(load_default=None, allow_none=True, metadata={
+        "description": "The recipients' subject (empty when absent)."})
+    html = Text(load_default=None, allow_none=True, metadata={
+        "description": "The campaign's HTML: links and the open pixel are tracked per recipient."})
+    text = Text(load_default=None, allow_none=True, metadata={"description": "Else derived from the HTML."})
+    recipients = fields.List(fields.Nested(CampaignRecipientSchema), load_default=None,
+                             validate=validate.Length(min=1, max=50_000), metadata={
+                                 "description": "One message each. Absent: send the campaign's prepared messages."})
+
+
+@routes.route("/campaigns/<campaign_id>/send", methods=["POST"], summary="Send a campaign", tags=_TAGS,
+              body=CampaignSendBodySchema, body_size="message", response=CampaignProgressSchema, status=202,
+              path_params=CAMPAIGN, errors=(400, 401, 404, 406, 422))
+def campaign_send(campaign_id: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Stores one tracked message per recipient (if any are given), then hands every PENDING
+    message of the campaign to the senders: one Celery task each with ``init_celery``, else
+    ``flask mailtrack send-due`` (due at once); nothing is sent inside this request. Answers
+    the campaign's progress; a campaign without messages is 404."""
+    state, tenant = get_state(), current_tenant()
+    if len(campaign_id) > _MAX_CAMPAIGN_ID or "\x00" in campaign_id:
+        raise NotFound("campaign ID not found.")
+    if body.get("recipients"):
+        bulk.track_messages(state, [{"contact_id": r["contact_id"], "email": r["email"]} for r in body["recipients"]],
+                            subject=body.get("subject") or "", html=body.get("html"), text=body.get("text"), tenant_id=tenant,
+                            campaign_id=campaign_id)
+    _require_campaign(campaign_id, tenant)
+    ids = dispatch.pending_ids(state, tenant, campaign_id)
+    if state.queue is not None:
+        state.queue.enqueue(ids)
+    else:
+        dispatch.hand_to_send_due(state, ids)
+    return dispatch.progress(state, tenant, campaign_id)

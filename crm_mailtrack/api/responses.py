@@ -228,6 +228,23 @@ class CampaignLinksSchema(ma.Schema):
     links = fields.List(fields.Nested(CampaignLinkSchema))
 
 
+class CampaignProgressSchema(ma.Schema):
+    """Where a campaign's messages are: ``queued + sending + sent + failed + suppressed +
+    cancelled == total``."""
+
+    campaign_id = fields.String()
+    total = fields.Integer(metadata={"description": "The campaign's messages."})
+    queued = fields.Integer(metadata={"description": "Waiting to be sent: PENDING, or SCHEDULED (a later "
+                                                     "time, a retry's backoff or a rate-limit slot)."})
+    retrying = fields.Integer(metadata={"description": "Of the queued, those that failed transiently "
+                                                       "(SMTP 4xx, server unreachable) and will be tried again."})
+    sending = fields.Integer(metadata={"description": "Claimed by a sender, outcome not yet recorded."})
+    sent = fields.Integer(metadata={"description": "Accepted by the SMTP server."})
+    failed = fields.Integer(metadata={"description": "Refused for good (5xx), or out of attempts."})
+    suppressed = fields.Integer(metadata={"description": "Not sent: the recipient is on Do-Not-Contact."})
+    cancelled = fields.Integer()
+
+
 # -- ContactClicks -----------------------------------------------------------------------------
 
 _INT32 = re.compile(r"^(0|-?[1-9][0-9]{0,9})$")

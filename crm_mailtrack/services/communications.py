@@ -11,8 +11,8 @@ import sqlalchemy as sa
 
 from ..db import chunks, like_escape, transaction
 from ..errors import Conflict, InvalidDestination, NotFound, ValidationError
-from ..models import (ContactEvent, EventType, InboundMessage, Message, MessageStatus, event_rollups, events, inbound,
-                      messages, utcnow)
+from ..inbound_models import InboundMessage, inbound
+from ..models import ContactEvent, EventType, Message, MessageStatus, event_rollups, events, messages, utcnow
 from ..state import MailTrackState
 from . import stats
 from .common import emit

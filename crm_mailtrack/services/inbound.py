@@ -23,7 +23,8 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from ..db import unavailable_as_503
-from ..models import ContactEvent, InboundMessage, Message, utcnow
+from ..inbound_models import InboundMessage
+from ..models import ContactEvent, Message, utcnow
 from ..state import MailTrackState
 from . import external_events, mailparse, matching, verp
 from .common import UNSET, log, tenant_key

@@ -24,7 +24,8 @@ from .. import config as cfg
 from ..db import dialect_name, insert, transaction, unavailable_as_503, utc_day
 from ..errors import ValidationError
 from ..instrument import link_id as make_link_id
-from ..models import campaign_links, dnc, event_rollups, events, inbound, links, messages, utcnow, utm_tags
+from ..inbound_models import inbound
+from ..models import campaign_links, dnc, event_rollups, events, links, messages, utcnow, utm_tags
 from ..state import MailTrackState
 from ..tokens import Purpose
 from . import dnc as dnc_service

@@ -22,7 +22,10 @@ from __future__ import annotations
 
 import datetime as dt
 import smtplib
+import ssl
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from email.utils import make_msgid
 from typing import Any
 
@@ -39,6 +42,30 @@ from .esp.outbound import echo_headers
 from .messages import message_id_of
 from .mime import build_email, envelope, parse_mailbox
 from .smtp import Mailer, parse_smtp_url
+
+#: Longest wait for a domain's rate-limit slot inside a send; a later slot reschedules the
+#: message to it (``SCHEDULED``), holding its reservation.
+MAX_SLOT_WAIT_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How a send that is part of bulk work (a campaign, ``send_due``) treats a transient
+    failure and the per-domain rate limits; :func:`send` (the caller waits) has none."""
+
+    max_attempts: int
+    #: The wait after the n-th try failed transiently.
+    delay: Callable[[int], dt.timedelta]
+    #: Hold the recipient domain's rate limit (services/pacing.py).
+    pace: bool = True
+
+
+def retry_policy(state: MailTrackState) -> RetryPolicy:
+    """The policy ``MAILTRACK_SEND_MAX_ATTEMPTS``, ``..._RETRY_BACKOFF_SECONDS`` and
+    ``MAILTRACK_DOMAIN_RATE_LIMITS`` describe."""
+    return RetryPolicy(state.settings.send_max_attempts, state.settings.retry_delay,
+                       pace=bool(state.settings.domain_rate_limits))
+
 
 #: Statuses a message may be claimed from.
 CLAIMABLE = (MessageStatus.PENDING.value, MessageStatus.SCHEDULED.value)
@@ -106,14 +133,33 @@ def _on_dnc(state: MailTrackState, message: Message) -> bool:
                                        email=message.email)
 
 
-def _send_claimed(state: MailTrackState, message_id: str, mailer: Mailer, claimed_at: dt.datetime) -> Message:
+def send_claimed(state: MailTrackState, message_id: str, mailer: Mailer, claimed_at: dt.datetime,
+                 policy: RetryPolicy | None = None) -> Message:
+    """Deliver a message this process claimed (:func:`claim_at`). With a ``policy``, a
+    transient failure (an SMTP 4xx reply; a server that could not be reached) before the
+    last attempt puts the message back to ``SCHEDULED`` at the backoff's end, and the
+    recipient domain's rate limit is held; the returned row then says ``SCHEDULED``."""
+    return _send_claimed(state, message_id, mailer, claimed_at, policy)
+
+
+def claim_at(state: MailTrackState, message_id: str) -> dt.datetime | None:
+    """:func:`claim`, returning the claim's stamp for :func:`send_claimed` (``None``: not won)."""
+    return _claim(state, message_id)
+
+
+def _send_claimed(state: MailTrackState, message_id: str, mailer: Mailer, claimed_at: dt.datetime,
+                  policy: RetryPolicy | None = None) -> Message:
     session = state.session
     msg = session.get(Message, message_id, populate_existing=True)
     assert msg is not None
     if _on_dnc(state, msg):
         _finish(state, msg, claimed_at, None, status=MessageStatus.SUPPRESSED.value,
-                error_message="Recipient is on the email Do-Not-Contact list.")
+                error_message="Recipient is on the email Do-Not-Contact list.", send_slot_at=None)
         return msg
+    if policy is not None and policy.pace and not _wait_for_slot(state, msg, claimed_at):
+        return msg
+    attempts = (msg.send_attempts or 0) + 1
+    transient = False
     error: str | None = None
     refused: dict[str, Any] = {}
     from_value = msg.sender_email or state.default_sender
@@ -124,36 +170,92 @@ def _send_claimed(state: MailTrackState, message_id: str, mailer: Mailer, claime
         try:
             sender = parse_mailbox(from_value)
             mail = build_email(msg, sender, header_id, echo_headers(state.settings.webhooks, msg.id))
+            try:
+                conn = mailer.connection()
+            except (smtplib.SMTPResponseException, ssl.SSLError):
+                raise  # judged by its reply code below; a TLS failure is set-up, not transient
+            except (OSError, smtplib.SMTPException):
+                transient = True  # nothing was sent: the server could not be reached
+                raise
             # the envelope: bare addresses (a display name there would demand SMTPUTF8)
             bounce_to = verp.envelope_sender(state, msg.id) or sender.addr_spec
-            refused = mailer.deliver(mail, bounce_to, envelope(msg))
+            refused = mailer.transact(conn, mail, bounce_to, envelope(msg))
         except smtplib.SMTPRecipientsRefused as exc:
             error = "; ".join(f"{rcpt}: {_reply(code, text)}" for rcpt, (code, text) in exc.recipients.items())
+            transient = all(_is_transient(code) for code, _ in exc.recipients.values())
         except smtplib.SMTPResponseException as exc:
             error = _reply(exc.smtp_code, exc.smtp_error)
+            transient = _is_transient(exc.smtp_code)
         except Exception as exc:  # noqa: BLE001 - any failure must end the claim as FAILED
             error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         to = parse_mailbox(msg.email).addr_spec if error is None else None
         if to is not None and to in refused:
             code, text = refused[to]
             error = f"{msg.email}: {_reply(code, text)}"
+            transient = _is_transient(code)
     now = utcnow()
+    if error is not None and transient and policy is not None and attempts < policy.max_attempts:
+        _reschedule(state, msg, claimed_at, now + policy.delay(attempts), send_attempts=attempts, send_slot_at=None,
+                    error_message=f"{error} (attempt {attempts} of {policy.max_attempts}; will retry)")
+        return msg
+    if error is not None and attempts > 1:
+        error = f"{error} (after {attempts} attempts)"
     if error is None:
         details: dict[str, Any] = {"internetMessageId": header_id}
         if refused:
             details["refused"] = {r: _reply(c, t) for r, (c, t) in refused.items()}
         event = _outcome_event(msg, EventType.SEND.value, details, now)
         if not _finish(state, msg, claimed_at, event, status=MessageStatus.SENT.value, sent_at=now,
-                       internet_message_id=header_id, error_message=None):
+                       internet_message_id=header_id, error_message=None, send_attempts=attempts,
+                       send_slot_at=None):
             _late_outcome(state, msg, f"delivered after all, as {header_id}", internet_message_id=header_id)
             return msg
     else:
         event = _failure_event(msg, error, now)
-        if not _finish(state, msg, claimed_at, event, status=MessageStatus.FAILED.value, error_message=error):
+        if not _finish(state, msg, claimed_at, event, status=MessageStatus.FAILED.value, error_message=error,
+                       send_attempts=attempts, send_slot_at=None):
             _late_outcome(state, msg, f"failed: {error}")
             return msg
     _announce(msg, event, error)
     return msg
+
+
+def _is_transient(code: int) -> bool:
+    """An SMTP reply that says "try again later" (RFC 5321's 4yz)."""
+    return 400 <= code < 500
+
+
+def _wait_for_slot(state: MailTrackState, msg: Message, claimed_at: dt.datetime) -> bool:
+    """Hold the recipient domain's rate limit: ``True`` once this message's slot is open
+    (waiting up to :data:`MAX_SLOT_WAIT_SECONDS` for it), ``False`` when it was rescheduled
+    to a later slot, which it keeps (``send_slot_at``)."""
+    from . import pacing
+
+    slot = msg.send_slot_at
+    if slot is None:
+        slot = pacing.reserve(state, msg.email)
+        if slot is None:
+            return True
+    wait = (slot - utcnow()).total_seconds()
+    if wait > MAX_SLOT_WAIT_SECONDS:
+        _reschedule(state, msg, claimed_at, slot, send_slot_at=slot)
+        return False
+    if wait > 0:
+        time.sleep(wait)
+    return True
+
+
+def _reschedule(state: MailTrackState, msg: Message, claimed_at: dt.datetime, at: dt.datetime,
+                **values: Any) -> bool:
+    """Put a claimed message back to ``SCHEDULED`` at ``at`` (a retry, or a later rate-limit
+    slot), while the claim is still this one's; no event, no signal: nothing final happened."""
+    with transaction(state) as session:
+        return session.execute(
+            sa.update(messages)
+            .where(messages.c.id == msg.id, messages.c.status == MessageStatus.SENDING.value,
+                   messages.c.updated_at == claimed_at)
+            .values(status=MessageStatus.SCHEDULED.value, scheduled_at=at, updated_at=utcnow(), **values)
+        ).rowcount == 1
 
 
 def _finish(state: MailTrackState, msg: Message, claimed_at: dt.datetime, event: ContactEvent | None,
@@ -319,6 +421,7 @@ def send_due(
         fail_interrupted(state)
     handled = 0
     last: tuple[dt.datetime, str] | None = None
+    policy = retry_policy(state)
     with mailer_for(state) as mailer:
         while True:
             query = _due_query(now).order_by(messages.c.scheduled_at, messages.c.id).limit(batch_size)
@@ -333,12 +436,12 @@ def send_due(
                 last = (scheduled_at, message_id)
                 claimed_at = _claim(state, message_id)
                 if claimed_at is not None:
-                    _send_claimed(state, message_id, mailer, claimed_at)
+                    _send_claimed(state, message_id, mailer, claimed_at, policy)
                     handled += 1
                 if progress is not None:
                     progress(1)
     return handled
 
 
-__all__ = ["send", "send_due", "count_due", "claim", "fail_interrupted", "parse_smtp_url", "html_to_text",
-           "build_email", "INTERRUPTED"]
+__all__ = ["send", "send_due", "count_due", "claim", "claim_at", "send_claimed", "fail_interrupted",
+           "retry_policy", "RetryPolicy", "parse_smtp_url", "html_to_text", "build_email", "INTERRUPTED"]

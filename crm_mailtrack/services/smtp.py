@@ -104,7 +104,11 @@ class Mailer:
 
     def deliver(self, mail: EmailMessage, sender: str, recipients: list[str]) -> dict[str, Any]:
         """Send one message; returns the refused recipients (as ``smtplib.sendmail``)."""
-        conn = self.connection()
+        return self.transact(self.connection(), mail, sender, recipients)
+
+    def transact(self, conn: smtplib.SMTP, mail: EmailMessage, sender: str, recipients: list[str]) -> dict[str, Any]:
+        """One mail transaction on ``conn`` (from :meth:`connection`): a failure here may
+        come after the server accepted the message, unlike one while connecting."""
         try:
             return conn.send_message(mail, from_addr=sender, to_addrs=recipients)
         except smtplib.SMTPServerDisconnected:

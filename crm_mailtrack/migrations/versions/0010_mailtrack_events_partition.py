@@ -1,7 +1,7 @@
 """event log partitioned by month on PostgreSQL; events unique by (uid, occurred_at)
 
 Revision ID: 0010_mailtrack_events_partition
-Revises: 0006_mailtrack_contact_email
+Revises: 0009_mailtrack_scale_out
 Create Date: 2026-11-30 12:00:00
 
 PostgreSQL: ``mailtrack_events`` becomes ``PARTITION BY RANGE (occurred_at)``, one partition
@@ -30,7 +30,7 @@ from sqlalchemy.dialects import postgresql
 
 # revision identifiers, used by Alembic.
 revision: str = '0010_mailtrack_events_partition'
-down_revision: str | Sequence[str] | None = '0008_mailtrack_esp_webhooks'
+down_revision: str | Sequence[str] | None = '0009_mailtrack_scale_out'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

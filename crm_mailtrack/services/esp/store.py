@@ -35,7 +35,8 @@ import sqlalchemy as sa
 
 from ... import bots
 from ...db import chunks, dialect_name, insert, transaction
-from ...models import EVENT_UID_KEY, ContactEvent, Message, events, messages, utcnow, webhook_receipts
+from ...inbound_models import webhook_receipts
+from ...models import EVENT_UID_KEY, ContactEvent, Message, events, messages, utcnow
 from ...requestinfo import anonymize_ip
 from ...signals import events_reclassified
 from ...state import MailTrackState

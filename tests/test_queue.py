@@ -1,0 +1,270 @@
+"""Campaign sends through a real Celery worker (in a thread of this process) on the real Redis
+and RabbitMQ brokers of this machine, into a real SMTP server on loopback: each message sent
+once even when its task is delivered twice, a 451 retried then accepted, a 5xx failed at
+once, the per-domain rate limit pacing what the server receives, and the progress a host
+reads from the API. Skipped, with the reason, when a broker is unreachable.
+
+The same sends without a queue (in-process, then ``send-due``) are in test_campaign_send.py.
+"""
+from __future__ import annotations
+
+import contextlib
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from crm_mailtrack.models import events, messages
+
+from mailserver import FlakyHandler, MailServer
+
+celery = pytest.importorskip("celery", reason="the 'celery' extra is not installed")
+from celery.contrib.testing.worker import start_worker  # noqa: E402
+from kombu import Exchange, Queue  # noqa: E402
+
+SENDER = "crm@example.com"
+HTML = '<p>Hi</p><p><a href="https://shop.test/offer">offer</a></p>'
+BROKERS = {
+    "redis": ("redis://127.0.0.1:6379/0", 6379),
+    "rabbitmq": ("amqp://guest:guest@127.0.0.1:5672//", 5672),
+}
+
+
+@pytest.fixture(scope="module")
+def smtp() -> Iterator[MailServer]:
+    with MailServer(FlakyHandler()) as srv:
+        yield srv
+
+
+@pytest.fixture
+def handler(smtp: MailServer) -> FlakyHandler:
+    h: FlakyHandler = smtp.handler  # type: ignore[assignment]
+    h.received.clear()
+    h.refuse.clear()
+    h.arrivals.clear()
+    h.defer = 0
+    h.data_commands = 0
+    return h
+
+
+@pytest.fixture(params=list(BROKERS))
+def broker_url(request: pytest.FixtureRequest) -> str:
+    url, port = BROKERS[request.param]
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    except OSError as exc:
+        pytest.skip(f"{request.param} broker at 127.0.0.1:{port} is unreachable: {exc}")
+    return url
+
+
+@pytest.fixture
+def celery_app(broker_url: str) -> Iterator[Any]:
+    """A Celery app of the host's own, on a queue of this test's own (other runs may share
+    the broker), deleted when the worker leaves."""
+    name = f"mailtrack-test-{uuid.uuid4().hex[:12]}"
+    capp = celery.Celery("host", broker=broker_url, set_as_current=False)
+    capp.conf.update(
+        task_default_queue=name,
+        task_queues=[Queue(name, Exchange(name), routing_key=name, durable=False, auto_delete=True)],
+        broker_connection_retry_on_startup=False,
+        worker_hijack_root_logger=False,
+    )
+    yield capp
+    with contextlib.suppress(Exception):
+        capp.control.purge()
+    capp.close()
+
+
+def make_queued_app(make_app: Any, smtp: MailServer, celery_app: Any, **config: Any) -> Any:
+    app = make_app(MAILTRACK_SMTP_URL=smtp.url(), MAILTRACK_DEFAULT_SENDER=SENDER, **config)
+    app.extensions["mailtrack"].extension.init_celery(celery_app, app)
+    return app
+
+
+@contextlib.contextmanager
+def worker(celery_app: Any, *, threads: int = 2) -> Iterator[Any]:
+    """A real worker consuming the test's queue, ``threads`` tasks at a time."""
+    with start_worker(celery_app, pool="threads", concurrency=threads, perform_ping_check=False,
+                      loglevel="WARNING", shutdown_timeout=30) as w:
+        yield w
+
+
+def wait_done(app: Any, campaign_id: str, timeout: float = 60) -> dict[str, Any]:
+    """Poll the campaign's progress (each time in a fresh app context, as a web request
+    would) until nothing is queued or being sent."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with app.app_context():
+            progress = app.extensions["mailtrack"].extension.campaign_progress(campaign_id)
+        if progress["queued"] == 0 and progress["sending"] == 0:
+            return progress
+        if time.monotonic() > deadline:
+            raise AssertionError(f"campaign {campaign_id} not done after {timeout}s: {progress}")
+        time.sleep(0.1)
+
+
+def rows(app: Any) -> dict[str, Any]:
+    with app.app_context():
+        session = app.extensions["mailtrack"].session
+        return {r.email: r for r in session.execute(sa.select(messages)).all()}
+
+
+def event_types(app: Any, message_id: str) -> list[str]:
+    with app.app_context():
+        session = app.extensions["mailtrack"].session
+        return sorted(session.execute(sa.select(events.c.type).where(events.c.message_id == message_id)).scalars())
+
+
+def recipients(n: int, domain: str = "example.com") -> list[dict[str, str]]:
+    return [{"contact_id": f"c{i}", "email": f"c{i}@{domain}"} for i in range(n)]
+
+
+def test_a_campaign_fans_out_to_tasks_and_each_recipient_gets_one_copy(make_app, smtp, handler, celery_app,
+                                                                       api_headers):
+    app = make_queued_app(make_app, smtp, celery_app)
+    with app.app_context():
+        started = app.extensions["mailtrack"].extension.send_campaign(
+            "spring", recipients(6), subject="Spring sale", html=HTML)
+    # enqueued, not sent: no worker runs yet
+    assert started == {"campaign_id": "spring", "total": 6, "queued": 6, "retrying": 0, "sending": 0,
+                       "sent": 0, "failed": 0, "suppressed": 0, "cancelled": 0}
+    assert handler.received == []
+    with worker(celery_app):
+        done = wait_done(app, "spring")
+    assert done["sent"] == 6 and done["total"] == 6 and done["failed"] == 0
+    got = sorted(r.rcpt_tos[0] for r in handler.received)
+    assert got == sorted(f"c{i}@example.com" for i in range(6))
+    assert all(b"Subject: Spring sale" in r.raw for r in handler.received)
+    stored = rows(app)
+    assert {r.status for r in stored.values()} == {"SENT"}
+    assert all(event_types(app, r.id) == ["send"] for r in stored.values())
+
+    resp = app.test_client().get("/mailtrack/api/campaigns/spring/progress", headers=api_headers)
+    assert resp.status_code == 200
+    assert resp.json == {"campaign_id": "spring", "total": 6, "queued": 0, "retrying": 0, "sending": 0,
+                         "sent": 6, "failed": 0, "suppressed": 0, "cancelled": 0}
+
+
+def test_a_task_delivered_twice_sends_once(make_app, smtp, handler, celery_app):
+    """Every task published twice, two worker threads racing for them: the message's claim
+    lets one of each pair send; the server receives one copy per message."""
+    app = make_queued_app(make_app, smtp, celery_app)
+    with app.app_context():
+        mt = app.extensions["mailtrack"].extension
+        ids = mt.track_messages(recipients(5), subject="Twice", html=HTML, campaign_id="dup")
+    queue = app.extensions["mailtrack"].queue
+    assert queue.enqueue([*ids, *ids]) == 10
+    with worker(celery_app, threads=2):
+        wait_done(app, "dup")
+        time.sleep(0.5)  # let the second task of each pair run too
+    assert len(handler.received) == 5
+    assert handler.data_commands == 5
+    assert sorted(r.rcpt_tos[0] for r in handler.received) == sorted(f"c{i}@example.com" for i in range(5))
+    assert all(event_types(app, mid) == ["send"] for mid in ids)
+
+
+def test_a_451_is_retried_with_backoff_then_sent(make_app, smtp, handler, celery_app):
+    handler.defer = 1
+    app = make_queued_app(make_app, smtp, celery_app, MAILTRACK_SEND_RETRY_BACKOFF_SECONDS=0.3)
+    with app.app_context():
+        app.extensions["mailtrack"].extension.send_campaign("retry", recipients(1), subject="Retry", html=HTML)
+    with worker(celery_app):
+        done = wait_done(app, "retry")
+    assert done["sent"] == 1 and done["failed"] == 0
+    assert handler.data_commands == 2  # the 451, then the accepted one
+    assert len(handler.received) == 1
+    row = rows(app)["c0@example.com"]
+    assert row.status == "SENT" and row.send_attempts == 2 and row.error_message is None
+    assert event_types(app, row.id) == ["send"]
+
+
+def test_a_5xx_fails_at_once_and_451s_run_out_of_attempts(make_app, smtp, handler, celery_app):
+    handler.refuse.add("c0@example.com")
+    handler.defer = -1  # every DATA is answered 451
+    app = make_queued_app(make_app, smtp, celery_app, MAILTRACK_SEND_RETRY_BACKOFF_SECONDS=0.1,
+                          MAILTRACK_SEND_MAX_ATTEMPTS=3)
+    with app.app_context():
+        app.extensions["mailtrack"].extension.send_campaign("fail", recipients(2), subject="No", html=HTML)
+    with worker(celery_app):
+        done = wait_done(app, "fail")
+    assert done["failed"] == 2 and done["sent"] == 0
+    stored = rows(app)
+    refused, deferred = stored["c0@example.com"], stored["c1@example.com"]
+    assert refused.status == "FAILED" and refused.send_attempts == 1
+    assert refused.error_message.startswith("c0@example.com: 550")
+    assert deferred.status == "FAILED" and deferred.send_attempts == 3
+    assert deferred.error_message.startswith("451") and deferred.error_message.endswith("(after 3 attempts)")
+    assert handler.data_commands == 3 and handler.received == []
+    assert event_types(app, refused.id) == ["failed"] and event_types(app, deferred.id) == ["failed"]
+
+
+def test_the_domain_rate_limit_paces_what_the_server_receives(make_app, smtp, handler, celery_app):
+    """4 a second for example.org: one slot every 0.25 s, whichever worker thread sends; the
+    other domain is not held back."""
+    app = make_queued_app(make_app, smtp, celery_app, MAILTRACK_DOMAIN_RATE_LIMITS={"example.org": "4/s"})
+    with app.app_context():
+        mt = app.extensions["mailtrack"].extension
+        mt.track_messages(recipients(8, "example.org"), subject="Paced", html=HTML, campaign_id="paced")
+        mt.track_messages([{"contact_id": "x", "email": "x@other.test"}], subject="Free", html=HTML,
+                          campaign_id="paced")
+        mt.send_campaign("paced")
+    with worker(celery_app, threads=3):
+        done = wait_done(app, "paced")
+    assert done["sent"] == 9
+    paced = [t for t, rcpts in handler.arrivals if rcpts[0].endswith("@example.org")]
+    assert len(paced) == 8
+    # Slots are reserved 0.25 s apart (1.75 s from first to last); what the server sees also
+    # carries each SMTP conversation's latency, which varies on a busy machine. Unpaced, the
+    # eight would arrive within a few hundredths of a second.
+    assert paced[-1] - paced[0] >= 1.0, paced
+    for start in paced:  # any second holds 4, +1 for the latency's jitter (unpaced: all 8)
+        assert sum(1 for t in paced if start <= t < start + 1.0) <= 5, paced
+
+
+def test_init_celery_twice_is_refused(make_app, smtp, celery_app):
+    app = make_queued_app(make_app, smtp, celery_app)
+    with pytest.raises(RuntimeError, match="already"):
+        app.extensions["mailtrack"].extension.init_celery(celery_app, app)
+
+
+
+def test_webhooks_are_delivered_by_the_queue(make_app, smtp, celery_app, api_headers):
+    """The beat task ``crm_mailtrack.deliver_webhooks`` run by a worker posts the signed event."""
+    from test_webhooks_outbound import Receiver
+
+    standardwebhooks = pytest.importorskip("standardwebhooks")
+    receiver = Receiver()
+    try:
+        app = make_queued_app(make_app, smtp, celery_app)
+        client = app.test_client()
+        hook = client.post("/mailtrack/api/webhooks", json={"url": receiver.url, "eventTypes": ["unsubscribe"]},
+                           headers=api_headers).json
+        with app.app_context():
+            mt = app.extensions["mailtrack"].extension
+            mt.record_event("c1", "unsubscribe", email="c1@example.com")
+        assert receiver.requests == []
+        celery_app.send_task("crm_mailtrack.deliver_webhooks")
+        with worker(celery_app):
+            deadline = time.monotonic() + 30
+            while not receiver.requests and time.monotonic() < deadline:
+                time.sleep(0.1)
+        (headers, body, _), = receiver.requests
+        payload = standardwebhooks.Webhook(hook["secret"]).verify(body, headers)
+        assert payload["type"] == "unsubscribe" and payload["data"]["contactId"] == "c1"
+    finally:
+        receiver.close()
+
+
+def test_the_api_campaign_send_enqueues_for_the_workers(make_app, smtp, handler, celery_app, api_headers):
+    app = make_queued_app(make_app, smtp, celery_app)
+    resp = app.test_client().post("/mailtrack/api/campaigns/api/send", headers=api_headers, json={
+        "subject": "Via API", "html": HTML, "recipients": [{"contactId": "c1", "email": "c1@example.com"}]})
+    assert resp.status_code == 202 and resp.json["queued"] == 1
+    assert handler.data_commands == 0
+    with worker(celery_app):
+        done = wait_done(app, "api")
+    assert done["sent"] == 1 and [r.rcpt_tos for r in handler.received] == [["c1@example.com"]]
