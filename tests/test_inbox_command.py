@@ -363,3 +363,25 @@ def test_a_verp_addressed_bounce_from_imap_matches_its_message(make_app, dovecot
     with app.app_context():
         assert app.extensions["mailtrack"].extension.can_contact("ann") is False
     assert _by_message_id(dovecot) == {"<E1verp-2@mx.example.org>": {"$MailtrackIgnored"}}
+
+
+@pytest.mark.parametrize("delete", [False, True], ids=["mark", "delete"])
+def test_mail_another_host_stored_before_is_a_duplicate_marked_or_deleted(make_app, dovecot: Dovecot, _server: Any,
+                                                                         handler: Any, delete: bool) -> None:
+    """The same bounce reached the app by another way first (another host's fetch-inbox whose
+    mark was lost, a pipe transport): ``ingest_mail`` stored it. fetch-inbox finds it stored
+    before (``duplicate``): marked like stored mail, or deleted with --delete; never
+    ``$MailtrackIgnored``, and no second event."""
+    app = _sending_app(make_app, _server, dovecot, "imap")
+    (ann_id,), (to_ann,) = _send(app, handler, ("ann@example.com", None))
+    bounce = _dsn(to_ann, "ann@example.com", 1)
+    with app.app_context():
+        assert [e.type for e in app.extensions["mailtrack"].extension.ingest_mail(bounce)] == ["bounce"]
+    dovecot.append(bounce)
+
+    result = app.test_cli_runner().invoke(args=["mailtrack", "fetch-inbox", *(["--delete"] if delete else [])])
+
+    assert result.exit_code == 0, result.output
+    assert "1 fetched: 0 stored, 1 duplicate, 0 ignored (unmatched), 0 malformed, 0 failed" in result.stdout
+    assert _by_message_id(dovecot) == ({} if delete else {"<dsn-1@mx.example.com>": STORED_FLAGS})
+    assert _types(app, ann_id) == ["bounce", "send"]
