@@ -346,26 +346,31 @@ def infer_forwards(days: int | None) -> None:
               help="Handle at most this many messages; the rest wait for the next run.")
 @click.option("--max-size", "max_bytes", type=click.IntRange(min=1), default=10 * 1024 * 1024, show_default=True,
               metavar="BYTES", help="Larger messages are not downloaded: counted malformed and skipped.")
-@click.option("--tenant", default=None, help="Tenant passed to ingest_mail (default: its own default).")
+@click.option("--tenant", default=None, help="Match only this tenant's messages (default: any tenant's).")
 def fetch_inbox(delete: bool, batch_size: int, limit: int | None, max_bytes: int, tenant: str | None) -> None:
     """Read MAILTRACK_INBOX_URL: ingest each new message (bounces, complaints, replies), then
     mark or delete what was stored. Unmatched and malformed mail is marked so that no later run
     reads it again, and stays unread; mail that failed is left for the next run. Safe to run
     from cron on several hosts at once. Exit status 1 when a message failed or the run stopped."""
+    from .errors import ConfigurationError
+    from .services import inbound, mailparse
     from .services.inbox import InboxError, InboxFetcher
 
+    try:
+        mailparse.require_libraries()  # before any mail is read: not one "failed" per message
+    except ConfigurationError as exc:
+        _fail(str(exc))
     state = get_state()
     inbox = state.settings.inbox
     if inbox is None:
         _fail("MAILTRACK_INBOX_URL is not set: it names the mailbox to read, such as "
               "imaps://user:password@imap.example.com:993/INBOX")
-    ingest_mail = getattr(state.extension, "ingest_mail", None)
-    if ingest_mail is None:
-        _fail("this crm_mailtrack has no MailTrack.ingest_mail: it cannot ingest mail")
     options = {} if tenant is None else {"tenant_id": tenant}
 
-    def ingest(raw: bytes) -> Any:
-        return ingest_mail(raw, **options)
+    def ingest(raw: bytes) -> inbound.IngestResult:
+        # the service's result, not ingest_mail's list: its status tells a duplicate (stored
+        # before, e.g. by another host: marked or deleted) from mail that matches nothing
+        return inbound.ingest(state, raw, **options)
 
     if inbox.protocol == "pop3":
         delete = True

@@ -101,7 +101,7 @@ def line_chart(days: Sequence[dt.date], series: Sequence[tuple[str, str, Sequenc
 
 def funnel_chart(steps: Sequence[dict[str, object]], *, title: str) -> Markup:
     """Horizontal bars per funnel step: all events (light) behind people only (solid)."""
-    row_h, label_w = 36, 132
+    row_h, label_w = 36, 190  # "Complained (spam)" whole at the label size
     height = PAD_T + row_h * len(steps) + 8
     top = max((int(s["all"]) for s in steps), default=0) or 1  # type: ignore[call-overload]
     usable = W - label_w - 70

@@ -5,8 +5,11 @@ messages are stored with ``track_message`` and delivered with ``send`` (to a pri
 SMTP server, so the demo mail also shows in the Inbox), opens and clicks are real requests
 to the public tracking routes (a browser's user agent for people; HEAD and prefetch
 requests for mail scanners and image proxies, which the extension flags as machine
-events), the unsubscribe is a real RFC 8058 POST, and the bounce and forwards come in
-through ``record_event`` as an ESP webhook would deliver them.
+events), the unsubscribe is a real RFC 8058 POST, a bounce and the forwards come in
+through ``record_event`` as an ESP webhook would deliver them, and the mail that comes back
+after the newest campaign (replies quoting it, a hard bounce, a spam complaint, an
+out-of-office answer: :mod:`.received`) through ``ingest_mail``, as ``flask mailtrack
+fetch-inbox`` hands it over.
 
 Only the clock is simulated, for the whole process, with ``time-machine``: each step runs
 at its story time, so the extension stamps its rows (messages, events, Do-Not-Contact and
@@ -163,7 +166,9 @@ class _Story:
         self.mailtrack = mailtrack
         self.base = app.config["MAILTRACK_BASE_URL"].rstrip("/")
         self.client = app.test_client()
-        self.counts = {"contacts": 0, "campaigns": 0, "messages": 0, "requests": 0}
+        self.counts = {"contacts": 0, "campaigns": 0, "messages": 0, "requests": 0, "received": 0}
+        #: The newest campaign's delivered messages: ``(contact, message, sent at)``.
+        self.newest: list[tuple[Contact, Message, dt.datetime]] = []
 
     def tell(self, anchor: dt.datetime) -> dict[str, int]:
         from .outbox import personalise
@@ -198,13 +203,41 @@ class _Story:
                 self.counts["messages"] += 1
                 if str(message.status) != "SENT":
                     continue
+                if spec is CAMPAIGNS[-1] and contact.id != bouncer.id:
+                    self.newest.append((contact, message, when))
                 if contact.id == bouncer.id:
                     self.bounce(contact, message, spec.slug, when + dt.timedelta(minutes=2))
                     continue
                 self.engage(contact, message, spec, when, habit[contact.id],
                             unsubscribe=contact.id == unsubscriber.id and spec.slug == "spring-webinar",
                             forward=contact.id in forwarders and spec.slug == "q2-product-update")
+        self.mail_back()
         return self.counts
+
+    def mail_back(self) -> None:
+        """What comes back after the newest campaign, received at its story time and handed to
+        ``ingest_mail`` (after the whole story, so it changes nothing that came before): two
+        replies quoting it, a hard bounce, a spam complaint and an out-of-office answer."""
+        from . import received
+
+        people = [(c, m, sent) for c, m, sent in self.newest if not c.email.endswith("@contoso.example")]
+        (ann, m1, s1), (bob, m2, s2), (_, m3, s3), (_, m4, s4), (eve, m5, s5) = people[:5]
+        mails = [
+            (s1 + dt.timedelta(hours=3), received.reply(
+                m1, ann.display_name, f"Hi Northwind team,\n\nThanks, the annual plan looks good. Could you send "
+                f"me a quote for 12 seats for {ann.company}?\n\nBest regards,\n{ann.first_name}",
+                s1 + dt.timedelta(hours=3), s1, 1)),
+            (s2 + dt.timedelta(days=1, hours=2), received.reply(
+                m2, bob.display_name, f"Hello,\n\nDoes the 20% also apply if we upgrade mid-year?\n\n{bob.first_name}",
+                s2 + dt.timedelta(days=1, hours=2), s2, 2)),
+            (s3 + dt.timedelta(minutes=1), received.hard_bounce(m3, s3 + dt.timedelta(minutes=1), s3)),
+            (s4 + dt.timedelta(hours=20), received.complaint(m4, s4 + dt.timedelta(hours=20), s4)),
+            (s5 + dt.timedelta(minutes=4), received.out_of_office(
+                m5, eve.display_name, s5 + dt.timedelta(minutes=4), (s5 + dt.timedelta(days=7)).date())),
+        ]
+        for when, raw in mails:
+            with at(when):
+                self.counts["received"] += len(self.mailtrack.ingest_mail(raw))
 
     def hit(self, method: str, url: str, ua: str, when: dt.datetime, ip: str | None = None, **headers: str) -> None:
         """A real request to a tracking route, at ``when``."""

@@ -134,9 +134,13 @@ def thread(message_id: str) -> dict[str, list[dict[str, Any]]]:
     items = [{"direction": "out", "when": m.get("sentAt") or m.get("createdAt"), "from": None,
               "to": ", ".join(m.get("recipients") or []), "subject": m.get("subject") or "", "id": m["id"],
               "status": m.get("status"), "text": None} for m in data.get("outbound", [])]
+    # a reply shows its own text (``replyText``: no quoted original, signature or disclaimer),
+    # the whole text and the HTML part as received only on demand, the HTML as source: received
+    # mail is untrusted and never rendered (the template escapes it)
     items += [{"direction": "in", "when": m.get("receivedAt"), "from": _sender(m), "to": None,
                "subject": m.get("subject") or "", "id": m.get("id"), "status": m.get("status"),
-               "text": m.get("bodyText") or ""} for m in data.get("inbound", [])]
+               "text": m.get("replyText") or m.get("bodyText") or "", "whole": m.get("bodyText") or "",
+               "html": m.get("bodyHtml") or ""} for m in data.get("inbound", [])]
     items.sort(key=lambda i: str(i["when"] or ""))
     return {"items": items, "inbound": data.get("inbound", []), "outbound": data.get("outbound", [])}
 

@@ -12,6 +12,7 @@ belongs to ``nobody``; as anyone else, everything runs as that user (Dovecot's r
 from __future__ import annotations
 
 import email
+import email.errors
 import email.parser
 import email.policy
 import imaplib
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from crm_mailtrack.services.inbox import Outcome
+from crm_mailtrack.services.inbound import DUPLICATE, MALFORMED, RECORDED, UNMATCHED, IngestResult
 
 DOVECOT = "/usr/sbin/dovecot"
 DOVEADM = "/usr/bin/doveadm"
@@ -291,9 +292,11 @@ def mail(subject: str, *, extra: str = "", body: str = "hello") -> bytes:
 
 
 class RecordingIngest:
-    """Parses each message (raising on a defect, as a strict parser does), stores each
-    Message-ID once (``DUPLICATE`` the second time), returns ``[]`` for mail it does not
-    want (``X-Test: unmatched``) and raises for ``X-Test: fail`` (a store that fails)."""
+    """Answers as :func:`crm_mailtrack.services.inbound.ingest` does, without its database:
+    parses each message (a defect or absurd nesting: ``malformed``, with the parser's error
+    as the reason, never raised), stores each Message-ID once (``duplicate`` the second
+    time), ``unmatched`` for mail it does not want (``X-Test: unmatched``), and raises for
+    ``X-Test: fail`` (a store that fails)."""
 
     def __init__(self) -> None:
         self.calls: list[bytes] = []
@@ -301,21 +304,24 @@ class RecordingIngest:
         self.lock = threading.Lock()
         self.on_call: Any = None
 
-    def __call__(self, raw: bytes) -> Any:
+    def __call__(self, raw: bytes) -> IngestResult:
         with self.lock:
             self.calls.append(raw)
         if self.on_call is not None:
             self.on_call(len(self.calls))
-        msg = email.message_from_bytes(raw, policy=email.policy.default.clone(raise_on_defect=True))
+        try:
+            msg = email.message_from_bytes(raw, policy=email.policy.default.clone(raise_on_defect=True))
+        except (email.errors.MessageError, email.errors.MessageDefect, UnicodeError, RecursionError) as exc:
+            return IngestResult(MALFORMED, reason=f"{type(exc).__name__}: {exc}")
         if msg["X-Test"] == "fail":
             raise RuntimeError("the store refused it")
         if msg["X-Test"] == "unmatched":
-            return []
+            return IngestResult(UNMATCHED, reason="names no message of ours")
         with self.lock:
             if msg["Message-ID"] in self.stored:
-                return Outcome.DUPLICATE
+                return IngestResult(DUPLICATE)
             self.stored[msg["Message-ID"]] = raw
-        return [f"event of {msg['Message-ID']}"]
+        return IngestResult(RECORDED)
 
 
 def flags_by_subject(server: Dovecot) -> dict[str, set[str]]:

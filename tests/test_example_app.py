@@ -206,8 +206,11 @@ def test_contacts_search_and_dnc_state(example: Flask) -> None:
     emails = re.findall(r"<small>([^<]+@[^<]+)</small>", html)
     assert emails and all(e.endswith("@contoso.example") for e in emails)
     with example.app_context():
-        reasons = dict(db.session.execute(sa.select(dnc.c.contact_id, dnc.c.reason)).all())
-    assert sorted(reasons.values()) == [int(DNCReason.UNSUBSCRIBED), int(DNCReason.BOUNCED)]
+        reasons = db.session.execute(sa.select(dnc.c.reason, dnc.c.comments)).all()
+    # a webhook's bounce and a received DSN's; an RFC 8058 unsubscribe and a received spam complaint
+    assert sorted((int(r), c == "complaint") for r, c in reasons) == [
+        (int(DNCReason.UNSUBSCRIBED), False), (int(DNCReason.UNSUBSCRIBED), True),
+        (int(DNCReason.BOUNCED), False), (int(DNCReason.BOUNCED), False)]
     all_rows = client.get("/contacts?sort=status&dir=desc").get_data(as_text=True)  # DNC first
     assert "DNC: Bounced" in all_rows and "DNC: Unsubscribed" in all_rows
     assert 'class="tag"' in all_rows  # UTM campaigns
@@ -284,18 +287,20 @@ def test_compose_and_send_delivers_to_the_local_smtp_server(example: Flask) -> N
     assert demo_mail == 139  # the demo's campaigns were really sent too (4 x 36, 5 suppressed)
     slug = _send_campaign(client)
     flash = client.get(f"/campaigns/{slug}").get_data(as_text=True)  # where the form redirected
-    assert "Sent 34 messages; 2 suppressed (Do-Not-Contact)." in flash  # send() reports each outcome
+    assert "Sent 32 messages; 4 suppressed (Do-Not-Contact)." in flash  # send() reports each outcome
     with example.app_context():
         mails = db.session.execute(sa.select(InboxMail).where(InboxMail.id > demo_mail)).scalars().all()
         statuses = dict(db.session.execute(sa.select(messages.c.status, sa.func.count())
                                            .where(messages.c.campaign_id == slug).group_by(messages.c.status)).all())
-    assert statuses == {"SENT": 34, "SUPPRESSED": 2}  # the bounced and the unsubscribed contact
-    assert len(mails) == 34
+    # suppressed: the two bounced contacts (a webhook, a received DSN), the one who unsubscribed
+    # and the one who complained (a received ARF report)
+    assert statuses == {"SENT": 32, "SUPPRESSED": 4}
+    assert len(mails) == 32
     mail = mails[0]
     assert mail.subject.startswith("Hello ") and "{first_name}" not in mail.subject
     assert f"{BASE_URL}/mailtrack/t/c/" in mail.html and f"{BASE_URL}/mailtrack/t/o/" in mail.html
     assert mail.list_unsubscribe and "/mailtrack/t/u/" in mail.list_unsubscribe
-    assert _funnel(client, slug)["sent"] == (34, 34)
+    assert _funnel(client, slug)["sent"] == (32, 32)
     inbox = client.get("/inbox").get_data(as_text=True)
     assert all(f'href="/inbox/{m.id}"' in inbox for m in mails)
     page = client.get(f"/inbox/{mail.id}").get_data(as_text=True)

@@ -115,7 +115,7 @@ def test_imap_hands_each_new_message_over_byte_for_byte_and_flags_it_by_outcome(
     assert ingest.calls == [messages[s] for s in ("stored", "unmatched", "failing", "malformed", "stored 2")]
     problems = dict(report.problems)  # by UID, in the order of delivery
     assert problems["3"] == "RuntimeError: the store refused it"
-    assert problems["4"].startswith("CloseBoundaryNotFoundDefect")
+    assert problems["4"].startswith("malformed: CloseBoundaryNotFoundDefect")
     assert problems["5"] == f"{len(messages['huge'])} bytes, over the limit of 100000"
     assert sorted(problems) == ["3", "4", "5"]
     assert flags_by_subject(dovecot) == {
@@ -315,7 +315,7 @@ def test_mime_nested_absurdly_deep_is_malformed_and_the_run_goes_on(dovecot: Dov
     ingest = RecordingIngest()
     report = fetch_inbox(parse_inbox_url(dovecot.url("imap")), ingest)
     assert (report.fetched, report.stored, report.malformed, report.failed) == (2, 1, 1, 0)
-    assert report.problems[0][1].startswith("RecursionError")
+    assert report.problems[0][1].startswith("malformed: RecursionError")
     assert flags_by_subject(dovecot) == {"deep": {"$MailtrackSkipped"}, "after": STORED_FLAGS}
 
 

@@ -1,12 +1,13 @@
 """``fetch-inbox``: read a mailbox, hand each message to ``ingest``, then settle it on the
 server according to what ``ingest`` made of it.
 
-``ingest(raw: bytes)`` is ``MailTrack.ingest_mail`` in the command (any callable in tests and
-host code). What it returns decides the outcome: a non-empty list of events is *stored*, an
-empty one *ignored* (matched nothing); it may also return an :class:`Outcome` (``DUPLICATE``:
-already stored, e.g. by another host). An exception from email parsing (``MessageError``,
-``MessageDefect`` raised by a strict policy, ``UnicodeError``, ``RecursionError``) is *malformed*; the database being unavailable stops the
-run; any other exception is *failed*.
+``ingest(raw: bytes)`` is :func:`.inbound.ingest` in the command (any callable in tests and
+host code) and returns an :class:`~.inbound.IngestResult`; its ``status`` alone decides the
+outcome, through :data:`OUTCOMES` (the one mapping): ``recorded`` is *stored*, ``duplicate``
+(stored before, e.g. by another host) *duplicate*, ``ignored`` and ``unmatched`` *ignored*,
+``malformed``, ``too-large`` and ``too-deep`` *malformed*. The service never raises for bad
+mail; :class:`~crm_mailtrack.errors.DatabaseUnavailable` stops the run (the message in hand
+and the rest are left untouched); any other exception is *failed*.
 
 What happens on the server (:mod:`.mailbox`): stored and duplicate mail is marked (IMAP
 ``\\Seen`` and ``$MailtrackStored``) or, with ``delete``, deleted; ignored and malformed mail
@@ -15,27 +16,25 @@ is left exactly as it was, to be read again by the next run. Only messages witho
 keywords are read, their flags are checked again just before ingesting, and each one is
 settled as soon as it is handled, so several hosts can run the command from cron at once:
 a message is handed to ``ingest`` twice only when two runs read it in the same instant, and
-``ingest_mail`` stores the same received mail once. A dropped connection is reopened (at
-most ``reconnects`` times in a row) and the mark of the message in hand is made then.
+the service stores the same received mail once (the second gets ``duplicate``, so both delete
+it). A dropped connection is reopened (at most ``reconnects`` times in a row) and the mark of
+the message in hand is made then.
 """
 from __future__ import annotations
 
-import email.errors
 import enum
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 from ..errors import DatabaseUnavailable
+from . import inbound
 from .inbox_url import InboxSettings
 from .mailbox import DROPPED, PROTOCOL_ERRORS, InboxError, Mailbox, Unreadable, open_mailbox
 
 #: Largest message read (bytes, as the server reports its size); larger is skipped as malformed.
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024
 DEFAULT_BATCH_SIZE = 100
-#: Exceptions of ``ingest`` that mean "this message cannot be parsed" (skipped for good).
-MALFORMED_ERRORS: tuple[type[BaseException], ...] = (email.errors.MessageError, email.errors.MessageDefect,
-                                                     UnicodeError, RecursionError)
 
 
 class Outcome(str, enum.Enum):
@@ -48,20 +47,16 @@ class Outcome(str, enum.Enum):
     FAILED = "failed"
 
 
-#: ``ingest(raw)`` returns the events it stored (empty: matched nothing) or an Outcome.
-Ingest = Callable[[bytes], Union[Sequence[Any], Outcome]]
+#: ``ingest(raw)`` returns the service's :class:`~.inbound.IngestResult` (its ``status`` and ``reason`` are read).
+Ingest = Callable[[bytes], inbound.IngestResult]
+#: The outcome of each :func:`.inbound.ingest` status: the one place the two meet.
+OUTCOMES = {inbound.RECORDED: Outcome.STORED, inbound.DUPLICATE: Outcome.DUPLICATE,
+            inbound.IGNORED: Outcome.IGNORED, inbound.UNMATCHED: Outcome.IGNORED,
+            inbound.MALFORMED: Outcome.MALFORMED, inbound.TOO_LARGE: Outcome.MALFORMED,
+            inbound.TOO_DEEP: Outcome.MALFORMED}
 #: How each outcome is settled on the server (``None``: left untouched).
 _SETTLE = {Outcome.STORED: "stored", Outcome.DUPLICATE: "stored", Outcome.IGNORED: "ignored",
            Outcome.MALFORMED: "skipped", Outcome.FAILED: None}
-
-
-def outcome_of(result: Sequence[Any] | Outcome) -> Outcome:
-    """Map what ``ingest`` returned to an outcome (TypeError for anything else)."""
-    if isinstance(result, Outcome):
-        return result
-    if isinstance(result, Sequence) and not isinstance(result, (str, bytes)):
-        return Outcome.STORED if len(result) else Outcome.IGNORED
-    raise TypeError(f"ingest must return a list of events or an Outcome, not {type(result).__name__}")
 
 
 @dataclass
@@ -169,15 +164,15 @@ class InboxFetcher:
         if raw is None:
             return Outcome.DUPLICATE  # gone, or handled by another run since the search
         try:
-            outcome = outcome_of(self.ingest(raw))
-        except MALFORMED_ERRORS as exc:
-            self.report.problems.append((key, f"{type(exc).__name__}: {exc}"))
-            outcome = Outcome.MALFORMED
+            result = self.ingest(raw)
+            outcome = OUTCOMES[result.status]  # KeyError: not a status of the service, failed
+        except DatabaseUnavailable as exc:
+            raise _Stop(f"the database is unavailable ({exc}); nothing more was read, run it again") from exc
         except Exception as exc:  # noqa: BLE001 - counted, the message is left for the next run
-            if _database_down(exc):
-                raise _Stop(f"the database is unavailable ({exc}); nothing more was read, run it again") from exc
             self.report.problems.append((key, f"{type(exc).__name__}: {exc}"))
-            outcome = Outcome.FAILED
+            return self._settle(key, Outcome.FAILED)
+        if outcome is Outcome.MALFORMED:
+            self.report.problems.append((key, f"{result.status}: {result.reason}" if result.reason else result.status))
         return self._settle(key, outcome)
 
     def _settle(self, key: str, outcome: Outcome) -> Outcome:
@@ -212,14 +207,6 @@ class _Stop(Exception):
     """Ends the run early; the reason goes to ``FetchReport.stopped``."""
 
 
-def _database_down(exc: BaseException) -> bool:
-    if isinstance(exc, DatabaseUnavailable):
-        return True
-    import sqlalchemy as sa
-
-    return isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError))
-
-
 def fetch_inbox(inbox: InboxSettings, ingest: Ingest, **options: Any) -> FetchReport:
     """One run (see :class:`InboxFetcher` for the options)."""
     with InboxFetcher(inbox, ingest, **options) as fetcher:
@@ -227,4 +214,4 @@ def fetch_inbox(inbox: InboxSettings, ingest: Ingest, **options: Any) -> FetchRe
 
 
 __all__ = ["DEFAULT_BATCH_SIZE", "DEFAULT_MAX_BYTES", "FetchReport", "InboxError", "InboxFetcher", "Ingest",
-           "Outcome", "fetch_inbox", "outcome_of"]
+           "OUTCOMES", "Outcome", "fetch_inbox"]
