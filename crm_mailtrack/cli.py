@@ -344,10 +344,12 @@ def infer_forwards(days: int | None) -> None:
               help="Messages listed per server round trip (POP3: deletions are committed after each batch).")
 @click.option("--limit", type=click.IntRange(min=1), default=None,
               help="Handle at most this many messages; the rest wait for the next run.")
-@click.option("--max-size", "max_bytes", type=click.IntRange(min=1), default=10 * 1024 * 1024, show_default=True,
-              metavar="BYTES", help="Larger messages are not downloaded: counted malformed and skipped.")
+@click.option("--max-size", "max_bytes", type=click.IntRange(min=1), default=None, metavar="BYTES",
+              help="Larger messages are not downloaded: counted malformed and skipped "
+                   "(default: MAILTRACK_INBOUND_MAX_BYTES, the most ingest-mail takes).")
 @click.option("--tenant", default=None, help="Match only this tenant's messages (default: any tenant's).")
-def fetch_inbox(delete: bool, batch_size: int, limit: int | None, max_bytes: int, tenant: str | None) -> None:
+def fetch_inbox(delete: bool, batch_size: int, limit: int | None, max_bytes: int | None,
+                tenant: str | None) -> None:
     """Read MAILTRACK_INBOX_URL: ingest each new message (bounces, complaints, replies), then
     mark or delete what was stored. Unmatched and malformed mail is marked so that no later run
     reads it again, and stays unread; mail that failed is left for the next run. Safe to run
@@ -375,7 +377,7 @@ def fetch_inbox(delete: bool, batch_size: int, limit: int | None, max_bytes: int
     if inbox.protocol == "pop3":
         delete = True
     with InboxFetcher(inbox, ingest, delete=delete, batch_size=batch_size, limit=limit,
-                      max_bytes=max_bytes) as fetcher:
+                      max_bytes=max_bytes or state.settings.inbound_max_bytes) as fetcher:
         try:
             total = fetcher.count()
         except InboxError as exc:
