@@ -375,7 +375,7 @@ def test_message_page_shows_a_received_reply_as_the_thread_api_has_it(live: Live
     ``javascript:`` link: each reply shows its sender and its own text (``replyText``) as the
     thread API answers, the whole text and the HTML part only as text; nothing of the HTML
     is rendered or run (no element, no console error: the ``page`` fixture fails on one)."""
-    from crm_mailtrack.models import inbound
+    from crm_mailtrack.inbound_models import inbound
     from example_app import mailtrack
 
     with live.app.app_context():

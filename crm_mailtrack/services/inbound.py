@@ -4,7 +4,7 @@ One received mail is read (:mod:`.mailparse`), matched to the sent message it co
 (its VERP envelope tag first, :mod:`.verp`, then the Message-IDs it names,
 :mod:`.matching`) and recorded through the outcome policy
 (:func:`.external_events.record_outcome`: the DNC entry it implies, signals after the
-commit). A reply also stores an :class:`~crm_mailtrack.models.InboundMessage` for the
+commit). A reply also stores an :class:`~crm_mailtrack.inbound_models.InboundMessage` for the
 message's thread, in the same transaction.
 
 Exactly once: the received mail's Message-ID (else a digest of its bytes) is the event's
