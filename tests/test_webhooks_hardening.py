@@ -219,3 +219,67 @@ def test_purge_deletes_finished_deliveries_and_old_receipts(make_app, api_header
             assert len(sent) == len(set(sent)) and len(receiver.requests) + len(failing.requests) == posts + 3
     finally:
         failing.close()
+
+
+# -- HTTPS through the pinned connection --------------------------------------------------------
+
+def _tls_files(tmp_path: Any, host: str) -> tuple[str, str, str]:
+    """A CA and a server certificate for ``host`` it signs (files: CA, cert, key)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = dt.datetime.now(dt.timezone.utc)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(hours=1))
+          .not_valid_after(now + dt.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(host)]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    paths = [str(tmp_path / f"{host}-{n}.pem") for n in ("ca", "cert", "key")]
+    for path, data in zip(paths, (ca.public_bytes(serialization.Encoding.PEM),
+                                  cert.public_bytes(serialization.Encoding.PEM),
+                                  key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                    serialization.NoEncryption()))):
+        with open(path, "wb") as fh:
+            fh.write(data)
+    return paths[0], paths[1], paths[2]
+
+
+@pytest.mark.parametrize("cert_host, delivered", [("localhost", True), ("other.example", False)])
+def test_https_connects_to_the_checked_address_and_verifies_the_url_host(make_app, api_headers, tmp_path,
+                                                                         monkeypatch, cert_host, delivered):
+    """The connection goes to the resolved address, yet TLS is verified against the URL's
+    host name: a certificate for another name is refused."""
+    import ssl
+
+    ca, cert, key = _tls_files(tmp_path, cert_host)
+    monkeypatch.setenv("SSL_CERT_FILE", ca)  # the default context trusts the test CA
+    receiver = Receiver()
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert, key)
+    receiver.server.socket = tls.wrap_socket(receiver.server.socket, server_side=True)
+    try:
+        app = make_app(**ALLOW)
+        with app.app_context():
+            hook = _subscribe(app, api_headers, f"https://localhost:{receiver.port}/hooks/crm", eventTypes=["click"])
+            _click(app, app.extensions["mailtrack"].extension)
+            totals = webhooks.run(get_state(app))
+            (entry,) = _log(app, api_headers, hook["id"])
+            if delivered:
+                assert totals["delivered"] == 1 and entry["status"] == "delivered"
+                headers, body, _ = receiver.requests[0]
+                assert headers["host"] == f"localhost:{receiver.port}"
+                standardwebhooks.Webhook(hook["secret"]).verify(body, headers)
+            else:
+                assert totals["failed"] == 1 and receiver.requests == []
+                assert "CERTIFICATE_VERIFY_FAILED" in entry["lastError"], entry["lastError"]
+    finally:
+        receiver.close()

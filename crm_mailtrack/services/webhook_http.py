@@ -78,7 +78,8 @@ def _check_all(host: str, infos: list[Any]) -> None:
         reason = forbidden_reason(address)
         if reason is not None:
             shown = f"{host} is" if _literal(host) is not None else f"{host} resolves to {address},"
-            raise ForbiddenDestination(f"{shown} a {reason} address: webhooks are not sent there "
+            article = "an" if reason[0] in "aeiou" else "a"
+            raise ForbiddenDestination(f"{shown} {article} {reason} address: webhooks are not sent there "
                                        f"(MAILTRACK_OUTBOUND_WEBHOOK_ALLOW_PRIVATE allows it)")
 
 
