@@ -283,3 +283,15 @@ def test_https_connects_to_the_checked_address_and_verifies_the_url_host(make_ap
                 assert "CERTIFICATE_VERIFY_FAILED" in entry["lastError"], entry["lastError"]
     finally:
         receiver.close()
+
+
+def test_credentials_in_the_url_are_sent_as_basic_auth(make_app, api_headers, receiver):
+    app = make_app(**ALLOW)
+    with app.app_context():
+        url = f"http://crm%40example:p%3Ass@127.0.0.1:{receiver.port}/hooks/crm?source=mailtrack"
+        _subscribe(app, api_headers, url, eventTypes=["click"])
+        _click(app, app.extensions["mailtrack"].extension)
+        assert webhooks.run(get_state(app))["delivered"] == 1
+        headers, _, path = receiver.requests[0]
+        assert path == "/hooks/crm?source=mailtrack"
+        assert headers["authorization"] == "Basic " + base64.b64encode(b"crm@example:p:ss").decode()
