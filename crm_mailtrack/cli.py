@@ -269,23 +269,31 @@ def stats(date_from: str | None, date_to: str | None, include_bots: bool, tenant
 
 @cli.command("purge")
 @click.option("--older-than", "days", type=click.IntRange(min=0), required=True, metavar="DAYS",
-              help="Purge raw events that occurred more than DAYS days ago.")
-@click.confirmation_option(prompt="Delete old raw events (their totals are kept as daily rollups)?")
+              help="Purge raw events that occurred, and webhook logs finished, more than DAYS days ago.")
+@click.confirmation_option(prompt="Delete old raw events (their totals are kept as daily rollups) and webhook logs?")
 def purge(days: int) -> None:
-    """Delete old raw events, keeping their totals as daily rollups (docs/metrics-bots.md)."""
-    from .services import privacy
+    """Delete old raw events, keeping their totals as daily rollups (docs/metrics-bots.md),
+    then finished outbound webhook deliveries and unmatched ESP webhook receipts as old
+    (docs/webhooks-outbound.md, docs/esp.md)."""
+    from .services import privacy, retention
 
     state = get_state()
     try:
         slices = privacy.purge_days(state, days)
-        if not slices:
-            click.echo(f"mailtrack: no events older than {days} days")
-            return
-        with click.progressbar(length=len(slices), label="Purging (days, whole months)", file=sys.stderr) as bar:
-            deleted = privacy.purge(state, days, progress=bar.update)
+        deleted = None
+        if slices:
+            with click.progressbar(length=len(slices), label="Purging (days, whole months)", file=sys.stderr) as bar:
+                deleted = privacy.purge(state, days, progress=bar.update)
+        logs = retention.purge_logs(state, days)
     except Exception as exc:  # noqa: BLE001
         _fail_on(exc, "purge stopped (what was done is consistent; run it again)")
-    click.echo(f"mailtrack: purged {deleted} events older than {days} days (totals kept as rollups)")
+    if deleted is None:
+        click.echo(f"mailtrack: no events older than {days} days")
+    else:
+        click.echo(f"mailtrack: purged {deleted} events older than {days} days (totals kept as rollups)")
+    click.echo(f"mailtrack: purged {logs['webhook_deliveries']} finished outbound webhook deliveries and "
+               f"{logs['unmatched_receipts']} unmatched ESP webhook receipts older than {days} days, "
+               f"{logs['expired_nonces']} expired ESP replay nonces")
 
 
 @cli.command("partitions")

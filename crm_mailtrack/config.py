@@ -118,6 +118,10 @@ OUTBOUND_WEBHOOK_TIMEOUT_SECONDS = "MAILTRACK_OUTBOUND_WEBHOOK_TIMEOUT_SECONDS"
 OUTBOUND_WEBHOOK_RETRY_SCHEDULE = "MAILTRACK_OUTBOUND_WEBHOOK_RETRY_SCHEDULE"
 #: Failed attempts in a row (no success between them) after which an endpoint is disabled.
 OUTBOUND_WEBHOOK_DISABLE_AFTER = "MAILTRACK_OUTBOUND_WEBHOOK_DISABLE_AFTER"
+#: Allow outbound webhooks to internal destinations: loopback, private, link-local
+#: (the cloud metadata address), multicast, unspecified, reserved (docs/webhooks-outbound.md).
+#: Off: such URLs are refused at creation and at each delivery (server-side request forgery).
+OUTBOUND_WEBHOOK_ALLOW_PRIVATE = "MAILTRACK_OUTBOUND_WEBHOOK_ALLOW_PRIVATE"
 
 #: Defaults applied with ``app.config.setdefault``. ``None`` for the keys whose default is
 #: derived from other config (``SECRET_KEY``, the instance path) at ``init_app``.
@@ -161,6 +165,7 @@ DEFAULTS: dict[str, Any] = {
     OUTBOUND_WEBHOOK_TIMEOUT_SECONDS: 10,
     OUTBOUND_WEBHOOK_RETRY_SCHEDULE: [5, 300, 1800, 7200, 18000, 36000, 36000],
     OUTBOUND_WEBHOOK_DISABLE_AFTER: 20,
+    OUTBOUND_WEBHOOK_ALLOW_PRIVATE: False,
 }
 
 #: Shortest signing key accepted: a shorter one can be brute-forced offline from one link.

@@ -90,6 +90,8 @@ class Settings:
     webhook_timeout: float = 10.0
     webhook_retry_schedule: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
     webhook_disable_after: int = 20
+    #: ``MAILTRACK_OUTBOUND_WEBHOOK_ALLOW_PRIVATE``: internal destinations allowed.
+    webhook_allow_private: bool = False
 
     def retry_delay(self, attempts: int) -> dt.timedelta:
         """The wait after the ``attempts``-th try failed transiently (exponential, capped)."""
@@ -226,8 +228,11 @@ def _webhook_settings(conf: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(disable, bool) or not isinstance(disable, int) or disable < 1:
         raise ConfigurationError(f"{cfg.OUTBOUND_WEBHOOK_DISABLE_AFTER} must be a whole number of failed "
                                  f"attempts (1 or more), not {disable!r}.")
+    allow_private = conf[cfg.OUTBOUND_WEBHOOK_ALLOW_PRIVATE]
+    if not isinstance(allow_private, bool):
+        raise ConfigurationError(f"{cfg.OUTBOUND_WEBHOOK_ALLOW_PRIVATE} must be True or False, not {allow_private!r}.")
     return {"webhook_timeout": float(timeout), "webhook_retry_schedule": tuple(float(w) for w in schedule),
-            "webhook_disable_after": disable}
+            "webhook_disable_after": disable, "webhook_allow_private": allow_private}
 
 
 def _max_attempts(value: Any) -> int:

@@ -25,6 +25,10 @@ class WebhookEndpoint(Base):
     url: Mapped[str] = mapped_column(sa.Text)
     #: ``whsec_`` + base64 of the HMAC key (Standard Webhooks' format).
     secret: Mapped[str] = mapped_column(sa.String(64))
+    #: The secret before the last rotation, still signing beside the new one for a while
+    #: (``services.webhooks.SECRET_OVERLAP`` after ``secret_rotated_at``).
+    previous_secret: Mapped[str | None] = mapped_column(sa.String(64))
+    secret_rotated_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     event_types: Mapped[list[Any]] = mapped_column(JSONType, default=list)
     description: Mapped[str | None] = mapped_column(sa.String(255))
     enabled: Mapped[bool] = mapped_column(sa.Boolean, default=True)

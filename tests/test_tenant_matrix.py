@@ -198,6 +198,7 @@ WRITES: dict[str, tuple[Any, int]] = {
     "POST /campaigns/{campaign_id}/send": (lambda s: {}, 404),
     "POST /webhooks": (lambda s: {"url": "https://b.example/hooks"}, 201),
     "POST /webhooks/{webhook_id}/enable": (lambda s: None, 404),
+    "POST /webhooks/{webhook_id}/rotate-secret": (lambda s: None, 404),
     "DELETE /webhooks/{webhook_id}": (lambda s: None, 404),
 }
 #: Bodies of the read operations that are POSTs.

@@ -64,6 +64,18 @@ class Receiver:
         self.server.server_close()
 
 
+#: The receiver is on loopback: these tests allow internal destinations (the guard's own
+#: tests, in test_webhooks_hardening.py, do not).
+ALLOW = {"MAILTRACK_OUTBOUND_WEBHOOK_ALLOW_PRIVATE": True}
+
+
+@pytest.fixture
+def app(make_app: Any) -> Iterator[Any]:
+    app = make_app(**ALLOW)
+    with app.app_context():
+        yield app
+
+
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
     r = Receiver()
@@ -159,7 +171,7 @@ def test_a_failure_is_retried_after_the_backoff_with_the_same_id_and_body(app, a
 
 def test_the_schedule_runs_out_and_a_failing_endpoint_is_disabled_then_enabled(make_app, api_headers, receiver):
     app = make_app(MAILTRACK_OUTBOUND_WEBHOOK_RETRY_SCHEDULE=[1, 2],
-                   MAILTRACK_OUTBOUND_WEBHOOK_DISABLE_AFTER=5)
+                   MAILTRACK_OUTBOUND_WEBHOOK_DISABLE_AFTER=5, **ALLOW)
     receiver.answers = [503]
     with app.app_context():
         hook = _subscribe(app, api_headers, receiver.url, eventTypes=["click"])
@@ -253,6 +265,7 @@ def test_bad_settings_are_refused(make_app):
 
     for key, value in (("MAILTRACK_OUTBOUND_WEBHOOK_RETRY_SCHEDULE", [5, -1]),
                        ("MAILTRACK_OUTBOUND_WEBHOOK_DISABLE_AFTER", 0),
-                       ("MAILTRACK_OUTBOUND_WEBHOOK_TIMEOUT_SECONDS", 0)):
+                       ("MAILTRACK_OUTBOUND_WEBHOOK_TIMEOUT_SECONDS", 0),
+                       ("MAILTRACK_OUTBOUND_WEBHOOK_ALLOW_PRIVATE", "yes")):
         with pytest.raises(ConfigurationError, match=key):
             make_app(**{key: value})

@@ -12,7 +12,7 @@ from ..errors import NotFound
 from ..models import EVENT_TYPES
 from ..services import webhooks as service
 from ..state import get_state
-from .core import current_tenant
+from .core import current_tenant, iso
 from .fields import Text, Timestamp, http_url
 from .routing import Routes
 from .schemas import BodySchema, QuerySchema
@@ -53,6 +53,17 @@ class WebhookSchema(ma.Schema):
 class WebhookCreatedSchema(WebhookSchema):
     secret = fields.String(metadata={
         "description": "The signing secret (whsec_...), shown only here: verify webhook-signature with it."})
+
+
+class WebhookRotatedSchema(WebhookCreatedSchema):
+    secret = fields.String(metadata={
+        "description": "The new signing secret (whsec_...), shown only here. Until previousSecretValidUntil "
+                       "deliveries carry two v1 signatures in webhook-signature, one with each key."})
+    previous_secret_valid_until = fields.Function(
+        lambda e: iso(e.secret_rotated_at + service.SECRET_OVERLAP),
+        data_key="previousSecretValidUntil",
+        metadata={"type": "string", "format": "date-time",
+                  "description": "Until when deliveries are signed with the previous secret too (24 hours)."})
 
 
 class WebhookListSchema(ma.Schema):
@@ -119,6 +130,17 @@ def enable_webhook(webhook_id: str) -> Any:
     """Its failure streak starts over; deliveries that waited go out at the next run."""
     _endpoint(webhook_id)
     return service.enable_endpoint(get_state(), current_tenant(), webhook_id)
+
+
+@routes.route("/webhooks/<webhook_id>/rotate-secret", methods=["POST"], summary="Give a webhook a new secret",
+              tags=_TAGS, response=WebhookRotatedSchema, path_params=WEBHOOK, errors=(401, 404, 406))
+def rotate_webhook_secret(webhook_id: str) -> Any:
+    """The new ``secret`` is returned here, once. For 24 hours deliveries are signed with the
+    new and the previous secret (two ``v1,`` signatures in ``webhook-signature``, as Standard
+    Webhooks allows), so the receiver can switch keys without losing events; then with the
+    new one only. Rotating again within that time drops the oldest key."""
+    _endpoint(webhook_id)
+    return service.rotate_secret(get_state(), current_tenant(), webhook_id)
 
 
 @routes.route("/webhooks/<webhook_id>/deliveries", summary="A webhook's delivery log", tags=_TAGS,

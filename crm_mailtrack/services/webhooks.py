@@ -10,7 +10,11 @@ its JSON body fixed once (every retry sends the same bytes). Then it *delivers* 
 - Signature: ``webhook-id`` is the event's stable id (``evt_<id>``, the same on every
   retry, so receivers deduplicate), ``webhook-timestamp`` the send time in epoch seconds,
   ``webhook-signature`` ``v1,`` + base64 of HMAC-SHA256 over ``id.timestamp.body`` with the
-  key in the endpoint's ``whsec_`` secret.
+  key in the endpoint's ``whsec_`` secret. For :data:`SECRET_OVERLAP` after a rotation
+  (:func:`rotate_secret`) the header carries a second ``v1,`` signature, with the old key.
+- Destinations: :mod:`.webhook_http` refuses internal addresses (server-side request
+  forgery) at creation and again at each delivery, unless
+  ``MAILTRACK_OUTBOUND_WEBHOOK_ALLOW_PRIVATE``.
 - Retries: a delivery that gets no 2xx (3xx included: redirects are not followed) is tried
   again after each wait of ``MAILTRACK_OUTBOUND_WEBHOOK_RETRY_SCHEDULE`` (about a day in
   all), then marked ``failed``. An endpoint whose attempts fail
@@ -28,12 +32,9 @@ import base64
 import datetime as dt
 import hashlib
 import hmac
-import http.client
 import json
 import secrets
 import time
-import urllib.error
-import urllib.request
 from typing import Any
 
 import sqlalchemy as sa
@@ -43,13 +44,14 @@ from ..errors import NotFound, ValidationError
 from ..models import EVENT_TYPES, events, utcnow
 from ..state import MailTrackState
 from ..webhook_models import WebhookDelivery, WebhookEndpoint, webhook_deliveries, webhook_endpoints
+from . import webhook_http
 
 #: Ids below an endpoint's ``last_event_id`` checked again for late commits.
 LOOKBACK = 1000
 #: Seconds a delivery stays leased to the run posting it, beyond the receiver's timeout.
 LEASE_MARGIN = 60
-#: Bytes of a receiver's answer read (and dropped); its body is never stored.
-MAX_ANSWER_BYTES = 64 * 1024
+#: How long after a secret rotation deliveries are signed with the old key too.
+SECRET_OVERLAP = dt.timedelta(hours=24)
 
 
 # -- signing -----------------------------------------------------------------------------------
@@ -66,17 +68,28 @@ def sign(secret: str, msg_id: str, timestamp: int, body: str) -> str:
     return "v1," + base64.b64encode(mac).decode()
 
 
+def signatures(secret: str, previous: str | None, rotated_at: dt.datetime | None, now: dt.datetime,
+               msg_id: str, timestamp: int, body: str) -> str:
+    """The ``webhook-signature`` header: the current key's signature, and during
+    :data:`SECRET_OVERLAP` after a rotation the previous key's too (space-separated, as
+    Standard Webhooks allows), so receivers can switch keys at their own pace."""
+    value = sign(secret, msg_id, timestamp, body)
+    if previous and rotated_at is not None and now < rotated_at + SECRET_OVERLAP:
+        value += " " + sign(previous, msg_id, timestamp, body)
+    return value
+
+
 def event_msg_id(event_id: int) -> str:
     return f"evt_{event_id}"
 
 
 # -- endpoints ---------------------------------------------------------------------------------
 
-def _check(url: str, event_types: list[str]) -> None:
+def _check(url: str, event_types: list[str], *, allow_private: bool) -> None:
     errors: dict[str, list[str]] = {}
-    scheme, sep, rest = url.partition("://")
-    if scheme.lower() not in ("http", "https") or not sep or not rest or any(c.isspace() for c in url):
-        errors["url"] = ["Must be an absolute http(s) URL."]
+    problem = webhook_http.url_problem(url, allow_private=allow_private)
+    if problem is not None:
+        errors["url"] = [problem]
     unknown = sorted(set(event_types) - set(EVENT_TYPES))
     if unknown:
         errors["eventTypes"] = [f"Unknown event type(s): {', '.join(unknown)}."]
@@ -89,7 +102,7 @@ def create_endpoint(state: MailTrackState, tenant: str, url: str, event_types: l
     """Subscribe ``url`` to ``event_types`` (none: all) from now on: events recorded before
     are not sent."""
     event_types = sorted(set(event_types or []))
-    _check(url, event_types)
+    _check(url, event_types, allow_private=state.settings.webhook_allow_private)
     with transaction(state) as session:
         last = session.execute(sa.select(sa.func.coalesce(sa.func.max(events.c.id), 0))).scalar_one()
         now = utcnow()
@@ -132,6 +145,20 @@ def enable_endpoint(state: MailTrackState, tenant: str, endpoint_id: str) -> Web
     with transaction(state) as session:
         session.execute(sa.update(webhook_endpoints).where(webhook_endpoints.c.id == endpoint_id).values(
             enabled=True, disabled_reason=None, failure_streak=0, updated_at=utcnow()))
+    return get_endpoint(state, tenant, endpoint_id)
+
+
+def rotate_secret(state: MailTrackState, tenant: str, endpoint_id: str, now: dt.datetime | None = None
+                  ) -> WebhookEndpoint:
+    """Give an endpoint a new secret (returned on the endpoint, shown once by the API); the
+    current one stays valid beside it for :data:`SECRET_OVERLAP` (a second rotation within
+    that time drops the oldest key)."""
+    get_endpoint(state, tenant, endpoint_id)
+    now = now or utcnow()
+    ep = webhook_endpoints.c
+    with transaction(state) as session:
+        session.execute(sa.update(webhook_endpoints).where(ep.id == endpoint_id, ep.tenant_id == tenant).values(
+            previous_secret=ep.secret, secret=new_secret(), secret_rotated_at=now, updated_at=now))
     return get_endpoint(state, tenant, endpoint_id)
 
 
@@ -207,34 +234,6 @@ def collect(state: MailTrackState, now: dt.datetime | None = None, *, batch_size
 
 # -- delivering --------------------------------------------------------------------------------
 
-class _NoRedirects(urllib.request.HTTPRedirectHandler):
-    """A receiver's redirect is an answer that is not 2xx, never followed (a signed POST
-    replayed elsewhere, or turned into a GET)."""
-
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-
-_opener = urllib.request.build_opener(_NoRedirects)
-
-
-def post(url: str, body: str, headers: dict[str, str], timeout: float) -> tuple[int | None, str | None]:
-    """POST ``body``; ``(status, error)``: the HTTP status if one came back, and what went wrong
-    unless it was a 2xx."""
-    request = urllib.request.Request(url, data=body.encode(), method="POST", headers={
-        **headers, "Content-Type": "application/json", "User-Agent": "crm_mailtrack-webhooks"})
-    try:
-        with _opener.open(request, timeout=timeout) as answer:
-            answer.read(MAX_ANSWER_BYTES)
-            status = int(answer.status)
-    except urllib.error.HTTPError as exc:
-        return exc.code, f"HTTP {exc.code} {exc.reason}".strip()
-    except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        return None, f"{type(reason).__name__}: {reason}" if str(reason) else type(reason).__name__
-    return (status, None) if 200 <= status < 300 else (status, f"HTTP {status}")
-
-
 def _lease(state: MailTrackState, delivery_id: int, due: dt.datetime, now: dt.datetime) -> bool:
     until = now + dt.timedelta(seconds=state.settings.webhook_timeout + LEASE_MARGIN)
     with transaction(state) as session:
@@ -278,7 +277,8 @@ def deliver_due(state: MailTrackState, now: dt.datetime | None = None, *, limit:
     now = now or utcnow()
     d, ep = webhook_deliveries.c, webhook_endpoints.c
     due = list(state.session.execute(
-        sa.select(d.id, d.endpoint_id, d.event_id, d.payload, d.attempts, d.next_attempt_at, ep.url, ep.secret)
+        sa.select(d.id, d.endpoint_id, d.event_id, d.payload, d.attempts, d.next_attempt_at, ep.url, ep.secret,
+                  ep.previous_secret, ep.secret_rotated_at)
         .join(webhook_endpoints, ep.id == d.endpoint_id)
         .where(d.status == "pending", d.next_attempt_at <= now, ep.enabled.is_(True))
         .order_by(d.next_attempt_at, d.id).limit(limit)
@@ -289,10 +289,11 @@ def deliver_due(state: MailTrackState, now: dt.datetime | None = None, *, limit:
         if not _lease(state, row.id, row.next_attempt_at, now):
             continue  # another run has it
         msg_id, timestamp = event_msg_id(row.event_id), int(time.time())
-        status, error = post(row.url, row.payload, {
+        status, error = webhook_http.post(row.url, row.payload, {
             "webhook-id": msg_id, "webhook-timestamp": str(timestamp),
-            "webhook-signature": sign(row.secret, msg_id, timestamp, row.payload),
-        }, state.settings.webhook_timeout)
+            "webhook-signature": signatures(row.secret, row.previous_secret, row.secret_rotated_at, now,
+                                            msg_id, timestamp, row.payload),
+        }, state.settings.webhook_timeout, allow_private=state.settings.webhook_allow_private)
         _record(state, row, status, error, now)
         counts["delivered" if error is None else "failed"] += 1
     return counts
@@ -310,4 +311,4 @@ def run(state: MailTrackState, now: dt.datetime | None = None, *, limit: int = 1
 
 
 __all__ = ["new_secret", "sign", "event_msg_id", "create_endpoint", "list_endpoints", "get_endpoint", "delete_endpoint",
-           "enable_endpoint", "list_deliveries", "collect", "deliver_due", "run", "LOOKBACK"]
+           "enable_endpoint", "rotate_secret", "signatures", "SECRET_OVERLAP", "list_deliveries", "collect", "deliver_due", "run", "LOOKBACK"]
