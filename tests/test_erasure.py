@@ -161,3 +161,27 @@ def test_suppression_rows_are_stable_and_scoped_to_the_erased_tenant(make_app, _
         mt.add_dnc("ada", tenant_id="t1")
         mt.erase_contact("ada", tenant_id="t1")
         assert db.session.execute(sa.select(sa.func.count()).select_from(suppressions)).scalar() == 1
+
+
+def test_a_bytes_secret_key_derives_the_suppression_key_from_its_bytes(make_app, _server, handler):
+    """``MAILTRACK_SECRET_KEY`` may be bytes (as Flask's ``SECRET_KEY`` may): the key is
+    derived from those bytes, not from their ``repr``, so the same secret given as text
+    or as bytes keeps the same suppressions."""
+    import hashlib
+    import hmac
+
+    secret = b"bytes-secret-key-" + b"\xc3\xa9" * 16
+    app = _smtp_app(make_app, _server, MAILTRACK_SECRET_KEY=secret)
+    mt = app.extensions["mailtrack"].extension
+    with app.app_context():
+        mt.add_dnc("ada")
+        mt.erase_contact("ada")
+        db = app.extensions["sqlalchemy"]
+        stored = db.session.execute(sa.select(suppressions.c.address_hash)).scalars().all()
+        key = hmac.new(secret, b"mailtrack.suppression", hashlib.sha256).digest()
+        assert stored == [hmac.new(key, b"\0email\0ada@example.com", hashlib.sha256).hexdigest()]
+        assert not mt.can_contact("ada2")
+        url = app.config["SQLALCHEMY_DATABASE_URI"]
+    as_text = _smtp_app(make_app, _server, SQLALCHEMY_DATABASE_URI=url, MAILTRACK_SECRET_KEY=secret.decode())
+    with as_text.app_context():
+        assert not as_text.extensions["mailtrack"].extension.can_contact("ada2")
