@@ -6,6 +6,7 @@ server."""
 from __future__ import annotations
 
 import re
+import time
 from typing import Any
 
 import sqlalchemy as sa
@@ -185,3 +186,22 @@ def test_a_bytes_secret_key_derives_the_suppression_key_from_its_bytes(make_app,
     as_text = _smtp_app(make_app, _server, SQLALCHEMY_DATABASE_URI=url, MAILTRACK_SECRET_KEY=secret.decode())
     with as_text.app_context():
         assert not as_text.extensions["mailtrack"].extension.can_contact("ada2")
+
+
+def test_erasure_finds_the_links_of_messages_older_than_the_link_max_age(make_app, monkeypatch):
+    """``MAILTRACK_LINK_MAX_AGE`` ends a click link's life for recipients, not the erasure's
+    knowledge of which links a stored message carries: a personalised URL sent long ago
+    still goes with its contact."""
+    from itsdangerous.timed import TimestampSigner
+
+    app = make_app(MAILTRACK_LINK_MAX_AGE=3600)
+    mt = app.extensions["mailtrack"].extension
+    db = app.extensions["sqlalchemy"]
+    with app.app_context():
+        monkeypatch.setattr(TimestampSigner, "get_timestamp", lambda self: int(time.time()) - 30 * 86400)
+        _track(mt, "ada", "ada@example.com", "spring", ADA_URL, SHARED)
+        _track(mt, "bob", "bob@example.com", "spring", BOB_URL, SHARED)
+        monkeypatch.undo()
+        assert _stored_urls(db) == {ADA_URL, BOB_URL, SHARED}
+        mt.erase_contact("ada")
+        assert _stored_urls(db) == {BOB_URL, SHARED}
