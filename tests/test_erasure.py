@@ -205,3 +205,18 @@ def test_erasure_finds_the_links_of_messages_older_than_the_link_max_age(make_ap
         assert _stored_urls(db) == {ADA_URL, BOB_URL, SHARED}
         mt.erase_contact("ada")
         assert _stored_urls(db) == {BOB_URL, SHARED}
+
+
+def test_an_erasure_suppresses_only_the_erased_contacts_channels(make_app, _server, handler):
+    """Another contact's Do-Not-Contact channels in the same tenant are not carried over to
+    the erased contact's address."""
+    app = _smtp_app(make_app, _server)
+    mt = app.extensions["mailtrack"].extension
+    with app.app_context():
+        mt.add_dnc("bob", "sms")  # someone else's entry on another channel
+        mt.add_dnc("ada")  # email only
+        mt.erase_contact("ada")
+        assert not mt.can_contact("ada2")
+        assert mt.can_contact("ada2", "sms")
+        db = app.extensions["sqlalchemy"]
+        assert db.session.execute(sa.select(suppressions.c.channel)).scalars().all() == ["email"]
