@@ -220,3 +220,20 @@ def test_an_erasure_suppresses_only_the_erased_contacts_channels(make_app, _serv
         assert mt.can_contact("ada2", "sms")
         db = app.extensions["sqlalchemy"]
         assert db.session.execute(sa.select(suppressions.c.channel)).scalars().all() == ["email"]
+
+
+def test_a_blank_address_from_the_contact_loader_is_not_suppressed(make_app):
+    """The loader's address joins the ones to suppress only when it is not blank: a blank
+    one would suppress every contact without an address."""
+    def hooks(mt: MailTrack) -> None:
+        mt.contact_loader(lambda contact_id: {"email": "   "} if contact_id == "ada" else {"email": ""})
+
+    app = make_app(setup=hooks)
+    mt = app.extensions["mailtrack"].extension
+    with app.app_context():
+        _track(mt, "ada", "ada@example.com", None, SHARED)
+        mt.add_dnc("ada")
+        mt.erase_contact("ada")
+        db = app.extensions["sqlalchemy"]
+        assert db.session.execute(sa.select(sa.func.count()).select_from(suppressions)).scalar() == 1
+        assert mt.can_contact("nobody")  # the loader gives "" for everyone else
