@@ -151,6 +151,7 @@ def test_too_long_values_are_a_validation_error_on_every_database(mailtrack, db)
     calls = [
         ("campaign_id", lambda: mailtrack.record_event("c1", "bounce", campaign_id=long_id)),
         ("contact_id", lambda: mailtrack.add_dnc(long_id)),
+        ("channel_id", lambda: mailtrack.add_dnc("c1", channel_id=long_id)),
         ("template_id", lambda: mailtrack.track_message(contact_id="c1", email="a@example.com",
                                                         subject="s", template_id=long_id)),
         ("utm_source", lambda: mailtrack.add_utm("c1", utm_source="y" * 256)),
@@ -345,3 +346,17 @@ def test_dnc_validation_says_what_is_wrong(mailtrack, db):
         mailtrack.add_dnc("c1", "E-Mail")
     assert info.value.errors == {"channel": ["A channel is a lowercase name such as 'email' or 'sms'."]}
     assert count(db, dnc) == 0
+
+
+def test_a_raising_dnc_subscriber_reaches_the_python_api_caller_after_the_commit(app, mailtrack, db):
+    """Only the public tracking routes (and journal replay) isolate subscribers: through the
+    Python API a subscriber's exception reaches the host's call, and the entry is stored."""
+    from crm_mailtrack import signals
+
+    def boom(sender, **kw):
+        raise RuntimeError("subscriber bug")
+
+    with signals.dnc_added.connected_to(boom, sender=app):
+        with pytest.raises(RuntimeError, match="subscriber bug"):
+            mailtrack.add_dnc("c1")
+    assert count(db, dnc, contact_id="c1") == 1 and count(db, events, type="dnc_added") == 1
