@@ -156,6 +156,44 @@ def test_a_streamed_body_without_length_is_cut_at_the_limit(make_app):
         assert app.extensions["sqlalchemy"].session.query(ContactEvent).count() == 1
 
 
+def _event_body(size: int) -> bytes:
+    """A valid event body of exactly ``size`` bytes."""
+    head, tail = b'{"type": "bounce", "details": {"pad": "', b'"}}'
+    body = head + b"x" * (size - len(head) - len(tail)) + tail
+    assert len(body) == size
+    return body
+
+
+def test_a_body_of_exactly_the_limit_is_taken_one_byte_more_is_413(make_app):
+    """The limit is the largest body taken, declared (Content-Length) or streamed (chunked,
+    in chunks of any size) through a real HTTP server."""
+    app = make_app(setup=setup_hooks, MAILTRACK_MAX_BODY_BYTES=4000)
+    client = app.test_client()
+    path = f"{API}/contacts/c1/events"
+    json_hdrs = hdrs(**{"Content-Type": "application/json"})
+    assert client.post(path, data=_event_body(4000), headers=json_hdrs).status_code == 201
+    assert_problem(client.post(path, data=_event_body(4001), headers=json_hdrs), 413)
+    server, thread = _serve(app)
+    try:
+        def post(body: bytes, chunk: int) -> int:
+            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+            conn.request("POST", path, body=iter([body[i:i + chunk] for i in range(0, len(body), chunk)]),
+                         encode_chunked=True, headers={**json_hdrs, "Transfer-Encoding": "chunked"})
+            resp = conn.getresponse()
+            resp.read()
+            conn.close()
+            return resp.status
+
+        for chunk in (4001, 1000, 999):
+            assert post(_event_body(4000), chunk) == 201, chunk
+            assert post(_event_body(4001), chunk) == 413, chunk
+    finally:
+        server.shutdown()
+        thread.join()
+    with app.app_context():
+        assert app.extensions["sqlalchemy"].session.query(ContactEvent).count() == 4
+
+
 def test_record_event_refuses_oversized_details(mailtrack, db):
     with pytest.raises(ValidationError) as err:
         mailtrack.record_event("c1", "bounce", details={"payload": "x" * 20_000})
