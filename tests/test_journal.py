@@ -392,6 +392,19 @@ def test_the_journal_directory_is_created(make_app, outage_app, tmp_path):
     assert "replayed 1 events" in replay(healthy)
 
 
+def test_a_journal_path_with_glob_characters_is_replayed(make_app, outage_app, tmp_path):
+    """The claimed batches are found by name next to the journal: a directory named with
+    ``[``, ``]``, ``*`` or ``?`` (legal in a path) must not be read as a pattern."""
+    healthy = make_app(MAILTRACK_JOURNAL_PATH=str(tmp_path / "app[1]*?" / "journal.jsonl"))
+    p = tracked(healthy)
+    down = outage_app(healthy.config["MAILTRACK_JOURNAL_PATH"])
+    assert down.test_client().get(p["click"]).status_code == 302
+    assert down.extensions["mailtrack"].journal.count() == 1
+    assert "replayed 1 events" in replay(healthy)
+    assert count(healthy, type="click", message_id=p["id"]) == 1
+    assert healthy.extensions["mailtrack"].journal.count() == 0
+
+
 def test_an_event_after_a_one_byte_torn_line_starts_a_line_of_its_own(make_app, outage_app):
     """A writer died after one byte: the next event goes on a new line (the journal stays
     one JSON object per line), and the replay stores it and sets the byte aside."""
