@@ -160,7 +160,12 @@ def test_unknown_kind_and_method_answer_problem_json(client, mailtrack):
     assert_problem(client.get(API + "/campaigns/camp1/tracking/hugs", headers=hdrs()), 404)
     resp = client.delete(API + "/contacts/c1/dnc", headers=hdrs())
     assert_problem(resp, 405)
-    assert "GET" in resp.headers["Allow"]
+    assert resp.headers["Allow"] == "GET, HEAD, OPTIONS"
+    options = client.options(API + "/contacts/c1/dnc/email/add", headers=hdrs())
+    assert (options.status_code, options.headers["Allow"], options.data) == (204, "POST, OPTIONS", b"")
+    odata = client.options(API + "/odata/ContactClicks('c1')", headers=hdrs())
+    assert (odata.status_code, odata.headers["Allow"]) == (204, "GET, HEAD, PUT, DELETE, OPTIONS")
+    assert client.options(API + "/contacts/c1/nothing-here", headers=hdrs()).status_code == 404
 
 
 def test_database_failure_is_503_and_no_partial_write(client, mailtrack):
