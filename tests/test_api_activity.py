@@ -108,6 +108,7 @@ def test_unknown_query_parameters_are_ignored_and_a_list_for_a_single_value_is_4
     assert client.get(API + "/activity?colour=red&x[]=1", headers=hdrs()).get_json() == plain
     listed = assert_problem(client.get(API + "/activity?filters[search][]=spring", headers=hdrs()), 422)
     assert list(listed["errors"]) == ["filters[search]"]
+    assert listed["detail"].startswith("The query string failed validation. filters[search]: ")
 
 
 def test_search_is_case_insensitive_and_literal(client, seeded):
