@@ -190,3 +190,17 @@ def test_database_failure_is_503_and_no_partial_write(client, mailtrack):
     assert_problem(resp, 503)
     assert client.get(API + "/contacts/c1/activity?include_bots=1", headers=hdrs()).get_json()["total"] == 0
     assert client.get(API + "/contacts/c1/dnc", headers=hdrs()).get_json() == {"doNotContact": []}
+
+
+def test_a_csrf_extension_that_is_not_flask_wtf_is_left_to_the_host(make_app):
+    """With a host authorizer, the CSRF token is checked through Flask-WTF's
+    ``CSRFProtect.protect()``; something else registered as ``app.extensions["csrf"]``
+    (another library) is the host's business: the call is not refused, nor a 500."""
+    def setup(mt):
+        setup_hooks(mt)
+        mt.api_authorizer(lambda: True)
+
+    app = make_app(setup=setup)
+    app.extensions["csrf"] = object()
+    resp = app.test_client().post(API + "/contacts/c1/dnc/email/add", headers={"Accept": "application/json"})
+    assert resp.status_code == 200, resp.get_data(as_text=True)
