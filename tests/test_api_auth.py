@@ -115,6 +115,20 @@ def test_validation_errors_are_422_with_field_messages(client):
     assert "limit" in body["errors"]
 
 
+def test_validation_errors_name_each_field_by_its_path_with_its_messages(client):
+    """``errors`` is flat: ``{field: [messages]}``, a nested field named by its path joined
+    with dots; a body that is not an object is ``_schema``."""
+    def errors(path, body):
+        return assert_problem(client.post(API + path, json=body, headers=hdrs()), 422)["errors"]
+
+    assert errors("/contacts/c1/events", ["type"]) == {"_schema": ["The body must be a JSON object."]}
+    assert errors("/contacts/c1/events", {"type": "forward", "bogus": 1}) == {"bogus": ["Unknown field."]}
+    assert errors("/contacts/c1/dnc/email/add", {"reason": 9}) == {
+        "reason": ["Must be greater than or equal to 1 and less than or equal to 3."]}
+    assert errors("/communications/send", {"subject": "s", "body": "<p>x</p>", "recipients": [
+        "ann@example.com", "nope"]}) == {"recipients.1": ["Not a valid email address."]}
+
+
 def test_nul_and_oversized_input_is_422_never_500(client):
     for body in ({"type": "forward", "email": "a\x00b"},
                  {"type": "forward", "details": {"k": "v\x00"}},
