@@ -76,6 +76,27 @@ def test_deeply_nested_json_is_400_on_every_body_route(app, client, mailtrack, d
     assert _rows(db) == (before[0] + 1, before[1])
 
 
+def test_json_nested_32_levels_is_judged_and_33_levels_is_400(client, db):
+    """The depth limit (32 levels of arrays and objects, the body's own object the first) is
+    exact, whatever comes before or after the deep member in the document."""
+    def body(levels: int) -> bytes:  # {"details": {"a": ... {"a": 1}}, "type": "bounce"}
+        details = '{"a":' * (levels - 1) + "1" + "}" * (levels - 1)
+        return ('{"details": ' + details + ', "type": "bounce"}').encode()
+
+    json_hdrs = hdrs(**{"Content-Type": "application/json"})
+    # 32 levels: parsed, then judged by the schema (details have a nesting limit of their own)
+    judged = assert_problem(client.post(f"{API}/contacts/c1/events", data=body(32), headers=json_hdrs), 422)
+    assert judged["errors"] == {"details": ["Nested too deeply."]}
+    assert client.post(f"{API}/contacts/c1/events", data=body(20), headers=json_hdrs).status_code == 201
+    deep = assert_problem(client.post(f"{API}/contacts/c1/events", data=body(33), headers=json_hdrs), 400)
+    assert deep["detail"] == "The JSON body nests deeper than 32 levels."
+    listed = b'{"type": "bounce", "details": {"x": ' + b"[" * 31 + b"]" * 31 + b"}}"  # 33 with arrays
+    assert_problem(client.post(f"{API}/contacts/c1/events", data=listed, headers=json_hdrs), 400)
+    listed = b'{"type": "bounce", "details": {"x": ' + b"[" * 30 + b"]" * 30 + b"}}"  # 32
+    assert_problem(client.post(f"{API}/contacts/c1/events", data=listed, headers=json_hdrs), 422)
+    assert _rows(db) == (1, 0)
+
+
 def test_bodies_over_their_routes_limit_are_413(make_app):
     app = make_app(setup=setup_hooks, MAILTRACK_MAX_BODY_BYTES=4000, MAILTRACK_MAX_MESSAGE_BODY_BYTES=40_000,
                    MAILTRACK_MAX_DETAILS_BYTES=1000)
