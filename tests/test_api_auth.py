@@ -96,10 +96,10 @@ def test_any_configured_token_is_accepted_as_written(make_app):
 def test_malformed_json_is_400_and_writes_nothing(client):
     resp = client.post(API + "/contacts/c1/events", data="{not json", headers=hdrs(),
                        content_type="application/json")
-    assert_problem(resp, 400)
+    assert assert_problem(resp, 400)["detail"] == "The request body is not valid JSON."
     resp = client.post(API + "/contacts/c1/utm/add", data=b"\xff\xfe", headers=hdrs(),
                        content_type="application/json")
-    assert_problem(resp, 400)
+    assert assert_problem(resp, 400)["detail"] == "The request body is not valid JSON."
     assert client.get(API + "/contacts/c1/activity?include_bots=1", headers=hdrs()).get_json()["total"] == 0
 
 
