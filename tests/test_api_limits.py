@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import http.client
+import io
 import json
 import logging
 import threading
@@ -213,6 +214,46 @@ def test_a_body_of_exactly_the_limit_is_taken_one_byte_more_is_413(make_app):
         thread.join()
     with app.app_context():
         assert app.extensions["sqlalchemy"].session.query(ContactEvent).count() == 4
+
+
+class _Trickle(io.RawIOBase):
+    """A request body that arrives a few bytes per read (8: the limit falls on a read's end),
+    as a server may hand it over."""
+
+    def __init__(self, data: bytes, step: int) -> None:
+        self.data, self.step = data, step
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def]
+        n = min(len(buffer), self.step, len(self.data))
+        buffer[:n], self.data = self.data[:n], self.data[n:]
+        return n
+
+    def tell(self) -> int:  # the test client asks; the body's length is given, so it is not used
+        return 0
+
+    def seek(self, *args) -> int:  # type: ignore[no-untyped-def]
+        return 0
+
+
+def test_a_chunked_body_read_a_few_bytes_at_a_time_is_whole_and_limited(make_app):
+    """A chunked body (no length) that the server hands over in small reads is put back
+    together exactly, and counted as a whole against the limit."""
+    app = make_app(setup=setup_hooks, MAILTRACK_MAX_BODY_BYTES=4000)
+    client = app.test_client()
+
+    def post(body: bytes) -> int:
+        return client.post(f"{API}/contacts/c1/events", input_stream=_Trickle(body, 8), content_length=len(body),
+                           headers={**hdrs(), "Content-Type": "application/json", "Transfer-Encoding": "chunked"},
+                           environ_overrides={"wsgi.input_terminated": True}).status_code
+
+    assert post(_event_body(4000)) == 201
+    assert post(_event_body(4001)) == 413
+    assert post(_event_body(100)) == 201
+    with app.app_context():
+        assert app.extensions["sqlalchemy"].session.query(ContactEvent).count() == 2
 
 
 def test_record_event_refuses_oversized_details(mailtrack, db):
