@@ -276,6 +276,8 @@ def test_bad_lines_are_set_aside_and_the_rest_is_replayed_once(make_app, outage_
         fh.write(good[0] + b"\n" + torn + good[2] + b"\n" + b"\n".join(bad_lines[1:]) + b"\n" + good[3] + b"\n")
         fh.write(torn)  # a torn last line: the next journaled event must not be glued to it
     assert client.get(p["click"]).status_code == 302  # journaled after the torn line
+    # what waits for a replay: the events, the one glued to the torn line among them; no bad line
+    assert down.extensions["mailtrack"].journal.count() == 4
 
     output = replay(healthy)
     assert "replayed 4 events" in output and "set aside 7 bad lines" in output
