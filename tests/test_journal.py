@@ -407,6 +407,30 @@ def test_a_journal_path_with_glob_characters_is_replayed(make_app, outage_app, t
     assert healthy.extensions["mailtrack"].journal.count() == 0
 
 
+def test_a_journal_named_without_a_directory_is_written_where_it_is_named(make_app, outage_app, tmp_path,
+                                                                         monkeypatch):
+    """``MAILTRACK_JOURNAL_PATH = "journal.jsonl"`` (no directory) is the working directory's
+    file, and nothing else is created there."""
+    healthy = make_app()
+    p = tracked(healthy)
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    monkeypatch.chdir(workdir)
+    assert outage_app("journal.jsonl").test_client().get(p["click"]).status_code == 302
+    assert [entry.name for entry in workdir.iterdir()] == ["journal.jsonl"]
+
+
+def test_bad_lines_are_set_aside_byte_for_byte_whatever_they_end_with(make_app, outage_app):
+    healthy, path, good = _journaled_open(make_app, outage_app)
+    bad = [b"not json XX", b"crlf line\r", b"  spaced  "]
+    with open(path, "wb") as fh:
+        fh.write(b"\n".join([bad[0], good, *bad[1:]]) + b"\n")
+    output = replay(healthy)
+    assert "replayed 1 events" in output and "set aside 3 bad lines" in output, output
+    with open(path + ".rejected", "rb") as fh:
+        assert fh.read() == b"not json XX\ncrlf line\n  spaced  \n"
+
+
 def test_an_event_after_a_one_byte_torn_line_starts_a_line_of_its_own(make_app, outage_app):
     """A writer died after one byte: the next event goes on a new line (the journal stays
     one JSON object per line), and the replay stores it and sets the byte aside."""
