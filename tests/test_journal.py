@@ -225,6 +225,34 @@ def test_claim_waits_for_a_writer_holding_the_journal_lock(tmp_path):
     assert not os.path.exists(journal.path)
 
 
+def test_a_writer_that_waited_while_the_journal_was_claimed_writes_to_the_new_one(tmp_path):
+    """A worker blocked on the journal's lock while a replay claims (renames) the file must
+    not write into the claimed file, which the replay may already have read: it reopens the
+    live path and writes there."""
+    import fcntl
+    import os
+    import threading
+
+    from crm_mailtrack.journal import Journal
+
+    entry = {"uid": "waited", "type": "open", "message_id": "m1", "occurred_at": "2024-05-01T12:00:00Z"}
+    journal = Journal(str(tmp_path / "j.jsonl"))
+    open(journal.path, "wb").close()
+    claim = open(journal.path, "ab")  # the replay, holding the lock while it renames
+    fcntl.flock(claim.fileno(), fcntl.LOCK_EX)
+    writer = threading.Thread(target=journal.append, args=(entry,))
+    writer.start()
+    writer.join(1.0)
+    try:
+        assert writer.is_alive(), "append() did not wait for the lock"
+        os.rename(journal.path, journal.path + ".replay-1")
+    finally:
+        claim.close()  # releases the lock
+        writer.join(10)
+    assert os.path.getsize(journal.path + ".replay-1") == 0
+    assert [e["uid"] for e in journal.read(journal.path)] == ["waited"]
+
+
 def test_journal_holds_no_email_and_replay_respects_erasure(make_app, outage_app):
     healthy = make_app()
     p = tracked(healthy)
