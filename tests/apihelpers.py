@@ -70,7 +70,8 @@ def assert_problem(resp: Any, status: int) -> dict[str, Any]:
     assert resp.mimetype == "application/problem+json"
     body = resp.get_json(force=True)
     assert {"type", "title", "status", "detail", "time"} <= set(body)
-    assert body["status"] == status
+    assert body["status"] == status and body["type"] == "about:blank"  # RFC 9457: the status says it all
+    assert body["time"].endswith("Z") and dt.datetime.fromisoformat(body["time"].replace("Z", "+00:00"))
     return body
 
 

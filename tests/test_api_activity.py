@@ -100,6 +100,17 @@ def test_include_and_exclude_events_in_both_spellings(client, seeded):
     assert_problem(client.get(API + "/activity?filters[includeEvents][]=hug", headers=hdrs()), 422)
 
 
+def test_unknown_query_parameters_are_ignored_and_a_list_for_a_single_value_is_422(client, seeded):
+    """Query schemas leave out parameters they do not know (``unknown = EXCLUDE``): the
+    answer is the one without them, never a 500. ``name[]`` (a list) for a single value is
+    a 422 naming it, not a silently kept last value."""
+    plain = client.get(API + "/activity", headers=hdrs()).get_json()
+    assert client.get(API + "/activity?colour=red&x[]=1", headers=hdrs()).get_json() == plain
+    listed = assert_problem(client.get(API + "/activity?filters[search][]=spring", headers=hdrs()), 422)
+    assert list(listed["errors"]) == ["filters[search]"]
+    assert listed["detail"].startswith("The query string failed validation. filters[search]: ")
+
+
 def test_search_is_case_insensitive_and_literal(client, seeded):
     assert [e["id"] for e in _get(client, "/activity", **{"filters[search]": "spring_SALE"})["events"]] == [
         seeded["click"]]

@@ -96,10 +96,10 @@ def test_any_configured_token_is_accepted_as_written(make_app):
 def test_malformed_json_is_400_and_writes_nothing(client):
     resp = client.post(API + "/contacts/c1/events", data="{not json", headers=hdrs(),
                        content_type="application/json")
-    assert_problem(resp, 400)
+    assert assert_problem(resp, 400)["detail"] == "The request body is not valid JSON."
     resp = client.post(API + "/contacts/c1/utm/add", data=b"\xff\xfe", headers=hdrs(),
                        content_type="application/json")
-    assert_problem(resp, 400)
+    assert assert_problem(resp, 400)["detail"] == "The request body is not valid JSON."
     assert client.get(API + "/contacts/c1/activity?include_bots=1", headers=hdrs()).get_json()["total"] == 0
 
 
@@ -113,6 +113,20 @@ def test_validation_errors_are_422_with_field_messages(client):
     assert body["errors"]
     body = assert_problem(client.get(API + "/activity?limit=0", headers=hdrs()), 422)
     assert "limit" in body["errors"]
+
+
+def test_validation_errors_name_each_field_by_its_path_with_its_messages(client):
+    """``errors`` is flat: ``{field: [messages]}``, a nested field named by its path joined
+    with dots; a body that is not an object is ``_schema``."""
+    def errors(path, body):
+        return assert_problem(client.post(API + path, json=body, headers=hdrs()), 422)["errors"]
+
+    assert errors("/contacts/c1/events", ["type"]) == {"_schema": ["The body must be a JSON object."]}
+    assert errors("/contacts/c1/events", {"type": "forward", "bogus": 1}) == {"bogus": ["Unknown field."]}
+    assert errors("/contacts/c1/dnc/email/add", {"reason": 9}) == {
+        "reason": ["Must be greater than or equal to 1 and less than or equal to 3."]}
+    assert errors("/communications/send", {"subject": "s", "body": "<p>x</p>", "recipients": [
+        "ann@example.com", "nope"]}) == {"recipients.1": ["Not a valid email address."]}
 
 
 def test_nul_and_oversized_input_is_422_never_500(client):
@@ -160,7 +174,12 @@ def test_unknown_kind_and_method_answer_problem_json(client, mailtrack):
     assert_problem(client.get(API + "/campaigns/camp1/tracking/hugs", headers=hdrs()), 404)
     resp = client.delete(API + "/contacts/c1/dnc", headers=hdrs())
     assert_problem(resp, 405)
-    assert "GET" in resp.headers["Allow"]
+    assert resp.headers["Allow"] == "GET, HEAD, OPTIONS"
+    options = client.options(API + "/contacts/c1/dnc/email/add", headers=hdrs())
+    assert (options.status_code, options.headers["Allow"], options.data) == (204, "POST, OPTIONS", b"")
+    odata = client.options(API + "/odata/ContactClicks('c1')", headers=hdrs())
+    assert (odata.status_code, odata.headers["Allow"]) == (204, "GET, HEAD, PUT, DELETE, OPTIONS")
+    assert client.options(API + "/contacts/c1/nothing-here", headers=hdrs()).status_code == 404
 
 
 def test_database_failure_is_503_and_no_partial_write(client, mailtrack):
@@ -185,3 +204,17 @@ def test_database_failure_is_503_and_no_partial_write(client, mailtrack):
     assert_problem(resp, 503)
     assert client.get(API + "/contacts/c1/activity?include_bots=1", headers=hdrs()).get_json()["total"] == 0
     assert client.get(API + "/contacts/c1/dnc", headers=hdrs()).get_json() == {"doNotContact": []}
+
+
+def test_a_csrf_extension_that_is_not_flask_wtf_is_left_to_the_host(make_app):
+    """With a host authorizer, the CSRF token is checked through Flask-WTF's
+    ``CSRFProtect.protect()``; something else registered as ``app.extensions["csrf"]``
+    (another library) is the host's business: the call is not refused, nor a 500."""
+    def setup(mt):
+        setup_hooks(mt)
+        mt.api_authorizer(lambda: True)
+
+    app = make_app(setup=setup)
+    app.extensions["csrf"] = object()
+    resp = app.test_client().post(API + "/contacts/c1/dnc/email/add", headers={"Accept": "application/json"})
+    assert resp.status_code == 200, resp.get_data(as_text=True)

@@ -59,6 +59,17 @@ def test_dnc_channels_are_separate(client, mailtrack):
     assert {e["channel"] for e in _dnc(client)} == {"sms", "push_web"}
 
 
+def test_a_contacts_dnc_list_holds_its_own_entries_only(client, mailtrack):
+    """Another contact's entries (same tenant) and the same contact's entries in another
+    tenant stay out of the list; the contact's entries come in the order they were added."""
+    mailtrack.add_dnc("c2", "email")
+    mailtrack.add_dnc("c1", "sms", tenant_id="other")
+    mailtrack.add_dnc("c1", "sms")
+    mailtrack.add_dnc("c1", "email")
+    assert [e["channel"] for e in _dnc(client)] == ["sms", "email"]
+    assert [e["channel"] for e in _dnc(client, "c2")] == ["email"]
+
+
 def test_dnc_validation(client):
     for channel, body in (("EMAIL", {}), ("e mail", {}), ("email", {"reason": 4}), ("email", {"reason": 0}),
                           ("email", {"reason": "often"}), ("email", {"channel": "sms"}),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import http.client
+import io
 import json
 import logging
 import threading
@@ -74,6 +75,27 @@ def test_deeply_nested_json_is_400_on_every_body_route(app, client, mailtrack, d
                      json={"type": "bounce", "details": json.loads('{"a":' * 15 + "1" + "}" * 15)})
     assert ok.status_code == 201
     assert _rows(db) == (before[0] + 1, before[1])
+
+
+def test_json_nested_32_levels_is_judged_and_33_levels_is_400(client, db):
+    """The depth limit (32 levels of arrays and objects, the body's own object the first) is
+    exact, whatever comes before or after the deep member in the document."""
+    def body(levels: int) -> bytes:  # {"details": {"a": ... {"a": 1}}, "type": "bounce"}
+        details = '{"a":' * (levels - 1) + "1" + "}" * (levels - 1)
+        return ('{"details": ' + details + ', "type": "bounce"}').encode()
+
+    json_hdrs = hdrs(**{"Content-Type": "application/json"})
+    # 32 levels: parsed, then judged by the schema (details have a nesting limit of their own)
+    judged = assert_problem(client.post(f"{API}/contacts/c1/events", data=body(32), headers=json_hdrs), 422)
+    assert judged["errors"] == {"details": ["Nested too deeply."]}
+    assert client.post(f"{API}/contacts/c1/events", data=body(20), headers=json_hdrs).status_code == 201
+    deep = assert_problem(client.post(f"{API}/contacts/c1/events", data=body(33), headers=json_hdrs), 400)
+    assert deep["detail"] == "The JSON body nests deeper than 32 levels."
+    listed = b'{"type": "bounce", "details": {"x": ' + b"[" * 31 + b"]" * 31 + b"}}"  # 33 with arrays
+    assert_problem(client.post(f"{API}/contacts/c1/events", data=listed, headers=json_hdrs), 400)
+    listed = b'{"type": "bounce", "details": {"x": ' + b"[" * 30 + b"]" * 30 + b"}}"  # 32
+    assert_problem(client.post(f"{API}/contacts/c1/events", data=listed, headers=json_hdrs), 422)
+    assert _rows(db) == (1, 0)
 
 
 def test_bodies_over_their_routes_limit_are_413(make_app):
@@ -154,6 +176,84 @@ def test_a_streamed_body_without_length_is_cut_at_the_limit(make_app):
         thread.join()
     with app.app_context():
         assert app.extensions["sqlalchemy"].session.query(ContactEvent).count() == 1
+
+
+def _event_body(size: int) -> bytes:
+    """A valid event body of exactly ``size`` bytes."""
+    head, tail = b'{"type": "bounce", "details": {"pad": "', b'"}}'
+    body = head + b"x" * (size - len(head) - len(tail)) + tail
+    assert len(body) == size
+    return body
+
+
+def test_a_body_of_exactly_the_limit_is_taken_one_byte_more_is_413(make_app):
+    """The limit is the largest body taken, declared (Content-Length) or streamed (chunked,
+    in chunks of any size) through a real HTTP server."""
+    app = make_app(setup=setup_hooks, MAILTRACK_MAX_BODY_BYTES=4000)
+    client = app.test_client()
+    path = f"{API}/contacts/c1/events"
+    json_hdrs = hdrs(**{"Content-Type": "application/json"})
+    assert client.post(path, data=_event_body(4000), headers=json_hdrs).status_code == 201
+    assert_problem(client.post(path, data=_event_body(4001), headers=json_hdrs), 413)
+    server, thread = _serve(app)
+    try:
+        def post(body: bytes, chunk: int) -> int:
+            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+            conn.request("POST", path, body=iter([body[i:i + chunk] for i in range(0, len(body), chunk)]),
+                         encode_chunked=True, headers={**json_hdrs, "Transfer-Encoding": "chunked"})
+            resp = conn.getresponse()
+            resp.read()
+            conn.close()
+            return resp.status
+
+        for chunk in (4001, 1000, 999):
+            assert post(_event_body(4000), chunk) == 201, chunk
+            assert post(_event_body(4001), chunk) == 413, chunk
+    finally:
+        server.shutdown()
+        thread.join()
+    with app.app_context():
+        assert app.extensions["sqlalchemy"].session.query(ContactEvent).count() == 4
+
+
+class _Trickle(io.RawIOBase):
+    """A request body that arrives a few bytes per read (8: the limit falls on a read's end),
+    as a server may hand it over."""
+
+    def __init__(self, data: bytes, step: int) -> None:
+        self.data, self.step = data, step
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def]
+        n = min(len(buffer), self.step, len(self.data))
+        buffer[:n], self.data = self.data[:n], self.data[n:]
+        return n
+
+    def tell(self) -> int:  # the test client asks; the body's length is given, so it is not used
+        return 0
+
+    def seek(self, *args) -> int:  # type: ignore[no-untyped-def]
+        return 0
+
+
+def test_a_chunked_body_read_a_few_bytes_at_a_time_is_whole_and_limited(make_app):
+    """A chunked body (no length) that the server hands over in small reads is put back
+    together exactly, and counted as a whole against the limit."""
+    app = make_app(setup=setup_hooks, MAILTRACK_MAX_BODY_BYTES=4000)
+    client = app.test_client()
+
+    def post(body: bytes) -> int:
+        return client.post(f"{API}/contacts/c1/events", input_stream=_Trickle(body, 8), content_length=len(body),
+                           headers={**hdrs(), "Content-Type": "application/json", "Transfer-Encoding": "chunked"},
+                           environ_overrides={"wsgi.input_terminated": True}).status_code
+
+    assert post(_event_body(4000)) == 201
+    assert post(_event_body(4001)) == 413
+    assert post(_event_body(100)) == 201
+    with app.app_context():
+        assert app.extensions["sqlalchemy"].session.query(ContactEvent).count() == 2
 
 
 def test_record_event_refuses_oversized_details(mailtrack, db):

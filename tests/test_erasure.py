@@ -6,6 +6,7 @@ server."""
 from __future__ import annotations
 
 import re
+import time
 from typing import Any
 
 import sqlalchemy as sa
@@ -161,3 +162,78 @@ def test_suppression_rows_are_stable_and_scoped_to_the_erased_tenant(make_app, _
         mt.add_dnc("ada", tenant_id="t1")
         mt.erase_contact("ada", tenant_id="t1")
         assert db.session.execute(sa.select(sa.func.count()).select_from(suppressions)).scalar() == 1
+
+
+def test_a_bytes_secret_key_derives_the_suppression_key_from_its_bytes(make_app, _server, handler):
+    """``MAILTRACK_SECRET_KEY`` may be bytes (as Flask's ``SECRET_KEY`` may): the key is
+    derived from those bytes, not from their ``repr``, so the same secret given as text
+    or as bytes keeps the same suppressions."""
+    import hashlib
+    import hmac
+
+    secret = b"bytes-secret-key-" + b"\xc3\xa9" * 16
+    app = _smtp_app(make_app, _server, MAILTRACK_SECRET_KEY=secret)
+    mt = app.extensions["mailtrack"].extension
+    with app.app_context():
+        mt.add_dnc("ada")
+        mt.erase_contact("ada")
+        db = app.extensions["sqlalchemy"]
+        stored = db.session.execute(sa.select(suppressions.c.address_hash)).scalars().all()
+        key = hmac.new(secret, b"mailtrack.suppression", hashlib.sha256).digest()
+        assert stored == [hmac.new(key, b"\0email\0ada@example.com", hashlib.sha256).hexdigest()]
+        assert not mt.can_contact("ada2")
+        url = app.config["SQLALCHEMY_DATABASE_URI"]
+    as_text = _smtp_app(make_app, _server, SQLALCHEMY_DATABASE_URI=url, MAILTRACK_SECRET_KEY=secret.decode())
+    with as_text.app_context():
+        assert not as_text.extensions["mailtrack"].extension.can_contact("ada2")
+
+
+def test_erasure_finds_the_links_of_messages_older_than_the_link_max_age(make_app, monkeypatch):
+    """``MAILTRACK_LINK_MAX_AGE`` ends a click link's life for recipients, not the erasure's
+    knowledge of which links a stored message carries: a personalised URL sent long ago
+    still goes with its contact."""
+    from itsdangerous.timed import TimestampSigner
+
+    app = make_app(MAILTRACK_LINK_MAX_AGE=3600)
+    mt = app.extensions["mailtrack"].extension
+    db = app.extensions["sqlalchemy"]
+    with app.app_context():
+        monkeypatch.setattr(TimestampSigner, "get_timestamp", lambda self: int(time.time()) - 30 * 86400)
+        _track(mt, "ada", "ada@example.com", "spring", ADA_URL, SHARED)
+        _track(mt, "bob", "bob@example.com", "spring", BOB_URL, SHARED)
+        monkeypatch.undo()
+        assert _stored_urls(db) == {ADA_URL, BOB_URL, SHARED}
+        mt.erase_contact("ada")
+        assert _stored_urls(db) == {BOB_URL, SHARED}
+
+
+def test_an_erasure_suppresses_only_the_erased_contacts_channels(make_app, _server, handler):
+    """Another contact's Do-Not-Contact channels in the same tenant are not carried over to
+    the erased contact's address."""
+    app = _smtp_app(make_app, _server)
+    mt = app.extensions["mailtrack"].extension
+    with app.app_context():
+        mt.add_dnc("bob", "sms")  # someone else's entry on another channel
+        mt.add_dnc("ada")  # email only
+        mt.erase_contact("ada")
+        assert not mt.can_contact("ada2")
+        assert mt.can_contact("ada2", "sms")
+        db = app.extensions["sqlalchemy"]
+        assert db.session.execute(sa.select(suppressions.c.channel)).scalars().all() == ["email"]
+
+
+def test_a_blank_address_from_the_contact_loader_is_not_suppressed(make_app):
+    """The loader's address joins the ones to suppress only when it is not blank: a blank
+    one would suppress every contact without an address."""
+    def hooks(mt: MailTrack) -> None:
+        mt.contact_loader(lambda contact_id: {"email": "   "} if contact_id == "ada" else {"email": ""})
+
+    app = make_app(setup=hooks)
+    mt = app.extensions["mailtrack"].extension
+    with app.app_context():
+        _track(mt, "ada", "ada@example.com", None, SHARED)
+        mt.add_dnc("ada")
+        mt.erase_contact("ada")
+        db = app.extensions["sqlalchemy"]
+        assert db.session.execute(sa.select(sa.func.count()).select_from(suppressions)).scalar() == 1
+        assert mt.can_contact("nobody")  # the loader gives "" for everyone else

@@ -151,6 +151,7 @@ def test_too_long_values_are_a_validation_error_on_every_database(mailtrack, db)
     calls = [
         ("campaign_id", lambda: mailtrack.record_event("c1", "bounce", campaign_id=long_id)),
         ("contact_id", lambda: mailtrack.add_dnc(long_id)),
+        ("channel_id", lambda: mailtrack.add_dnc("c1", channel_id=long_id)),
         ("template_id", lambda: mailtrack.track_message(contact_id="c1", email="a@example.com",
                                                         subject="s", template_id=long_id)),
         ("utm_source", lambda: mailtrack.add_utm("c1", utm_source="y" * 256)),
@@ -288,5 +289,74 @@ def test_remove_dnc_spares_other_contacts_and_stores_its_event(mailtrack, db, re
         ("t1", "c1", {"channel": "email"}), ("", "c1", {"channel": "email"})]
     assert all(r.occurred_at is not None for r in stored)
     removed = recorded_signals.of("dnc_removed")
-    assert [(kw["contact_id"], kw["channel"], kw["event"].type) for kw in removed] == [
-        ("c1", "email", "dnc_removed"), ("c1", "email", "dnc_removed")]
+    assert [kw["event"].type for kw in removed] == ["dnc_removed", "dnc_removed"]
+    # the documented kwargs, exactly
+    assert [{k: v for k, v in kw.items() if k != "event"} for kw in removed] == [
+        {"contact_id": "c1", "channel": "email", "message_id": None, "campaign_id": None, "url": None}] * 2
+
+
+def _dnc_table(db) -> set[tuple]:
+    with db.engine.connect() as conn:
+        return set(conn.execute(sa.select(dnc.c.tenant_id, dnc.c.contact_id, dnc.c.channel, dnc.c.reason,
+                                          dnc.c.channel_id, dnc.c.comments)).all())
+
+
+def test_updating_a_dnc_entry_changes_only_that_entry(mailtrack, db):
+    """The update of an existing entry is scoped to its tenant, contact and channel."""
+    for tenant, contact, channel in (("t1", "c1", "email"), ("t2", "c1", "email"), ("t1", "c2", "email"),
+                                     ("t1", "c1", "sms")):
+        mailtrack.add_dnc(contact, channel, reason=DNCReason.BOUNCED, channel_id="m0", comments="first",
+                          tenant_id=tenant)
+    row = mailtrack.add_dnc("c1", "email", reason=DNCReason.MANUAL, channel_id="m9", comments="by phone",
+                            tenant_id="t1")
+    assert (row.tenant_id, row.contact_id, row.channel, row.reason, row.channel_id, row.comments) == (
+        "t1", "c1", "email", 3, "m9", "by phone")
+    assert _dnc_table(db) == {
+        ("t1", "c1", "email", 3, "m9", "by phone"),
+        ("t2", "c1", "email", 2, "m0", "first"),
+        ("t1", "c2", "email", 2, "m0", "first"),
+        ("t1", "c1", "sms", 2, "m0", "first"),
+    }
+
+
+def test_dnc_added_event_and_signal_carry_the_entry(mailtrack, db, recorded_signals):
+    """The stored ``dnc_added`` event and the ``dnc_added`` signal describe the new entry."""
+    row = mailtrack.add_dnc(7, "sms", reason=1, channel_id=42, comments="replied STOP", tenant_id="t1")
+    assert (row.contact_id, row.channel_id) == ("7", "42")  # ids are stored as text
+    with db.engine.connect() as conn:
+        (stored,) = conn.execute(sa.select(events).where(events.c.type == "dnc_added")).all()
+    assert (stored.tenant_id, stored.contact_id, stored.message_id, stored.campaign_id, stored.is_machine) == (
+        "t1", "7", None, None, False)
+    assert stored.details == {"channel": "sms", "reason": 1, "channelId": "42", "comments": "replied STOP"}
+    assert stored.occurred_at == row.date_added
+    (added,) = recorded_signals.of("dnc_added")
+    assert added["event"].id == stored.id and added["event"].type == "dnc_added"
+    assert {k: v for k, v in added.items() if k != "event"} == {
+        "contact_id": "7", "message_id": None, "campaign_id": None, "url": None, "channel": "sms",
+        "reason": DNCReason.UNSUBSCRIBED}
+    assert type(added["reason"]) is DNCReason
+
+
+def test_dnc_validation_says_what_is_wrong(mailtrack, db):
+    for reason in (9, "x", True, None):
+        with pytest.raises(ValidationError) as info:
+            mailtrack.add_dnc("c1", reason=reason)
+        assert info.value.errors == {"reason": ["Must be 1 (unsubscribed), 2 (bounced) or 3 (manual)."]}
+    with pytest.raises(ValidationError) as info:
+        mailtrack.add_dnc("c1", "E-Mail")
+    assert info.value.errors == {"channel": ["A channel is a lowercase name such as 'email' or 'sms'."]}
+    assert count(db, dnc) == 0
+
+
+def test_a_raising_dnc_subscriber_reaches_the_python_api_caller_after_the_commit(app, mailtrack, db):
+    """Only the public tracking routes (and journal replay) isolate subscribers: through the
+    Python API a subscriber's exception reaches the host's call, and the entry is stored."""
+    from crm_mailtrack import signals
+
+    def boom(sender, **kw):
+        raise RuntimeError("subscriber bug")
+
+    with signals.dnc_added.connected_to(boom, sender=app):
+        with pytest.raises(RuntimeError, match="subscriber bug"):
+            mailtrack.add_dnc("c1")
+    assert count(db, dnc, contact_id="c1") == 1 and count(db, events, type="dnc_added") == 1

@@ -260,7 +260,8 @@ def test_missing_tables_say_run_init_db_on_the_api_once_in_the_log_and_on_the_cl
                 assert resp.mimetype == "application/problem+json"
                 assert "flask mailtrack init-db" in resp.get_json()["detail"]
                 assert "try again" not in resp.get_json()["detail"].lower()
-        assert sum("flask mailtrack init-db" in r.getMessage() for r in caplog.records) == 1
+        [logged] = [r for r in caplog.records if "flask mailtrack init-db" in r.getMessage()]
+        assert logged.levelno == logging.ERROR and logged.getMessage().startswith("crm_mailtrack: ")
         result = app.test_cli_runner().invoke(args=["mailtrack", "send-due"])
         assert result.exit_code == 1
         assert "run `flask mailtrack init-db`" in result.output

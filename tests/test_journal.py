@@ -225,6 +225,34 @@ def test_claim_waits_for_a_writer_holding_the_journal_lock(tmp_path):
     assert not os.path.exists(journal.path)
 
 
+def test_a_writer_that_waited_while_the_journal_was_claimed_writes_to_the_new_one(tmp_path):
+    """A worker blocked on the journal's lock while a replay claims (renames) the file must
+    not write into the claimed file, which the replay may already have read: it reopens the
+    live path and writes there."""
+    import fcntl
+    import os
+    import threading
+
+    from crm_mailtrack.journal import Journal
+
+    entry = {"uid": "waited", "type": "open", "message_id": "m1", "occurred_at": "2024-05-01T12:00:00Z"}
+    journal = Journal(str(tmp_path / "j.jsonl"))
+    open(journal.path, "wb").close()
+    claim = open(journal.path, "ab")  # the replay, holding the lock while it renames
+    fcntl.flock(claim.fileno(), fcntl.LOCK_EX)
+    writer = threading.Thread(target=journal.append, args=(entry,))
+    writer.start()
+    writer.join(1.0)
+    try:
+        assert writer.is_alive(), "append() did not wait for the lock"
+        os.rename(journal.path, journal.path + ".replay-1")
+    finally:
+        claim.close()  # releases the lock
+        writer.join(10)
+    assert os.path.getsize(journal.path + ".replay-1") == 0
+    assert [e["uid"] for e in journal.read(journal.path)] == ["waited"]
+
+
 def test_journal_holds_no_email_and_replay_respects_erasure(make_app, outage_app):
     healthy = make_app()
     p = tracked(healthy)
@@ -276,6 +304,8 @@ def test_bad_lines_are_set_aside_and_the_rest_is_replayed_once(make_app, outage_
         fh.write(good[0] + b"\n" + torn + good[2] + b"\n" + b"\n".join(bad_lines[1:]) + b"\n" + good[3] + b"\n")
         fh.write(torn)  # a torn last line: the next journaled event must not be glued to it
     assert client.get(p["click"]).status_code == 302  # journaled after the torn line
+    # what waits for a replay: the events, the one glued to the torn line among them; no bad line
+    assert down.extensions["mailtrack"].journal.count() == 4
 
     output = replay(healthy)
     assert "replayed 4 events" in output and "set aside 7 bad lines" in output
@@ -390,6 +420,43 @@ def test_the_journal_directory_is_created(make_app, outage_app, tmp_path):
     down = outage_app(healthy.config["MAILTRACK_JOURNAL_PATH"])
     assert down.test_client().get(p["click"]).status_code == 302
     assert "replayed 1 events" in replay(healthy)
+
+
+def test_a_journal_path_with_glob_characters_is_replayed(make_app, outage_app, tmp_path):
+    """The claimed batches are found by name next to the journal: a directory named with
+    ``[``, ``]``, ``*`` or ``?`` (legal in a path) must not be read as a pattern."""
+    healthy = make_app(MAILTRACK_JOURNAL_PATH=str(tmp_path / "app[1]*?" / "journal.jsonl"))
+    p = tracked(healthy)
+    down = outage_app(healthy.config["MAILTRACK_JOURNAL_PATH"])
+    assert down.test_client().get(p["click"]).status_code == 302
+    assert down.extensions["mailtrack"].journal.count() == 1
+    assert "replayed 1 events" in replay(healthy)
+    assert count(healthy, type="click", message_id=p["id"]) == 1
+    assert healthy.extensions["mailtrack"].journal.count() == 0
+
+
+def test_a_journal_named_without_a_directory_is_written_where_it_is_named(make_app, outage_app, tmp_path,
+                                                                         monkeypatch):
+    """``MAILTRACK_JOURNAL_PATH = "journal.jsonl"`` (no directory) is the working directory's
+    file, and nothing else is created there."""
+    healthy = make_app()
+    p = tracked(healthy)
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    monkeypatch.chdir(workdir)
+    assert outage_app("journal.jsonl").test_client().get(p["click"]).status_code == 302
+    assert [entry.name for entry in workdir.iterdir()] == ["journal.jsonl"]
+
+
+def test_bad_lines_are_set_aside_byte_for_byte_whatever_they_end_with(make_app, outage_app):
+    healthy, path, good = _journaled_open(make_app, outage_app)
+    bad = [b"not json XX", b"crlf line\r", b"  spaced  "]
+    with open(path, "wb") as fh:
+        fh.write(b"\n".join([bad[0], good, *bad[1:]]) + b"\n")
+    output = replay(healthy)
+    assert "replayed 1 events" in output and "set aside 3 bad lines" in output, output
+    with open(path + ".rejected", "rb") as fh:
+        assert fh.read() == b"not json XX\ncrlf line\n  spaced  \n"
 
 
 def test_an_event_after_a_one_byte_torn_line_starts_a_line_of_its_own(make_app, outage_app):

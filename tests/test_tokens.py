@@ -233,3 +233,39 @@ def test_old_tokens_expire_by_link_max_age_except_unsubscribe(make_app):
     assert_refused(app, f"{pre}/t/c/{first['token']}")
     assert_pixel_records_nothing(app, f"{pre}/t/o/{_legacy('open')[0]['token']}")
     assert app.test_client().get(f"{pre}/t/u/{_legacy('unsubscribe')[0]['token']}").status_code == 200
+
+
+def _click_of_length(app: Any, length: int) -> tuple[str, str]:
+    """A real click link whose token is exactly ``length`` characters, and its destination:
+    the destination's path is random letters (zlib cannot shrink it), grown or cut until
+    the signed token has that length."""
+    import random
+
+    rng = random.Random(length)
+    mt = app.extensions["mailtrack"].extension
+    size = length - 150
+    for _ in range(40):
+        dest = "https://dest.test/" + "".join(rng.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
+                                              for _ in range(size))
+        with app.app_context():
+            msg = mt.track_message(contact_id="c1", email="alice@example.com", subject="s",
+                                   html=f'<a href="{dest}">go</a>')
+            click = path_of(re.search(r'href="([^"]+/t/c/[^"]+)">go</a>', msg.html).group(1))
+        token = click.rsplit("/", 1)[1]
+        if len(token) == length:
+            return click, dest
+        size += length - len(token)
+    raise AssertionError(f"no token of {length} characters")
+
+
+def test_a_token_of_the_longest_accepted_length_works_and_a_longer_one_is_refused(host):
+    """Tokens up to 4096 characters are verified; longer ones are refused unread (a 404 with
+    nothing stored), even when validly signed."""
+    click, dest = _click_of_length(host, 4096)
+    resp = host.test_client().get(click)
+    assert resp.status_code == 302 and resp.headers["Location"] == dest
+    assert event_count(host) == 1
+    # base64 skips one length in four: 4097 cannot be made, 4098 can
+    longer, _ = _click_of_length(host, 4098)
+    assert_refused(host, longer)
+    assert event_count(host) == 1

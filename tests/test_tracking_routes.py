@@ -49,6 +49,24 @@ def test_click_redirects_302_no_store_to_exactly_the_destination(host):
     assert ev.is_machine is False and ev.machine_reason is None
 
 
+def test_each_click_and_open_gets_its_own_random_uuid(host, recorded_signals):
+    """An event's ``uid`` (what makes a journal replay idempotent) is a random UUID, version 4
+    in RFC 4122 layout, hex without dashes; the signal's event carries the stored one."""
+    import uuid
+
+    p = tracked(host)
+    client = host.test_client()
+    for path in [p["click"], p["open"]] * 6:  # a few: a wrong bit shows in half of them
+        client.get(path)
+    stored = [ev.uid for ev in rows(host)]
+    assert len(stored) == len(set(stored)) == 12
+    for uid in stored:
+        parsed = uuid.UUID(hex=uid)
+        assert parsed.hex == uid and parsed.version == 4 and parsed.variant == uuid.RFC_4122
+    signalled = [kw["event"].uid for kw in recorded_signals.of("link_clicked") + recorded_signals.of("email_opened")]
+    assert sorted(signalled) == sorted(stored)
+
+
 def test_click_ignores_extra_query_parameters(host):
     p = tracked(host)
     resp = host.test_client().get(p["click"] + "?url=https://evil.test/&next=//evil.test")
