@@ -20,7 +20,8 @@ from crm_mailtrack.models import ContactEvent, Message
 
 #: Routes that take no body at all: they must not fail on one, but they do not read it.
 BODYLESS = {"mailtrack_api.communications_resend", "mailtrack_api.communications_cancel",
-            "mailtrack_api.utm_remove", "mailtrack_api.enable_webhook"}
+            "mailtrack_api.utm_remove", "mailtrack_api.enable_webhook",
+            "mailtrack_api.rotate_webhook_secret"}
 #: The routes whose body carries a message's HTML (the larger limit).
 MESSAGE_ROUTES = {"mailtrack_api.communications_send", "mailtrack_api.communications_schedule",
                   "mailtrack_api.communications_send_template", "mailtrack_api.campaign_send"}
@@ -213,7 +214,8 @@ def test_a_body_of_exactly_the_limit_is_taken_one_byte_more_is_413(make_app):
         server.shutdown()
         thread.join()
     with app.app_context():
-        assert app.extensions["sqlalchemy"].session.query(ContactEvent).count() == 4
+        # the bounces taken (a run of soft bounces also adds a dnc_added event: not counted)
+        assert app.extensions["sqlalchemy"].session.query(ContactEvent).filter_by(type="bounce").count() == 4
 
 
 class _Trickle(io.RawIOBase):

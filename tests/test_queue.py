@@ -239,7 +239,8 @@ def test_webhooks_are_delivered_by_the_queue(make_app, smtp, celery_app, api_hea
     standardwebhooks = pytest.importorskip("standardwebhooks")
     receiver = Receiver()
     try:
-        app = make_queued_app(make_app, smtp, celery_app)
+        # the receiver listens on loopback, which the SSRF guard refuses unless allowed
+        app = make_queued_app(make_app, smtp, celery_app, MAILTRACK_OUTBOUND_WEBHOOK_ALLOW_PRIVATE=True)
         client = app.test_client()
         hook = client.post("/mailtrack/api/webhooks", json={"url": receiver.url, "eventTypes": ["unsubscribe"]},
                            headers=api_headers).json
