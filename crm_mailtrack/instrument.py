@@ -193,7 +193,7 @@ class _Splicer:
 
     __slots__ = ("source", "rewrite", "destinations", "_edits", "_lines")
 
-    def __init__(self, source: str, rewrite: Callable[[str], str]) -> None:
+    def __init__(self, source: str, rewrite: Callable[[str], str | None]) -> None:
         self.source = source
         self.rewrite = rewrite
         self.destinations: list[str] = []
@@ -202,7 +202,8 @@ class _Splicer:
 
     def anchor(self, parser: HTMLParser) -> str | None:
         """Rewrite the ``<a>`` start tag ``parser`` is at; return its new href, or ``None``
-        when it keeps its own (no href, not http(s), opted out)."""
+        when it keeps its own (no href, not http(s), opted out, or ``rewrite`` gives ``None``:
+        the link is left as written)."""
         raw = parser.get_starttag_text()
         span = None if raw is None else _href_span(raw)
         if span is None:
@@ -212,6 +213,8 @@ class _Splicer:
         if not is_trackable(dest):
             return None
         new = self.rewrite(dest)
+        if new is None:
+            return None
         self.destinations.append(dest)
         if self._lines is None:
             self._lines = _line_starts(self.source)
@@ -299,10 +302,11 @@ def _href_span(raw: str) -> tuple[int, int, str] | None:
     return None if opted_out else found
 
 
-def rewrite_links(source: str, rewrite: Callable[[str], str]) -> tuple[str, list[str]]:
+def rewrite_links(source: str, rewrite: Callable[[str], str | None]) -> tuple[str, list[str]]:
     """Replace each trackable ``<a href>`` of ``source`` by ``rewrite(destination)``.
 
-    Returns the new HTML and the destinations, in order of appearance. Links that are not
+    Returns the new HTML and the destinations rewritten, in order of appearance. A link for
+    which ``rewrite`` gives ``None`` keeps its href byte for byte. Links that are not
     http(s) (``mailto:``, ``tel:``, ``#top``, ``javascript:``, relative) are left alone;
     an http(s) href that is unsafe to sign raises :class:`InvalidDestination`.
     """
@@ -314,7 +318,7 @@ def rewrite_links(source: str, rewrite: Callable[[str], str]) -> tuple[str, list
 
 
 def rewrite_links_and_text(
-    source: str, rewrite: Callable[[str], str], *, link: Callable[[str], str | None] | None = None
+    source: str, rewrite: Callable[[str], str | None], *, link: Callable[[str], str | None] | None = None
 ) -> tuple[str, list[str], str]:
     """:func:`rewrite_links` and the text part in one parse of ``source``: the new HTML,
     the destinations and what :func:`~crm_mailtrack.textpart.html_to_text` gives for the

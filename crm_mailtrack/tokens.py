@@ -16,9 +16,16 @@ from typing import Any
 from itsdangerous import BadData, Serializer, TimestampSigner, URLSafeTimedSerializer
 from itsdangerous.encoding import base64_encode
 
-#: Tokens longer than this are refused before any signature work (a link in a mail is
-#: never this long; a longer one is an attack or a mangled link).
+#: Tokens longer than this are refused before any signature work (a longer one is an attack
+#: or a mangled link). The signing side uses the same bound: a link whose click token would
+#: be longer is left untracked (:func:`fits`), so no mail ever carries a token this refuses.
 MAX_TOKEN_LENGTH = 4096
+
+
+def fits(token: str) -> bool:
+    """Whether :meth:`TokenSigner.loads` would read ``token`` at all (its length is within
+    :data:`MAX_TOKEN_LENGTH`): the signing side's check on a token it has just made."""
+    return len(token) <= MAX_TOKEN_LENGTH
 
 
 class Purpose(str, enum.Enum):
@@ -132,7 +139,7 @@ class TokenSigner:
 
     def loads(self, purpose: Purpose, token: str, max_age: int | None = None) -> Any | None:
         """The payload of a valid token, or ``None`` for any invalid one."""
-        if not token or len(token) > MAX_TOKEN_LENGTH:
+        if not token or not fits(token):
             return None
         age = max_age if max_age is not None else (None if purpose in self.UNLIMITED else self.max_age)
         try:

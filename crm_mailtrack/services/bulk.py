@@ -28,7 +28,7 @@ from ..db import chunks, transaction
 from ..errors import ValidationError
 from ..models import MessageStatus, messages, utcnow
 from ..state import MailTrackState
-from ..tokens import Purpose
+from ..tokens import Purpose, fits
 from .common import UNSET, check_lengths, tenant_key
 from .messages import _EMAIL, _EXTRA_FIELDS, instrument, new_message_id, store_links
 
@@ -43,13 +43,23 @@ _COMMON_FIELDS = frozenset({"campaign_id", "template_id", "template_name", "type
 
 class _RecordingSigner:
     """Stands in for the token signer while the template is instrumented: each ``dumps``
-    returns a placeholder and remembers (purpose, payload)."""
+    returns a placeholder and remembers (purpose, payload).
 
-    def __init__(self, nonce: str) -> None:
+    A click token is also signed for real, once per link of the template (never per
+    recipient): when it is too long for the click route (:func:`~crm_mailtrack.tokens.fits`)
+    it is returned as it is, unrecorded, so ``instrument`` leaves that link untracked as it
+    does for one message."""
+
+    def __init__(self, nonce: str, real: Any) -> None:
         self.nonce = nonce
+        self.real = real
         self.calls: list[tuple[Purpose, Any]] = []
 
     def dumps(self, purpose: Purpose, payload: Any) -> str:
+        if purpose is Purpose.CLICK:
+            token: str = self.real.dumps(purpose, payload)
+            if not fits(token):
+                return token
         self.calls.append((purpose, payload))
         return f"{self.nonce}x{len(self.calls) - 1}x"
 
@@ -64,7 +74,7 @@ class _Template:
         placeholder_id = "mtmsg" + secrets.token_hex(10)
         while nonce in (html or "") or placeholder_id in (html or ""):  # pragma: no cover - 2**-64
             nonce, placeholder_id = "mtslot" + secrets.token_hex(8), "mtmsg" + secrets.token_hex(10)
-        recorder = _RecordingSigner(nonce)
+        recorder = _RecordingSigner(nonce, state.signer)
         fake = dataclasses.replace(state, signer=recorder)
         out_html, headers, self.tracked, self.text = instrument(
             fake, placeholder_id, html, track_opens=track_opens, track_clicks=track_clicks, text=text
@@ -84,10 +94,15 @@ class _Template:
         self.html_format = None if out_html is None else _format(slot.split(out_html))
         self.header_formats = {k: _format(slot.split(v)) for k, v in headers.items()}
 
-    def render(self, message_id: str) -> tuple[str | None, dict[str, str]]:
+    def render(self, message_id: str) -> tuple[str | None, dict[str, str]] | None:
+        """The HTML and headers for ``message_id``; ``None`` when one of its tokens is too
+        long for the route that reads it (a compressed payload's length varies a little with
+        the id): the caller instruments that recipient on its own."""
         dumps = self.state.signer.dumps
         # tokens are URL-safe base64 and '.': escaping is a no-op, kept for the contract
         tokens = [html_lib.escape(dumps(purpose, fill(message_id)), quote=True) for purpose, fill in self.jobs]
+        if tokens and not fits(max(tokens, key=len)):
+            return None
         return (
             None if self.html_format is None else self.html_format.format(*tokens),
             {k: fmt.format(*tokens) for k, fmt in self.header_formats.items()},
@@ -187,13 +202,14 @@ def track_messages(
         message_id = new_message_id()
         own_html = r.get("html", html)
         row = dict(base)
-        if "html" in r or not template.safe:
+        rendered = None if "html" in r or not template.safe else template.render(message_id)
+        if rendered is None:
             out_html, headers, own_tracked, row["text"] = instrument(
                 state, message_id, own_html, track_opens=track_opens, track_clicks=track_clicks, text=text
             )
             tracked.update(own_tracked)
         else:
-            out_html, headers = template.render(message_id)
+            out_html, headers = rendered
         row.update(id=message_id, contact_id=str(r["contact_id"]), email=r["email"], html=out_html,
                    original_html=own_html, headers=headers)
         for key in RECIPIENT_FIELDS - {"html"}:

@@ -22,8 +22,8 @@ from ..instrument import (
 from ..models import Message, MessageStatus, campaign_links, links, messages, utcnow
 from ..state import MailTrackState
 from ..textpart import html_to_text
-from ..tokens import Purpose
-from .common import UNSET, check_lengths, tenant_key
+from ..tokens import MAX_TOKEN_LENGTH, Purpose, fits
+from .common import UNSET, check_lengths, log, tenant_key
 
 _EMAIL = re.compile(r"^[^@\s\x00-\x1f]+@[^@\s\x00-\x1f]+$")
 
@@ -34,9 +34,23 @@ def new_message_id() -> str:
 
 
 def click_url(state: MailTrackState, message_id: str, url: str, *, root: str | None = None) -> str:
+    """The signed click URL of ``url`` for the message; ``url`` itself (validated, not
+    tracked) when its token would be too long for the click route (:func:`untracked`)."""
     dest = validate_destination(url)
     token = state.signer.dumps(Purpose.CLICK, [message_id, dest])
+    if not fits(token):
+        untracked(dest, token)
+        return dest
     return f"{root or state.external_root()}/t/c/{token}"
+
+
+def untracked(dest: str, token: str) -> None:
+    """Log (warning, logger ``crm_mailtrack``) a link left untracked because its click token
+    is longer than :data:`~crm_mailtrack.tokens.MAX_TOKEN_LENGTH`, the most the click route
+    reads: a link to the route would answer 404, the destination itself works."""
+    log.warning("link %s not tracked: its click token would be %d characters, over the %d the "
+                "click route accepts; the mail links to the destination itself (%.80s...)",
+                link_id(dest), len(token), MAX_TOKEN_LENGTH, dest)
 
 
 def open_url(state: MailTrackState, message_id: str, *, root: str | None = None) -> str:
@@ -72,20 +86,30 @@ def instrument(
     copy of the message (``resend``) can reuse it. Clicks in the text part are therefore
     not tracked. It is made before the hidden honeypot link and the open pixel are added:
     neither is ever part of it.
+
+    A link whose click token would be longer than the click route reads
+    (:data:`~crm_mailtrack.tokens.MAX_TOKEN_LENGTH`: a URL of some 3,000 characters that do
+    not compress) keeps its href exactly as written, in the HTML and the text part, is not
+    in the tracked links, and is logged (:func:`untracked`). The check is the length of the
+    token just signed.
     """
     root = state.external_root()
     tracked: dict[str, str] = {}
     shown: dict[str, str] = {}
     utm = state.utm_defaults
 
-    def rewrite(dest: str) -> str:
+    def rewrite(dest: str) -> str | None:
         dest = validate_destination(apply_utm(dest, utm))
         if not track_clicks:
             shown[dest] = dest
             return dest
-        tracked[link_id(dest)] = dest
         # dest is validated just above: sign it directly (click_url would validate again)
-        url = f"{root}/t/c/{state.signer.dumps(Purpose.CLICK, [message_id, dest])}"
+        token = state.signer.dumps(Purpose.CLICK, [message_id, dest])
+        if not fits(token):
+            untracked(dest, token)
+            return None  # the href stays as written
+        tracked[link_id(dest)] = dest
+        url = f"{root}/t/c/{token}"
         shown[url] = dest
         return url
 
