@@ -25,9 +25,12 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
+
+import pytest
 
 from crm_mailtrack.services.inbound import DUPLICATE, MALFORMED, RECORDED, UNMATCHED, IngestResult
 
@@ -330,3 +333,27 @@ def flags_by_subject(server: Dovecot) -> dict[str, set[str]]:
     for flags, raw in server.mailbox().values():
         found[email.parser.BytesHeaderParser().parsebytes(raw)["Subject"]] = flags
     return found
+
+
+# -- fixtures: a module takes them with ``from imapserver import _dovecot, dovecot, fresh_dovecot``
+
+
+@pytest.fixture(scope="module")
+def _dovecot() -> Iterator[Dovecot]:
+    with Dovecot() as server:
+        yield server
+
+
+@pytest.fixture
+def fresh_dovecot() -> Iterator[Dovecot]:
+    """A server of the test's own: after a failed login, Dovecot delays the next logins from
+    the same address by seconds (its auth penalty), so each such test fails once, here."""
+    with Dovecot() as server:
+        yield server
+
+
+@pytest.fixture
+def dovecot(_dovecot: Dovecot) -> Dovecot:
+    """The module's server with an empty INBOX."""
+    _dovecot.empty()
+    return _dovecot

@@ -22,6 +22,8 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
 
@@ -173,3 +175,26 @@ def self_signed_cert(directory: Path) -> tuple[str, str] | None:
         check=True, capture_output=True,
     )
     return str(cert), str(key)
+
+
+# -- fixtures of a server that can defer or refuse: a module takes them with
+#    ``from mailserver import flaky_smtp, flaky_handler  # noqa: F401`` and asks for ``smtp``
+#    and ``handler`` (which then stand for this server in that module) ----------------------
+
+
+@pytest.fixture(scope="module", name="smtp")
+def flaky_smtp() -> Iterator[MailServer]:
+    with MailServer(FlakyHandler()) as srv:
+        yield srv
+
+
+@pytest.fixture(name="handler")
+def flaky_handler(smtp: MailServer) -> FlakyHandler:
+    h: FlakyHandler = smtp.handler  # type: ignore[assignment]
+    h.received.clear()
+    h.refuse.clear()
+    h.arrivals.clear()
+    h.defer = 0
+    h.data_commands = 0
+    return h
+

@@ -16,27 +16,10 @@ import sqlalchemy as sa
 from crm_mailtrack import ConfigurationError
 from crm_mailtrack.models import events, messages, utcnow
 
-from mailserver import FlakyHandler, MailServer, refusing_port
+from mailserver import FlakyHandler, MailServer, flaky_handler, flaky_smtp, refusing_port  # noqa: F401 - fixtures smtp, handler
 
 SENDER = "crm@example.com"
 HTML = '<p>Hi</p><p><a href="https://shop.test/offer">offer</a></p>'
-
-
-@pytest.fixture(scope="module")
-def smtp() -> Iterator[MailServer]:
-    with MailServer(FlakyHandler()) as srv:
-        yield srv
-
-
-@pytest.fixture
-def handler(smtp: MailServer) -> FlakyHandler:
-    h: FlakyHandler = smtp.handler  # type: ignore[assignment]
-    h.received.clear()
-    h.refuse.clear()
-    h.arrivals.clear()
-    h.defer = 0
-    h.data_commands = 0
-    return h
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ and keeps each Message-ID once, as ``MailTrack.ingest_mail`` does with its stora
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -18,30 +17,11 @@ from crm_mailtrack.services.inbox import FetchReport, InboxError, InboxFetcher, 
 from crm_mailtrack.services.inbox_url import parse_inbox_url
 
 import imapserver
-from imapserver import STORED_FLAGS, USER, Dovecot, RecordingIngest, flags_by_subject, mail
+from imapserver import (  # noqa: F401 - _dovecot, dovecot, fresh_dovecot: fixtures
+    STORED_FLAGS, USER, Dovecot, _dovecot, dovecot, fresh_dovecot, RecordingIngest, flags_by_subject, mail,
+)
 
 pytestmark = pytest.mark.skipif(imapserver.available() is not None, reason=str(imapserver.available()))
-
-
-@pytest.fixture(scope="module")
-def _dovecot() -> Iterator[Dovecot]:
-    with Dovecot() as server:
-        yield server
-
-
-@pytest.fixture
-def fresh_dovecot() -> Iterator[Dovecot]:
-    """A server of the test's own: after a failed login, Dovecot delays the next logins from
-    the same address by seconds (its auth penalty), so each such test fails once, here."""
-    with Dovecot() as server:
-        yield server
-
-
-@pytest.fixture
-def dovecot(_dovecot: Dovecot) -> Dovecot:
-    """The module's server with an empty INBOX."""
-    _dovecot.empty()
-    return _dovecot
 
 
 # -- the URL --------------------------------------------------------------------------------

@@ -11,7 +11,6 @@ import email
 import email.parser
 import email.policy
 import threading
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
 
@@ -24,30 +23,11 @@ from crm_mailtrack.services.inbox import FetchReport, InboxFetcher, fetch_inbox
 from conftest import API_TOKEN
 
 import imapserver
-from imapserver import STORED_FLAGS, USER, Dovecot, flags_by_subject, mail
+from imapserver import (  # noqa: F401 - _dovecot, dovecot, fresh_dovecot: fixtures
+    STORED_FLAGS, USER, Dovecot, _dovecot, dovecot, fresh_dovecot, flags_by_subject, mail,
+)
 
 pytestmark = pytest.mark.skipif(imapserver.available() is not None, reason=str(imapserver.available()))
-
-
-@pytest.fixture(scope="module")
-def _dovecot() -> Iterator[Dovecot]:
-    with Dovecot() as server:
-        yield server
-
-
-@pytest.fixture
-def fresh_dovecot() -> Iterator[Dovecot]:
-    """A server of the test's own: after a failed login, Dovecot delays the next logins from
-    the same address by seconds (its auth penalty), so each such test fails once, here."""
-    with Dovecot() as server:
-        yield server
-
-
-@pytest.fixture
-def dovecot(_dovecot: Dovecot) -> Dovecot:
-    """The module's server with an empty INBOX."""
-    _dovecot.empty()
-    return _dovecot
 
 
 # -- mail that comes back --------------------------------------------------------------------

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 
 from crm_mailtrack.models import events, messages
 
-from mailserver import FlakyHandler, MailServer
+from mailserver import FlakyHandler, MailServer, flaky_handler, flaky_smtp  # noqa: F401 - fixtures smtp, handler
 
 celery = pytest.importorskip("celery", reason="the 'celery' extra is not installed")
 from celery.contrib.testing.worker import start_worker  # noqa: E402
@@ -32,23 +32,6 @@ BROKERS = {
     "redis": ("redis://127.0.0.1:6379/0", 6379),
     "rabbitmq": ("amqp://guest:guest@127.0.0.1:5672//", 5672),
 }
-
-
-@pytest.fixture(scope="module")
-def smtp() -> Iterator[MailServer]:
-    with MailServer(FlakyHandler()) as srv:
-        yield srv
-
-
-@pytest.fixture
-def handler(smtp: MailServer) -> FlakyHandler:
-    h: FlakyHandler = smtp.handler  # type: ignore[assignment]
-    h.received.clear()
-    h.refuse.clear()
-    h.arrivals.clear()
-    h.defer = 0
-    h.data_commands = 0
-    return h
 
 
 @pytest.fixture(params=list(BROKERS))
@@ -229,7 +212,6 @@ def test_init_celery_twice_is_refused(make_app, smtp, celery_app):
     app = make_queued_app(make_app, smtp, celery_app)
     with pytest.raises(RuntimeError, match="already"):
         app.extensions["mailtrack"].extension.init_celery(celery_app, app)
-
 
 
 def test_webhooks_are_delivered_by_the_queue(make_app, smtp, celery_app, api_headers):
