@@ -6,14 +6,13 @@ driven with a real recording ``ingest`` that parses each message with the standa
 and keeps each Message-ID once, as ``MailTrack.ingest_mail`` does with its storage."""
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 import pytest
 
 from crm_mailtrack import ConfigurationError
 from crm_mailtrack.errors import DatabaseUnavailable
-from crm_mailtrack.services.inbox import FetchReport, InboxError, InboxFetcher, Outcome, fetch_inbox
+from crm_mailtrack.services.inbox import InboxError, InboxFetcher, Outcome, fetch_inbox
 from crm_mailtrack.services.inbox_url import parse_inbox_url
 
 import imapserver
@@ -178,19 +177,7 @@ def test_two_fetchers_at_once_store_each_message_once(dovecot: Dovecot, scheme: 
                 for _ in range(2)]
     # both list the same 40 messages before either handles one: the worst case for a cron overlap
     assert [f.count() for f in fetchers] == [count, count]
-    reports: list[FetchReport] = []
-    start = threading.Barrier(2)
-
-    def run(fetcher: InboxFetcher) -> None:
-        start.wait()
-        with fetcher:
-            reports.append(fetcher.run())
-
-    threads = [threading.Thread(target=run, args=(f,)) for f in fetchers]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
+    reports = imapserver.run_at_once(fetchers, timeout=120)
 
     assert len(reports) == 2
     assert sorted(ingest.stored) == sorted(f"<m{n}@mx.test>" for n in range(count))

@@ -296,19 +296,7 @@ def test_two_fetchers_deleting_at_once_store_each_mail_once_and_delete_all_they_
     fetchers = [InboxFetcher(app.extensions["mailtrack"].settings.inbox, ingest, delete=True, batch_size=5)
                 for _ in range(2)]
     assert [f.count() for f in fetchers] == [count + 5, count + 5]
-    reports: list[FetchReport] = []
-    start = threading.Barrier(2)
-
-    def run(fetcher: InboxFetcher) -> None:
-        start.wait()
-        with fetcher:
-            reports.append(fetcher.run())
-
-    threads = [threading.Thread(target=run, args=(f,)) for f in fetchers]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(180)
+    reports = imapserver.run_at_once(fetchers, timeout=180)
 
     assert len(reports) == 2, reports
     assert [r.stopped for r in reports] == [None, None] and sum(r.failed + r.malformed for r in reports) == 0
