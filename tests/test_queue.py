@@ -55,6 +55,9 @@ def celery_app(broker_url: str) -> Iterator[Any]:
         task_queues=[Queue(name, Exchange(name), routing_key=name, durable=False, auto_delete=True)],
         broker_connection_retry_on_startup=False,
         worker_hijack_root_logger=False,
+        # no AMQP heartbeats: with them the test worker's stop on RabbitMQ waits ~10 s for the
+        # consumer's next heartbeat tick (1 s without); a test's worker lives seconds anyway
+        broker_heartbeat=0,
     )
     yield capp
     with contextlib.suppress(Exception):
