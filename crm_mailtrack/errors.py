@@ -25,6 +25,11 @@ class DatabaseUnavailable(MailTrackError, wz.ServiceUnavailable):
     description = "The tracking database is unavailable; nothing was changed. Try again later."
 
 
+class QueueUnavailable(MailTrackError):
+    """The task queue's broker did not take a message's task (down, refusing connections),
+    after Celery's own publish retries. The senders fall back to ``send-due``: nothing is lost."""
+
+
 class NotFound(MailTrackError, wz.NotFound):
     """No such row in the caller's tenant (also the answer for rows of another tenant)."""
 

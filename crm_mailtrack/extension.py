@@ -162,15 +162,33 @@ class MailTrack:
         )
 
     def send(self, message: Message) -> Message:
-        """Deliver ``message`` through ``MAILTRACK_SMTP_URL``."""
+        """Deliver ``message`` through ``MAILTRACK_SMTP_URL`` now, in the caller's process,
+        and return it ``SENT``, ``FAILED`` or ``SUPPRESSED`` (one attempt: the caller waits
+        for the outcome). :meth:`send_later` is the counterpart that does not wait."""
         from .services import sending
 
         return sending.send(get_state(), message)
 
+    def send_later(self, message: Message | str) -> Message:
+        """Hand a ``PENDING`` message (or its id) to the senders and return without waiting
+        for the delivery: it is never sent in the caller's process. With :meth:`init_celery` it becomes a task for the
+        workers and stays ``PENDING`` until one claims it; without a queue, or when the
+        broker does not take the task, it becomes ``SCHEDULED`` at this moment, for
+        ``flask mailtrack send-due``. Either way it is sent once, with the retries of
+        transient failures and the domain rate limits of a campaign send. Read the outcome
+        later (``message.status`` after a refresh, ``GET /api/communications/find/<id>``,
+        the ``message_sent`` / ``message_failed`` signals). A ``SCHEDULED`` message is
+        returned as it is (``send-due`` sends it at its time); ``NotFound`` for an unknown
+        message, ``Conflict`` for one in any other status."""
+        from .services import dispatch
+
+        return dispatch.send_later(get_state(), message)
+
     def init_celery(self, celery_app: Any, app: Flask | None = None) -> Any:
-        """Send campaigns through ``celery_app`` (the host's Celery app; needs the ``celery``
-        extra): registers the task ``crm_mailtrack.send_message`` on it, run by the workers
-        in ``app``'s context (default: ``current_app``). Call it in the app factory, so the
+        """Send campaigns, :meth:`send_later` and the API's send routes through ``celery_app``
+        (the host's Celery app; needs the ``celery`` extra): registers the task
+        ``crm_mailtrack.send_message`` on it, run by the workers in ``app``'s context
+        (default: ``current_app``). Call it in the app factory, so the
         workers, which import the factory, register it too."""
         from flask import current_app
 
@@ -195,7 +213,8 @@ class MailTrack:
         ``failed``, ``suppressed``, ``cancelled``, ``retrying``, ``total``).
 
         With :meth:`init_celery`, each message becomes a task for the workers and this
-        returns at once. Without it, the messages are sent here, in the caller's process.
+        returns at once (if the broker does not take them, they are due at once for
+        ``send-due`` instead: nothing is lost). Without it, the messages are sent here, in the caller's process.
         Either way a transient SMTP failure (4xx, server unreachable) is retried with
         backoff (``MAILTRACK_SEND_MAX_ATTEMPTS``, ``MAILTRACK_SEND_RETRY_BACKOFF_SECONDS``),
         a 5xx fails at once, and ``MAILTRACK_DOMAIN_RATE_LIMITS`` are held; a message put
@@ -212,7 +231,7 @@ class MailTrack:
                                 campaign_id=campaign_id, **common)
         ids = dispatch.pending_ids(state, tenant, str(campaign_id))
         if state.queue is not None:
-            state.queue.enqueue(ids)
+            dispatch.hand_over(state, ids)
         else:
             dispatch.send_in_process(state, ids)
         return dispatch.progress(state, tenant, str(campaign_id))

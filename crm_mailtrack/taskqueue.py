@@ -20,7 +20,7 @@ from typing import Any
 
 from flask import Flask
 
-from .errors import ConfigurationError, DatabaseUnavailable
+from .errors import ConfigurationError, DatabaseUnavailable, QueueUnavailable
 from .models import utcnow
 from .services import dispatch, webhooks
 from .services.smtp import Mailer
@@ -60,10 +60,19 @@ class CeleryQueue:
         return mailer
 
     def enqueue(self, message_ids: list[str]) -> int:
-        """Publish one task per message, on one broker connection; return how many."""
-        with self.celery_app.producer_or_acquire() as producer:
-            for message_id in message_ids:
-                self.task.apply_async(args=(message_id,), producer=producer)
+        """Publish one task per message, on one broker connection; return how many.
+
+        :class:`~.errors.QueueUnavailable` when the broker cannot be reached (after Celery's
+        publish retries, ``task_publish_retry_policy``); some tasks may have been published
+        before, which the claims make harmless if the caller hands the messages on again."""
+        from kombu.exceptions import OperationalError
+
+        try:
+            with self.celery_app.producer_or_acquire() as producer:
+                for message_id in message_ids:
+                    self.task.apply_async(args=(message_id,), producer=producer)
+        except (OperationalError, OSError) as exc:
+            raise QueueUnavailable(f"The task queue's broker did not take the tasks: {exc}") from exc
         return len(message_ids)
 
 

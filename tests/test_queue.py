@@ -8,11 +8,7 @@ The same sends without a queue (in-process, then ``send-due``) are in test_campa
 """
 from __future__ import annotations
 
-import contextlib
-import socket
 import time
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,63 +16,17 @@ import sqlalchemy as sa
 
 from crm_mailtrack.models import events, messages
 
+from celeryhelpers import broker_url, celery_app, worker  # noqa: F401 - fixtures broker_url, celery_app
 from mailserver import FlakyHandler, MailServer, flaky_handler, flaky_smtp  # noqa: F401 - fixtures smtp, handler
-
-celery = pytest.importorskip("celery", reason="the 'celery' extra is not installed")
-from celery.contrib.testing.worker import start_worker  # noqa: E402
-from kombu import Exchange, Queue  # noqa: E402
 
 SENDER = "crm@example.com"
 HTML = '<p>Hi</p><p><a href="https://shop.test/offer">offer</a></p>'
-BROKERS = {
-    "redis": ("redis://127.0.0.1:6379/0", 6379),
-    "rabbitmq": ("amqp://guest:guest@127.0.0.1:5672//", 5672),
-}
-
-
-@pytest.fixture(params=list(BROKERS))
-def broker_url(request: pytest.FixtureRequest) -> str:
-    url, port = BROKERS[request.param]
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=2).close()
-    except OSError as exc:
-        pytest.skip(f"{request.param} broker at 127.0.0.1:{port} is unreachable: {exc}")
-    return url
-
-
-@pytest.fixture
-def celery_app(broker_url: str) -> Iterator[Any]:
-    """A Celery app of the host's own, on a queue of this test's own (other runs may share
-    the broker), deleted when the worker leaves."""
-    name = f"mailtrack-test-{uuid.uuid4().hex[:12]}"
-    capp = celery.Celery("host", broker=broker_url, set_as_current=False)
-    capp.conf.update(
-        task_default_queue=name,
-        task_queues=[Queue(name, Exchange(name), routing_key=name, durable=False, auto_delete=True)],
-        broker_connection_retry_on_startup=False,
-        worker_hijack_root_logger=False,
-        # no AMQP heartbeats: with them the test worker's stop on RabbitMQ waits ~10 s for the
-        # consumer's next heartbeat tick (1 s without); a test's worker lives seconds anyway
-        broker_heartbeat=0,
-    )
-    yield capp
-    with contextlib.suppress(Exception):
-        capp.control.purge()
-    capp.close()
 
 
 def make_queued_app(make_app: Any, smtp: MailServer, celery_app: Any, **config: Any) -> Any:
     app = make_app(MAILTRACK_SMTP_URL=smtp.url(), MAILTRACK_DEFAULT_SENDER=SENDER, **config)
     app.extensions["mailtrack"].extension.init_celery(celery_app, app)
     return app
-
-
-@contextlib.contextmanager
-def worker(celery_app: Any, *, threads: int = 2) -> Iterator[Any]:
-    """A real worker consuming the test's queue, ``threads`` tasks at a time."""
-    with start_worker(celery_app, pool="threads", concurrency=threads, perform_ping_check=False,
-                      loglevel="WARNING", shutdown_timeout=30) as w:
-        yield w
 
 
 def wait_done(app: Any, campaign_id: str, timeout: float = 60) -> dict[str, Any]:

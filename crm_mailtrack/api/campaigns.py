@@ -131,7 +131,8 @@ class CampaignSendBodySchema(BodySchema):
 def campaign_send(campaign_id: str, body: dict[str, Any]) -> dict[str, Any]:
     """Stores one tracked message per recipient (if any are given), then hands every PENDING
     message of the campaign to the senders: one Celery task each with ``init_celery``, else
-    ``flask mailtrack send-due`` (due at once); nothing is sent inside this request. Answers
+    (or when the broker does not take them) ``flask mailtrack send-due`` (due at once);
+    nothing is sent inside this request. Answers
     the campaign's progress; a campaign without messages is 404."""
     state, tenant = get_state(), current_tenant()
     if len(campaign_id) > _MAX_CAMPAIGN_ID or "\x00" in campaign_id:
@@ -141,9 +142,5 @@ def campaign_send(campaign_id: str, body: dict[str, Any]) -> dict[str, Any]:
                             subject=body.get("subject") or "", html=body.get("html"), text=body.get("text"), tenant_id=tenant,
                             campaign_id=campaign_id)
     _require_campaign(campaign_id, tenant)
-    ids = dispatch.pending_ids(state, tenant, campaign_id)
-    if state.queue is not None:
-        state.queue.enqueue(ids)
-    else:
-        dispatch.hand_to_send_due(state, ids)
+    dispatch.hand_over(state, dispatch.pending_ids(state, tenant, campaign_id))
     return dispatch.progress(state, tenant, campaign_id)

@@ -11,7 +11,7 @@ from ..errors import NotFound
 from ..errors import ValidationError as MTValidationError
 from ..services import analytics as analytics_service
 from ..services import communications as comms
-from ..services import csv_export, sending
+from ..services import csv_export, dispatch
 from ..state import get_state
 from .communications_responses import (
     CommAnalyticsSchema,
@@ -70,21 +70,15 @@ def _fields(body: dict[str, Any]) -> dict[str, Any]:
     return {kw: body[key] for key, kw in _MESSAGE_FIELDS.items() if key in body and body[key] is not None}
 
 
-def _deliver(msg: Any) -> Any:
-    """Send now unless the message is scheduled."""
-    if msg.status == "PENDING":
-        return sending.send(get_state(), msg)
-    return msg
-
-
 def _sent_copies(copies: list[Any]) -> dict[str, Any]:
-    """Send the stored copies now (unless scheduled: they are all ``SCHEDULED`` or all
-    ``PENDING``) over one SMTP connection, then answer 201 with the first copy's record and
-    ``copyIds``. Each copy's outcome is its own (``SENT``, ``FAILED``, ``SUPPRESSED``)."""
+    """Send the stored copies (unless scheduled: they are all ``SCHEDULED`` or all
+    ``PENDING``), then answer 201 with the first copy's record and ``copyIds``. Without a
+    task queue they are sent now, over one SMTP connection, and each copy's outcome is its
+    own (``SENT``, ``FAILED``, ``SUPPRESSED``); with ``init_celery`` they are handed to the
+    workers and the answer comes at once, ``PENDING`` (or ``SCHEDULED`` now, for
+    ``send-due``, when the broker did not take them)."""
     state = get_state()
-    if copies[0].status == "PENDING":
-        with sending.mailer_for(state) as mailer:
-            copies = [sending.send(state, msg, mailer=mailer) for msg in copies]
+    copies = dispatch.send_or_hand_over(state, copies)
     return {**comms.records(state, copies[:1])[0], "copy_ids": [msg.id for msg in copies]}
 
 
@@ -93,7 +87,10 @@ def _sent_copies(copies: list[Any]) -> dict[str, Any]:
 def communications_send(body: dict[str, Any]) -> dict[str, Any]:
     """Store one message per recipient (links and pixel instrumented per copy) and send them
     now. The answer is the first recipient's record, ``SENT``, ``FAILED`` (with
-    ``errorMessage``) or ``SUPPRESSED`` (Do-Not-Contact), and ``copyIds`` lists every copy."""
+    ``errorMessage``) or ``SUPPRESSED`` (Do-Not-Contact), and ``copyIds`` lists every copy.
+    When the host runs a task queue (``init_celery``) the copies go to its workers instead and
+    the answer comes at once with ``PENDING`` (``SCHEDULED`` now, for ``send-due``, if the
+    broker could not take them); read the outcome later with ``find/<id>``."""
     copies = comms.compose(get_state(), current_tenant(), contact_id=body["contactId"],
                            recipients=body["recipients"], subject=body["subject"], html=body["body"],
                            text=body["bodyText"], **_fields(body))
@@ -134,9 +131,10 @@ def communications_send_template(template_id: str, body: dict[str, Any]) -> dict
 @routes.route(f"{P}/<message_id>/resend", methods=["POST"], summary="Resend a failed or sent email", tags=TAGS,
               response=CommunicationSchema, status=201, errors=(401, 404, 406, 409), path_params=_ID)
 def communications_resend(message_id: str) -> dict[str, Any]:
-    """Send a new copy (new id, same conversation); the original record is left as it was."""
+    """Send a new copy (new id, same conversation) as ``send`` does (through the task queue
+    when there is one); the original record is left as it was."""
     msg = comms.resend(get_state(), current_tenant(), message_id)
-    return _one(_deliver(msg))
+    return _one(dispatch.send_or_hand_over(get_state(), [msg])[0])
 
 
 @routes.route(f"{P}/<message_id>/cancel", methods=["POST"], summary="Cancel a scheduled email", tags=TAGS,

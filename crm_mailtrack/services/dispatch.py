@@ -8,6 +8,10 @@ message no longer claimable and reports :data:`SKIPPED`. A delivery follows the 
 backoff's end and the per-domain rate limit is held. Whether the deliveries run on a task
 queue (``crm_mailtrack.taskqueue``) or here, in the caller's process, they are the same
 function; with no queue, what was put back to ``SCHEDULED`` is sent by ``send-due``.
+
+Handing messages over (:func:`hand_over`) never loses one: they are stored before their
+tasks are published, and when the broker does not take the tasks they become due at once
+for ``send-due`` instead.
 """
 from __future__ import annotations
 
@@ -18,9 +22,12 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from ..models import MessageStatus, messages
+from ..errors import Conflict, NotFound, QueueUnavailable
+from ..models import Message, MessageStatus, messages
 from ..state import MailTrackState
 from . import sending
+from .common import log
+from .messages import message_id_of
 from .smtp import Mailer
 
 #: The outcome of a delivery whose message was not claimable: another sender has it or had
@@ -95,6 +102,68 @@ def hand_to_send_due(state: MailTrackState, ids: list[str]) -> int:
     return changed
 
 
+def hand_over(state: MailTrackState, ids: list[str]) -> bool:
+    """Hand stored ``PENDING`` messages to the senders without sending here. With a task
+    queue: one task each, the messages stay ``PENDING`` (``True``). Without one, or when its
+    broker does not take the tasks: due at once for ``send-due`` (``SCHEDULED`` now,
+    ``False``); tasks published before the broker failed are harmless, the claims send each
+    message once."""
+    if state.queue is not None:
+        try:
+            state.queue.enqueue(ids)
+            return True
+        except QueueUnavailable:
+            log.warning("mailtrack: the task queue did not take %d message(s); they are due for send-due "
+                        "instead", len(ids), exc_info=True)
+    hand_to_send_due(state, ids)
+    return False
+
+
+def _reloaded(state: MailTrackState, msgs: list[Message]) -> list[Message]:
+    """``msgs`` with their rows read again (they were changed by UPDATE statements)."""
+    ids = [m.id for m in msgs]
+    rows = {m.id: m for m in state.session.execute(
+        sa.select(Message).where(Message.id.in_(ids)).execution_options(populate_existing=True)).scalars()}
+    state.session.commit()
+    return [rows.get(i, m) for i, m in zip(ids, msgs)]
+
+
+def send_or_hand_over(state: MailTrackState, msgs: list[Message]) -> list[Message]:
+    """The API's send of freshly stored copies. ``PENDING`` ones are handed to the task
+    queue when the app has one (:func:`hand_over`: the caller does not wait for SMTP, and
+    the workers' delivery has the bulk retry policy); without a queue they are sent here,
+    over one SMTP connection, one attempt each (the caller waits for the outcome). Scheduled
+    copies are left to ``send-due``. The copies are all ``PENDING`` or all ``SCHEDULED``
+    (as :func:`~.communications.compose` stores them). Returns the messages as they are now."""
+    if not msgs or msgs[0].status != MessageStatus.PENDING.value:
+        return msgs
+    if state.queue is None:
+        with sending.mailer_for(state) as mailer:
+            return [sending.send(state, m, mailer=mailer) for m in msgs]
+    ids = [m.id for m in msgs]
+    state.session.commit()  # end the read before the broker's round trip
+    hand_over(state, ids)
+    return _reloaded(state, msgs)
+
+
+def send_later(state: MailTrackState, message: Message | str) -> Message:
+    """Hand a ``PENDING`` message to the senders, never sending it here (see
+    ``MailTrack.send_later``); a ``SCHEDULED`` one is returned as it is (``send-due`` sends
+    it at its time). ``NotFound`` for an unknown message, ``Conflict`` for any other status."""
+    message_id = message_id_of(message)
+    msg = state.session.get(Message, message_id, populate_existing=True)
+    status = msg.status if msg is not None else None
+    state.session.commit()  # end the read before the broker's round trip
+    if msg is None:
+        raise NotFound(f"No message {message_id!r}.")
+    if status == MessageStatus.SCHEDULED.value:
+        return msg
+    if status != MessageStatus.PENDING.value:
+        raise Conflict(f"Message {message_id} is {status}; only PENDING or SCHEDULED messages are sent.")
+    hand_over(state, [message_id])
+    return _reloaded(state, [msg])[0]
+
+
 #: Progress keys and the statuses each one counts.
 _BUCKETS = {
     "queued": (MessageStatus.PENDING.value, MessageStatus.SCHEDULED.value),
@@ -126,4 +195,5 @@ def progress(state: MailTrackState, tenant: str, campaign_id: str) -> dict[str, 
     return out
 
 
-__all__ = ["deliver", "pending_ids", "send_in_process", "hand_to_send_due", "progress", "Delivery", "SKIPPED"]
+__all__ = ["deliver", "pending_ids", "send_in_process", "hand_to_send_due", "hand_over", "send_or_hand_over",
+           "send_later", "progress", "Delivery", "SKIPPED"]
