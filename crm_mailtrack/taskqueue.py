@@ -3,7 +3,9 @@ workers in the Flask app's context.
 
 ``mailtrack.init_celery(celery_app)`` (inside the app factory, so that workers importing
 the factory get it too) registers the task :data:`SEND_TASK` on the host's Celery app and
-makes :meth:`MailTrack.send_campaign` enqueue instead of sending in the caller's process.
+makes :meth:`MailTrack.send_campaign`, :meth:`MailTrack.send_later` and the API's send routes
+enqueue instead of sending in the caller's process (:func:`~.services.dispatch.hand_over`:
+when the broker cannot be reached the messages are due for ``send-due`` instead).
 The task is idempotent through the message's claim (a redelivered task sends nothing the
 second time), ``acks_late`` (a worker killed mid-task has it redelivered; the claim keeps
 that from sending twice, and a message left ``SENDING`` is failed by ``send-due``'s
