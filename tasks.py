@@ -210,6 +210,17 @@ def demo(host: str, port: int) -> int:
     return _run(cmd, env=env)
 
 
+def _parallel(pytest_args: Sequence[str]) -> list[str]:
+    """pytest-xdist's options unless the caller chose: one test process per CPU
+    (``MAILTRACK_TEST_PROCESSES`` overrides; ``0`` runs in this one process), whole modules
+    per process (``--dist loadfile``: a module's servers, browser and Dovecot start once)."""
+    if any(a.startswith(("-n", "--numprocesses", "--dist")) or a in ("no:xdist", "-pno:xdist")
+           for a in pytest_args):
+        return []
+    processes = os.environ.get("MAILTRACK_TEST_PROCESSES", "auto")
+    return ["-n", processes, "--dist", "loadfile"]
+
+
 def test(pytest_args: Sequence[str]) -> int:
     """Run pytest on the whole suite (or on ``pytest_args``); return pytest's exit code."""
     python = ensure_venv(TEST_EXTRAS)
@@ -217,7 +228,7 @@ def test(pytest_args: Sequence[str]) -> int:
     if not env.get("MAILTRACK_TEST_POSTGRES_URL"):
         say("MAILTRACK_TEST_POSTGRES_URL is not set: PostgreSQL tests will be skipped "
             "(.ci/run sets it)")
-    code = _run([str(python), "-m", "pytest", *pytest_args], env=env)
+    code = _run([str(python), "-m", "pytest", *_parallel(pytest_args), *pytest_args], env=env)
     if code == PYTEST_NO_TESTS:
         say("pytest collected no tests: nothing was tested, so this run fails")
     return code

@@ -157,8 +157,11 @@ def test_the_domain_rate_limit_paces_what_the_server_receives(make_app, smtp, ha
     # carries each SMTP conversation's latency, which varies on a busy machine. Unpaced, the
     # eight would arrive within a few hundredths of a second.
     assert paced[-1] - paced[0] >= 1.0, paced
-    for start in paced:  # any second holds 4, +1 for the latency's jitter (unpaced: all 8)
-        assert sum(1 for t in paced if start <= t < start + 1.0) <= 5, paced
+    # Any second holds 4 slots; a conversation delayed on a busy machine (the suite runs one
+    # test process per core) can land in the next second's: +2 for that jitter. Unpaced, all
+    # 8 land in one second; twice the rate spans 0.875 s (the check above).
+    for start in paced:
+        assert sum(1 for t in paced if start <= t < start + 1.0) <= 6, paced
 
 
 def test_init_celery_twice_is_refused(make_app, smtp, celery_app):
