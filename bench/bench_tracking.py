@@ -70,6 +70,36 @@ def _prepare(url: str, messages: int) -> dict[str, list[str]]:
     }
 
 
+def _proc_cpu_ticks(pid: int | str) -> int | None:
+    """utime + stime of one process, in clock ticks (``None`` once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return int(fields[11]) + int(fields[12])
+
+
+def _db_backends(url: str, app_name: str | None) -> dict[int, int]:
+    """CPU ticks of each PostgreSQL backend serving the gunicorn workers (their connections
+    carry ``application_name``); empty for SQLite, which runs inside the workers (its cost
+    is already in :func:`_server_cpu`). The database server must be on this machine."""
+    if app_name is None:
+        return {}
+    conn = raw_connect(url)
+    try:
+        pids = [int(r[0]) for r in conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = %s", (app_name,)).fetchall()]
+    finally:
+        conn.close()
+    out = {}
+    for pid in pids:
+        ticks = _proc_cpu_ticks(pid)
+        if ticks is not None:
+            out[pid] = ticks
+    return out
+
+
 def _server_cpu(server: Server) -> float:
     """CPU seconds (user + system) used so far by the gunicorn master and workers (one
     process group). Per request it is a second view of the cost, steadier than throughput
@@ -90,10 +120,16 @@ def _server_cpu(server: Server) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def _measured(server: Server, paths: list[str], args: argparse.Namespace) -> dict[str, Any]:
-    cpu0 = _server_cpu(server)
+def _measured(server: Server, paths: list[str], args: argparse.Namespace, url: str,
+              app_name: str | None) -> dict[str, Any]:
+    cpu0, db0 = _server_cpu(server), _db_backends(url, app_name)
     run = load(server.base, paths, duration=args.duration, connections=args.connections)
-    run["server_cpu_us"] = round((_server_cpu(server) - cpu0) / max(run["requests"], 1) * 1e6, 1)
+    cpu1, db1 = _server_cpu(server), _db_backends(url, app_name)
+    requests = max(run["requests"], 1)
+    run["server_cpu_us"] = round((cpu1 - cpu0) / requests * 1e6, 1)
+    # backends present before and after (pooled connections live for the whole run)
+    db_ticks = sum(db1[pid] - db0[pid] for pid in db0.keys() & db1.keys())
+    run["db_cpu_us"] = round(db_ticks / os.sysconf("SC_CLK_TCK") / requests * 1e6, 1)
     return run
 
 
@@ -109,12 +145,15 @@ def run_kind(kind: str, args: argparse.Namespace) -> dict[str, Any]:
     with database(kind, "tracking") as url:
         paths = _prepare(url, args.messages)
         rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in paths}
-        with Server(url, workers=args.workers) as server:
+        # the server's PostgreSQL connections are told apart by their application_name
+        app_name = f"mtbench{os.getpid()}" if kind == "postgresql" else None
+        server_url = url if app_name is None else f"{url}&application_name={app_name}"
+        with Server(server_url, workers=args.workers) as server:
             for name, p in paths.items():  # warm-up: imports, pools, prepared statements
                 load(server.base, p, duration=1, connections=args.connections)
             for _ in range(args.rounds):
                 for name, p in paths.items():
-                    rounds[name].append(_measured(server, p, args))
+                    rounds[name].append(_measured(server, p, args, url, app_name))
             journaled = server.journal_lines()
             server.cleanup_journal()
         # ours always sets the idempotency uid; the minimal route does not
@@ -133,6 +172,7 @@ def run_kind(kind: str, args: argparse.Namespace) -> dict[str, Any]:
             "errors": sum(r["errors"] for r in runs),
             "rounds_rps": [r["rps"] for r in runs],
             "server_cpu_us_per_request_median": statistics.median(r["server_cpu_us"] for r in runs),
+            "db_cpu_us_per_request_median": statistics.median(r["db_cpu_us"] for r in runs),
         }
 
     out: dict[str, Any] = {"routes": {name: summary(name) for name in paths}}
@@ -156,6 +196,17 @@ def run_kind(kind: str, args: argparse.Namespace) -> dict[str, Any]:
             "bare_p99_ms": out["routes"][f"bare_{what}"]["p99_ms_median"],
             "target": f">= {TARGET_MIN}x minimal and >= {TARGET_BARE}x bare, no errors",
             "status": verdict(vs_min >= TARGET_MIN and vs_bare >= TARGET_BARE and errors == 0),
+        }
+    # Capacity: requests one core serves, from CPU per request (the app's, plus on
+    # PostgreSQL the database backends'); steadier than throughput on a shared machine.
+    out["per_core"] = {}
+    for what in WHATS:
+        r = out["routes"][f"ours_{what}"]
+        app_us, db_us = r["server_cpu_us_per_request_median"], r["db_cpu_us_per_request_median"]
+        out["per_core"][what] = {
+            "app_cpu_us": app_us, "db_cpu_us": db_us,
+            "per_second_per_app_core": round(1e6 / app_us) if app_us else None,
+            "per_second_per_core_app_and_db": round(1e6 / (app_us + db_us)) if app_us + db_us else None,
         }
     out["rows_stored"] = {"ours_events": stored_ours, "minimal": stored_min, "journaled": journaled,
                           "utm_tags": utm_tags}
