@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -55,11 +57,34 @@ def pg_url() -> Iterator[str]:
 
 
 def _truncate_pg(url: str) -> None:
+    """Empty the extension's tables and restart their sequences. DELETE, children first:
+    on tables this small it takes ~6 ms where TRUNCATE (new files for each table) takes
+    ~120 ms, per test. TRUNCATE .. CASCADE when a table a test made refers to ours."""
     engine = sa.create_engine(url)
-    with engine.begin() as conn:
-        names = ", ".join(f'"{t.name}"' for t in metadata.sorted_tables)
-        conn.execute(sa.text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+    try:
+        with engine.begin() as conn:
+            for table in reversed(metadata.sorted_tables):
+                conn.execute(table.delete())
+            conn.execute(sa.text("SELECT setval(format('%I.%I', schemaname, sequencename)::regclass, 1, false) "
+                                 "FROM pg_sequences WHERE schemaname = current_schema()"))
+    except sa.exc.IntegrityError:
+        with engine.begin() as conn:
+            names = ", ".join(f'"{t.name}"' for t in metadata.sorted_tables)
+            conn.execute(sa.text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def _sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file holding the extension's tables, made once per test process by
+    ``metadata.create_all`` (what ``MailTrack.create_all`` runs); :func:`make_app` copies it
+    instead of creating some twenty tables and their indexes in each test's new file."""
+    path = tmp_path_factory.mktemp("template") / "crm.db"
+    engine = sa.create_engine(f"sqlite:///{path}")
+    metadata.create_all(engine)
     engine.dispose()
+    return path
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])
@@ -73,11 +98,15 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
 
 
 @pytest.fixture
-def make_app(database_url: str, tmp_path: Any) -> Callable[..., Flask]:
+def make_app(database_url: str, tmp_path: Any, request: pytest.FixtureRequest) -> Callable[..., Flask]:
     """Factory for host apps: ``make_app(**config)`` returns an app with Flask-SQLAlchemy
     and a *fresh* ``MailTrack`` (``app.extensions["mailtrack"].extension``), tables created.
     Each app gets its own engine; all are disposed at teardown."""
     made: list[Flask] = []
+    if database_url.startswith("sqlite:///"):
+        target = Path(database_url[len("sqlite:///"):])
+        if not target.exists():  # a test that wrote its own tables first keeps its file
+            shutil.copyfile(request.getfixturevalue("_sqlite_template"), target)
 
     def factory(*, mailtrack: MailTrack | None = None, setup: Callable[[MailTrack], None] | None = None,
                 **config: Any) -> Flask:

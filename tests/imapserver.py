@@ -153,8 +153,17 @@ class Dovecot:
             conn.logout()
 
     def kick(self) -> None:
-        """Disconnect every session of the test user (the server dropping the connection)."""
+        """Disconnect every session of the test user (the server dropping the connection),
+        and return once the server lists none: ``doveadm kick`` only signals the sessions, and
+        on a busy machine one could still answer a command after it returned."""
         subprocess.run([DOVEADM, "-c", str(self.conf), "kick", USER], check=True, capture_output=True)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            who = subprocess.run([DOVEADM, "-c", str(self.conf), "who", "-1"], capture_output=True, text=True)
+            if not any(line.split()[:1] == [USER] for line in who.stdout.splitlines()):
+                return
+            time.sleep(0.02)
+        raise AssertionError(f"the sessions of {USER} outlived doveadm kick:\n{who.stdout}")
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
