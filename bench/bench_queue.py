@@ -111,6 +111,7 @@ def wait_workers(capp: Any, workers: int, timeout: float = 60) -> None:
 def wait_campaign(app: Any, campaign: str, total: int, timeout: float) -> dict[str, Any]:
     mt = app.config["BENCH_MAILTRACK"]
     deadline = time.monotonic() + timeout
+    next_report = time.monotonic() + 60
     while True:
         with app.app_context():
             progress = mt.campaign_progress(campaign)
@@ -118,6 +119,9 @@ def wait_campaign(app: Any, campaign: str, total: int, timeout: float) -> dict[s
             return progress
         if time.monotonic() > deadline:
             raise RuntimeError(f"campaign {campaign} not done after {timeout}s: {progress}")
+        if time.monotonic() >= next_report:  # a long run shows it is moving (stderr)
+            print(f"[bench_queue] {campaign}: {progress}", file=sys.stderr, flush=True)
+            next_report = time.monotonic() + 60
         time.sleep(0.2)
 
 
@@ -135,6 +139,9 @@ def max_in_window(times: list[float], window: float) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=2000, help="messages per sending phase (100000: the issue's size)")
+    parser.add_argument("--baseline-n", type=int, default=None,
+                        help="messages of the send-due phase (default: --n); its rate is steady, so a "
+                             "smaller baseline saves time on a 100,000-message run")
     parser.add_argument("--workers", type=int, default=2, help="Celery worker processes (prefork)")
     parser.add_argument("--broker", choices=sorted(BROKERS), default="redis")
     parser.add_argument("--db", choices=["postgresql", "sqlite"], default="postgresql")
@@ -147,11 +154,12 @@ def main() -> None:
     window = {"s": 1, "m": 60, "h": 3600}[unit]
     limits = {PACED_DOMAIN: args.limit}
     sink = Sink()
-    result: dict[str, Any] = {"benchmark": "queue", "n": args.n, "workers": args.workers, "broker": args.broker,
-                              "db": args.db}
+    baseline_n = args.baseline_n or args.n
+    result: dict[str, Any] = {"benchmark": "queue", "n": args.n, "baseline_n": baseline_n, "workers": args.workers,
+                              "broker": args.broker, "db": args.db}
     try:
         with database(args.db, "sendd") as url:
-            result["send_due"] = phase_send_due(url, sink.url, args.n)
+            result["send_due"] = phase_send_due(url, sink.url, baseline_n)
         with database(args.db, "queue") as url:
             from bench.queue_app import build
 
@@ -212,7 +220,7 @@ def main() -> None:
     result["verdict"] = verdict(
         worst is not None and worst <= int(count) + 1 and achieved is not None
         and achieved <= 1.02 * int(count) / window and result.get("queue", {}).get("sent") == args.n
-        and result["send_due"]["handled"] == args.n
+        and result["send_due"]["handled"] == baseline_n
     )
     emit(result)
 
