@@ -184,17 +184,20 @@ class MailTrack:
 
         return dispatch.send_later(get_state(), message)
 
-    def init_celery(self, celery_app: Any, app: Flask | None = None) -> Any:
+    def init_celery(self, celery_app: Any, app: Flask | None = None, *, fanout_chunk: int = 500) -> Any:
         """Send campaigns, :meth:`send_later` and the API's send routes through ``celery_app``
         (the host's Celery app; needs the ``celery`` extra): registers the task
         ``crm_mailtrack.send_message`` on it, run by the workers in ``app``'s context
         (default: ``current_app``). Call it in the app factory, so the
-        workers, which import the factory, register it too."""
+        workers, which import the factory, register it too. More than ``fanout_chunk``
+        messages at once are published as one fan-out task per chunk, which the workers
+        turn into the send tasks (the caller's publishing stays short at any campaign size)."""
         from flask import current_app
 
         from .taskqueue import init_celery
 
-        return init_celery(app if app is not None else current_app._get_current_object(), celery_app)
+        return init_celery(app if app is not None else current_app._get_current_object(), celery_app,
+                           fanout_chunk=fanout_chunk)
 
     def send_campaign(
         self,

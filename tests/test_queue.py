@@ -85,6 +85,41 @@ def test_a_campaign_fans_out_to_tasks_and_each_recipient_gets_one_copy(make_app,
                          "sent": 6, "failed": 0, "suppressed": 0, "cancelled": 0}
 
 
+def broker_holds(celery_app: Any) -> int:
+    """How many tasks wait in the test's queue at the broker (kombu's passive declare)."""
+    name = celery_app.conf.task_default_queue
+    with celery_app.connection_for_write() as conn:
+        return conn.default_channel.queue_declare(queue=name, passive=True).message_count
+
+
+def test_a_large_campaign_is_published_as_fan_out_tasks(make_app, smtp, handler, celery_app):
+    """More messages than ``fanout_chunk``: the caller publishes one fan-out task per chunk
+    (what the broker holds before any worker runs), the workers turn them into the send
+    tasks, and each recipient gets one copy."""
+    app = make_app(MAILTRACK_SMTP_URL=smtp.url(), MAILTRACK_DEFAULT_SENDER=SENDER)
+    app.extensions["mailtrack"].extension.init_celery(celery_app, app, fanout_chunk=3)
+    with app.app_context():
+        started = app.extensions["mailtrack"].extension.send_campaign(
+            "big", recipients(7), subject="Big", html=HTML)
+    assert started["queued"] == 7 and handler.received == []
+    assert broker_holds(celery_app) == 3  # chunks of 3, 3 and 1, not 7 send tasks
+    with worker(celery_app):
+        done = wait_done(app, "big")
+    assert done["sent"] == 7 and done["failed"] == 0
+    assert handler.data_commands == 7
+    assert sorted(r.rcpt_tos[0] for r in handler.received) == sorted(f"c{i}@example.com" for i in range(7))
+    assert all(event_types(app, r.id) == ["send"] for r in rows(app).values())
+
+
+@pytest.mark.parametrize("chunk", [0, -1, 2.5, True, "500"])
+def test_fanout_chunk_must_be_a_positive_integer(make_app, celery_app, chunk):
+    from crm_mailtrack.errors import ConfigurationError
+
+    app = make_app()
+    with pytest.raises(ConfigurationError, match="fanout_chunk"):
+        app.extensions["mailtrack"].extension.init_celery(celery_app, app, fanout_chunk=chunk)
+
+
 def test_a_task_delivered_twice_sends_once(make_app, smtp, handler, celery_app):
     """Every task published twice, two worker threads racing for them: the message's claim
     lets one of each pair send; the server receives one copy per message."""
