@@ -1,11 +1,14 @@
 """Shared helpers of the tests/test_api_*.py modules (issue 3): a host app with a
-header-driven tenant_loader and a dict-backed contact_loader, headers, and seeders."""
+header-driven tenant_loader and a dict-backed contact_loader (the ``app`` fixture, which a
+module imports to use), the OpenAPI ``document`` fixture, headers, and seeders."""
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from flask import has_request_context, request
+import pytest
+from flask import Flask, has_request_context, request
 
 from conftest import API_TOKEN, path_of
 
@@ -32,6 +35,22 @@ def setup_hooks(mt: Any, *, contacts: bool = True) -> None:
         @mt.contact_loader
         def _contact(contact_id: str) -> dict[str, Any] | None:
             return CONTACTS.get(contact_id)
+
+
+@pytest.fixture
+def app(make_app: Callable[..., Flask]) -> Iterator[Flask]:
+    """conftest's app with :func:`setup_hooks`' loaders, in an app context."""
+    app = make_app(setup=setup_hooks)
+    with app.app_context():
+        yield app
+
+
+@pytest.fixture
+def document(client: Any) -> dict[str, Any]:
+    """The API's OpenAPI document, as a client fetches it."""
+    resp = client.get(API + "/openapi.json", headers=hdrs())
+    assert resp.status_code == 200
+    return resp.get_json()
 
 
 def hdrs(tenant: str | None = None, **extra: str) -> dict[str, str]:

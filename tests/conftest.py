@@ -98,6 +98,25 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
 
 
 @pytest.fixture
+def empty_url(database_url: str, tmp_path: Path) -> Iterator[str]:
+    """URL of an *empty* database of the parametrised kind (``database_url``'s already holds
+    the tables): a new SQLite file, or a new PostgreSQL schema dropped at the end."""
+    if database_url.startswith("sqlite"):
+        yield f"sqlite:///{tmp_path}/empty.db"
+        return
+    schema = f"mt_empty_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(POSTGRES_URL)  # type: ignore[arg-type]
+    with admin.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield _pg_url_with_schema(schema)
+    finally:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture
 def make_app(database_url: str, tmp_path: Any, request: pytest.FixtureRequest) -> Callable[..., Flask]:
     """Factory for host apps: ``make_app(**config)`` returns an app with Flask-SQLAlchemy
     and a *fresh* ``MailTrack`` (``app.extensions["mailtrack"].extension``), tables created.

@@ -2,18 +2,12 @@
 from __future__ import annotations
 
 import pytest
-from apihelpers import API, BROWSER, add_event, assert_problem, click, hdrs, setup_hooks, track
+from apihelpers import API, BROWSER, add_event, assert_problem, click, hdrs, track
+from apihelpers import app  # noqa: F401 - fixture
 
 from crm_mailtrack.models import DNCReason
 
 from conftest import path_of
-
-
-@pytest.fixture
-def app(make_app):
-    app = make_app(setup=setup_hooks)
-    with app.app_context():
-        yield app
 
 
 def _get(client, path, **params):

@@ -2,8 +2,8 @@
 and ContactClicks routes (issue 3, points 1-2)."""
 from __future__ import annotations
 
-import pytest
 from apihelpers import API, assert_problem, hdrs, setup_hooks, track
+from apihelpers import app  # noqa: F401 - fixture
 
 from conftest import API_TOKEN
 
@@ -28,13 +28,6 @@ ROUTES = [
     ("PUT", "/odata/ContactClicks('c1')", {"ClickCount": 1}),
     ("DELETE", "/odata/ContactClicks('c1')", None),
 ]
-
-
-@pytest.fixture
-def app(make_app):
-    app = make_app(setup=setup_hooks)
-    with app.app_context():
-        yield app
 
 
 def _call(client, method, path, body, headers):

@@ -2,20 +2,14 @@
 from __future__ import annotations
 
 import pytest
-from apihelpers import API, BROWSER, add_event, assert_problem, at, click, hdrs, setup_hooks, track
+from apihelpers import API, BROWSER, add_event, assert_problem, at, click, hdrs, track
+from apihelpers import app  # noqa: F401 - fixture
 from conftest import path_of
 
 from crm_mailtrack.instrument import link_id
 
 A = "https://shop.example/a"
 B = "https://shop.example/b"
-
-
-@pytest.fixture
-def app(make_app):
-    app = make_app(setup=setup_hooks)
-    with app.app_context():
-        yield app
 
 
 def _get(client, path, **params):

@@ -3,17 +3,11 @@ from __future__ import annotations
 
 import pytest
 from apihelpers import API, BROWSER, assert_problem, hdrs, setup_hooks, track
+from apihelpers import app  # noqa: F401 - fixture
 from conftest import path_of
-from test_journal import outage_app  # noqa: F401 - the fixture (an app whose database is down)
+from journalhelpers import outage_app  # noqa: F401 - the fixture (an app whose database is down)
 
 from crm_mailtrack.models import UtmTag
-
-
-@pytest.fixture
-def app(make_app):
-    app = make_app(setup=setup_hooks)
-    with app.app_context():
-        yield app
 
 
 def _dnc(client, contact="c1"):

@@ -12,6 +12,7 @@ import threading
 
 import pytest
 from apihelpers import API, assert_problem, hdrs, setup_hooks, track
+from apihelpers import app  # noqa: F401 - fixture
 from werkzeug.serving import make_server
 
 from crm_mailtrack import MailTrack
@@ -26,13 +27,6 @@ BODYLESS = {"mailtrack_api.communications_resend", "mailtrack_api.communications
 MESSAGE_ROUTES = {"mailtrack_api.communications_send", "mailtrack_api.communications_schedule",
                   "mailtrack_api.communications_send_template", "mailtrack_api.campaign_send"}
 LATER = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=3)).isoformat()
-
-
-@pytest.fixture
-def app(make_app):
-    app = make_app(setup=setup_hooks)
-    with app.app_context():
-        yield app
 
 
 def _body_routes(app, message_id):

@@ -1,8 +1,8 @@
 """000's ContactClicks OData entity set."""
 from __future__ import annotations
 
-import pytest
-from apihelpers import API, add_event, assert_problem, hdrs, setup_hooks
+from apihelpers import API, add_event, assert_problem, hdrs
+from apihelpers import app  # noqa: F401 - fixture
 
 #: 000's own request body (numbers as strings, the "CatergoryID" spelling of its table).
 SAMPLE = {
@@ -13,13 +13,6 @@ SAMPLE = {
     "Title": "Example Title", "FileAs": "", "Source": "0", "Notes": "",
     **{f"Custom{i}": "" for i in range(1, 21)}, "BusinessID": "0", "RegionID": "0",
 }
-
-
-@pytest.fixture
-def app(make_app):
-    app = make_app(setup=setup_hooks)
-    with app.app_context():
-        yield app
 
 
 def _get(client, path):

@@ -9,26 +9,13 @@ from typing import Any
 import marshmallow as ma
 import pytest
 from apihelpers import API, CONTACTS, click, hdrs, setup_hooks, track
+from apihelpers import app, document  # noqa: F401 - fixtures
 from flask import Blueprint, Flask, Response, jsonify
 
 from crm_mailtrack.api import ROUTE_GROUPS, blueprint
 from crm_mailtrack.api.routing import ROUTES, Routes, register
 
 JSON = "application/json"
-
-
-@pytest.fixture
-def app(make_app):
-    app = make_app(setup=setup_hooks)
-    with app.app_context():
-        yield app
-
-
-@pytest.fixture
-def document(client):
-    resp = client.get(API + "/openapi.json", headers=hdrs())
-    assert resp.status_code == 200
-    return resp.get_json()
 
 
 # -- the registry -------------------------------------------------------------------------------

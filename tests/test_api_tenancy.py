@@ -3,19 +3,13 @@ pageable, changeable or deletable from tenant B (404 as for a missing row)."""
 from __future__ import annotations
 
 import pytest
-from apihelpers import API, add_event, assert_problem, hdrs, setup_hooks, track
+from apihelpers import API, add_event, assert_problem, hdrs, track
+from apihelpers import app  # noqa: F401 - fixture
 
 from crm_mailtrack.instrument import link_id
 
 A, B = "tenant-a", "tenant-b"
 URL = "https://shop.example/a"
-
-
-@pytest.fixture
-def app(make_app):
-    app = make_app(setup=setup_hooks)
-    with app.app_context():
-        yield app
 
 
 @pytest.fixture

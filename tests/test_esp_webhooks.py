@@ -40,9 +40,15 @@ def webhooks(sns: Sns, sg: SendGrid) -> dict[str, Any]:
 
 
 @pytest.fixture
-def happ(make_app, _server, sns, sg):
+def happ_config() -> dict[str, Any]:
+    """More config for :func:`happ` (test_esp_security, which imports ``happ``, overrides it)."""
+    return {}
+
+
+@pytest.fixture
+def happ(make_app, _server, sns, sg, happ_config):
     app = make_app(MAILTRACK_WEBHOOKS=webhooks(sns, sg), MAILTRACK_SMTP_URL=_server.url(),
-                   MAILTRACK_DEFAULT_SENDER=SENDER)
+                   MAILTRACK_DEFAULT_SENDER=SENDER, **happ_config)
     with app.app_context():
         yield app
 

@@ -11,8 +11,6 @@ import os
 import re
 import subprocess
 import sys
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,26 +28,6 @@ TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
 API = "/mailtrack/api"
 JSON = {"Accept": "application/json"}
-
-
-@pytest.fixture
-def empty_url(database_url: str, tmp_path: Path) -> Iterator[str]:
-    """An empty database of the parametrised kind (a new SQLite file, a new PG schema)."""
-    if database_url.startswith("sqlite"):
-        yield f"sqlite:///{tmp_path}/host.db"
-        return
-    base = os.environ["MAILTRACK_TEST_POSTGRES_URL"]
-    schema = f"mt_host_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(base)
-    with admin.begin() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    sep = "&" if "?" in base else "?"
-    try:
-        yield f"{base}{sep}options=-csearch_path%3D{schema}"
-    finally:
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
 
 
 def host_app(url: str, tmp_path: Path, *, name: str = "host", **config: Any) -> tuple[Flask, SQLAlchemy]:

@@ -24,7 +24,7 @@ from crm_mailtrack.journal_redis import GROUP
 from crm_mailtrack.models import events
 
 from conftest import BASE_URL, SECRET, tracked_paths
-from test_journal import _unreachable_uri
+from journalhelpers import _unreachable_uri
 
 redis = pytest.importorskip("redis")
 REDIS = "redis://127.0.0.1:6379/0"

@@ -8,7 +8,6 @@ a new SQLite file, or a new PostgreSQL schema dropped at the end.
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,26 +37,6 @@ from crm_mailtrack.migrate import (
 
 HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head()
 OUR_TABLES = set(metadata.tables)
-
-
-@pytest.fixture
-def empty_url(database_url: str, tmp_path: Path) -> Iterator[str]:
-    """URL of an empty database of the parametrised kind."""
-    if database_url.startswith("sqlite"):
-        yield f"sqlite:///{tmp_path}/migrations.db"
-        return
-    base = os.environ["MAILTRACK_TEST_POSTGRES_URL"]
-    schema = f"mt_mig_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(base)
-    with admin.begin() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    sep = "&" if "?" in base else "?"
-    try:
-        yield f"{base}{sep}options=-csearch_path%3D{schema}"
-    finally:
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
 
 
 @pytest.fixture

@@ -7,10 +7,7 @@ occurred_at) on both databases.
 from __future__ import annotations
 
 import datetime as dt
-import os
-import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -55,26 +52,11 @@ def _only_the_default_partition(database_url: str) -> None:
 
 
 @pytest.fixture
-def engine(database_url: str, tmp_path: Path) -> Iterator[sa.Engine]:
-    """An empty database of the parametrised kind (a new schema on PostgreSQL)."""
-    if database_url.startswith("sqlite"):
-        engine = sa.create_engine(f"sqlite:///{tmp_path}/parts.db")
-        yield engine
-        engine.dispose()
-        return
-    base = os.environ["MAILTRACK_TEST_POSTGRES_URL"]
-    schema = f"mt_part_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(base)
-    with admin.begin() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    engine = sa.create_engine(f"{base}{'&' if '?' in base else '?'}options=-csearch_path%3D{schema}")
-    try:
-        yield engine
-    finally:
-        engine.dispose()
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+def engine(empty_url: str) -> Iterator[sa.Engine]:
+    """An engine on an empty database of the parametrised kind (a new schema on PostgreSQL)."""
+    engine = sa.create_engine(empty_url)
+    yield engine
+    engine.dispose()
 
 
 def schema_diff(engine: sa.Engine) -> list[Any]:

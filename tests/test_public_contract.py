@@ -25,7 +25,7 @@ from crm_mailtrack.tracking import PIXEL
 
 from apihelpers import BROWSER
 from conftest import path_of, tracked_paths
-from test_journal import outage_app  # noqa: F401 - fixture: the same host with its database unreachable
+from journalhelpers import outage_app  # noqa: F401 - fixture: the same host with its database unreachable
 
 DEST = "https://dest.test/landing?a=1"
 ONE_CLICK = ("application/x-www-form-urlencoded", b"List-Unsubscribe=One-Click")

@@ -26,7 +26,6 @@ import sqlalchemy as sa
 
 from ..db import dialect_name, utc_day
 from ..models import (
-    MessageStatus,
     event_rollups,
     events,
     messages,
@@ -37,12 +36,7 @@ from ..models import (
 )
 from ..state import MailTrackState
 from . import stats
-
-SENT = MessageStatus.SENT.value
-FAILED = MessageStatus.FAILED.value
-
-
-_FLAG_TYPES = ("open", "click", "bounce", "unsubscribe", "complaint")
+from .stats_cells import FAILED, FLAG_TYPES, SENT
 
 
 def _in_range(tenant: str, date_from: dt.datetime | None, date_to: dt.datetime | None,
@@ -80,7 +74,7 @@ def _flags(source: Any, message_col: Any, ids: sa.Select[Any], include_bots: boo
             flag(kind == "unsubscribe").label("unsubscribed"),
             flag(kind == "complaint").label("complained"),
         )
-        .where(message_col.in_(ids), kind.in_(_FLAG_TYPES), *extra)
+        .where(message_col.in_(ids), kind.in_(FLAG_TYPES), *extra)
         .group_by(message_col)
     )
 

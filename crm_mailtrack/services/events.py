@@ -14,6 +14,19 @@ from ..state import MailTrackState
 from .common import UNSET, check_lengths, emit, tenant_key
 
 
+def check_type(event_type: str) -> None:
+    """Refuse a type that is not one of :data:`~crm_mailtrack.models.EVENT_TYPES`."""
+    if event_type not in EVENT_TYPES:
+        raise ValidationError({"type": [f"Must be one of: {', '.join(EVENT_TYPES)}."]})
+
+
+def event_time(occurred_at: dt.datetime | None) -> dt.datetime:
+    """When an event from outside happened: ``occurred_at`` (a naive time is UTC), else now."""
+    if occurred_at is None:
+        return utcnow()
+    return occurred_at if occurred_at.tzinfo is not None else occurred_at.replace(tzinfo=dt.timezone.utc)
+
+
 def record_event(
     state: MailTrackState,
     contact_id: str,
@@ -31,14 +44,11 @@ def record_event(
     commit: bool = True,
 ) -> ContactEvent:
     """Record an event that happened outside the tracking routes (ESP webhook, import)."""
-    if type not in EVENT_TYPES:
-        raise ValidationError({"type": [f"Must be one of: {', '.join(EVENT_TYPES)}."]})
+    check_type(type)
     if contact_id is None or str(contact_id) == "":
         raise ValidationError({"contact_id": ["Missing data for required field."]})
     check_lengths(events, contact_id=str(contact_id), email=email, message_id=message_id,
                   campaign_id=campaign_id)
-    if occurred_at is not None and occurred_at.tzinfo is None:
-        occurred_at = occurred_at.replace(tzinfo=dt.timezone.utc)
     if url is not None and link_id is None:
         from ..instrument import link_id as make_link_id
 
@@ -53,7 +63,7 @@ def record_event(
         campaign_id=campaign_id,
         link_id=link_id,
         url=url,
-        occurred_at=occurred_at or utcnow(),
+        occurred_at=event_time(occurred_at),
         is_machine=False,
         details=dict(details) if details else None,
     )

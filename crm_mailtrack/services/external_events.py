@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 
 from ..db import dialect_name, insert, transaction
 from ..errors import ValidationError
-from ..models import EVENT_TYPES, EVENT_UID_KEY, ContactEvent, DNCReason, Message, events, utcnow
+from ..models import EVENT_UID_KEY, ContactEvent, DNCReason, Message, events
 from ..state import MailTrackState
 from . import dnc as dnc_service
 from . import events as event_service
@@ -186,8 +186,7 @@ def record_outcome(
     runs in the transaction only when the event is new (rows that belong with it, e.g. the
     received reply); a mapping it returns is added to the signal's keywords.
     ``details`` larger than ``MAILTRACK_MAX_DETAILS_BYTES`` raise :class:`ValidationError`."""
-    if event_type not in EVENT_TYPES:
-        raise ValidationError({"type": [f"Must be one of: {', '.join(EVENT_TYPES)}."]})
+    event_service.check_type(event_type)
     privacy.check_details(state, details)
     link_id = None
     if url is not None:
@@ -197,12 +196,10 @@ def record_outcome(
         link_id = make_link_id(url)
     tenant, message_id, contact_id = message.tenant_id, message.id, message.contact_id
     uid = event_uid(tenant, message_id, dedup) if dedup is not None else None
-    if occurred_at is not None and occurred_at.tzinfo is None:
-        occurred_at = occurred_at.replace(tzinfo=dt.timezone.utc)
     values = {
         "uid": uid, "tenant_id": tenant, "type": event_type, "contact_id": message.contact_id,
         "email": message.email, "message_id": message.id, "campaign_id": message.campaign_id,
-        "link_id": link_id, "url": url, "occurred_at": occurred_at or utcnow(),
+        "link_id": link_id, "url": url, "occurred_at": event_service.event_time(occurred_at),
         "is_machine": bool(is_machine), "machine_reason": machine_reason,
         "details": dict(details) if details else None,
     }
