@@ -291,8 +291,7 @@ def replay_journal(state: MailTrackState, progress: Any = None) -> tuple[int, in
             with PooledTransaction(state.engine) as tx:
                 for entry in batch.entries():
                     entry["occurred_at"] = _parse_time(entry.get("occurred_at"))
-                    details = entry.get("details") or None
-                    entry["details"] = details
+                    details = entry.get("details")
                     url = entry.get("url")
                     utm = (utm_service.utm_params(url)
                            if entry.get("type") == CLICK and isinstance(url, str) and "utm_" in url else None)
