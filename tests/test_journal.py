@@ -603,6 +603,22 @@ def test_a_replayed_click_and_open_are_stored_and_announced_as_live_ones(make_ap
     assert sorted(kw["contact_id"] for kw in recorded_signals.of("utm_tag_added")) == ["c1", "c2"]
 
 
+def test_an_event_without_details_is_replayed_with_none_as_a_live_one_is_stored(make_app, outage_app):
+    """A client without a User-Agent leaves an event without device details: the column is
+    SQL NULL, live or replayed (not a JSON ``null``, which a host's ``details IS NULL``
+    query would not find)."""
+    healthy = make_app()
+    live, later = tracked(healthy), tracked(healthy)
+    assert healthy.test_client().get(live["open"], headers={"User-Agent": ""}).status_code == 200
+    down = outage_app(healthy.config["MAILTRACK_JOURNAL_PATH"]).test_client()
+    assert down.get(later["open"], headers={"User-Agent": ""}).status_code == 200
+    assert "replayed 1 events" in replay(healthy)
+    with healthy.app_context(), healthy.extensions["mailtrack"].engine.connect() as conn:
+        found = conn.execute(sa.select(events.c.message_id).where(events.c.type == "open",
+                                                                  events.c.details.is_(None))).scalars().all()
+    assert sorted(found) == sorted([live["id"], later["id"]])
+
+
 @pytest.mark.parametrize("written", ["2026-03-01T10:15:00Z", "2026-03-01T10:15:00", "2026-03-01T11:15:00+01:00",
                                      "2026-03-01T10:15:00+00:00"])
 def test_a_journaled_time_is_stored_as_that_moment_in_utc(make_app, outage_app, recorded_signals, written):
