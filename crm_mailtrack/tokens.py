@@ -56,14 +56,14 @@ class _Signer(TimestampSigner):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._derived: dict[bytes, bytes] = {}
+        self._derived: dict[str | bytes | None, bytes] = {}
 
     def derive_key(self, secret_key: str | bytes | None = None) -> bytes:
-        key = self.secret_keys[-1] if secret_key is None else (
-            secret_key.encode("utf-8") if isinstance(secret_key, str) else secret_key)
-        derived = self._derived.get(key)
+        # Kept per argument as itsdangerous gives it: None (signing: the current key) or
+        # one of ``secret_keys`` (verifying); ``super()`` turns either into the key.
+        derived = self._derived.get(secret_key)
         if derived is None:
-            derived = self._derived[key] = super().derive_key(key)
+            derived = self._derived[secret_key] = super().derive_key(secret_key)
         return derived
 
 
@@ -83,13 +83,17 @@ class _Serializer(URLSafeTimedSerializer):
         self._signer = super().make_signer()
 
     def make_signer(self, salt: str | bytes | None = None) -> TimestampSigner:
-        if salt is None or salt == self.salt:  # loads passes the serializer's own salt
+        # loads and dumps pass the serializer's own salt. The made signer and a new one for
+        # the same salt sign alike (only the time differs): not mutated (docs/development.md).
+        if salt is None or salt == self.salt:  # pragma: no mutate
             return self._signer  # type: ignore[no-any-return]
-        return super().make_signer(salt)  # type: ignore[return-value]
+        return super().make_signer(salt)  # type: ignore[return-value]  # pragma: no mutate
 
     def dump_payload(self, obj: Any) -> bytes:
         raw = Serializer.dump_payload(self, obj)
-        if len(raw) > COMPRESS_ABOVE:
+        # Compressed or not, a token verifies everywhere: where the bound lies is a speed
+        # choice (bench/bench_instrument.py), not mutated (docs/development.md).
+        if len(raw) > COMPRESS_ABOVE:  # pragma: no mutate
             return super().dump_payload(obj)
         return base64_encode(raw)
 

@@ -227,6 +227,29 @@ def test_find_list_and_find_by_ids(client):
     assert client.get(f"{API}/find-list", headers=hdrs()).status_code == 422
 
 
+def test_a_list_parameter_repeated_with_or_without_brackets_keeps_every_value(client):
+    """``search=a&search=b`` is the list ``[a, b]``, as ``search[]=a&search[]=b`` is: a
+    host's HTTP client may write either. The terms all apply (each must match), so losing
+    one of them widens the answer; ``ids`` likewise finds every message named."""
+    spring_offer = _send(client, subject="Spring offer").json["id"]
+    spring_invoice = _send(client, subject="Spring invoice").json["id"]
+    _send(client, subject="Autumn offer")
+
+    def subjects(query: str) -> list[str]:
+        resp = client.get(f"{API}/dynamic-search?{query}", headers=hdrs())
+        assert resp.status_code == 200, (query, resp.json)
+        return sorted(r["subject"] for r in resp.json["content"])
+
+    assert subjects("search=offer") == ["Autumn offer", "Spring offer"]
+    assert subjects("search=spring") == ["Spring invoice", "Spring offer"]
+    for query in ("search=spring&search=offer", "search[]=spring&search[]=offer", "search=spring&search[]=offer"):
+        assert subjects(query) == ["Spring offer"], query
+    for query in (f"ids={spring_offer}&ids={spring_invoice}", f"ids[]={spring_offer}&ids[]={spring_invoice}"):
+        resp = client.get(f"{API}/find-list?{query}", headers=hdrs())
+        assert resp.status_code == 200, (query, resp.json)
+        assert sorted(r["id"] for r in resp.json) == sorted([spring_offer, spring_invoice]), query
+
+
 def test_page_envelope_and_sorting(client):
     ids = [_send(client, subject=s).json["id"] for s in ("b", "c", "a")]
     page0 = client.get(f"{API}/page?page=0&size=2&sortBy=subject&direction=ASC", headers=hdrs()).json

@@ -108,8 +108,24 @@ def test_the_envelope_sender_is_a_short_signed_verp_address(sent, mail_app):
         f"bounces+{sent.id}-{signature}@evil.test",  # another domain
         f"other+{sent.id}-{signature}@crm.shop.test",
         f"bounces+{sent.id}@crm.shop.test", "bounces@crm.shop.test", "", "x" * 400,
+        f"bounces+{sent.id}-{'é' * 16}@crm.shop.test",  # a signature that is not ASCII
     ]
     assert [verp.message_id_of(state, a) for a in forged] == [None] * len(forged)
+
+
+def test_a_verp_address_from_before_a_key_rotation_still_names_its_message(sent, make_app):
+    """Bounces come back days after the mail went out: with the signing key moved to the
+    fallbacks, the envelope sender of mail sent before still names its message; once the
+    old key is retired it names nothing."""
+    from conftest import SECRET
+
+    new_key = "key-after-rotation-" + "n" * 24
+    rotated = make_app(SECRET_KEY=new_key, MAILTRACK_SECRET_KEY_FALLBACKS=[SECRET], MAILTRACK_BOUNCE_ADDRESS=BOUNCES)
+    with rotated.app_context():
+        assert verp.message_id_of(get_state(), sent.mail_from) == sent.id
+    retired = make_app(SECRET_KEY=new_key, MAILTRACK_BOUNCE_ADDRESS=BOUNCES)
+    with retired.app_context():
+        assert verp.message_id_of(get_state(), sent.mail_from) is None
 
 
 def test_without_a_bounce_address_the_envelope_sender_is_the_from_address(make_app, _server, handler):

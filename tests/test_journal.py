@@ -299,6 +299,47 @@ def test_replayed_clicks_get_the_verdict_the_live_route_gives(make_app, outage_a
     assert "replayed 0 events, skipped 2" in replay(healthy)
 
 
+def test_a_replayed_click_near_a_honeypot_hit_marks_no_other_click(make_app, outage_app):
+    """Only the honeypot hit marks the message's clicks around it (within the honeypot
+    window); a link click the hit reveals as a machine's does not mark more. Here a
+    person's click (journaled, 200 s before the hit: outside its 60 s window) stays a
+    person's when a click 180 s before the hit is replayed after the hit."""
+    import datetime as dt
+    import json
+    import re
+
+    healthy = make_app(MAILTRACK_HONEYPOT_WINDOW_SECONDS=60)
+    mt = healthy.extensions["mailtrack"].extension
+    with healthy.app_context():
+        msg = mt.track_message(contact_id="c1", email="c1@example.com", subject="s",
+                               html='<a href="https://shop.test/a">a</a> <a href="https://shop.test/b">b</a>')
+        message_id, hrefs = msg.id, re.findall(r'href="([^"]+)"', msg.html)
+    links = [path_of(u) for u in hrefs if "/t/c/" in u]
+    (honeypot,) = [path_of(u) for u in hrefs if "/t/h/" in u]
+    path = healthy.config["MAILTRACK_JOURNAL_PATH"]
+    down = outage_app(path).test_client()
+    browser = {"User-Agent": "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+                             "Chrome/126.0 Safari/537.36"}
+    now = dt.datetime.now(dt.timezone.utc)
+
+    def click_journaled_at(link: str, seconds_before: int) -> None:
+        assert down.get(link, headers=browser).status_code == 302
+        with open(path, "rb") as fh:
+            [line] = fh.read().splitlines()
+        at = (now - dt.timedelta(seconds=seconds_before)).isoformat()
+        with open(path, "wb") as fh:
+            fh.write(json.dumps({**json.loads(line), "occurred_at": at}).encode() + b"\n")
+        assert "replayed 1 events" in replay(healthy)
+
+    click_journaled_at(links[0], 200)
+    assert healthy.test_client().get(honeypot, headers=browser).status_code == 200
+    click_journaled_at(links[1], 180)
+    with healthy.app_context(), healthy.extensions["mailtrack"].engine.connect() as conn:
+        verdicts = dict(conn.execute(sa.select(events.c.url, events.c.is_machine)
+                                     .where(events.c.message_id == message_id, events.c.url.is_not(None))).all())
+    assert verdicts["https://shop.test/a"] is False
+
+
 def test_the_operator_is_told_what_was_journaled_or_lost(make_app, outage_app, tmp_path, caplog):
     """The log says which event went to the journal (with the database error), and which
     was lost because the journal could not be written either."""
@@ -310,7 +351,8 @@ def test_the_operator_is_told_what_was_journaled_or_lost(make_app, outage_app, t
     with caplog.at_level(logging.WARNING):
         assert down.test_client().get(p["click"]).status_code == 302
     [journaled] = [r for r in caplog.records if "journaled" in r.getMessage()]
-    assert journaled.levelno == logging.WARNING and journaled.exc_info is not None
+    assert journaled.levelno == logging.WARNING
+    assert journaled.exc_info and isinstance(journaled.exc_info[1], Exception)  # the database error itself
     assert journaled.getMessage() == "mailtrack: database unavailable, click event journaled"
 
     caplog.clear()
@@ -385,3 +427,20 @@ def test_a_replayed_click_and_open_are_stored_and_announced_as_live_ones(make_ap
     assert [name for name, _ in said(later["id"])] == ["link_clicked", "event_recorded", "email_opened",
                                                        "event_recorded"]
     assert sorted(kw["contact_id"] for kw in recorded_signals.of("utm_tag_added")) == ["c1", "c2"]
+
+
+def test_an_event_without_details_is_replayed_with_none_as_a_live_one_is_stored(make_app, outage_app):
+    """A client without a User-Agent leaves an event without device details: the column is
+    SQL NULL, live or replayed (not a JSON ``null``, which a host's ``details IS NULL``
+    query would not find)."""
+    healthy = make_app()
+    live, later = tracked(healthy), tracked(healthy)
+    assert healthy.test_client().get(live["open"], headers={"User-Agent": ""}).status_code == 200
+    down = outage_app(healthy.config["MAILTRACK_JOURNAL_PATH"]).test_client()
+    assert down.get(later["open"], headers={"User-Agent": ""}).status_code == 200
+    assert "replayed 1 events" in replay(healthy)
+    with healthy.app_context(), healthy.extensions["mailtrack"].engine.connect() as conn:
+        found = conn.execute(sa.select(events.c.message_id).where(events.c.type == "open",
+                                                                  events.c.details.is_(None))).scalars().all()
+    assert sorted(found) == sorted([live["id"], later["id"]])
+

@@ -290,9 +290,8 @@ def replay_journal(state: MailTrackState, progress: Any = None) -> tuple[int, in
         try:
             with PooledTransaction(state.engine) as tx:
                 for entry in batch.entries():
-                    entry["occurred_at"] = _parse_time(entry.get("occurred_at"))
-                    details = entry.get("details") or None
-                    entry["details"] = details
+                    entry["occurred_at"] = _parse_time(entry["occurred_at"])
+                    details = entry.get("details")
                     url = entry.get("url")
                     utm = (utm_service.utm_params(url)
                            if entry.get("type") == CLICK and isinstance(url, str) and "utm_" in url else None)
@@ -313,10 +312,10 @@ def replay_journal(state: MailTrackState, progress: Any = None) -> tuple[int, in
     return inserted, skipped
 
 
-def _parse_time(value: Any) -> dt.datetime | None:
-    if value is None or isinstance(value, dt.datetime):
-        return value
-    parsed = dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+def _parse_time(value: str) -> dt.datetime:
+    """A journal entry's ``occurred_at``: ISO 8601 (the journal hands out no other entry),
+    read as UTC when it names no offset."""
+    parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
 
 
