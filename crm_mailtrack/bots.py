@@ -263,7 +263,7 @@ def classify(rules: BotPolicy, event_type: str, facts: RequestFacts) -> str | No
 # -- the message's history, decided by the tracking insert ----------------------------------
 
 #: The bind parameters :func:`history_verdict` compares with (see :func:`history_bounds`).
-HISTORY_BOUNDS = ("fast_after", "burst_after", "honeypot_after")
+HISTORY_BOUNDS = ("fast_after", "burst_after", "burst_before", "honeypot_after", "honeypot_before")
 
 
 def _literal(reason: str) -> sa.ColumnElement[Any]:
@@ -277,7 +277,8 @@ def history_verdict(link_id: sa.ColumnElement[Any], *, clicks: bool) -> sa.Colum
     ``SELECT ... FROM mailtrack_messages`` of the tracking insert (``NULL``: none).
 
     For clicks (``clicks``): ``honeypot`` when the message's honeypot link was hit within
-    the honeypot window (an index seek on ``ix_mailtrack_events_honeypot``), else ``burst``
+    the honeypot window, either side of the event's time (an index seek on
+    ``ix_mailtrack_events_honeypot``), else ``burst``
     when the message's latest click within the burst window is on another link or itself
     part of a burst (one backward seek of ``ix_mailtrack_events_message``, however many
     clicks the message has). For clicks and opens: ``too-fast-after-send`` when the
@@ -292,13 +293,15 @@ def history_verdict(link_id: sa.ColumnElement[Any], *, clicks: bool) -> sa.Colum
             hit.c.machine_reason == _literal(HONEYPOT),
             hit.c.link_id.is_(None),
             hit.c.occurred_at >= sa.bindparam("honeypot_after", type_=UTCDateTime()),
+            hit.c.occurred_at <= sa.bindparam("honeypot_before", type_=UTCDateTime()),
         )
         prior = events.alias("prior")
         latest = (
             sa.select(sa.case(((prior.c.link_id != link_id) | (prior.c.machine_reason == _literal(BURST)),
                                sa.literal_column("1")), else_=sa.literal_column("0")))
             .where(prior.c.message_id == messages.c.id, prior.c.type == _literal("click"),
-                   prior.c.occurred_at >= sa.bindparam("burst_after", type_=UTCDateTime()))
+                   prior.c.occurred_at >= sa.bindparam("burst_after", type_=UTCDateTime()),
+                   prior.c.occurred_at <= sa.bindparam("burst_before", type_=UTCDateTime()))
             .order_by(prior.c.occurred_at.desc())
             .limit(sa.literal_column("1")).offset(sa.literal_column("0"))  # text, not parameters
             .scalar_subquery()
@@ -309,12 +312,17 @@ def history_verdict(link_id: sa.ColumnElement[Any], *, clicks: bool) -> sa.Colum
 
 
 def history_bounds(rules: BotPolicy, at: dt.datetime) -> dict[str, dt.datetime | None]:
-    """The values of :data:`HISTORY_BOUNDS` for an event at ``at`` (``None``: rule off)."""
+    """The values of :data:`HISTORY_BOUNDS` for an event at ``at`` (``None``: rule off).
+    The burst and honeypot windows reach either side of ``at``, as the after-the-fact marking
+    (:func:`reclassification`) does: a click replayed from the journal hours after it happened
+    is judged by the history around its own time, not by clicks and hits that came later."""
     fast, burst, honeypot = rules.windows
     return {
         "fast_after": at - fast if fast is not None else None,
         "burst_after": at - burst if burst is not None else None,
+        "burst_before": at + burst if burst is not None else None,
         "honeypot_after": at - honeypot if honeypot is not None else None,
+        "honeypot_before": at + honeypot if honeypot is not None else None,
     }
 
 

@@ -444,3 +444,46 @@ def test_an_event_without_details_is_replayed_with_none_as_a_live_one_is_stored(
                                                                   events.c.details.is_(None))).scalars().all()
     assert sorted(found) == sorted([live["id"], later["id"]])
 
+
+
+def test_a_replayed_click_is_judged_by_the_history_around_its_own_time(make_app, outage_app):
+    """A click journaled during an outage and replayed later is judged by the honeypot hits
+    and clicks within the windows either side of when it happened: hours before a honeypot
+    hit and a click on another link it is a person's; seconds before the hit, a machine's."""
+    import datetime as dt
+    import json
+    import re
+
+    healthy = make_app(MAILTRACK_HONEYPOT_WINDOW_SECONDS=60, MAILTRACK_BOT_BURST_SECONDS=10)
+    mt = healthy.extensions["mailtrack"].extension
+    with healthy.app_context():
+        msg = mt.track_message(contact_id="c1", email="c1@example.com", subject="s",
+                               html='<a href="https://shop.test/a">a</a> <a href="https://shop.test/b">b</a>')
+        message_id, hrefs = msg.id, re.findall(r'href="([^"]+)"', msg.html)
+    link_a, link_b = [path_of(u) for u in hrefs if "/t/c/" in u]
+    (honeypot,) = [path_of(u) for u in hrefs if "/t/h/" in u]
+    browser = {"User-Agent": "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+                             "Chrome/126.0 Safari/537.36"}
+    live = healthy.test_client()
+    assert live.get(honeypot, headers=browser).status_code == 200
+    assert live.get(link_b, headers=browser).status_code == 302  # the message's latest click: another link
+    now = dt.datetime.now(dt.timezone.utc)
+
+    path = healthy.config["MAILTRACK_JOURNAL_PATH"]
+    down = outage_app(path).test_client()
+    for seconds_before in (7200, 30):
+        assert down.get(link_a, headers=browser).status_code == 302
+    with open(path, "rb") as fh:
+        lines = fh.read().splitlines()
+    assert len(lines) == 2
+    with open(path, "wb") as fh:
+        for line, seconds_before in zip(lines, (7200, 30)):
+            at = (now - dt.timedelta(seconds=seconds_before)).isoformat()
+            fh.write(json.dumps({**json.loads(line), "occurred_at": at}).encode() + b"\n")
+    assert "replayed 2 events" in replay(healthy)
+    with healthy.app_context(), healthy.extensions["mailtrack"].engine.connect() as conn:
+        replayed = conn.execute(
+            sa.select(events.c.occurred_at, events.c.is_machine, events.c.machine_reason)
+            .where(events.c.message_id == message_id, events.c.url == "https://shop.test/a")
+            .order_by(events.c.occurred_at)).all()
+    assert [(r.is_machine, r.machine_reason) for r in replayed] == [(False, None), (True, "honeypot")]
