@@ -70,14 +70,14 @@ def _prepare(url: str, messages: int) -> dict[str, list[str]]:
     }
 
 
-def _proc_cpu_ticks(pid: int | str) -> int | None:
-    """utime + stime of one process, in clock ticks (``None`` once it is gone)."""
+def _proc_stat(pid: int | str) -> tuple[int, int] | None:
+    """(process group, utime + stime in clock ticks) of one process (``None``: gone)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
     except OSError:
         return None
-    return int(fields[11]) + int(fields[12])
+    return int(fields[2]), int(fields[11]) + int(fields[12])
 
 
 def _db_backends(url: str, app_name: str | None) -> dict[int, int]:
@@ -92,12 +92,8 @@ def _db_backends(url: str, app_name: str | None) -> dict[int, int]:
             "SELECT pid FROM pg_stat_activity WHERE application_name = %s", (app_name,)).fetchall()]
     finally:
         conn.close()
-    out = {}
-    for pid in pids:
-        ticks = _proc_cpu_ticks(pid)
-        if ticks is not None:
-            out[pid] = ticks
-    return out
+    stats = {pid: _proc_stat(pid) for pid in pids}
+    return {pid: stat[1] for pid, stat in stats.items() if stat is not None}
 
 
 def _server_cpu(server: Server) -> float:
@@ -106,17 +102,9 @@ def _server_cpu(server: Server) -> float:
     when other work on the machine comes and goes; with PostgreSQL the database server's
     own CPU is not in it."""
     assert server.proc is not None
-    group, total = server.proc.pid, 0
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == group:  # pgrp; then utime and stime, in clock ticks
-            total += int(fields[11]) + int(fields[12])
+    group = server.proc.pid
+    stats = (_proc_stat(pid) for pid in os.listdir("/proc") if pid.isdigit())
+    total = sum(ticks for stat in stats if stat is not None for pgrp, ticks in [stat] if pgrp == group)
     return total / os.sysconf("SC_CLK_TCK")
 
 

@@ -60,7 +60,7 @@ class CeleryQueue:
     celery_app: Any
     task: Any
     #: The fan-out task (:data:`FANOUT_TASK`) and the messages each one takes.
-    fanout: Any = None
+    fanout: Any
     fanout_chunk: int = FANOUT_CHUNK
     #: One SMTP connection per worker thread, reused from task to task.
     mailers: threading.local = field(default_factory=threading.local)
@@ -81,7 +81,7 @@ class CeleryQueue:
         :class:`~.errors.QueueUnavailable` when the broker cannot be reached (after Celery's
         publish retries, ``task_publish_retry_policy``); some tasks may have been published
         before, which the claims make harmless if the caller hands the messages on again."""
-        if len(message_ids) <= self.fanout_chunk or self.fanout is None:
+        if len(message_ids) <= self.fanout_chunk:
             return self.publish(self.task, [(message_id,) for message_id in message_ids])
         step = self.fanout_chunk
         self.publish(self.fanout, [(list(message_ids[i:i + step]),) for i in range(0, len(message_ids), step)])

@@ -102,21 +102,19 @@ def hand_to_send_due(state: MailTrackState, ids: list[str]) -> int:
     return changed
 
 
-def hand_over(state: MailTrackState, ids: list[str]) -> bool:
+def hand_over(state: MailTrackState, ids: list[str]) -> None:
     """Hand stored ``PENDING`` messages to the senders without sending here. With a task
-    queue: one task each, the messages stay ``PENDING`` (``True``). Without one, or when its
-    broker does not take the tasks: due at once for ``send-due`` (``SCHEDULED`` now,
-    ``False``); tasks published before the broker failed are harmless, the claims send each
-    message once."""
+    queue: its tasks, the messages stay ``PENDING``. Without one, or when its broker does
+    not take the tasks: due at once for ``send-due`` (``SCHEDULED`` now); tasks published
+    before the broker failed are harmless, the claims send each message once."""
     if state.queue is not None:
         try:
             state.queue.enqueue(ids)
-            return True
+            return
         except QueueUnavailable:
             log.warning("mailtrack: the task queue did not take %d message(s); they are due for send-due "
                         "instead", len(ids), exc_info=True)
     hand_to_send_due(state, ids)
-    return False
 
 
 def _reloaded(state: MailTrackState, msgs: list[Message]) -> list[Message]:
