@@ -39,6 +39,37 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
+# -- CPU accounting (Linux /proc; the database server must be on this machine) ----------------
+
+
+def proc_stat(pid: int | str) -> tuple[int, int] | None:
+    """(process group, utime + stime in clock ticks) of one process (``None``: gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return int(fields[2]), int(fields[11]) + int(fields[12])
+
+
+def group_cpu(group: int) -> float:
+    """CPU seconds (user + system) used so far by the live processes of one process group
+    (a gunicorn master and its workers, a Celery worker and its prefork children)."""
+    stats = (proc_stat(pid) for pid in os.listdir("/proc") if pid.isdigit())
+    total = sum(ticks for stat in stats if stat is not None for pgrp, ticks in [stat] if pgrp == group)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def machine_cpu() -> float:
+    """CPU seconds the whole machine has spent busy (user, nice, system, irq, softirq, steal;
+    not idle or I/O wait) since boot: the difference over a phase is everything that phase
+    cost, database server and broker included, when nothing else runs."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 # -- output ----------------------------------------------------------------------------------
 
 

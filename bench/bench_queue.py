@@ -4,15 +4,20 @@ and the per-domain rate limit holding at the receiving end.
 Same run, same database server, same SMTP sink (its own process, counting only):
 
 1. ``send_due``: N scheduled messages sent by one process (today's cron path);
-2. ``send_campaign`` through Celery: N messages of a campaign, one task each, sent by
-   ``--workers`` worker processes (prefork) on the ``--broker``; timed from the call
-   (enqueueing included) until the campaign's progress shows nothing queued or sending;
+2. ``send_campaign`` through Celery: N messages of a campaign, one send task each (published
+   by fan-out tasks of 500), sent by ``--workers`` worker processes (prefork) on the
+   ``--broker``; timed from the call (enqueueing included) until the campaign's progress
+   shows nothing queued or sending;
 3. pacing: ``--paced`` messages to a domain limited to ``--limit`` (``pace.example``) and as
    many to an unlimited one, through the same workers; the sink's arrival times give the
    most sends in any sliding window of the limit's length (must not exceed the limit) and
    the rate achieved.
 
-Messages are prepared with ``track_messages`` before each phase's clock starts.
+Messages are prepared with ``track_messages`` before each phase's clock starts. Phases 1 and 2
+also report CPU milliseconds per message: of the sending processes (the ``send-due`` process;
+the worker processes) and of the whole machine (database server, broker, sink and this
+script's polling included; run it on an otherwise idle machine), hence messages a second per
+core.
 
     .venv/bin/python bench/bench_queue.py [--n 2000] [--workers 2] [--broker redis|amqp]
         [--db postgresql|sqlite] [--paced 200] [--limit 40/s]
@@ -35,7 +40,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import PYTHON, ROOT, database, emit, make_app, postgres_url, ratio, verdict  # noqa: E402
+from bench._common import (  # noqa: E402
+    PYTHON, ROOT, database, emit, group_cpu, machine_cpu, make_app, postgres_url, ratio, verdict,
+)
 
 BROKERS = {"redis": "redis://127.0.0.1:6379/0", "amqp": "amqp://guest:guest@127.0.0.1:5672//"}
 HTML = '<p>Hello</p><p><a href="https://shop.example/offer?id=7">offer</a></p>'
@@ -83,12 +90,24 @@ def phase_send_due(db_url: str, smtp_url: str, n: int) -> dict[str, Any]:
     app = make_app(db_url, MAILTRACK_SMTP_URL=smtp_url, MAILTRACK_DEFAULT_SENDER="bench@example.com")
     prep = prepare(app, n, "example.com", "d", scheduled_at=dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=1))
     with app.app_context():
-        t0 = time.perf_counter()
+        t0, cpu0, machine0 = time.perf_counter(), time.process_time(), machine_cpu()
         handled = sending.send_due(get_state())
         seconds = time.perf_counter() - t0
+        cpu, machine = time.process_time() - cpu0, machine_cpu() - machine0
         get_state().own_engine.dispose()
     return {"handled": handled, "seconds": round(seconds, 3), "msgs_per_s": round(handled / seconds, 1),
-            "prepare_seconds": round(prep, 3)}
+            "prepare_seconds": round(prep, 3), **cpu_per_message(cpu, machine, handled)}
+
+
+def cpu_per_message(sender: float, machine: float, messages: int) -> dict[str, float | None]:
+    """Milliseconds of CPU per message: of the sending processes alone, and of the whole
+    machine (database server, broker and the sink included), from which the messages a
+    second per core follow."""
+    if not messages:
+        return {"sender_cpu_ms_per_msg": None, "machine_cpu_ms_per_msg": None, "msgs_per_s_per_core": None}
+    return {"sender_cpu_ms_per_msg": round(sender / messages * 1e3, 2),
+            "machine_cpu_ms_per_msg": round(machine / messages * 1e3, 2),
+            "msgs_per_s_per_core": round(messages / machine, 1) if machine else None}
 
 
 def start_workers(env: dict[str, str], workers: int) -> subprocess.Popen[bytes]:
@@ -97,6 +116,7 @@ def start_workers(env: dict[str, str], workers: int) -> subprocess.Popen[bytes]:
          "--without-heartbeat", "--without-gossip", "--without-mingle", "-l", "WARNING",
          "-n", f"bench-{uuid.uuid4().hex[:6]}@%h"],
         cwd=str(ROOT), env=env, stdout=subprocess.DEVNULL, stderr=open(os.environ.get("BENCH_WORKER_LOG", os.devnull), "w"),
+        start_new_session=True,  # one process group: its CPU is read with group_cpu
     )
 
 
@@ -109,7 +129,14 @@ def wait_workers(capp: Any, workers: int, timeout: float = 60) -> None:
 
 
 def wait_campaign(app: Any, campaign: str, total: int, timeout: float) -> dict[str, Any]:
+    """Poll the campaign's progress until nothing is queued or sending.
+
+    The progress query groups the campaign's rows, so it is polled every 0.2 s for small
+    campaigns and about once a second for 100,000 (a query of tens of milliseconds five times
+    a second would take a share of the CPU the workers are being measured on).
+    """
     mt = app.config["BENCH_MAILTRACK"]
+    interval = min(1.0, max(0.2, total / 100_000))
     deadline = time.monotonic() + timeout
     next_report = time.monotonic() + 60
     while True:
@@ -122,7 +149,7 @@ def wait_campaign(app: Any, campaign: str, total: int, timeout: float) -> dict[s
         if time.monotonic() >= next_report:  # a long run shows it is moving (stderr)
             print(f"[bench_queue] {campaign}: {progress}", file=sys.stderr, flush=True)
             next_report = time.monotonic() + 60
-        time.sleep(0.2)
+        time.sleep(interval)
 
 
 def max_in_window(times: list[float], window: float) -> int:
@@ -172,15 +199,17 @@ def main() -> None:
                 wait_workers(capp, args.workers)
                 mt = app.config["BENCH_MAILTRACK"]
                 prep = prepare(app, args.n, "example.com", "q", campaign_id="bench")
-                t0 = time.perf_counter()
+                t0, cpu0, machine0 = time.perf_counter(), group_cpu(proc.pid), machine_cpu()
                 with app.app_context():
                     mt.send_campaign("bench")
                 enqueued = time.perf_counter() - t0
                 done = wait_campaign(app, "bench", args.n, timeout=max(600, args.n / 10))
                 seconds = time.perf_counter() - t0
+                cpu, machine = group_cpu(proc.pid) - cpu0, machine_cpu() - machine0
                 result["queue"] = {"sent": done["sent"], "failed": done["failed"], "seconds": round(seconds, 3),
                                    "enqueue_seconds": round(enqueued, 3),
-                                   "msgs_per_s": round(done["sent"] / seconds, 1), "prepare_seconds": round(prep, 3)}
+                                   "msgs_per_s": round(done["sent"] / seconds, 1), "prepare_seconds": round(prep, 3),
+                                   **cpu_per_message(cpu, machine, done["sent"])}
 
                 prepare(app, args.paced, PACED_DOMAIN, "p", campaign_id="paced")
                 prepare(app, args.paced, "free.example", "f", campaign_id="paced")

@@ -24,7 +24,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import (  # noqa: E402
-    Server, database, emit, have_wrk, kinds, load, make_app, ratio, raw_connect, verdict,
+    Server, database, emit, group_cpu, have_wrk, kinds, load, make_app, proc_stat, ratio, raw_connect, verdict,
 )
 from bench.server_app import DEST, MIN_TABLE, min_table_ddl  # noqa: E402
 
@@ -70,16 +70,6 @@ def _prepare(url: str, messages: int) -> dict[str, list[str]]:
     }
 
 
-def _proc_stat(pid: int | str) -> tuple[int, int] | None:
-    """(process group, utime + stime in clock ticks) of one process (``None``: gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return int(fields[2]), int(fields[11]) + int(fields[12])
-
-
 def _db_backends(url: str, app_name: str | None) -> dict[int, int]:
     """CPU ticks of each PostgreSQL backend serving the gunicorn workers (their connections
     carry ``application_name``); empty for SQLite, which runs inside the workers (its cost
@@ -92,7 +82,7 @@ def _db_backends(url: str, app_name: str | None) -> dict[int, int]:
             "SELECT pid FROM pg_stat_activity WHERE application_name = %s", (app_name,)).fetchall()]
     finally:
         conn.close()
-    stats = {pid: _proc_stat(pid) for pid in pids}
+    stats = {pid: proc_stat(pid) for pid in pids}
     return {pid: stat[1] for pid, stat in stats.items() if stat is not None}
 
 
@@ -102,10 +92,7 @@ def _server_cpu(server: Server) -> float:
     when other work on the machine comes and goes; with PostgreSQL the database server's
     own CPU is not in it."""
     assert server.proc is not None
-    group = server.proc.pid
-    stats = (_proc_stat(pid) for pid in os.listdir("/proc") if pid.isdigit())
-    total = sum(ticks for stat in stats if stat is not None for pgrp, ticks in [stat] if pgrp == group)
-    return total / os.sysconf("SC_CLK_TCK")
+    return group_cpu(server.proc.pid)
 
 
 def _measured(server: Server, paths: list[str], args: argparse.Namespace, url: str,

@@ -20,7 +20,7 @@ from flask import Flask, jsonify, session
 from flask_sqlalchemy import SQLAlchemy
 
 from crm_mailtrack import MailTrack, ValidationError, metadata
-from crm_mailtrack.migrate import VERSION_TABLE, current
+from crm_mailtrack.migrate import current
 
 from conftest import API_TOKEN, BASE_URL, SECRET, path_of
 
